@@ -1,0 +1,3 @@
+from toolcrib.cli import main
+
+raise SystemExit(main())

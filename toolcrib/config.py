@@ -1,0 +1,229 @@
+"""The one TOML configuration file, validated by pydantic.
+
+Secrets never live in this file: values may contain ``secret:NAMESPACE/NAME`` references, which
+are resolved only at the upstream edge (see :mod:`toolcrib.gateway.credentials`).
+
+Lookup order for the file: ``--config PATH``, then ``$TOOLCRIB_CONFIG``, then ``./toolcrib.toml``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from toolcrib.errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "toolcrib.toml"
+SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewayConfig(_Model):
+    """``[gateway]``: how clients reach toolcrib."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8765
+    mode: Literal["dispatcher", "passthrough"] = "dispatcher"
+    separator: Annotated[str, Field(min_length=1, max_length=4, pattern=r"^[A-Za-z0-9_.-]+$")] = "__"
+    keep_names: bool = False
+    """With exactly one upstream, expose its tools, resources and prompts under their own names."""
+    auth: Literal["none", "keys", "oauth", "keys+oauth"] = "none"
+    always_expose: list[str] = []
+    session_ttl: Annotated[float, Field(gt=0)] = 1800.0
+    max_sessions: Annotated[int, Field(ge=1)] = 1000
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    allowed_origins: list[str] = []
+    """Extra browser origins allowed besides loopback ones (DNS-rebinding protection)."""
+    allowed_hosts: list[str] = []
+    """Extra ``Host`` header values allowed besides loopback names and the bind address."""
+    drain_timeout: Annotated[float, Field(ge=0)] = 10.0
+    loaded_tools_max: Annotated[int, Field(ge=0, le=200)] = 20
+    """Dispatcher mode: how many tools ``search_tools`` may load into one session's ``tools/list``."""
+
+
+class IndexConfig(_Model):
+    """``[index]``: the tool-description index behind ``search_tools``."""
+
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    path: str = ".toolcrib/index"
+    ranking: Literal["dense", "bm25", "hybrid"] = "hybrid"
+
+
+class AuditConfig(_Model):
+    """``[audit]``: the tamper-evident log of every search and call."""
+
+    path: str = ".toolcrib/audit.db"
+    retention_days: Annotated[int, Field(ge=0)] = 0
+    """0 keeps everything."""
+
+
+class ServerConfig(_Model):
+    """``[servers.NAME]``: one downstream MCP server (stdio, Streamable HTTP or SSE)."""
+
+    command: str | None = None
+    args: list[str] = []
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = {}
+    transport: Literal["stdio", "http", "sse"] | None = None
+    timeout: Annotated[float, Field(gt=0)] = 60.0
+    connect_timeout: Annotated[float, Field(gt=0)] = 30.0
+    max_concurrency: Annotated[int, Field(ge=1)] = 32
+    enabled: bool = True
+    include: list[str] = []
+    exclude: list[str] = []
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> ServerConfig:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("set exactly one of `command` (stdio) or `url` (Streamable HTTP / SSE)")
+        if self.command is not None and self.transport not in (None, "stdio"):
+            raise ValueError("`transport` must be \"stdio\" (or omitted) for a server with `command`")
+        if self.url is not None:
+            if self.transport == "stdio":
+                raise ValueError('`transport` must be "http" or "sse" for a server with `url`')
+            if not self.url.startswith(("http://", "https://")):
+                raise ValueError("`url` must start with http:// or https://")
+            if self.args or self.env or self.cwd:
+                raise ValueError("`args`, `env` and `cwd` apply only to stdio servers (with `command`)")
+        return self
+
+    @property
+    def kind(self) -> Literal["stdio", "http", "sse"]:
+        if self.command is not None:
+            return "stdio"
+        return self.transport or "http"
+
+
+WhenOp = dict[str, Any]
+
+
+class PolicyRule(_Model):
+    """``[[policy.rules]]``: allow, deny or require approval for matching calls."""
+
+    id: Annotated[str, Field(min_length=1)]
+    tools: list[str] = ["*"]
+    principals: list[str] = []
+    groups: list[str] = []
+    when: dict[str, WhenOp] = {}
+    action: Literal["allow", "deny", "approve"]
+
+
+class PolicyConfig(_Model):
+    """``[policy]``: rules are evaluated in order; the first match decides."""
+
+    default: Literal["allow", "deny", "approve"] | None = None
+    """None means: allow on a loopback bind with ``auth = "none"``, deny otherwise."""
+    rules: list[PolicyRule] = []
+    approval_mode: Literal["hold", "pending"] = "hold"
+    approval_timeout: Annotated[float, Field(gt=0)] = 300.0
+    new_tools: Literal["trust", "quarantine"] = "trust"
+
+
+class Config(_Model):
+    """The whole file."""
+
+    gateway: GatewayConfig = GatewayConfig()
+    index: IndexConfig = IndexConfig()
+    audit: AuditConfig = AuditConfig()
+    servers: dict[str, ServerConfig] = {}
+    policy: PolicyConfig = PolicyConfig()
+
+    @field_validator("servers")
+    @classmethod
+    def _server_names(cls, servers: dict[str, ServerConfig]) -> dict[str, ServerConfig]:
+        for name in servers:
+            if not SERVER_NAME_RE.match(name):
+                raise ValueError(
+                    f"server name {name!r} must be 1-48 letters, digits, '-' or '_' and start with a letter or digit"
+                )
+        return servers
+
+    @model_validator(mode="after")
+    def _separator_unambiguous(self) -> Config:
+        for name in self.servers:
+            if self.gateway.separator in name:
+                raise ValueError(
+                    f"server name {name!r} contains the separator {self.gateway.separator!r}; "
+                    "rename the server or change [gateway] separator"
+                )
+        if self.gateway.keep_names and len(self.enabled_servers) > 1:
+            raise ValueError("[gateway] keep_names = true needs exactly one enabled server")
+        return self
+
+    @property
+    def enabled_servers(self) -> dict[str, ServerConfig]:
+        return {name: s for name, s in self.servers.items() if s.enabled}
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The config path from ``--config``, ``$TOOLCRIB_CONFIG`` or ``./toolcrib.toml``."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("TOOLCRIB_CONFIG")
+    if env:
+        return Path(env)
+    return Path(DEFAULT_CONFIG_NAME)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1] if parts else ''}[{item}]"]
+        elif item in ("function-after", "function-before") or "[" in str(item):
+            continue
+        else:
+            parts.append(str(item))
+    return ".".join(parts) or "(top level)"
+
+
+def format_validation_error(path: Path, err: ValidationError) -> str:
+    """One line per problem: ``FILE: KEY: what is wrong``, then what to do."""
+    lines = []
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; check the spelling against the config reference in README.md"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"{path}: {_loc(tuple(e['loc']))}: {msg}")
+    return "\n".join(lines) + f"\nfix {path} and run `toolcrib check --config {path}`"
+
+
+def parse_config(data: dict[str, Any], path: Path) -> Config:
+    """Validate an already-parsed TOML document."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(path, err)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> tuple[Config, Path]:
+    """Read and validate the config file; raise :class:`ConfigError` with file, key and fix."""
+    p = resolve_config_path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{p}: no such config file; pass --config PATH, set TOOLCRIB_CONFIG, "
+            f"or create one with `toolcrib import` (see README)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file ({exc.strerror}); check its permissions") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text; save the file as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}; fix the syntax and run `toolcrib check`") from None
+    return parse_config(data, p), p.resolve()

@@ -1,0 +1,1 @@
+"""The client-facing side: transports, auth, policy, approvals, credentials, audit, dispatch pipeline."""

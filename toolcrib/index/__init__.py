@@ -1,0 +1,1 @@
+"""Tool-description index: embedder, FAISS store, BM25, hybrid search, persistence."""

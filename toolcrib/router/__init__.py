@@ -1,0 +1,1 @@
+"""Upstream connections and pool, aggregated catalog, dispatcher meta-tools, argument validation."""
