@@ -65,6 +65,31 @@ class AuditConfig(_Model):
     """0 keeps everything."""
 
 
+class AuthConfig(_Model):
+    """``[auth]``: how callers prove who they are (used when ``[gateway] auth`` is not "none")."""
+
+    keys_path: str = ".toolcrib/keys.json"
+    issuer: str | None = None
+    """OAuth 2.1 authorization server issuer (``iss``)."""
+    jwks_url: str | None = None
+    audience: str | None = None
+    """This gateway's resource URI (RFC 8707); tokens must carry it in ``aud``."""
+    algorithms: list[str] = ["RS256", "ES256"]
+    leeway: Annotated[float, Field(ge=0, le=300)] = 30.0
+    scope_groups: dict[str, list[str]] = {}
+    """Map an OAuth scope to toolcrib groups, e.g. ``{ "tools:admin" = ["admins"] }``."""
+    groups_claim: str | None = None
+    """Optional JWT claim holding a list of group names."""
+    required_scopes: list[str] = []
+
+
+class SecretsConfig(_Model):
+    """``[secrets]``: where ``secret:NS/NAME`` references are looked up."""
+
+    file: str | None = None
+    """Opt-in 0600 TOML file of secrets for headless machines without a keyring (a warning is logged)."""
+
+
 class ServerConfig(_Model):
     """``[servers.NAME]``: one downstream MCP server (stdio, Streamable HTTP or SSE)."""
 
@@ -135,6 +160,8 @@ class Config(_Model):
     gateway: GatewayConfig = GatewayConfig()
     index: IndexConfig = IndexConfig()
     audit: AuditConfig = AuditConfig()
+    auth: AuthConfig = AuthConfig()
+    secrets: SecretsConfig = SecretsConfig()
     servers: dict[str, ServerConfig] = {}
     policy: PolicyConfig = PolicyConfig()
 
