@@ -112,7 +112,7 @@ class ServerConfig(_Model):
         if (self.command is None) == (self.url is None):
             raise ValueError("set exactly one of `command` (stdio) or `url` (Streamable HTTP / SSE)")
         if self.command is not None and self.transport not in (None, "stdio"):
-            raise ValueError("`transport` must be \"stdio\" (or omitted) for a server with `command`")
+            raise ValueError('`transport` must be "stdio" (or omitted) for a server with `command`')
         if self.url is not None:
             if self.transport == "stdio":
                 raise ValueError('`transport` must be "http" or "sse" for a server with `url`')
@@ -141,6 +141,14 @@ class PolicyRule(_Model):
     groups: list[str] = []
     when: dict[str, WhenOp] = {}
     action: Literal["allow", "deny", "approve"]
+
+    @field_validator("when")
+    @classmethod
+    def _valid_when(cls, when: dict[str, WhenOp]) -> dict[str, WhenOp]:
+        from toolcrib.gateway.policy import validate_when
+
+        validate_when(when)
+        return when
 
 
 class PolicyConfig(_Model):
