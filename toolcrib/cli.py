@@ -1,0 +1,145 @@
+"""``toolcrib``: one command with verbs. Run ``toolcrib VERB --help`` for each verb's options.
+
+Errors a user can fix print one line and exit non-zero; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from toolcrib import __version__
+from toolcrib.config import Config, load_config
+from toolcrib.errors import ToolcribError
+
+Handler = Callable[[argparse.Namespace, Config], int]
+
+
+def _cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    from toolcrib.gateway import runtime
+
+    updates: dict[str, Any] = {}
+    if args.host:
+        updates["host"] = args.host
+    if args.port is not None:
+        updates["port"] = args.port
+    if args.mode:
+        updates["mode"] = args.mode
+    if updates:
+        config = config.model_copy(update={"gateway": config.gateway.model_copy(update=updates)})
+    if args.stdio:
+        anyio.run(runtime.serve_stdio_mode, config)
+    else:
+        runtime.check_bind(config)
+        anyio.run(runtime.serve, config)
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace, config: Config) -> int:
+    from toolcrib.gateway.runtime import check_bind
+
+    check_bind(config)
+    servers = config.enabled_servers
+    print(f"{args.config_path}: ok ({len(servers)} enabled servers, {config.gateway.mode} mode)")
+    for name, s in sorted(config.servers.items()):
+        target = s.command + " " + " ".join(s.args) if s.command else s.url
+        state = "" if s.enabled else " [disabled]"
+        print(f"  {name}: {s.kind} {target}{state}")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace, config: Config | None) -> int:
+    from toolcrib.importer import import_client_config
+
+    return import_client_config(Path(args.path), Path(args.output) if args.output else None, force=args.force)
+
+
+def _cmd_client_config(args: argparse.Namespace, config: Config) -> int:
+    from toolcrib.importer import client_snippet
+
+    print(client_snippet(args.client, config, args.config_path, stdio=args.stdio))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="toolcrib",
+        description="One MCP endpoint in front of many MCP servers: proxy, semantic tool router, trust gateway.",
+    )
+    parser.add_argument("--version", action="version", version=f"toolcrib {__version__}")
+    parser.add_argument(
+        "--config", metavar="PATH", help="config file (default: $TOOLCRIB_CONFIG or ./toolcrib.toml)"
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    p = sub.add_parser("serve", help="run the gateway (Streamable HTTP on 127.0.0.1, or --stdio)")
+    p.add_argument("--stdio", action="store_true", help="serve one client over stdin/stdout")
+    p.add_argument("--host", help="bind address (overrides [gateway] host)")
+    p.add_argument("--port", type=int, help="port (overrides [gateway] port; 0 picks a free one)")
+    p.add_argument("--mode", choices=["dispatcher", "passthrough"], help="overrides [gateway] mode")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("check", help="validate the config file without starting anything")
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("import", help="convert a client's mcpServers JSON into toolcrib TOML")
+    p.add_argument("path", help="Claude Desktop / Cursor / VS Code / Claude Code config JSON")
+    p.add_argument("-o", "--output", help="write TOML here (default: print to stdout)")
+    p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    p.set_defaults(func=_cmd_import, no_config=True)
+
+    p = sub.add_parser("client-config", help="print the snippet that points a client at toolcrib")
+    p.add_argument("client", choices=["claude", "claude-code", "cursor", "vscode"])
+    p.add_argument("--stdio", action="store_true", help="have the client launch `toolcrib serve --stdio`")
+    p.set_defaults(func=_cmd_client_config)
+
+    _register_optional(sub)
+    return parser
+
+
+def _register_optional(sub: Any) -> None:
+    """Verbs that live with the subsystem they operate on."""
+    for module in ("toolcrib.gateway.commands", "toolcrib.index.commands"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.verbose < 2:
+        for noisy in ("mcp", "httpx2", "httpcore", "aiohttp.access"):
+            logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    try:
+        config: Config | None = None
+        if not getattr(args, "no_config", False):
+            config, args.config_path = load_config(args.config)
+        handler: Callable[[argparse.Namespace, Any], int] = args.func
+        return handler(args, config)
+    except ToolcribError as exc:
+        print(f"toolcrib: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,440 @@
+"""Streamable HTTP on aiohttp at ``/mcp``, for both protocol eras.
+
+- 2025-11-25 clients open a session with ``initialize``; toolcrib answers with a 128-bit random
+  ``Mcp-Session-Id``. Each session runs the SDK server loop over anyio memory streams; messages
+  the loop writes are routed back by JSON-RPC id (responses) or ``related_request_id``
+  (request-scoped notifications and server-to-client requests) to the POST that caused them, and
+  everything else to the session's GET stream. A POST answers with JSON when the response is all
+  there is, and upgrades to SSE as soon as anything else must be sent first.
+- 2026-07-28 clients are stateless: each POST carries its own envelope and is served on its own.
+
+Security: ``Host`` and ``Origin`` are checked before anything else (DNS-rebinding protection,
+403), bodies are capped (413), malformed JSON-RPC gets -32700/-32600 and never disturbs a session,
+and every request is authenticated (401/403) before it reaches the server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.abc
+import mcp_types as types
+from aiohttp import web
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp.server.connection import Connection
+from mcp.server.runner import modern_error_data, serve_one
+from mcp.shared.dispatcher import CallOptions
+from mcp.shared.exceptions import NoBackChannelError
+from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request
+from mcp.shared.message import ServerMessageMetadata, SessionMessage
+from mcp.shared.transport_context import TransportContext
+from mcp_types.jsonrpc import jsonrpc_message_adapter
+from pydantic import ValidationError
+
+from toolcrib.config import Config
+from toolcrib.errors import AuthError, Forbidden
+from toolcrib.gateway.policy import Principal
+from toolcrib.gateway.server import Gateway, Peer, RequestInfo
+
+log = logging.getLogger("toolcrib.http")
+
+Authenticate = Callable[[web.Request], Awaitable[Principal]]
+Challenge = Callable[[web.Request, Exception], dict[str, str]]
+SESSION_HEADER = "Mcp-Session-Id"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _rpc_error(code: int, message: str, rid: Any = None, status: int = 400) -> web.Response:
+    body = {"jsonrpc": "2.0", "id": rid, "error": {"code": code, "message": message}}
+    return web.json_response(body, status=status)
+
+
+def _dump(message: types.JSONRPCMessage) -> str:
+    return message.model_dump_json(by_alias=True, exclude_none=True)
+
+
+def _sse(data: str) -> bytes:
+    return f"event: message\ndata: {data}\n\n".encode()
+
+
+@dataclass(eq=False)
+class HttpSession:
+    """A 2025-11-25 session: the SDK server loop plus routing tables."""
+
+    peer: Peer
+    to_server: MemoryObjectSendStream[SessionMessage | Exception]
+    waiters: dict[Any, MemoryObjectSendStream[types.JSONRPCMessage]] = field(default_factory=dict)
+    standalone: MemoryObjectSendStream[types.JSONRPCMessage] | None = None
+    last_seen: float = field(default_factory=time.monotonic)
+    closed: anyio.Event = field(default_factory=anyio.Event)
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+
+class _Exchange:
+    """Dispatch context for one stateless (2026-07-28) request: no back-channel, SSE sink for notifications."""
+
+    def __init__(self, rid: Any, headers: Any, info: RequestInfo, progress_token: Any) -> None:
+        self.transport = TransportContext(kind="streamable-http", can_send_request=False, headers=headers)
+        self.request_id = rid
+        self.message_metadata = ServerMessageMetadata(request_context=info)
+        self.progress_token = progress_token
+        self.cancel_requested = anyio.Event()
+        self.can_send_request = False
+        self.sink: MemoryObjectSendStream[types.JSONRPCMessage] | None = None
+
+    async def send_raw_request(self, method: str, params: Any, opts: CallOptions | None = None) -> dict[str, Any]:
+        raise NoBackChannelError(method)
+
+    async def notify(self, method: str, params: Any, opts: CallOptions | None = None) -> None:
+        if self.sink is not None:
+            note = types.JSONRPCNotification(jsonrpc="2.0", method=method, params=dict(params) if params else None)
+            try:
+                await self.sink.send(note)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass
+
+    async def progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
+        if self.progress_token is None:
+            return
+        params: dict[str, Any] = {"progressToken": self.progress_token, "progress": progress}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        await self.notify("notifications/progress", params)
+
+
+class HttpTransport:
+    """Owns the sessions; its routes are added to an aiohttp application."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        config: Config,
+        tg: anyio.abc.TaskGroup,
+        *,
+        authenticate: Authenticate,
+        challenge: Challenge | None = None,
+    ) -> None:
+        self.gateway = gateway
+        self.cfg = config.gateway
+        self.tg = tg
+        self.authenticate = authenticate
+        self.challenge = challenge or (lambda _r, _e: {})
+        self.sessions: dict[str, HttpSession] = {}
+        self.accepting = True
+        self.inflight = 0
+        hosts = {self.cfg.host, *LOOPBACK_NAMES, *self.cfg.allowed_hosts}
+        self._hosts = {h.lower() for h in hosts}
+        self._origins = {o.rstrip("/").lower() for o in self.cfg.allowed_origins}
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_route("POST", "/mcp", self.post)
+        app.router.add_route("GET", "/mcp", self.get)
+        app.router.add_route("DELETE", "/mcp", self.delete)
+
+    # ---- checks ------------------------------------------------------------------------------
+
+    def _check_host_origin(self, request: web.Request) -> web.Response | None:
+        host = (request.headers.get("Host") or "").lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if host not in self._hosts and name not in self._hosts:
+            return web.Response(status=403, text="Forbidden: Host header not allowed (DNS-rebinding protection)\n")
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            o = origin.rstrip("/").lower()
+            parts = urlsplit(o)
+            if o not in self._origins and (parts.hostname or "") not in ("localhost", "127.0.0.1", "::1"):
+                return web.Response(status=403, text="Forbidden: Origin not allowed; add it to [gateway] allowed_origins\n")
+        return None
+
+    async def _principal(self, request: web.Request) -> Principal | web.Response:
+        try:
+            return await self.authenticate(request)
+        except AuthError as exc:
+            headers = self.challenge(request, exc)
+            return web.json_response({"error": "unauthorized", "message": exc.message}, status=401, headers=headers)
+        except Forbidden as exc:
+            headers = self.challenge(request, exc)
+            return web.json_response({"error": "forbidden", "message": exc.message}, status=403, headers=headers)
+
+    def _session(self, request: web.Request, principal: Principal) -> HttpSession | web.Response | None:
+        sid = request.headers.get(SESSION_HEADER)
+        if sid is None:
+            return None
+        sess = self.sessions.get(sid)
+        if sess is None:
+            return _rpc_error(-32001, "Session not found or expired; start a new session with initialize", status=404)
+        if sess.peer.principal.name != principal.name:
+            return web.Response(status=403, text="Forbidden: this session belongs to another principal\n")
+        sess.last_seen = time.monotonic()
+        return sess
+
+    # ---- POST --------------------------------------------------------------------------------
+
+    async def post(self, request: web.Request) -> web.StreamResponse:
+        bad = self._check_host_origin(request)
+        if bad is not None:
+            return bad
+        if not self.accepting:
+            return web.Response(status=503, text="Service Unavailable: shutting down\n", headers={"Retry-After": "5"})
+        if request.content_length is not None and request.content_length > self.cfg.max_body_bytes:
+            return web.Response(status=413, text=f"Payload Too Large: limit is {self.cfg.max_body_bytes} bytes\n")
+        ctype = request.headers.get("Content-Type", "")
+        if not ctype.lower().startswith("application/json"):
+            return web.Response(status=415, text="Unsupported Media Type: send Content-Type: application/json\n")
+        principal = await self._principal(request)
+        if isinstance(principal, web.Response):
+            return principal
+        try:
+            body = await request.content.read(self.cfg.max_body_bytes + 1)
+        except (ConnectionError, anyio.EndOfStream):
+            return web.Response(status=400)
+        if len(body) > self.cfg.max_body_bytes:
+            return web.Response(status=413, text=f"Payload Too Large: limit is {self.cfg.max_body_bytes} bytes\n")
+        try:
+            raw = json.loads(body)
+        except (ValueError, RecursionError):
+            return _rpc_error(types.PARSE_ERROR, "Parse error: body is not valid JSON")
+        try:
+            message = jsonrpc_message_adapter.validate_python(raw)
+        except ValidationError:
+            return _rpc_error(types.INVALID_REQUEST, "Invalid Request: expected one JSON-RPC 2.0 message object")
+        sess = self._session(request, principal)
+        if isinstance(sess, web.Response):
+            return sess
+        if sess is None:
+            if isinstance(message, types.JSONRPCRequest) and message.method == "initialize":
+                return await self._initialize(request, principal, message)
+            if isinstance(message, types.JSONRPCRequest):
+                return await self._stateless(request, principal, message, raw)
+            if isinstance(message, types.JSONRPCNotification):
+                return web.Response(status=202)
+            return _rpc_error(types.INVALID_REQUEST, f"Bad Request: missing {SESSION_HEADER} header")
+        info = RequestInfo(sess.peer, principal)
+        if not isinstance(message, types.JSONRPCRequest):
+            await sess.to_server.send(SessionMessage(message, ServerMessageMetadata(request_context=info)))
+            return web.Response(status=202)
+        return await self._exchange(request, sess, message, info)
+
+    async def _initialize(self, request: web.Request, principal: Principal, message: types.JSONRPCRequest) -> web.StreamResponse:
+        if len(self.sessions) >= self.cfg.max_sessions:
+            return _rpc_error(-32000, "Too many sessions; retry later or raise [gateway] max_sessions", status=503)
+        peer = Peer(transport="http", principal=principal)
+        to_server, server_read = anyio.create_memory_object_stream[SessionMessage | Exception](64)
+        server_write, from_server = anyio.create_memory_object_stream[SessionMessage](64)
+        sess = HttpSession(peer=peer, to_server=to_server)
+        self.sessions[peer.id] = sess
+        self.tg.start_soon(self._run_session, sess, server_read, server_write, from_server)
+        resp = await self._exchange(request, sess, message, RequestInfo(peer, principal))
+        return resp
+
+    async def _run_session(
+        self,
+        sess: HttpSession,
+        server_read: MemoryObjectReceiveStream[SessionMessage | Exception],
+        server_write: MemoryObjectSendStream[SessionMessage],
+        from_server: MemoryObjectReceiveStream[SessionMessage],
+    ) -> None:
+        with sess.scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._route, sess, from_server)
+                try:
+                    await self.gateway.server.run(server_read, server_write, self.gateway.init_options)
+                finally:
+                    tg.cancel_scope.cancel()
+        self._drop(sess)
+
+    async def _route(self, sess: HttpSession, from_server: MemoryObjectReceiveStream[SessionMessage]) -> None:
+        async with from_server:
+            async for out in from_server:
+                msg = out.message
+                target: MemoryObjectSendStream[types.JSONRPCMessage] | None = None
+                if isinstance(msg, types.JSONRPCResponse | types.JSONRPCError) and msg.id in sess.waiters:
+                    target = sess.waiters[msg.id]
+                else:
+                    meta = out.metadata
+                    related = meta.related_request_id if isinstance(meta, ServerMessageMetadata) else None
+                    target = sess.waiters.get(related) if related is not None else None
+                    if target is None:
+                        target = sess.standalone
+                if target is None:
+                    continue
+                try:
+                    target.send_nowait(msg)
+                except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    log.debug("session %s: dropped a message for a closed stream", sess.peer.id)
+
+    def _drop(self, sess: HttpSession) -> None:
+        self.sessions.pop(sess.peer.id, None)
+        sess.closed.set()
+        sess.to_server.close()
+        for w in sess.waiters.values():
+            w.close()
+
+    async def _exchange(
+        self, request: web.Request, sess: HttpSession, message: types.JSONRPCRequest, info: RequestInfo
+    ) -> web.StreamResponse:
+        rid = message.id
+        if rid in sess.waiters:
+            return _rpc_error(types.INVALID_REQUEST, f"Invalid Request: id {rid!r} is already in flight", rid)
+        send, recv = anyio.create_memory_object_stream[types.JSONRPCMessage](256)
+        sess.waiters[rid] = send
+        self.inflight += 1
+        try:
+            await sess.to_server.send(SessionMessage(message, ServerMessageMetadata(request_context=info)))
+            return await self._respond(request, recv, rid, headers={SESSION_HEADER: sess.peer.id})
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return _rpc_error(-32000, "Session closed; start a new session with initialize", rid, status=404)
+        finally:
+            self.inflight -= 1
+            sess.waiters.pop(rid, None)
+            send.close()
+
+    async def _respond(
+        self,
+        request: web.Request,
+        recv: MemoryObjectReceiveStream[types.JSONRPCMessage],
+        rid: Any,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        """JSON if the first thing ready is the response; otherwise SSE until the response is sent."""
+        try:
+            first = await recv.receive()
+        except anyio.EndOfStream:
+            return _rpc_error(-32000, "Session closed before the request was answered", rid, status=500)
+        if _is_final(first, rid):
+            return web.Response(text=_dump(first), content_type="application/json", headers=headers)
+        resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
+        await resp.prepare(request)
+        await resp.write(_sse(_dump(first)))
+        async for msg in recv:
+            await resp.write(_sse(_dump(msg)))
+            if _is_final(msg, rid):
+                break
+        await resp.write_eof()
+        return resp
+
+    async def _stateless(
+        self, request: web.Request, principal: Principal, message: types.JSONRPCRequest, raw: dict[str, Any]
+    ) -> web.StreamResponse:
+        verdict = classify_inbound_request(raw, headers=dict(request.headers))
+        if isinstance(verdict, InboundLadderRejection):
+            if message.method != "initialize" and "_meta" not in (raw.get("params") or {}):
+                return _rpc_error(types.INVALID_REQUEST, f"Bad Request: missing {SESSION_HEADER}; call initialize first", message.id)
+            err = {"code": verdict.code, "message": verdict.message}
+            if verdict.data is not None:
+                err["data"] = verdict.data
+            return web.json_response({"jsonrpc": "2.0", "id": message.id, "error": err}, status=400)
+        peer = Peer(transport="http", principal=principal, stateful=False)
+        info = RequestInfo(peer, principal)
+        params = message.params or {}
+        token = (params.get("_meta") or {}).get("progressToken")
+        dctx = _Exchange(message.id, request.headers, info, token)
+        connection = Connection.from_envelope(verdict.protocol_version, verdict.client_info, verdict.client_capabilities)
+        send, recv = anyio.create_memory_object_stream[types.JSONRPCMessage](256)
+        dctx.sink = send
+        self.inflight += 1
+
+        async def run() -> None:
+            try:
+                result = await serve_one(
+                    self.gateway.server, dctx, message.method, message.params, connection=connection, lifespan_state={}
+                )
+                out: types.JSONRPCMessage = types.JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
+            except Exception as exc:
+                out = types.JSONRPCError(jsonrpc="2.0", id=message.id, error=modern_error_data(exc))
+            with anyio.CancelScope(shield=True):
+                await send.send(out)
+                send.close()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                resp = await self._respond(request, recv, message.id, headers={})
+            return resp
+        finally:
+            self.inflight -= 1
+
+    # ---- GET / DELETE ------------------------------------------------------------------------
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        bad = self._check_host_origin(request)
+        if bad is not None:
+            return bad
+        if "text/event-stream" not in request.headers.get("Accept", ""):
+            return web.Response(status=406, text="Not Acceptable: GET /mcp needs Accept: text/event-stream\n")
+        principal = await self._principal(request)
+        if isinstance(principal, web.Response):
+            return principal
+        sess = self._session(request, principal)
+        if sess is None:
+            return web.Response(status=405, headers={"Allow": "POST"}, text="Method Not Allowed without a session\n")
+        if isinstance(sess, web.Response):
+            return sess
+        if sess.standalone is not None:
+            return web.Response(status=409, text="Conflict: this session already has a GET stream\n")
+        send, recv = anyio.create_memory_object_stream[types.JSONRPCMessage](256)
+        sess.standalone = send
+        resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, SESSION_HEADER: sess.peer.id})
+        await resp.prepare(request)
+        try:
+            while not sess.closed.is_set():
+                with anyio.move_on_after(15) as timer:
+                    msg = await recv.receive()
+                    await resp.write(_sse(_dump(msg)))
+                if timer.cancelled_caught:
+                    await resp.write(b": keepalive\n\n")
+        except (anyio.EndOfStream, ConnectionResetError):
+            pass
+        finally:
+            if sess.standalone is send:
+                sess.standalone = None
+            send.close()
+        return resp
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        bad = self._check_host_origin(request)
+        if bad is not None:
+            return bad
+        principal = await self._principal(request)
+        if isinstance(principal, web.Response):
+            return principal
+        sess = self._session(request, principal)
+        if sess is None:
+            return web.Response(status=400, text=f"Bad Request: DELETE needs {SESSION_HEADER}\n")
+        if isinstance(sess, web.Response):
+            return sess
+        sess.scope.cancel()
+        self._drop(sess)
+        return web.Response(status=204)
+
+    async def reap(self) -> None:
+        """Close sessions idle longer than ``session_ttl``; runs until cancelled."""
+        while True:
+            await anyio.sleep(min(30.0, self.cfg.session_ttl / 2))
+            now = time.monotonic()
+            for sess in list(self.sessions.values()):
+                if now - sess.last_seen > self.cfg.session_ttl and not sess.waiters and sess.standalone is None:
+                    log.info("session %s expired after %.0f s idle", sess.peer.id[:8], self.cfg.session_ttl)
+                    sess.scope.cancel()
+                    self._drop(sess)
+
+    def close_all(self) -> None:
+        for sess in list(self.sessions.values()):
+            sess.scope.cancel()
+            self._drop(sess)
+
+
+def _is_final(msg: types.JSONRPCMessage, rid: Any) -> bool:
+    return isinstance(msg, types.JSONRPCResponse | types.JSONRPCError) and msg.id == rid
+
+

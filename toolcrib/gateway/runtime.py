@@ -1,0 +1,159 @@
+"""The composition root: builds pool, index, trust layers and transports from a Config, and runs them.
+
+``toolcrib serve`` calls :func:`serve`; tests call :func:`running_gateway` to get a live gateway on
+an ephemeral port.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import anyio
+import anyio.abc
+from aiohttp import web
+
+from toolcrib.config import Config
+from toolcrib.gateway.http import HttpTransport
+from toolcrib.gateway.policy import Principal
+from toolcrib.gateway.server import LOCAL_OPERATOR, Gateway
+from toolcrib.gateway.stdio import serve_stdio
+from toolcrib.router.pool import Pool
+
+log = logging.getLogger("toolcrib.serve")
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+ANONYMOUS = Principal(name="anonymous", kind="anonymous", groups=frozenset())
+
+
+@dataclass
+class Running:
+    """A live gateway: its address, pool and transport (for tests and the serve command)."""
+
+    config: Config
+    pool: Pool
+    gateway: Gateway
+    http: HttpTransport | None
+    url: str
+    port: int
+
+
+def build_gateway(config: Config, pool: Pool) -> Gateway:
+    """Wire the dispatch pipeline (trust layers come from the gateway modules)."""
+    return Gateway(config, pool)
+
+
+async def _no_auth(request: web.Request) -> Principal:
+    return ANONYMOUS
+
+
+def check_bind(config: Config) -> None:
+    from toolcrib.errors import ConfigError
+
+    if config.gateway.auth == "none" and config.gateway.host not in LOOPBACK_HOSTS:
+        raise ConfigError(
+            f'[gateway] auth = "none" is only allowed on a loopback bind, not {config.gateway.host!r}; '
+            'set auth = "keys" (and run `toolcrib keys add NAME`) or bind to 127.0.0.1'
+        )
+
+
+@asynccontextmanager
+async def running_gateway(config: Config, *, connect_wait: float = 10.0) -> AsyncIterator[Running]:
+    """Start upstreams and the HTTP endpoint; on exit, drain and stop everything."""
+    check_bind(config)
+    pool = Pool(config)
+    gateway = build_gateway(config, pool)
+    async with pool.running(), anyio.create_task_group() as tg:
+        pool.rebuild()
+        app = web.Application(client_max_size=config.gateway.max_body_bytes + 1024)
+        transport = HttpTransport(gateway, config, tg, authenticate=_no_auth)
+        transport.add_routes(app)
+        app.router.add_get("/healthz", _healthz(pool))
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, config.gateway.host, config.gateway.port, reuse_address=True)
+        await site.start()
+        port = _bound_port(runner, config.gateway.port)
+        host = config.gateway.host if ":" not in config.gateway.host else f"[{config.gateway.host}]"
+        tg.start_soon(transport.reap)
+        await pool.wait_ready(connect_wait)
+        try:
+            yield Running(config, pool, gateway, transport, f"http://{host}:{port}/mcp", port)
+        finally:
+            with anyio.CancelScope(shield=True):
+                transport.accepting = False
+                with anyio.move_on_after(config.gateway.drain_timeout):
+                    while transport.inflight:
+                        await anyio.sleep(0.05)
+                transport.close_all()
+                await runner.cleanup()
+            tg.cancel_scope.cancel()
+
+
+def _bound_port(runner: web.AppRunner, default: int) -> int:
+    for addr in runner.addresses:
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            return int(addr[1])
+    return default
+
+
+def _healthz(pool: Pool) -> Callable[[web.Request], Any]:
+    async def handler(request: web.Request) -> web.Response:
+        ups = {
+            name: {
+                "status": up.state.status,
+                "protocol": up.state.protocol_version,
+                "tools": len(up.listing.tools),
+                "error": up.state.error,
+            }
+            for name, up in pool.upstreams.items()
+        }
+        return web.json_response({"status": "ok", "upstreams": ups})
+
+    return handler
+
+
+def describe_upstreams(pool: Pool) -> list[str]:
+    lines = []
+    for name, up in sorted(pool.upstreams.items()):
+        st = up.state
+        if st.status == "connected":
+            lines.append(f"  {name}: connected, {len(up.listing.tools)} tools, protocol {st.protocol_version}")
+        else:
+            lines.append(f"  {name}: {st.status}" + (f" ({st.error})" if st.error else " (still connecting)"))
+    return lines
+
+
+async def _wait_for_signal() -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            return
+
+
+async def serve(config: Config, *, out: TextIO = sys.stderr) -> None:
+    """``toolcrib serve``: run until SIGTERM/SIGINT, then shut down gracefully."""
+    async with running_gateway(config) as rt:
+        print(f"toolcrib {config.gateway.mode} mode: connect clients to {rt.url}", file=out)
+        for line in describe_upstreams(rt.pool):
+            print(line, file=out)
+        out.flush()
+        await _wait_for_signal()
+        print("toolcrib: shutting down (draining in-flight calls)", file=out)
+
+
+async def serve_stdio_mode(config: Config) -> None:
+    """``toolcrib serve --stdio``: one client on stdin/stdout, as the local operator."""
+    pool = Pool(config)
+    gateway = build_gateway(config, pool)
+    async with pool.running(wait=10.0):
+        pool.rebuild()
+        for line in describe_upstreams(pool):
+            print(line, file=sys.stderr)
+        await serve_stdio(gateway)
+
+
+__all__ = ["LOCAL_OPERATOR", "Running", "running_gateway", "serve", "serve_stdio_mode"]

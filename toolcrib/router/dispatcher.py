@@ -1,0 +1,145 @@
+"""The dispatcher meta-tools: ``search_tools`` finds tools by meaning, ``invoke`` calls one.
+
+A client in dispatcher mode sees these two tools instead of every upstream tool. Their
+descriptions are written to teach a model the two-step protocol in as few tokens as possible;
+``benchmarks.tokens`` measures them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import mcp_types as types
+
+from toolcrib.errors import InvalidArguments
+from toolcrib.router.catalog import Catalog, Entry
+
+SEARCH = "search_tools"
+INVOKE = "invoke"
+RESERVED_NAMES = frozenset({SEARCH, INVOKE})
+MAX_LIMIT = 20
+
+SEARCH_TOOL = types.Tool(
+    name=SEARCH,
+    description=(
+        "Find tools for a task among all connected servers. Returns each match's name, description and "
+        "input schema. Then call one with invoke (or by name, if it appears in your tool list). "
+        "For a multi-step task pass one query per step."
+    ),
+    input_schema={
+        "type": "object",
+        "properties": {
+            "query": {
+                "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 10}],
+                "description": "What you want to do, in plain words; or a list, one per step.",
+            },
+            "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 5},
+            "server": {"type": "string", "description": "Only tools of this server."},
+        },
+        "required": ["query"],
+    },
+    annotations=types.ToolAnnotations(read_only_hint=True, open_world_hint=False),
+)
+
+INVOKE_TOOL = types.Tool(
+    name=INVOKE,
+    description="Call a tool found with search_tools, by its exact name, with arguments matching its input schema.",
+    input_schema={
+        "type": "object",
+        "properties": {
+            "tool": {"type": "string", "description": "Exact tool name from search_tools."},
+            "arguments": {"type": "object", "description": "Arguments for that tool."},
+        },
+        "required": ["tool"],
+    },
+)
+
+DISPATCHER_TOOLS = (SEARCH_TOOL, INVOKE_TOOL)
+
+
+class Searcher(Protocol):
+    """What the dispatcher needs from the index (see :class:`toolcrib.index.search.ToolIndex`)."""
+
+    def search(
+        self,
+        query: str | Sequence[str],
+        *,
+        limit: int = 5,
+        server: str | None = None,
+        allowed: Callable[[str], bool] | None = None,
+    ) -> Sequence[Any]: ...
+
+
+@dataclass(frozen=True)
+class SearchArgs:
+    queries: tuple[str, ...]
+    limit: int
+    server: str | None
+
+
+def parse_search_args(arguments: dict[str, Any]) -> SearchArgs:
+    """Validate ``search_tools`` arguments; raise :class:`InvalidArguments` with the fix."""
+    query = arguments.get("query")
+    if isinstance(query, str):
+        queries: tuple[str, ...] = (query,)
+    elif isinstance(query, list) and all(isinstance(q, str) for q in query):
+        queries = tuple(query[:10])
+    else:
+        raise InvalidArguments("search_tools needs `query`: a string, or a list of strings (one per step)")
+    queries = tuple(q.strip()[:1000] for q in queries if q.strip())
+    if not queries:
+        raise InvalidArguments("search_tools needs a non-empty `query` describing what you want to do")
+    limit = arguments.get("limit", 5)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidArguments(f"search_tools `limit` must be an integer from 1 to {MAX_LIMIT}")
+    server = arguments.get("server")
+    if server is not None and not isinstance(server, str):
+        raise InvalidArguments("search_tools `server` must be a server name (string)")
+    return SearchArgs(queries, limit, server or None)
+
+
+def parse_invoke_args(arguments: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    tool = arguments.get("tool")
+    if not isinstance(tool, str) or not tool:
+        raise InvalidArguments("invoke needs `tool`: the exact name returned by search_tools")
+    args = arguments.get("arguments", {})
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise InvalidArguments("invoke `arguments` must be an object matching the tool's input schema")
+    return tool, args
+
+
+def search(
+    index: Searcher,
+    catalog: Catalog,
+    args: SearchArgs,
+    allowed: Callable[[str], bool],
+) -> list[tuple[Entry, float]]:
+    """Run the search and map hits to live catalog entries the caller may use."""
+
+    def visible(key: str) -> bool:
+        return key in catalog.tools and allowed(key)
+
+    query: str | Sequence[str] = args.queries[0] if len(args.queries) == 1 else list(args.queries)
+    hits = index.search(query, limit=args.limit, server=args.server, allowed=visible)
+    return [(catalog.tools[h.key], float(h.score)) for h in hits if h.key in catalog.tools]
+
+
+def render_results(results: Sequence[tuple[Entry, float]]) -> types.CallToolResult:
+    """Compact JSON a model can read: name, description, input schema, score."""
+    items = []
+    for entry, score in results:
+        item: dict[str, Any] = {"name": entry.key, "description": (entry.tool.description or "")[:1200]}
+        schema = entry.tool.input_schema
+        if schema and schema.get("properties"):
+            item["input_schema"] = schema
+        item["score"] = round(score, 3)
+        items.append(item)
+    text = json.dumps(items, ensure_ascii=False, separators=(",", ":"))
+    if not items:
+        text = "[] (no matching tools; rephrase the query or drop the server filter)"
+    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content={"tools": items})

@@ -1,0 +1,438 @@
+"""One managed connection to one downstream MCP server.
+
+An :class:`Upstream` owns a supervisor task that connects (stdio, Streamable HTTP or legacy SSE,
+either protocol era), fetches the server's tools, resources and prompts, and reconnects with
+exponential backoff and jitter when the connection drops or the process dies. Calls go through
+:meth:`Upstream.request`, which applies the bulkhead (a per-upstream concurrency limit), the
+per-call deadline (expiry cancels the downstream request, which sends ``notifications/cancelled``)
+and maps failures to :mod:`toolcrib.errors`.
+
+Server-to-client requests (sampling, elicitation, roots) and log messages from the upstream are
+relayed to the :class:`Caller` that made the call: the caller is carried in a context variable on
+the calling task, and for upstreams that send such requests out-of-band (2025-11-25 era) the
+upstream's in-flight callers are used instead.
+
+Credentials are resolved here, at the upstream edge, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import anyio
+import httpx2
+import mcp_types as types
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp import Client, StdioServerParameters
+from mcp.client.sse import sse_client
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
+
+from toolcrib.config import ServerConfig
+from toolcrib.errors import ToolcribError, UpstreamCrashed, UpstreamTimeout, UpstreamUnavailable
+
+log = logging.getLogger("toolcrib.upstream")
+T = TypeVar("T")
+
+MAX_BACKOFF = 30.0
+CRASH_LOOP_LIMIT = 5
+CRASH_LOOP_WINDOW = 60.0
+CRASH_LOOP_PAUSE = 60.0
+
+
+class Caller(Protocol):
+    """The client-side party of a call in flight, to which upstream-initiated traffic is relayed."""
+
+    async def create_message(self, params: types.CreateMessageRequestParams) -> dict[str, Any]: ...
+    async def elicit(self, params: types.ElicitRequestParams) -> dict[str, Any]: ...
+    async def list_roots(self) -> dict[str, Any]: ...
+    async def log_message(self, params: types.LoggingMessageNotificationParams) -> None: ...
+
+
+current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("toolcrib_caller", default=None)
+
+SecretExpander = Callable[[str], str]
+
+
+def _identity(value: str) -> str:
+    return value
+
+
+@dataclass
+class UpstreamState:
+    """What the operator sees about an upstream (``toolcrib serve`` output, ``/healthz``)."""
+
+    status: str = "starting"  # starting | connected | reconnecting | crash-looping | stopped
+    protocol_version: str | None = None
+    server_name: str | None = None
+    error: str | None = None
+    connects: int = 0
+    crashes: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A snapshot of an upstream's catalog."""
+
+    tools: tuple[types.Tool, ...] = ()
+    resources: tuple[types.Resource, ...] = ()
+    templates: tuple[types.ResourceTemplate, ...] = ()
+    prompts: tuple[types.Prompt, ...] = ()
+
+
+class _ClosingStream:
+    """Wraps the transport's read stream and fires an event at EOF, so a dead server is noticed at once."""
+
+    def __init__(self, inner: MemoryObjectReceiveStream[Any], closed: anyio.Event) -> None:
+        self._inner = inner
+        self._closed = closed
+
+    async def receive(self) -> Any:
+        try:
+            return await self._inner.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._closed.set()
+            raise
+
+    def __aiter__(self) -> _ClosingStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> _ClosingStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class Upstream:
+    """A supervised client for one configured server."""
+
+    def __init__(
+        self,
+        name: str,
+        cfg: ServerConfig,
+        *,
+        expand_secret: SecretExpander = _identity,
+        on_change: Callable[[Upstream, str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.state = UpstreamState()
+        self.listing = Listing()
+        self._expand = expand_secret
+        self._on_change = on_change
+        self._client: Client | None = None
+        self._limiter = anyio.CapacityLimiter(cfg.max_concurrency)
+        self._inflight: dict[int, Caller] = {}
+        self._ready = anyio.Event()
+        self._stop = anyio.Event()
+        self._closed = anyio.Event()
+        self._refresh: set[str] = set()
+        self._refresh_event = anyio.Event()
+        self._next_call = 0
+        self._scope = anyio.CancelScope()
+        self.finished = anyio.Event()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Supervise the connection until :meth:`stop`; never raises."""
+        attempt = 0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                with self._scope:
+                    await self._connect_once()
+            except Exception as exc:  # a failing upstream must never take the others down
+                self.state.error = _describe(exc)
+                log.warning("upstream %s: %s", self.name, self.state.error)
+            finally:
+                self._client = None
+                self._ready = anyio.Event()
+                self._scope = anyio.CancelScope()
+            if self._stop.is_set():
+                break
+            now = time.monotonic()
+            self.state.crashes = [t for t in self.state.crashes if now - t < CRASH_LOOP_WINDOW] + [now]
+            attempt = 0 if now - started > CRASH_LOOP_WINDOW else attempt + 1
+            delay = min(MAX_BACKOFF, 0.25 * 2**attempt) * random.uniform(0.5, 1.0)
+            if len(self.state.crashes) >= CRASH_LOOP_LIMIT:
+                self.state.status = "crash-looping"
+                delay = CRASH_LOOP_PAUSE
+                log.error(
+                    "upstream %s crashed %d times in %.0f s; pausing restarts for %.0f s",
+                    self.name,
+                    len(self.state.crashes),
+                    CRASH_LOOP_WINDOW,
+                    delay,
+                )
+                self.state.crashes.clear()
+            else:
+                self.state.status = "reconnecting"
+            with anyio.move_on_after(delay):
+                await self._stop.wait()
+        self.state.status = "stopped"
+        self.finished.set()
+
+    async def stop(self) -> None:
+        """Ask the supervisor to close the connection (stdio children: stdin closed, TERM, then KILL)."""
+        self._stop.set()
+        self._closed.set()
+        if self._client is None:
+            self._scope.cancel()
+
+    async def wait_ready(self, timeout: float) -> bool:
+        with anyio.move_on_after(timeout):
+            await self._ready.wait()
+            return True
+        return False
+
+    async def _connect_once(self) -> None:
+        self._closed = anyio.Event()
+        async with AsyncExitStack() as stack:
+            client = Client(
+                await self._transport(stack),
+                mode="legacy" if self.cfg.kind == "sse" else "auto",
+                message_handler=self._on_message,
+                sampling_callback=self._sampling,
+                elicitation_callback=self._elicitation,
+                list_roots_callback=self._roots,
+                logging_callback=self._logging,
+                client_info=types.Implementation(name="toolcrib", version="0.1.0"),
+                cache=None,
+            )
+            with anyio.CancelScope() as connecting:
+                connecting.deadline = anyio.current_time() + self.cfg.connect_timeout
+                async with client:
+                    self.listing = await self._fetch_listing(client, {"tools", "resources", "prompts"})
+                    connecting.deadline = math.inf
+                    await self._serve(client)
+            if connecting.cancelled_caught and not self._stop.is_set():
+                raise TimeoutError
+
+    async def _serve(self, client: Client) -> None:
+        info = client.server_info
+        self.state.protocol_version = client.protocol_version
+        self.state.server_name = info.name if info else None
+        self.state.status = "connected"
+        self.state.error = None
+        self.state.connects += 1
+        self._client = client
+        self._ready.set()
+        log.info("upstream %s connected (%s, %d tools)", self.name, client.protocol_version, len(self.listing.tools))
+        await self._notify("connected")
+        while not self._stop.is_set() and not self._closed.is_set():
+            async with anyio.create_task_group() as tg:
+
+                async def _watch(scope: anyio.CancelScope) -> None:
+                    await self._closed.wait()
+                    scope.cancel()
+
+                tg.start_soon(_watch, tg.cancel_scope)
+                await self._refresh_event.wait()
+                tg.cancel_scope.cancel()
+            if self._refresh and not self._closed.is_set():
+                kinds, self._refresh = self._refresh, set()
+                self._refresh_event = anyio.Event()
+                with anyio.fail_after(self.cfg.connect_timeout):
+                    self.listing = await self._fetch_listing(client, kinds, self.listing)
+                for kind in sorted(kinds):
+                    await self._notify(f"{kind}_changed")
+        self._client = None
+        if not self._stop.is_set():
+            self.state.error = "connection closed (server exited or dropped the connection)"
+            log.warning("upstream %s: %s; restarting", self.name, self.state.error)
+            await self._notify("disconnected")
+
+    async def _notify(self, what: str) -> None:
+        if self._on_change is not None:
+            try:
+                await self._on_change(self, what)
+            except Exception:
+                log.exception("catalog update after %s of %s failed", what, self.name)
+
+    async def _transport(self, stack: AsyncExitStack) -> Any:
+        cfg = self.cfg
+        if cfg.kind == "stdio":
+            assert cfg.command is not None
+            env = {k: self._expand(v) for k, v in cfg.env.items()}
+            params = StdioServerParameters(command=cfg.command, args=list(cfg.args), env=env or None, cwd=cfg.cwd)
+            return self._watched(stdio_client(params))
+        assert cfg.url is not None
+        headers = {k: self._expand(v) for k, v in cfg.headers.items()}
+        if cfg.kind == "sse":
+            return self._watched(sse_client(cfg.url, headers=headers, timeout=cfg.connect_timeout))
+        http = await stack.enter_async_context(
+            httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(cfg.connect_timeout, read=cfg.timeout + 5))
+        )
+        return self._watched(streamable_http_client(cfg.url, http_client=http))
+
+    @asynccontextmanager
+    async def _watched(self, transport: Any) -> AsyncIterator[tuple[Any, MemoryObjectSendStream[SessionMessage]]]:
+        async with transport as (read, write):
+            yield _ClosingStream(read, self._closed), write
+        self._closed.set()
+
+    async def _fetch_listing(self, client: Client, kinds: set[str], old: Listing | None = None) -> Listing:
+        caps = client.server_capabilities
+        old = old or Listing()
+        tools, resources, templates, prompts = old.tools, old.resources, old.templates, old.prompts
+        if "tools" in kinds and caps.tools is not None:
+            tools = tuple(await _all_pages(lambda c: client.list_tools(cursor=c, cache_mode="bypass"), "tools"))
+        if "resources" in kinds and caps.resources is not None:
+            resources = tuple(await _all_pages(lambda c: client.list_resources(cursor=c, cache_mode="bypass"), "resources"))
+            templates = tuple(
+                await _all_pages(
+                    lambda c: client.list_resource_templates(cursor=c, cache_mode="bypass"), "resource_templates"
+                )
+            )
+        if "prompts" in kinds and caps.prompts is not None:
+            prompts = tuple(await _all_pages(lambda c: client.list_prompts(cursor=c, cache_mode="bypass"), "prompts"))
+        return Listing(tools, resources, templates, prompts)
+
+    # ---- upstream-initiated traffic ----------------------------------------------------------
+
+    async def _on_message(self, message: Any) -> None:
+        root = getattr(message, "root", message)
+        kind = {
+            "notifications/tools/list_changed": "tools",
+            "notifications/resources/list_changed": "resources",
+            "notifications/prompts/list_changed": "prompts",
+        }.get(getattr(root, "method", ""))
+        if kind is not None:
+            self._refresh.add(kind)
+            self._refresh_event.set()
+        elif isinstance(root, types.ResourceUpdatedNotification):
+            await self._notify("resource_updated:" + root.params.uri)
+
+    def _caller(self) -> Caller | None:
+        caller = current_caller.get()
+        if caller is not None:
+            return caller
+        if self._inflight:
+            return self._inflight[max(self._inflight)]
+        return None
+
+    async def _sampling(self, context: Any, params: types.CreateMessageRequestParams) -> Any:
+        caller = self._caller()
+        if caller is None:
+            return types.ErrorData(code=types.INVALID_REQUEST, message="no client call in flight to sample for")
+        try:
+            return types.CreateMessageResult.model_validate(await caller.create_message(params))
+        except MCPError as exc:
+            return exc.error
+
+    async def _elicitation(self, context: Any, params: types.ElicitRequestParams) -> Any:
+        caller = self._caller()
+        if caller is None:
+            return types.ErrorData(code=types.INVALID_REQUEST, message="no client call in flight to elicit from")
+        try:
+            return types.ElicitResult.model_validate(await caller.elicit(params))
+        except MCPError as exc:
+            return exc.error
+
+    async def _roots(self, context: Any) -> Any:
+        caller = self._caller()
+        if caller is None:
+            return types.ListRootsResult(roots=[])
+        try:
+            return types.ListRootsResult.model_validate(await caller.list_roots())
+        except MCPError as exc:
+            return exc.error
+
+    async def _logging(self, params: types.LoggingMessageNotificationParams) -> None:
+        caller = self._caller()
+        if caller is not None:
+            await caller.log_message(params)
+
+    # ---- calls -------------------------------------------------------------------------------
+
+    async def request(self, op: Callable[[Client], Awaitable[T]], *, what: str, timeout: float | None = None) -> T:
+        """Run ``op`` against the live client under the bulkhead and deadline.
+
+        Raises :class:`UpstreamUnavailable`, :class:`UpstreamTimeout` or :class:`UpstreamCrashed`;
+        an :class:`MCPError` from the server itself propagates unchanged.
+        """
+        client = self._client
+        if client is None:
+            raise UpstreamUnavailable(self._unavailable_reason())
+        deadline = self.cfg.timeout if timeout is None else timeout
+        caller = current_caller.get()
+        self._next_call += 1
+        token = self._next_call
+        if caller is not None:
+            self._inflight[token] = caller
+        try:
+            with anyio.fail_after(deadline):
+                async with self._limiter:
+                    return await op(client)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"{self.name}: {what} exceeded the {deadline:g} s deadline and was cancelled; "
+                f"raise [servers.{self.name}] timeout if it needs longer"
+            ) from None
+        except MCPError as exc:
+            if exc.error.code == types.CONNECTION_CLOSED:
+                self._closed.set()
+                raise UpstreamCrashed(
+                    f"{self.name}: the server exited or dropped the connection during {what}; "
+                    "toolcrib is restarting it, retry shortly"
+                ) from None
+            raise
+        finally:
+            self._inflight.pop(token, None)
+
+    def _unavailable_reason(self) -> str:
+        st = self.state
+        detail = f" ({st.error})" if st.error else ""
+        return f"{self.name}: server is {st.status}{detail}; check `toolcrib serve` output and retry"
+
+
+async def _all_pages(fetch: Callable[[str | None], Awaitable[Any]], attr: str, cap: int = 100) -> list[Any]:
+    items: list[Any] = []
+    cursor: str | None = None
+    for _ in range(cap):
+        page = await fetch(cursor)
+        items.extend(getattr(page, attr))
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    return items
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ToolcribError):
+        return exc.message
+    if isinstance(exc, TimeoutError):
+        return "did not finish connecting within connect_timeout"
+    if isinstance(exc, FileNotFoundError):
+        return f"command not found: {exc.filename}"
+    if isinstance(exc, BaseExceptionGroup):
+        inner = exc.exceptions[0] if exc.exceptions else exc
+        return _describe(inner)
+    if isinstance(exc, MCPError):
+        return f"protocol error: {exc.error.message}"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:300]
