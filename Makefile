@@ -16,8 +16,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: $(STAMP)
-	$(BIN)/toolcrib serve --config $(CONFIG)
+.toolcrib/demo-repo/.git:
+	mkdir -p .toolcrib/demo-repo
+	git -C .toolcrib/demo-repo init -q
+	printf '# demo repository\n\nCreated by make run for the git MCP server.\n' > .toolcrib/demo-repo/README.md
+	git -C .toolcrib/demo-repo add README.md
+	git -C .toolcrib/demo-repo -c user.name=toolcrib -c user.email=demo@toolcrib.invalid commit -qm "demo: first commit"
+
+run: $(STAMP) .toolcrib/demo-repo/.git
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/toolcrib --config $(CONFIG) serve
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check toolcrib tests benchmarks

@@ -298,6 +298,7 @@ class HttpTransport:
             self.inflight -= 1
             sess.waiters.pop(rid, None)
             send.close()
+            recv.close()
 
     async def _respond(
         self,
@@ -326,7 +327,7 @@ class HttpTransport:
     async def _stateless(
         self, request: web.Request, principal: Principal, message: types.JSONRPCRequest, raw: dict[str, Any]
     ) -> web.StreamResponse:
-        verdict = classify_inbound_request(raw, headers=dict(request.headers))
+        verdict = classify_inbound_request(raw, headers={k.lower(): v for k, v in request.headers.items()})
         if isinstance(verdict, InboundLadderRejection):
             if message.method != "initialize" and "_meta" not in (raw.get("params") or {}):
                 return _rpc_error(types.INVALID_REQUEST, f"Bad Request: missing {SESSION_HEADER}; call initialize first", message.id)
@@ -363,6 +364,8 @@ class HttpTransport:
             return resp
         finally:
             self.inflight -= 1
+            send.close()
+            recv.close()
 
     # ---- GET / DELETE ------------------------------------------------------------------------
 
@@ -399,6 +402,7 @@ class HttpTransport:
             if sess.standalone is send:
                 sess.standalone = None
             send.close()
+            recv.close()
         return resp
 
     async def delete(self, request: web.Request) -> web.StreamResponse:

@@ -6,24 +6,30 @@ an ephemeral port.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 import anyio.abc
 from aiohttp import web
 
 from toolcrib.config import Config
+from toolcrib.errors import ConfigError, ToolcribError
 from toolcrib.gateway.http import HttpTransport
 from toolcrib.gateway.policy import Principal
 from toolcrib.gateway.server import LOCAL_OPERATOR, Gateway
 from toolcrib.gateway.stdio import serve_stdio
 from toolcrib.router.pool import Pool
+
+if TYPE_CHECKING:
+    from toolcrib.index.embedder import Embedder
+    from toolcrib.router.reindex import Reindexer
 
 log = logging.getLogger("toolcrib.serve")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -40,11 +46,44 @@ class Running:
     http: HttpTransport | None
     url: str
     port: int
+    reindexer: Reindexer | None = None
 
 
-def build_gateway(config: Config, pool: Pool) -> Gateway:
-    """Wire the dispatch pipeline (trust layers come from the gateway modules)."""
-    return Gateway(config, pool)
+@dataclass
+class Parts:
+    pool: Pool
+    gateway: Gateway
+    reindexer: Reindexer | None
+
+
+def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
+    """Wire pool, index and the dispatch pipeline from the config."""
+    pool = Pool(config)
+    reindexer: Reindexer | None = None
+    if config.gateway.mode == "dispatcher":
+        from toolcrib.router.reindex import Reindexer, open_index
+
+        try:
+            index = open_index(config, embedder)
+        except ToolcribError as exc:
+            log.error("tool index unavailable, search_tools will fail: %s", exc.message)
+        else:
+            reindexer = Reindexer(index, lambda: pool.catalog)
+    gateway = Gateway(config, pool, index=reindexer.index if reindexer else None)
+    if reindexer is not None:
+        _reindex_on_change(pool, reindexer)
+    return Parts(pool, gateway, reindexer)
+
+
+def _reindex_on_change(pool: Pool, reindexer: Reindexer) -> None:
+    async def listener(server: str, what: str) -> None:
+        if what in ("connected", "tools_changed"):
+            try:
+                await reindexer.sync({server})
+            except ToolcribError as exc:
+                log.error("reindex of %s failed: %s", server, exc.message)
+
+    pool.subscribe(listener)
 
 
 async def _no_auth(request: web.Request) -> Principal:
@@ -52,8 +91,6 @@ async def _no_auth(request: web.Request) -> Principal:
 
 
 def check_bind(config: Config) -> None:
-    from toolcrib.errors import ConfigError
-
     if config.gateway.auth == "none" and config.gateway.host not in LOOPBACK_HOSTS:
         raise ConfigError(
             f'[gateway] auth = "none" is only allowed on a loopback bind, not {config.gateway.host!r}; '
@@ -62,17 +99,21 @@ def check_bind(config: Config) -> None:
 
 
 @asynccontextmanager
-async def running_gateway(config: Config, *, connect_wait: float = 10.0) -> AsyncIterator[Running]:
+async def running_gateway(
+    config: Config, *, connect_wait: float = 10.0, embedder: Embedder | None = None
+) -> AsyncIterator[Running]:
     """Start upstreams and the HTTP endpoint; on exit, drain and stop everything."""
     check_bind(config)
-    pool = Pool(config)
-    gateway = build_gateway(config, pool)
+    parts = build(config, embedder=embedder)
+    pool, gateway = parts.pool, parts.gateway
     async with pool.running(), anyio.create_task_group() as tg:
         pool.rebuild()
         app = web.Application(client_max_size=config.gateway.max_body_bytes + 1024)
         transport = HttpTransport(gateway, config, tg, authenticate=_no_auth)
         transport.add_routes(app)
         app.router.add_get("/healthz", _healthz(pool))
+        if parts.reindexer is not None:
+            app.router.add_post("/admin/reindex", _reindex_handler(parts.reindexer))
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, config.gateway.host, config.gateway.port, reuse_address=True)
@@ -82,7 +123,7 @@ async def running_gateway(config: Config, *, connect_wait: float = 10.0) -> Asyn
         tg.start_soon(transport.reap)
         await pool.wait_ready(connect_wait)
         try:
-            yield Running(config, pool, gateway, transport, f"http://{host}:{port}/mcp", port)
+            yield Running(config, pool, gateway, transport, f"http://{host}:{port}/mcp", port, parts.reindexer)
         finally:
             with anyio.CancelScope(shield=True):
                 transport.accepting = False
@@ -99,6 +140,21 @@ def _bound_port(runner: web.AppRunner, default: int) -> int:
         if isinstance(addr, tuple) and len(addr) >= 2:
             return int(addr[1])
     return default
+
+
+def _reindex_handler(reindexer: Reindexer) -> Callable[[web.Request], Any]:
+    async def handler(request: web.Request) -> web.Response:
+        if request.remote not in ("127.0.0.1", "::1"):
+            return web.json_response({"error": "forbidden", "message": "admin API is loopback-only"}, status=403)
+        server = request.query.get("server")
+        full = request.query.get("full", "").lower() in ("1", "true", "yes")
+        try:
+            report = await reindexer.sync({server} if server else None, full=full)
+        except ToolcribError as exc:
+            return web.json_response({"error": "reindex_failed", "message": exc.message}, status=500)
+        return web.json_response(dataclasses.asdict(report))
+
+    return handler
 
 
 def _healthz(pool: Pool) -> Callable[[web.Request], Any]:
@@ -147,9 +203,10 @@ async def serve(config: Config, *, out: TextIO = sys.stderr) -> None:
 
 async def serve_stdio_mode(config: Config) -> None:
     """``toolcrib serve --stdio``: one client on stdin/stdout, as the local operator."""
-    pool = Pool(config)
-    gateway = build_gateway(config, pool)
-    async with pool.running(wait=10.0):
+    parts = build(config)
+    pool, gateway = parts.pool, parts.gateway
+    async with pool.running():
+        await pool.wait_ready(10.0)
         pool.rebuild()
         for line in describe_upstreams(pool):
             print(line, file=sys.stderr)

@@ -1,0 +1,67 @@
+"""End-to-end fixtures: a real gateway in-process on an ephemeral port, real upstream servers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from toolcrib.config import Config
+from toolcrib.gateway.runtime import Running, running_gateway
+
+ROOT = Path(__file__).resolve().parents[2]
+PY = sys.executable
+
+
+def stdio_server(module: str, *args: str, **extra: Any) -> dict[str, Any]:
+    """A [servers.X] table that runs one of our fixture servers over stdio."""
+    return {"command": PY, "args": ["-m", module, *args], "cwd": str(ROOT), **extra}
+
+
+def make_config(servers: dict[str, dict[str, Any]], **gateway: Any) -> Config:
+    data: dict[str, Any] = {"gateway": {"port": 0, **gateway}, "servers": servers}
+    data.setdefault("index", {})
+    return Config.model_validate(data)
+
+
+GatewayFactory = Callable[..., AbstractAsyncContextManager[Running]]
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> GatewayFactory:
+    """``async with gateway(servers, **gateway_options) as rt`` starts toolcrib; exit stops it and its children."""
+
+    @asynccontextmanager
+    async def start(servers: dict[str, dict[str, Any]], **options: Any) -> AsyncIterator[Running]:
+        options.setdefault("mode", "passthrough")
+        cfg = make_config(servers, **options)
+        cfg = cfg.model_copy(
+            update={
+                "index": cfg.index.model_copy(update={"path": str(tmp_path / "index")}),
+                "audit": cfg.audit.model_copy(update={"path": str(tmp_path / "audit.db")}),
+            }
+        )
+        async with running_gateway(cfg, connect_wait=20) as rt:
+            yield rt
+
+    return start
+
+
+def child_pids(pattern: str) -> list[int]:
+    """PIDs of processes whose command line contains ``pattern`` (for real kill -9 faults)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if pattern in cmd and int(entry.name) != os.getpid():
+            pids.append(int(entry.name))
+    return pids

@@ -1,0 +1,87 @@
+"""Keeping the tool index in step with the catalog.
+
+The index (``toolcrib/index``) knows nothing of upstreams; this module feeds it. Reindexing is
+incremental (only tools whose content hash changed are embedded) and runs in a worker thread so
+searches keep being served. Triggers: start, an upstream's ``tools/list_changed`` (or reconnect),
+``toolcrib index`` and ``POST /admin/reindex``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection
+from pathlib import Path
+
+import anyio
+
+from toolcrib.config import Config
+from toolcrib.index.documents import ToolDoc
+from toolcrib.index.embedder import Embedder, load_embedder
+from toolcrib.index.search import SyncReport, ToolIndex
+from toolcrib.router.catalog import Catalog
+
+log = logging.getLogger("toolcrib.reindex")
+
+Visible = Callable[[str], bool]
+
+
+def docs_for(catalog: Catalog, servers: Collection[str] | None = None, visible: Visible | None = None) -> list[ToolDoc]:
+    """Index documents for the catalog's tools (optionally only some servers, only searchable tools)."""
+    docs = []
+    for key, entry in catalog.tools.items():
+        if servers is not None and entry.server not in servers:
+            continue
+        if visible is not None and not visible(key):
+            continue
+        tool = entry.tool
+        docs.append(
+            ToolDoc(
+                key=key,
+                server=entry.server,
+                name=entry.name,
+                description=tool.description or "",
+                input_schema=dict(tool.input_schema or {}),
+                title=tool.title,
+            )
+        )
+    return docs
+
+
+def open_index(config: Config, embedder: Embedder | None = None) -> ToolIndex:
+    """Open (or create) the persisted index named by ``[index]``."""
+    emb = embedder or load_embedder(config.index.model)
+    return ToolIndex.open(Path(config.index.path), emb, ranking=config.index.ranking)
+
+
+class Reindexer:
+    """Serialises syncs of one index against a changing catalog."""
+
+    def __init__(self, index: ToolIndex, catalog: Callable[[], Catalog], visible: Visible | None = None) -> None:
+        self.index = index
+        self._catalog = catalog
+        self._visible = visible
+        self._lock = anyio.Lock()
+
+    async def sync(
+        self,
+        servers: Collection[str] | None = None,
+        *,
+        full: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> SyncReport:
+        async with self._lock:
+            docs = docs_for(self._catalog(), servers, self._visible)
+            report: SyncReport = await anyio.to_thread.run_sync(
+                lambda: self.index.sync(docs, servers=servers, full=full, progress=progress)
+            )
+        if report.added or report.changed or report.removed:
+            log.info(
+                "reindexed%s: %d added, %d changed, %d removed, %d unchanged in %.2f s",
+                f" {', '.join(sorted(servers))}" if servers else "",
+                report.added,
+                report.changed,
+                report.removed,
+                report.unchanged,
+                report.seconds,
+            )
+        return report
