@@ -74,9 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="One MCP endpoint in front of many MCP servers: proxy, semantic tool router, trust gateway.",
     )
     parser.add_argument("--version", action="version", version=f"toolcrib {__version__}")
-    parser.add_argument(
-        "--config", metavar="PATH", help="config file (default: $TOOLCRIB_CONFIG or ./toolcrib.toml)"
-    )
+    parser.add_argument("--config", metavar="PATH", help="config file (default: $TOOLCRIB_CONFIG or ./toolcrib.toml)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
@@ -107,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(sub: Any) -> None:
     """Verbs that live with the subsystem they operate on."""
-    for module in ("toolcrib.gateway.commands", "toolcrib.index.commands"):
+    for module in ("toolcrib.router.commands", "toolcrib.gateway.commands", "toolcrib.bench"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -66,7 +66,10 @@ def convert(data: dict[str, Any], source: str) -> tuple[dict[str, Any], list[tup
             f"{source}: no `mcpServers` (Claude Desktop, Cursor, Claude Code) or `servers` (VS Code) object found; "
             "pass the client's MCP config file"
         )
-    out: dict[str, Any] = {"gateway": {"host": "127.0.0.1", "port": 8765, "mode": "dispatcher"}, "servers": {}}
+    out: dict[str, Any] = {
+        "gateway": {"host": "127.0.0.1", "port": 8765, "mode": "dispatcher"},
+        "servers": {},
+    }
     moved: list[tuple[str, str, str]] = []
     taken: set[str] = set()
     for raw_name, spec in servers.items():
@@ -142,7 +145,10 @@ def import_client_config(path: Path, output: Path | None, *, force: bool = False
 def client_snippet(client: str, config: Config, config_path: Path | str, *, stdio: bool = False) -> str:
     """The JSON a client needs to reach this gateway."""
     url = f"http://{config.gateway.host}:{config.gateway.port}/mcp"
-    launch = {"command": "toolcrib", "args": ["--config", str(Path(config_path).resolve()), "serve", "--stdio"]}
+    launch = {
+        "command": "toolcrib",
+        "args": ["--config", str(Path(config_path).resolve()), "serve", "--stdio"],
+    }
     if client == "vscode":
         server: dict[str, Any] = {"type": "stdio", **launch} if stdio else {"type": "http", "url": url}
         return json.dumps({"servers": {"toolcrib": server}}, indent=2)

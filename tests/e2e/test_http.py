@@ -52,13 +52,17 @@ async def test_session_lifecycle(gateway: GatewayFactory) -> None:
         assert "time__get_current_time" in text
         async with s.delete(rt.url, headers={"Mcp-Session-Id": sid}) as r:
             assert r.status == 204
-        status, _, _ = await _post(s, rt.url, {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, **{"Mcp-Session-Id": sid})
+        status, _, _ = await _post(
+            s, rt.url, {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, **{"Mcp-Session-Id": sid}
+        )
         assert status == 404
 
 
 async def test_unknown_session_is_404(gateway: GatewayFactory) -> None:
     async with gateway(TIME) as rt, aiohttp.ClientSession() as s:
-        status, _, _ = await _post(s, rt.url, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, **{"Mcp-Session-Id": "f" * 32})
+        status, _, _ = await _post(
+            s, rt.url, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, **{"Mcp-Session-Id": "f" * 32}
+        )
         assert status == 404
 
 
@@ -73,14 +77,18 @@ async def test_malformed_json_rpc(gateway: GatewayFactory, body: bytes, code: in
         assert status == 400
         assert json.loads(text)["error"]["code"] == code
         # the session's read loop survives
-        status, _, text = await _post(s, rt.url, {"jsonrpc": "2.0", "id": 9, "method": "tools/list"}, **{"Mcp-Session-Id": sid})
+        status, _, text = await _post(
+            s, rt.url, {"jsonrpc": "2.0", "id": 9, "method": "tools/list"}, **{"Mcp-Session-Id": sid}
+        )
         assert status == 200 and "time__" in text
 
 
 async def test_unknown_method_is_32601(gateway: GatewayFactory) -> None:
     async with gateway(TIME) as rt, aiohttp.ClientSession() as s:
         sid = await _init(s, rt.url)
-        status, _, text = await _post(s, rt.url, {"jsonrpc": "2.0", "id": 5, "method": "no/such"}, **{"Mcp-Session-Id": sid})
+        _, _, text = await _post(
+            s, rt.url, {"jsonrpc": "2.0", "id": 5, "method": "no/such"}, **{"Mcp-Session-Id": sid}
+        )
         assert json.loads(text)["error"]["code"] == -32601
 
 

@@ -99,15 +99,14 @@ async def test_deadline_cancels_upstream(gateway: GatewayFactory, tmp_path: Path
 
 async def test_hung_upstream_does_not_delay_others(gateway: GatewayFactory) -> None:
     servers = {"slow": stdio_server(ECHO, timeout=20.0), "fast": stdio_server(ECHO)}
-    async with gateway(servers) as rt, Client(rt.url) as c:
-        async with anyio.create_task_group() as tg:
-            for _ in range(4):
-                tg.start_soon(c.call_tool, "slow__sleep", {"seconds": 3})
-            await anyio.sleep(0.2)
-            started = time.monotonic()
-            assert _text(await c.call_tool("fast__echo", {"text": "quick"})) == "quick"
-            assert time.monotonic() - started < 1.0
-            tg.cancel_scope.cancel()
+    async with gateway(servers) as rt, Client(rt.url) as c, anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(c.call_tool, "slow__sleep", {"seconds": 3})
+        await anyio.sleep(0.2)
+        started = time.monotonic()
+        assert _text(await c.call_tool("fast__echo", {"text": "quick"})) == "quick"
+        assert time.monotonic() - started < 1.0
+        tg.cancel_scope.cancel()
 
 
 async def test_garbage_server_is_reported_and_others_work(gateway: GatewayFactory) -> None:
@@ -136,14 +135,16 @@ async def test_tools_list_changed_is_forwarded(gateway: GatewayFactory) -> None:
         if isinstance(root, types.ToolListChangedNotification):
             changed.set()
 
-    async with gateway({"echo": stdio_server(ECHO)}) as rt:
-        async with Client(rt.url, mode="legacy", message_handler=on_message) as c:
-            await c.list_tools()
-            await c.call_tool("echo__add_tool", {"name": "fresh"})
-            with anyio.fail_after(10):
-                await changed.wait()
-            names = {t.name for t in (await c.list_tools()).tools}
-            assert "echo__fresh" in names
+    async with (
+        gateway({"echo": stdio_server(ECHO)}) as rt,
+        Client(rt.url, mode="legacy", message_handler=on_message) as c,
+    ):
+        await c.list_tools()
+        await c.call_tool("echo__add_tool", {"name": "fresh"})
+        with anyio.fail_after(10):
+            await changed.wait()
+        names = {t.name for t in (await c.list_tools()).tools}
+        assert "echo__fresh" in names
 
 
 async def test_resources_and_prompts_are_namespaced(gateway: GatewayFactory) -> None:

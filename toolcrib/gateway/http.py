@@ -15,6 +15,7 @@ and every request is authenticated (401/403) before it reaches the server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -96,10 +97,8 @@ class _Exchange:
     async def notify(self, method: str, params: Any, opts: CallOptions | None = None) -> None:
         if self.sink is not None:
             note = types.JSONRPCNotification(jsonrpc="2.0", method=method, params=dict(params) if params else None)
-            try:
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                 await self.sink.send(note)
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                pass
 
     async def progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
         if self.progress_token is None:
@@ -132,6 +131,7 @@ class HttpTransport:
         self.sessions: dict[str, HttpSession] = {}
         self.accepting = True
         self.inflight = 0
+        self.idle = anyio.Event()
         hosts = {self.cfg.host, *LOOPBACK_NAMES, *self.cfg.allowed_hosts}
         self._hosts = {h.lower() for h in hosts}
         self._origins = {o.rstrip("/").lower() for o in self.cfg.allowed_origins}
@@ -153,7 +153,9 @@ class HttpTransport:
             o = origin.rstrip("/").lower()
             parts = urlsplit(o)
             if o not in self._origins and (parts.hostname or "") not in ("localhost", "127.0.0.1", "::1"):
-                return web.Response(status=403, text="Forbidden: Origin not allowed; add it to [gateway] allowed_origins\n")
+                return web.Response(
+                    status=403, text="Forbidden: Origin not allowed; add it to [gateway] allowed_origins\n"
+                )
         return None
 
     async def _principal(self, request: web.Request) -> Principal | web.Response:
@@ -225,7 +227,9 @@ class HttpTransport:
             return web.Response(status=202)
         return await self._exchange(request, sess, message, info)
 
-    async def _initialize(self, request: web.Request, principal: Principal, message: types.JSONRPCRequest) -> web.StreamResponse:
+    async def _initialize(
+        self, request: web.Request, principal: Principal, message: types.JSONRPCRequest
+    ) -> web.StreamResponse:
         if len(self.sessions) >= self.cfg.max_sessions:
             return _rpc_error(-32000, "Too many sessions; retry later or raise [gateway] max_sessions", status=503)
         peer = Peer(transport="http", principal=principal)
@@ -295,7 +299,7 @@ class HttpTransport:
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             return _rpc_error(-32000, "Session closed; start a new session with initialize", rid, status=404)
         finally:
-            self.inflight -= 1
+            self._done()
             sess.waiters.pop(rid, None)
             send.close()
             recv.close()
@@ -330,7 +334,11 @@ class HttpTransport:
         verdict = classify_inbound_request(raw, headers={k.lower(): v for k, v in request.headers.items()})
         if isinstance(verdict, InboundLadderRejection):
             if message.method != "initialize" and "_meta" not in (raw.get("params") or {}):
-                return _rpc_error(types.INVALID_REQUEST, f"Bad Request: missing {SESSION_HEADER}; call initialize first", message.id)
+                return _rpc_error(
+                    types.INVALID_REQUEST,
+                    f"Bad Request: missing {SESSION_HEADER}; call initialize first",
+                    message.id,
+                )
             err = {"code": verdict.code, "message": verdict.message}
             if verdict.data is not None:
                 err["data"] = verdict.data
@@ -340,7 +348,9 @@ class HttpTransport:
         params = message.params or {}
         token = (params.get("_meta") or {}).get("progressToken")
         dctx = _Exchange(message.id, request.headers, info, token)
-        connection = Connection.from_envelope(verdict.protocol_version, verdict.client_info, verdict.client_capabilities)
+        connection = Connection.from_envelope(
+            verdict.protocol_version, verdict.client_info, verdict.client_capabilities
+        )
         send, recv = anyio.create_memory_object_stream[types.JSONRPCMessage](256)
         dctx.sink = send
         self.inflight += 1
@@ -348,7 +358,12 @@ class HttpTransport:
         async def run() -> None:
             try:
                 result = await serve_one(
-                    self.gateway.server, dctx, message.method, message.params, connection=connection, lifespan_state={}
+                    self.gateway.server,
+                    dctx,
+                    message.method,
+                    message.params,
+                    connection=connection,
+                    lifespan_state={},
                 )
                 out: types.JSONRPCMessage = types.JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
             except Exception as exc:
@@ -363,9 +378,14 @@ class HttpTransport:
                 resp = await self._respond(request, recv, message.id, headers={})
             return resp
         finally:
-            self.inflight -= 1
+            self._done()
             send.close()
             recv.close()
+
+    def _done(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and not self.accepting:
+            self.idle.set()
 
     # ---- GET / DELETE ------------------------------------------------------------------------
 
@@ -440,5 +460,3 @@ class HttpTransport:
 
 def _is_final(msg: types.JSONRPCMessage, rid: Any) -> bool:
     return isinstance(msg, types.JSONRPCResponse | types.JSONRPCError) and msg.id == rid
-
-

@@ -127,9 +127,9 @@ async def running_gateway(
         finally:
             with anyio.CancelScope(shield=True):
                 transport.accepting = False
-                with anyio.move_on_after(config.gateway.drain_timeout):
-                    while transport.inflight:
-                        await anyio.sleep(0.05)
+                if transport.inflight:
+                    with anyio.move_on_after(config.gateway.drain_timeout):
+                        await transport.idle.wait()
                 transport.close_all()
                 await runner.cleanup()
             tg.cancel_scope.cancel()

@@ -185,9 +185,9 @@ class Gateway:
                 out.append(entry.tool)
                 seen.add(key)
         for key in peer.loaded:
-            entry = catalog.tools.get(key)
-            if entry is not None and key not in seen and self.may_use(principal, key):
-                out.append(entry.tool)
+            loaded = catalog.tools.get(key)
+            if loaded is not None and key not in seen and self.may_use(principal, key):
+                out.append(loaded.tool)
         return out
 
     async def _list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
@@ -344,7 +344,9 @@ class Gateway:
         result: types.ReadResourceResult = await self._upstream_call(
             server, lambda c: c.read_resource(inner, cache_mode="bypass"), f"resources/read {inner}"
         )
-        contents = [c.model_copy(update={"uri": self.pool.catalog.resource_uri(server, str(c.uri))}) for c in result.contents]
+        contents = [
+            c.model_copy(update={"uri": self.pool.catalog.resource_uri(server, str(c.uri))}) for c in result.contents
+        ]
         return result.model_copy(update={"contents": contents})
 
     async def _subscribe(self, ctx: Ctx, params: types.SubscribeRequestParams) -> types.EmptyResult:

@@ -142,4 +142,6 @@ def render_results(results: Sequence[tuple[Entry, float]]) -> types.CallToolResu
     text = json.dumps(items, ensure_ascii=False, separators=(",", ":"))
     if not items:
         text = "[] (no matching tools; rephrase the query or drop the server filter)"
-    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content={"tools": items})
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)], structured_content={"tools": items}
+    )

@@ -241,7 +241,12 @@ class Upstream:
         self.state.connects += 1
         self._client = client
         self._ready.set()
-        log.info("upstream %s connected (%s, %d tools)", self.name, client.protocol_version, len(self.listing.tools))
+        log.info(
+            "upstream %s connected (%s, %d tools)",
+            self.name,
+            client.protocol_version,
+            len(self.listing.tools),
+        )
         await self._notify("connected")
         while not self._stop.is_set() and not self._closed.is_set():
             async with anyio.create_task_group() as tg:
@@ -302,10 +307,13 @@ class Upstream:
         if "tools" in kinds and caps.tools is not None:
             tools = tuple(await _all_pages(lambda c: client.list_tools(cursor=c, cache_mode="bypass"), "tools"))
         if "resources" in kinds and caps.resources is not None:
-            resources = tuple(await _all_pages(lambda c: client.list_resources(cursor=c, cache_mode="bypass"), "resources"))
+            resources = tuple(
+                await _all_pages(lambda c: client.list_resources(cursor=c, cache_mode="bypass"), "resources")
+            )
             templates = tuple(
                 await _all_pages(
-                    lambda c: client.list_resource_templates(cursor=c, cache_mode="bypass"), "resource_templates"
+                    lambda c: client.list_resource_templates(cursor=c, cache_mode="bypass"),
+                    "resource_templates",
                 )
             )
         if "prompts" in kinds and caps.prompts is not None:

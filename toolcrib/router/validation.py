@@ -19,11 +19,7 @@ import referencing.exceptions
 from toolcrib.errors import InvalidArguments
 
 
-def _no_retrieve(uri: str) -> referencing.Resource[Any]:
-    raise referencing.exceptions.NoSuchResource(ref=uri)
-
-
-_REGISTRY: referencing.Registry[Any] = referencing.Registry(retrieve=_no_retrieve)
+_REGISTRY: referencing.Registry[Any] = referencing.Registry()  # its default retrieve refuses every URI
 
 
 @lru_cache(maxsize=4096)

@@ -1,0 +1,105 @@
+"""CLI verbs for operators of the router: ``toolcrib index`` and ``toolcrib search``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import anyio
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from toolcrib.config import Config
+from toolcrib.errors import ConfigError, IndexError_
+
+
+def _cmd_index(args: argparse.Namespace, config: Config) -> int:
+    from toolcrib.router.pool import Pool
+    from toolcrib.router.reindex import Reindexer, open_index
+
+    if args.server and args.server not in config.enabled_servers:
+        raise ConfigError(f"no enabled server named {args.server!r}; see `toolcrib check` for the list")
+    console = Console(stderr=True)
+    index = open_index(config)
+    cfg = config
+    if args.server:
+        cfg = config.model_copy(update={"servers": {args.server: config.servers[args.server]}})
+    pool = Pool(cfg)
+
+    async def run() -> Any:
+        async with pool.running():
+            await pool.wait_ready(args.wait)
+            catalog = pool.rebuild()
+            for name, up in sorted(pool.upstreams.items()):
+                if up.state.status != "connected":
+                    console.print(f"[yellow]{name}: not connected ({up.state.error or up.state.status}); skipped[/]")
+            servers = {n for n, up in pool.upstreams.items() if up.state.status == "connected"}
+            reindexer = Reindexer(index, lambda: catalog)
+            with Progress(
+                TextColumn("embedding"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            ) as bar:
+                task = bar.add_task("embed", total=None)
+
+                def progress(done: int, total: int) -> None:
+                    bar.update(task, completed=done, total=total)
+
+                return await reindexer.sync(servers, full=args.full, progress=progress)
+
+    report = anyio.run(run)
+    console.print(
+        f"index {config.index.path}: {report.added} added, {report.changed} changed, {report.removed} removed, "
+        f"{report.unchanged} unchanged; {report.embedded} embedded in {report.seconds:.2f} s"
+    )
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace, config: Config) -> int:
+    from toolcrib.router.reindex import open_index
+
+    index = open_index(config)
+    if len(index) == 0:
+        raise IndexError_(f"the index at {config.index.path} is empty; run `toolcrib index` first")
+    hits = index.search(args.query, limit=args.limit, server=args.server)
+    rows = []
+    for hit in hits:
+        doc = index.doc(hit.key)
+        rows.append(
+            {
+                "name": hit.key,
+                "server": doc.server if doc else "",
+                "score": round(float(hit.score), 4),
+                "description": (doc.description if doc else "")[:200],
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    table = Table(title=f"search: {args.query}")
+    for col in ("score", "name", "description"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(f"{r['score']:.3f}", r["name"], r["description"])
+    Console().print(table)
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("index", help="(re)build the tool index from the configured servers")
+    p.add_argument("--server", help="only this server")
+    p.add_argument("--full", action="store_true", help="re-embed everything, not only changed tools")
+    p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for servers to connect")
+    p.set_defaults(func=_cmd_index)
+
+    p = sub.add_parser("search", help="search the persisted tool index like search_tools does")
+    p.add_argument("query")
+    p.add_argument("--limit", type=int, default=5)
+    p.add_argument("--server", help="only tools of this server")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_search)
