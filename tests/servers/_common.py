@@ -1,0 +1,138 @@
+"""Shared plumbing for the SDK fixture servers: one `main()` that serves a low-level
+`mcp.server.Server` over stdio (default) or Streamable HTTP (`--http PORT`).
+
+HTTP mode binds 127.0.0.1 (port 0 picks a free port) and, once the socket is listening,
+prints one line `LISTENING http://127.0.0.1:PORT/mcp` on stdout and on stderr (flushed),
+so a test can read whichever stream it captures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import socket
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+from mcp.server import Server
+from mcp.server.lowlevel.server import NotificationOptions
+from mcp.server.models import InitializationOptions
+from mcp.server.stdio import stdio_server
+from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
+from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp_types import JSONRPCMessage
+
+# The fixtures deliberately exercise the handshake-era features (logging, sampling,
+# roots) that mcp 2.x marks deprecated; the warnings are noise in a fixture.
+warnings.filterwarnings("ignore", category=MCPDeprecationWarning)
+
+
+class FixtureServer(Server[Any]):
+    """A low-level `Server` that advertises `listChanged` for tools, resources and prompts
+    on every transport (the SDK's HTTP manager calls `create_initialization_options()`
+    with no arguments)."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        if notification_options is None:
+            notification_options = NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True)
+        return super().create_initialization_options(notification_options, experimental_capabilities, extensions)
+
+
+class InMemoryEventStore(EventStore):
+    """Unbounded in-memory event store: enables SSE priming events and resumption
+    (`Last-Event-ID`) on the handshake-era Streamable HTTP transport."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._events: list[tuple[EventId, StreamId, JSONRPCMessage | None]] = []
+
+    async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+        event_id = str(next(self._ids))
+        self._events.append((event_id, stream_id, message))
+        return event_id
+
+    async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
+        index = next((i for i, (eid, _, _) in enumerate(self._events) if eid == last_event_id), None)
+        if index is None:
+            return None
+        stream_id = self._events[index][1]
+        for event_id, sid, message in self._events[index + 1 :]:
+            if sid == stream_id and message is not None:
+                await send_callback(EventMessage(message, event_id))
+        return stream_id
+
+
+def announce(url: str) -> None:
+    """Print the LISTENING line on stdout and stderr."""
+    line = f"LISTENING {url}"
+    for stream in (sys.stdout, sys.stderr):
+        print(line, file=stream, flush=True)
+
+
+def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--http",
+        type=int,
+        metavar="PORT",
+        default=None,
+        help="serve Streamable HTTP on 127.0.0.1:PORT/mcp (0 = pick a free port) instead of stdio",
+    )
+    parser.add_argument(
+        "--json-response",
+        action="store_true",
+        help="HTTP: answer POSTs with application/json instead of SSE streams",
+    )
+    return parser.parse_args(argv)
+
+
+async def serve_stdio(server: Server[Any]) -> None:
+    async with stdio_server() as (read_stream, write_stream):
+        await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+async def serve_http(server: Server[Any], port: int, *, json_response: bool = False) -> None:
+    import uvicorn
+
+    app = server.streamable_http_app(
+        json_response=json_response,
+        event_store=InMemoryEventStore(),
+        retry_interval=1000,
+        host="127.0.0.1",
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(128)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    uv = uvicorn.Server(config)
+
+    async def announce_when_started() -> None:
+        while not uv.started:
+            await anyio.sleep(0.01)
+        announce(f"http://127.0.0.1:{sock.getsockname()[1]}/mcp")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(announce_when_started)
+        await uv.serve(sockets=[sock])
+        tg.cancel_scope.cancel()
+
+
+def main(server: Server[Any], argv: Sequence[str] | None = None, *, description: str = "") -> None:
+    """Serve `server` over stdio, or over Streamable HTTP with `--http PORT`."""
+    args = parse_args(argv, description or f"MCP fixture server {server.name!r}")
+    try:
+        if args.http is None:
+            anyio.run(serve_stdio, server)
+        else:
+            anyio.run(lambda: serve_http(server, args.http, json_response=args.json_response))
+    except KeyboardInterrupt:
+        pass
