@@ -216,7 +216,8 @@ def measure(
 
 
 def pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+    """A percentage with enough digits that 99.96% never prints as 100.0%."""
+    return f"{100 * x:.2f}%" if 0.99 <= x < 1 else f"{100 * x:.1f}%"
 
 
 def format_report(report: Report) -> str:
