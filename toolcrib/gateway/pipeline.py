@@ -15,7 +15,10 @@ from typing import Any
 
 import mcp_types as types
 
-from toolcrib.gateway.policy import Principal
+from toolcrib.config import PolicyRule
+from toolcrib.gateway.audit import AuditEvent, AuditSink
+from toolcrib.gateway.credentials import Redactor
+from toolcrib.gateway.policy import Principal, decide
 
 Result = types.CallToolResult
 Next = Callable[["ToolCall"], Awaitable[Result]]
@@ -64,3 +67,100 @@ def _bind(layer: Layer, nxt: Next) -> Next:
         return await layer(call, nxt)
 
     return run
+
+
+# ---- the trust layers ---------------------------------------------------------------------------
+
+_OUTCOMES = {
+    "UpstreamTimeout": "timeout",
+    "UpstreamCrashed": "upstream_crash",
+    "UpstreamUnavailable": "upstream_crash",
+    "protocol_error": "protocol_error",
+    "invalid_arguments": "tool_error",
+    "denied": "denied",
+    "pending": "pending",
+}
+
+
+def _result_bytes(result: Result) -> int:
+    total = 0
+    for block in result.content:
+        text = getattr(block, "text", None) or getattr(block, "data", None)
+        if isinstance(text, str):
+            total += len(text)
+    return total
+
+
+def audit_layer(sink: AuditSink) -> Layer:
+    """Observe: a row before forwarding (attempt) and one after (outcome). Never decides."""
+
+    async def layer(call: ToolCall, nxt: Next) -> Result:
+        rid = None if call.request_id is None else str(call.request_id)
+        common: dict[str, Any] = {
+            "request_id": rid,
+            "principal": call.principal.name,
+            "client_name": call.client_name,
+            "session": call.session_id,
+            "transport": call.transport,
+            "method": f"tools/call:{call.via}",
+            "server": call.server,
+            "tool": call.key,
+            "tool_hash": call.tool_hash,
+        }
+        attempt = sink.append(AuditEvent(kind="attempt", arguments=call.arguments, **common))
+        outcome: str = "cancelled"
+        result: Result | None = None
+        try:
+            result = await nxt(call)
+            noted = call.notes.get("outcome")
+            outcome = _OUTCOMES.get(noted, "tool_error") if noted else ("tool_error" if result.is_error else "ok")
+            return result
+        except Exception:
+            outcome = "protocol_error"
+            raise
+        finally:
+            decision = call.notes.get("decision")
+            sink.append(
+                AuditEvent(
+                    kind="outcome",
+                    attempt_seq=attempt,
+                    outcome=outcome,  # type: ignore[arg-type]
+                    decision=decision.action if decision else None,
+                    rule=decision.rule if decision else None,
+                    approver=call.notes.get("approver"),
+                    latency_ms=(time.perf_counter() - call.started) * 1000,
+                    bytes=_result_bytes(result) if result is not None else None,
+                    error=call.notes.get("error"),
+                    **common,
+                )
+            )
+
+    return layer
+
+
+def redact_layer(redactor: Redactor) -> Layer:
+    """Scrub known secret values (raw, base64, URL-encoded, hex) from everything a client sees."""
+
+    async def layer(call: ToolCall, nxt: Next) -> Result:
+        result = await nxt(call)
+        if not len(redactor):
+            return result
+        data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        scrubbed = redactor.scrub_json(data)
+        return result if scrubbed == data else types.CallToolResult.model_validate(scrubbed)
+
+    return layer
+
+
+def policy_layer(rules: Sequence[PolicyRule], default: str) -> Layer:
+    """Decide: allow, deny (the model reads which rule refused), or mark for approval."""
+
+    async def layer(call: ToolCall, nxt: Next) -> Result:
+        decision = decide(call.principal, call.key, call.arguments, rules, default)
+        call.notes["decision"] = decision
+        if decision.action == "deny":
+            call.notes["outcome"] = "denied"
+            return tool_error(f"{call.key}: denied by policy rule {decision.rule!r}; ask an operator if you need it")
+        return await nxt(call)
+
+    return layer

@@ -7,10 +7,11 @@ an ephemeral port.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
@@ -21,8 +22,12 @@ from aiohttp import web
 
 from toolcrib.config import Config
 from toolcrib.errors import ConfigError, ToolcribError
+from toolcrib.gateway import policy
+from toolcrib.gateway.audit import AuditEvent, SqliteAuditLog, load_hmac_key
+from toolcrib.gateway.credentials import ChainStore, Redactor, expand
 from toolcrib.gateway.http import HttpTransport
-from toolcrib.gateway.policy import Principal
+from toolcrib.gateway.pipeline import ToolCall, audit_layer, policy_layer, redact_layer
+from toolcrib.gateway.policy import Principal, effective_default
 from toolcrib.gateway.server import LOCAL_OPERATOR, Gateway
 from toolcrib.gateway.stdio import serve_stdio
 from toolcrib.router.pool import Pool
@@ -54,11 +59,43 @@ class Parts:
     pool: Pool
     gateway: Gateway
     reindexer: Reindexer | None
+    audit: SqliteAuditLog
+    redactor: Redactor
 
 
 def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
-    """Wire pool, index and the dispatch pipeline from the config."""
-    pool = Pool(config)
+    """Wire credentials, pool, index, audit, policy and the dispatch pipeline from the config."""
+    store = ChainStore(config.secrets.file)
+    redactor = Redactor()
+
+    def expand_secret(value: str) -> str:
+        return expand(value, store, redactor)
+
+    pool = Pool(config, expand_secret=expand_secret)
+    audit = SqliteAuditLog(config.audit.path, hmac_key=load_hmac_key(config.audit.path, store), redactor=redactor)
+    rules = config.policy.rules
+    default = effective_default(config.policy, config.gateway)
+
+    def may_use(principal: Principal, key: str) -> bool:
+        return policy.allowed(principal, key, rules, default)
+
+    def on_search(call: ToolCall, results: Sequence[str]) -> None:
+        query = call.arguments.get("query")
+        audit.append(
+            AuditEvent(
+                kind="search",
+                request_id=None if call.request_id is None else str(call.request_id),
+                principal=call.principal.name,
+                client_name=call.client_name,
+                session=call.session_id,
+                transport=call.transport,
+                method="tools/call:search_tools",
+                query=query if isinstance(query, str) else json.dumps(query, ensure_ascii=False),
+                results=list(results),
+            )
+        )
+
+    layers = [audit_layer(audit), redact_layer(redactor), policy_layer(rules, default)]
     reindexer: Reindexer | None = None
     if config.gateway.mode == "dispatcher":
         from toolcrib.router.reindex import Reindexer, open_index
@@ -69,10 +106,17 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
             log.error("tool index unavailable, search_tools will fail: %s", exc.message)
         else:
             reindexer = Reindexer(index, lambda: pool.catalog)
-    gateway = Gateway(config, pool, index=reindexer.index if reindexer else None)
+    gateway = Gateway(
+        config,
+        pool,
+        index=reindexer.index if reindexer else None,
+        layers=layers,
+        allowed=may_use,
+        on_search=on_search,
+    )
     if reindexer is not None:
         _reindex_on_change(pool, reindexer)
-    return Parts(pool, gateway, reindexer)
+    return Parts(pool, gateway, reindexer, audit, redactor)
 
 
 def _reindex_on_change(pool: Pool, reindexer: Reindexer) -> None:
@@ -133,6 +177,7 @@ async def running_gateway(
                 transport.close_all()
                 await runner.cleanup()
             tg.cancel_scope.cancel()
+    parts.audit.close()
 
 
 def _bound_port(runner: web.AppRunner, default: int) -> int:
@@ -210,7 +255,10 @@ async def serve_stdio_mode(config: Config) -> None:
         pool.rebuild()
         for line in describe_upstreams(pool):
             print(line, file=sys.stderr)
-        await serve_stdio(gateway)
+        try:
+            await serve_stdio(gateway)
+        finally:
+            parts.audit.close()
 
 
 __all__ = ["LOCAL_OPERATOR", "Running", "running_gateway", "serve", "serve_stdio_mode"]
