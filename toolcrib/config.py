@@ -160,6 +160,10 @@ class PolicyConfig(_Model):
     approval_mode: Literal["hold", "pending"] = "hold"
     approval_timeout: Annotated[float, Field(gt=0)] = 300.0
     new_tools: Literal["trust", "quarantine"] = "trust"
+    approvals_path: str = ".toolcrib/approvals.db"
+    """SQLite file of approval requests, shared by the server and `toolcrib approvals`."""
+    pins_path: str = ".toolcrib/pins.json"
+    """Pinned tool-definition hashes (rug-pull defence), shared by the server and `toolcrib tools`."""
 
 
 class Config(_Model):

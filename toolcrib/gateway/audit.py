@@ -83,7 +83,7 @@ class AuditEvent:
     """One thing to record. ``arguments`` are the originals: the sink redacts them and HMACs them."""
 
     kind: Kind
-    request_id: str | None = None
+    request_id: str | int | None = None
     principal: str | None = None
     client_name: str | None = None
     session: str | None = None
@@ -271,6 +271,8 @@ class SqliteAuditLog:
     def _row(self, event: AuditEvent) -> dict[str, Any]:
         row: dict[str, Any] = {k: getattr(event, k, None) for k in COLUMNS}
         row["ts"] = float(event.ts if event.ts is not None else time.time())
+        if event.request_id is not None:
+            row["request_id"] = str(event.request_id)
         if event.latency_ms is not None:
             row["latency_ms"] = float(event.latency_ms)
         if event.arguments is not None:
