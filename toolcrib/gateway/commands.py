@@ -1,0 +1,356 @@
+"""Operator verbs of the trust layer: ``keys``, ``creds``, ``approvals``, ``audit``, ``tools``.
+
+Each handler is ``func(args, config) -> int``; errors are :class:`~toolcrib.errors.ToolcribError`
+with one actionable line, printed by the CLI without a traceback. ``--json`` gives scripts a stable
+shape; otherwise output is a ``rich`` table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from toolcrib.config import Config
+from toolcrib.errors import AuditError, SecretError, ToolcribError
+
+Handler = Callable[[argparse.Namespace, Config], int]
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """``30m``/``12h``/``7d``/``2w`` ago, an ISO date or datetime, or epoch seconds -> epoch seconds."""
+    now = time.time() if now is None else now
+    if m := _DURATION.fullmatch(text.strip()):
+        return now - float(m.group(1)) * _UNITS[m.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ToolcribError(f"cannot read time {text!r}; use 7d, 12h, 30m, 2026-01-31 or 2026-01-31T12:00") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.astimezone()
+    return parsed.timestamp()
+
+
+def _iso(ts: float | None) -> str:
+    return "" if ts is None else dt.datetime.fromtimestamp(ts).isoformat(timespec="seconds")
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    Console().print(table)
+
+
+def _operator() -> str:
+    try:
+        return f"operator:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "operator"
+
+
+# keys
+
+
+def _keys(args: argparse.Namespace, config: Config) -> int:
+    from toolcrib.gateway.apikeys import ApiKeyStore
+
+    store = ApiKeyStore(config.auth.keys_path)
+    if args.action == "add":
+        groups = [g.strip() for g in (args.groups or "").split(",") if g.strip()]
+        key = store.add(args.name, groups)
+        if args.json:
+            _print_json({"name": args.name, "groups": groups, "key": key})
+        else:
+            print(key)
+            print(f"key for {args.name!r} (groups: {', '.join(groups) or '-'}); it is shown only once", file=sys.stderr)
+    elif args.action == "list":
+        keys = store.list()
+        if args.json:
+            _print_json(
+                [{"name": k.name, "groups": list(k.groups), "created": k.created, "prefix": k.prefix} for k in keys]
+            )
+        else:
+            _table(
+                "API keys",
+                ["name", "groups", "created", "key starts"],
+                [(k.name, ", ".join(k.groups), _iso(k.created), k.prefix + "…") for k in keys],
+            )
+    else:
+        store.revoke(args.name)
+        print(f"revoked {args.name!r}; requests with its key are refused from now on", file=sys.stderr)
+    return 0
+
+
+# creds
+
+
+def _creds(args: argparse.Namespace, config: Config) -> int:
+    from toolcrib.gateway import credentials as creds
+
+    secrets_file = config.secrets.file
+    if args.action == "list":
+        store = creds.ChainStore(secrets_file)
+        rows = []
+        for server, cfg in sorted(config.servers.items()):
+            for ref in creds.server_refs(cfg):
+                try:
+                    source = store.source(ref)
+                except SecretError as exc:
+                    source = f"error: {exc.message}"
+                rows.append({"server": server, "ref": f"secret:{ref}", "source": source or "missing"})
+        if args.json:
+            _print_json(rows)
+        else:
+            _table("secret references", ["server", "reference", "found in"], [tuple(r.values()) for r in rows])
+        return 1 if any(r["source"] == "missing" for r in rows) else 0
+    ref = f"{args.server}/{args.name}"
+    creds.parse_ref(ref)
+    if args.action == "delete":
+        removed = creds.delete_secret(ref, secrets_file)
+        print(f"secret:{ref} removed from {', '.join(removed) or 'nowhere (it was not stored)'}", file=sys.stderr)
+        return 0
+    if sys.stdin.isatty():
+        value = getpass.getpass(f"value for secret:{ref} (input hidden): ")
+    else:
+        value = sys.stdin.readline().rstrip("\r\n")
+    where = creds.set_secret(ref, value, secrets_file)
+    referenced = any(ref in creds.server_refs(s) for s in config.servers.values())
+    note = "" if referenced else f"; no server references it yet (write secret:{ref} in a server's env or headers)"
+    print(f"stored secret:{ref} in the {'OS keyring' if where == 'keyring' else secrets_file}{note}", file=sys.stderr)
+    return 0
+
+
+# approvals
+
+
+def _approvals(args: argparse.Namespace, config: Config) -> int:
+    from toolcrib.gateway.approvals import ApprovalStore
+
+    store = ApprovalStore(config.policy.approvals_path)
+    try:
+        if args.action == "list":
+            items = store.list(None if args.all else "pending")
+            if args.json:
+                _print_json([a.__dict__ for a in items])
+            else:
+                _table(
+                    "approvals",
+                    ["id", "status", "principal", "tool", "arguments", "expires", "approver"],
+                    [
+                        (
+                            a.id,
+                            a.status,
+                            a.principal,
+                            a.tool,
+                            json.dumps(a.arguments, ensure_ascii=False)[:200],
+                            _iso(a.expires),
+                            a.approver,
+                        )
+                        for a in items
+                    ],
+                )
+            return 0
+        decide = store.approve if args.action == "approve" else store.deny
+        approval = decide(args.id, args.approver or _operator())
+        print(f"{approval.id}: {approval.status} ({approval.principal} -> {approval.tool})", file=sys.stderr)
+        return 0
+    finally:
+        store.close()
+
+
+# audit
+
+
+def _audit(args: argparse.Namespace, config: Config) -> int:
+    from toolcrib.gateway.audit import SqliteAuditLog
+
+    log = SqliteAuditLog(config.audit.path, create=False)
+    try:
+        if args.action == "verify":
+            report = log.verify()
+            if args.json:
+                _print_json({**report.__dict__, "ok": report.ok})
+            else:
+                for problem in report.problems:
+                    print(f"  {problem}")
+                span = f"rows {report.first_seq}..{report.last_seq}" if report.rows else "no rows"
+                print(
+                    f"audit {config.audit.path}: {span}, checkpoint {report.checkpoint_seq}, anchor {report.anchor_seq}"
+                )
+            if not report.ok:
+                raise AuditError(
+                    f"audit log failed verification ({len(report.problems)} problems); keep a copy and investigate"
+                )
+            print("ok: the chain, the checkpoint and the anchored head agree", file=sys.stderr)
+            return 0
+        if args.action == "prune":
+            deleted = log.prune(parse_time(args.before))
+            print(
+                f"pruned {deleted} rows older than {_iso(parse_time(args.before))}; checkpoint written", file=sys.stderr
+            )
+            return 0
+        if args.action == "export":
+            out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+            try:
+                count = log.export_jsonl(out)
+            finally:
+                if out is not sys.stdout:
+                    out.close()
+            print(f"exported {count} rows", file=sys.stderr)
+            return 0
+        if args.action == "tail":
+            rows = log.tail(args.n)
+        else:
+            since = parse_time(args.since) if args.since else None
+            rows = log.query(
+                principal=args.principal,
+                tool=args.tool,
+                since=since,
+                outcome=args.outcome,
+                kind=args.kind,
+                limit=args.limit,
+            )
+        if args.json:
+            _print_json(rows)
+        else:
+            _table(
+                "audit",
+                ["seq", "time", "kind", "principal", "tool / query", "decision", "outcome", "ms"],
+                [
+                    (
+                        r["seq"],
+                        _iso(r["ts"]),
+                        r["kind"],
+                        r["principal"],
+                        r["tool"] or r["query"],
+                        f"{r['decision']} ({r['rule']})" if r["decision"] else "",
+                        r["outcome"],
+                        f"{r['latency_ms']:.1f}" if r["latency_ms"] is not None else "",
+                    )
+                    for r in rows
+                ],
+            )
+        return 0
+    finally:
+        log.close()
+
+
+# tools (pins)
+
+
+def _tools(args: argparse.Namespace, config: Config) -> int:
+    from toolcrib.router.pins import PinStore
+
+    pins = PinStore(config.policy.pins_path, config.gateway.separator)
+    if args.action == "list":
+        entries = pins.list()
+        if args.json:
+            _print_json([e.__dict__ for e in entries])
+        else:
+            _table(
+                "pinned tools",
+                ["tool", "status", "hash", "pinned", "why"],
+                [(e.key, e.status, e.hash[:12], _iso(e.pinned_at), e.reason) for e in entries],
+            )
+    elif args.action == "diff":
+        diff = pins.diff(args.key)
+        print(diff or f"{args.key}: the current definition is the pinned one")
+    elif args.server:
+        approved = pins.approve_server(args.key)
+        print(f"approved {len(approved)} tools of {args.key}: {', '.join(approved) or '-'}", file=sys.stderr)
+    else:
+        digest = pins.approve(args.key)
+        print(f"{args.key}: pinned {digest[:12]}; it is searchable and callable again", file=sys.stderr)
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add the ``keys``, ``creds``, ``approvals``, ``audit`` and ``tools`` verbs to the CLI."""
+
+    def verb(name: str, help_text: str, func: Handler) -> Any:
+        parser = sub.add_parser(name, help=help_text)
+        actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+        parser.set_defaults(func=func)
+        return actions
+
+    def action(actions: Any, name: str, help_text: str, json_flag: bool = False) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
+        p.set_defaults(json=False)
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    acts = verb("keys", 'API keys for `auth = "keys"`', _keys)
+    p = action(acts, "add", "create a key and print it once", json_flag=True)
+    p.add_argument("name")
+    p.add_argument("--groups", help="comma-separated groups for policy rules")
+    action(acts, "list", "list keys (never the keys themselves)", json_flag=True)
+    action(acts, "revoke", "delete a key; takes effect on the next request").add_argument("name")
+
+    acts = verb("creds", "downstream secrets in the OS keyring", _creds)
+    for name, text in (
+        ("set", "store secret:SERVER/NAME (prompted, never on the command line)"),
+        ("delete", "remove secret:SERVER/NAME from the keyring and the secrets file"),
+    ):
+        p = action(acts, name, text)
+        p.add_argument("server", help="the namespace, usually the server's name")
+        p.add_argument("name")
+    action(acts, "list", "every secret reference in the config and where it resolves from", json_flag=True)
+
+    acts = verb("approvals", "calls waiting for an operator", _approvals)
+    action(acts, "list", "pending approvals (--all for every status)", json_flag=True).add_argument(
+        "--all", action="store_true"
+    )
+    for name in ("approve", "deny"):
+        p = action(acts, name, f"{name} a pending call")
+        p.add_argument("id")
+        p.add_argument("--as", dest="approver", help="who decides (default operator:$USER)")
+
+    acts = verb("audit", "the tamper-evident log of searches and calls", _audit)
+    action(acts, "tail", "the last N rows", json_flag=True).add_argument("-n", type=int, default=20)
+    p = action(acts, "query", "rows matching filters", json_flag=True)
+    p.add_argument("--principal")
+    p.add_argument("--tool", help="glob over namespaced tool names, e.g. 'git__*'")
+    p.add_argument("--since", help="7d, 12h, 30m, or an ISO date/time")
+    p.add_argument(
+        "--outcome",
+        choices=["ok", "tool_error", "protocol_error", "timeout", "cancelled", "upstream_crash", "denied", "pending"],
+    )
+    p.add_argument("--kind", choices=["search", "attempt", "outcome"])
+    p.add_argument("--limit", type=int, default=100)
+    p = action(acts, "export", "every row as JSON lines, hashes included")
+    p.add_argument("--jsonl", action="store_true", help="JSON lines (the only format; accepted for clarity)")
+    p.add_argument("-o", "--output", help="file to write (default stdout)")
+    action(acts, "verify", "check the hash chain, checkpoint and anchor", json_flag=True)
+    action(acts, "prune", "delete rows older than --before, keeping verify working").add_argument(
+        "--before", required=True, help="7d, 12h, or an ISO date/time"
+    )
+
+    acts = verb("tools", "pinned tool definitions (rug-pull defence)", _tools)
+    action(acts, "list", "pinned and quarantined tools", json_flag=True)
+    action(acts, "diff", "what changed since the tool was pinned").add_argument("key")
+    p = action(acts, "approve", "trust a quarantined tool's current definition")
+    p.add_argument("key", help="namespaced tool (server__tool), or a server name with --server")
+    p.add_argument("--server", action="store_true", help="approve every quarantined tool of server KEY")
