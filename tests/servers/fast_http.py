@@ -108,10 +108,10 @@ async def post(request: web.Request) -> web.Response:
     if method == "initialize":
         requested = params.get("protocolVersion")
         version = requested if requested in HANDSHAKE_VERSIONS else HANDSHAKE_VERSIONS[0]
-        session_id = secrets.token_hex(16)
-        sessions.add(session_id)
+        new_session = secrets.token_hex(16)
+        sessions.add(new_session)
         result = {"protocolVersion": version, "capabilities": CAPABILITIES, "serverInfo": SERVER_INFO}
-        return _reply({"jsonrpc": "2.0", "id": msg_id, "result": result}, headers={"Mcp-Session-Id": session_id})
+        return _reply({"jsonrpc": "2.0", "id": msg_id, "result": result}, headers={"Mcp-Session-Id": new_session})
 
     session_id = request.headers.get("Mcp-Session-Id")
     modern = method == "server/discover" or _is_modern(params)
