@@ -40,3 +40,10 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) .tools .toolcrib
+
+# The official MCP conformance suite's server scenarios (Node 22 and the suite install into
+# .tools/ from npm on first use). Default: through toolcrib in passthrough mode in front of
+# tests/servers/everything.py; CONFORMANCE_TARGET=--direct runs against the fixture itself.
+CONFORMANCE_TARGET ?= --gateway
+conformance: $(STAMP)
+	$(BIN)/python -m tests.conformance.run $(CONFORMANCE_TARGET)
