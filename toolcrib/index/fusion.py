@@ -1,0 +1,100 @@
+"""Turning dense and BM25 scores into one ranking, and several per-step rankings into one list.
+
+The settings in :data:`DEFAULT_FUSION` are the ones measured best on the benchmark datasets; see
+``benchmarks/results/retrieval.md`` for the comparison that picked them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+Scores = npt.NDArray[np.float32]
+
+FUSION_METHODS = ("convex", "rrf")
+MERGE_METHODS = ("round_robin", "max", "sum")
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How the hybrid ranking combines dense and lexical evidence.
+
+    ``convex``: ``w * cosine + (1 - w) * bm25 / max_bm25`` (the BM25 part is relative to the best
+    lexical match of this query, so it is 0 when nothing matches and dense decides alone).
+    ``rrf``: weighted reciprocal rank fusion ``w / (k + rank_dense) + (1 - w) / (k + rank_bm25)``.
+    ``pool`` candidates are taken from each side before fusing. ``merge`` combines the rankings of
+    several queries in one call (see :func:`merge_rankings`).
+    """
+
+    method: str = "convex"
+    dense_weight: float = 0.7
+    rrf_k: float = 60.0
+    pool: int = 64
+    merge: str = "round_robin"
+
+    def __post_init__(self) -> None:
+        if self.method not in FUSION_METHODS:
+            raise ValueError(f"fusion method must be one of {FUSION_METHODS}, not {self.method!r}")
+        if self.merge not in MERGE_METHODS:
+            raise ValueError(f"merge must be one of {MERGE_METHODS}, not {self.merge!r}")
+        if not 0.0 <= self.dense_weight <= 1.0:
+            raise ValueError("dense_weight must be within [0, 1]")
+
+
+DEFAULT_FUSION = Fusion()
+
+
+def _ranks(scores: Scores) -> Scores:
+    """1-based rank of every entry, best score first (ties broken by position)."""
+    order = np.argsort(-scores, kind="stable")
+    ranks = np.empty(len(scores), dtype=np.float32)
+    ranks[order] = np.arange(1, len(scores) + 1, dtype=np.float32)
+    return ranks
+
+
+def fuse(dense: Scores, lexical: Scores, fusion: Fusion = DEFAULT_FUSION) -> Scores:
+    """Fused score of each candidate from its cosine (``dense``) and BM25 score (``lexical``)."""
+    w = fusion.dense_weight
+    if fusion.method == "rrf":
+        lex_rank = _ranks(lexical)
+        lex_part = np.where(lexical > 0, (1.0 - w) / (fusion.rrf_k + lex_rank), 0.0)
+        return (w / (fusion.rrf_k + _ranks(dense)) + lex_part).astype(np.float32)
+    top = float(lexical.max(initial=0.0))
+    lex_norm = lexical / top if top > 0 else np.zeros_like(lexical)
+    return (w * dense + (1.0 - w) * lex_norm).astype(np.float32)
+
+
+def merge_rankings(rankings: Sequence[Sequence[tuple[int, float]]], method: str) -> list[tuple[int, float]]:
+    """Merge per-query rankings of ``(row, score)`` (best first) into one deduplicated ranking.
+
+    ``round_robin`` takes each query's best, then each query's second best, and so on, so every
+    step of a multi-step task gets its top tools in before any step gets its tenth; the score
+    kept is the best the tool reached. ``max`` ranks by the best score over queries, ``sum`` by
+    the summed score (rewarding tools several steps need).
+    """
+    if len(rankings) == 1:
+        return list(rankings[0])
+    best: dict[int, float] = {}
+    total: dict[int, float] = {}
+    for ranking in rankings:
+        for row, score in ranking:
+            best[row] = max(best.get(row, score), score)
+            total[row] = total.get(row, 0.0) + score
+    if method == "max":
+        return sorted(best.items(), key=lambda item: -item[1])
+    if method == "sum":
+        return sorted(((row, total[row]) for row in total), key=lambda item: -item[1])
+    merged: list[tuple[int, float]] = []
+    seen: set[int] = set()
+    depth = max((len(r) for r in rankings), default=0)
+    for position in range(depth):
+        for ranking in rankings:
+            if position < len(ranking):
+                row = ranking[position][0]
+                if row not in seen:
+                    seen.add(row)
+                    merged.append((row, best[row]))
+    return merged

@@ -1,0 +1,307 @@
+"""The tool index: incremental sync, persistence and dense / BM25 / hybrid search."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from toolcrib.errors import IndexError_
+from toolcrib.index import persistence
+from toolcrib.index.documents import ToolDoc, document_text
+from toolcrib.index.embedder import Embedder
+from toolcrib.index.fusion import DEFAULT_FUSION, Fusion, fuse, merge_rankings
+from toolcrib.index.store import Snapshot
+
+log = logging.getLogger(__name__)
+
+RANKINGS = ("hybrid", "dense", "bm25")
+#: Texts embedded per call during a sync (the progress callback fires after each chunk).
+SYNC_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the tool's key and its score under the ranking used (higher is better)."""
+
+    key: str
+    score: float
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What a :meth:`ToolIndex.sync` did."""
+
+    added: int
+    changed: int
+    removed: int
+    unchanged: int
+    embedded: int
+    seconds: float
+
+
+def _check_ranking(ranking: str) -> str:
+    if ranking not in RANKINGS:
+        raise IndexError_(f"unknown search mode {ranking!r}: use one of {', '.join(RANKINGS)}")
+    return ranking
+
+
+class ToolIndex:
+    """Searchable index of tool documents, optionally persisted in a directory.
+
+    ``search`` is synchronous and takes milliseconds, so it may run on an event loop thread;
+    ``sync`` may run in a worker thread meanwhile: it builds a new immutable snapshot and swaps it
+    in with one assignment, so a search sees either the old or the new catalog, never a mix.
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        embedder: Embedder,
+        ranking: str = "hybrid",
+        *,
+        fusion: Fusion = DEFAULT_FUSION,
+    ) -> None:
+        self.path = path
+        self.embedder = embedder
+        self.ranking = _check_ranking(ranking)
+        self.fusion = fusion
+        self._snap = Snapshot.empty(embedder.dim)
+        self._sync_lock = threading.Lock()
+        self._persisted = False
+
+    @classmethod
+    def open(
+        cls,
+        path: Path | None,
+        embedder: Embedder,
+        ranking: str = "hybrid",
+        *,
+        fusion: Fusion = DEFAULT_FUSION,
+    ) -> ToolIndex:
+        """Open the index stored in ``path`` (``None``: in memory only).
+
+        A missing directory gives an empty index. A damaged or foreign one is logged as a warning
+        and replaced at the next :meth:`sync`; one built with another model is kept out of
+        searches and fully re-embedded at the next sync.
+        """
+        index = cls(path, embedder, ranking, fusion=fusion)
+        if path is None or not persistence.exists(path):
+            return index
+        try:
+            loaded = persistence.load(path)
+        except persistence.CorruptIndex as exc:
+            log.warning("tool index at %s is unreadable (%s); it will be rebuilt", path, exc)
+            return index
+        if loaded.fingerprint != embedder.fingerprint or loaded.snapshot.dim != embedder.dim:
+            log.warning(
+                "tool index at %s was built with %s; re-embedding all %d tools with %s at the next sync",
+                path,
+                loaded.model_id,
+                len(loaded.snapshot),
+                embedder.model_id,
+            )
+            return index
+        index._snap = loaded.snapshot
+        index._persisted = True
+        return index
+
+    def __len__(self) -> int:
+        return len(self._snap)
+
+    def doc(self, key: str) -> ToolDoc | None:
+        """The document stored under ``key``, if any."""
+        snap = self._snap
+        row = snap.rows.get(key)
+        return None if row is None else snap.docs[row]
+
+    def docs(self) -> list[ToolDoc]:
+        """All documents, in index order."""
+        return list(self._snap.docs)
+
+    def sync(
+        self,
+        docs: Iterable[ToolDoc],
+        *,
+        servers: Collection[str] | None = None,
+        full: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> SyncReport:
+        """Make the index hold ``docs``, embedding only what changed.
+
+        ``servers=None``: ``docs`` is the whole catalog and tools not in it are removed. With
+        ``servers``, only tools of those servers are replaced or removed (docs of other servers
+        are ignored). ``full`` re-embeds everything. ``progress(done, total)`` reports
+        embedding progress. Persists atomically when the index has a path.
+        """
+        started = time.perf_counter()
+        with self._sync_lock:
+            old = self._snap
+            fingerprint = self.embedder.fingerprint
+            incoming: dict[str, ToolDoc] = {}
+            for doc in docs:
+                if servers is None or doc.server in servers:
+                    incoming[doc.key] = doc
+            kept = [d for d in old.docs if servers is not None and d.server not in servers]
+            kept_keys = {d.key for d in kept}
+            fresh_docs = [d for d in incoming.values() if d.key not in kept_keys]
+            new_docs = kept + fresh_docs
+            new_keys = {d.key for d in new_docs}
+            removed = sum(1 for d in old.docs if d.key not in new_keys)
+            unchanged = len(kept)
+            added = changed = 0
+            for doc in fresh_docs:
+                row = old.rows.get(doc.key)
+                if row is None:
+                    added += 1
+                elif old.docs[row] == doc:
+                    unchanged += 1
+                else:
+                    changed += 1
+
+            hashes = [d.content_hash(fingerprint) for d in new_docs]
+            reuse_by_hash = {} if full else {h: row for row, h in enumerate(old.hashes)}
+            to_embed: dict[str, str] = {}
+            for doc, h in zip(new_docs, hashes, strict=True):
+                if h not in reuse_by_hash and h not in to_embed:
+                    to_embed[h] = document_text(doc)
+            fresh = self._embed_all(list(to_embed.values()), progress)
+            fresh_rows = {h: i for i, h in enumerate(to_embed)}
+
+            vectors = np.zeros((len(new_docs), self.embedder.dim), dtype=np.float32)
+            for row, h in enumerate(hashes):
+                vectors[row] = fresh[fresh_rows[h]] if h in fresh_rows else old.vectors[reuse_by_hash[h]]
+
+            nothing_changed = not (added or changed or removed or to_embed) and new_docs == list(old.docs)
+            if not nothing_changed:
+                self._snap = Snapshot.build(new_docs, hashes, vectors)
+            if self.path is not None and not (nothing_changed and self._persisted):
+                persistence.save(self.path, self._snap, model_id=self.embedder.model_id, fingerprint=fingerprint)
+                self._persisted = True
+        return SyncReport(
+            added=added,
+            changed=changed,
+            removed=removed,
+            unchanged=unchanged,
+            embedded=len(to_embed),
+            seconds=time.perf_counter() - started,
+        )
+
+    def _embed_all(self, texts: list[str], progress: Callable[[int, int], None] | None) -> np.ndarray:
+        out = np.zeros((len(texts), self.embedder.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        if progress is not None:
+            progress(0, len(texts))
+        for start in range(0, len(order), SYNC_CHUNK):
+            chunk = order[start : start + SYNC_CHUNK]
+            vectors = self.embedder.embed([texts[i] for i in chunk])
+            if vectors.shape != (len(chunk), self.embedder.dim):
+                raise IndexError_(
+                    f"embedder {self.embedder.model_id!r} returned vectors of shape {vectors.shape}; "
+                    f"expected ({len(chunk)}, {self.embedder.dim})"
+                )
+            out[np.asarray(chunk)] = vectors
+            if progress is not None:
+                progress(min(start + SYNC_CHUNK, len(texts)), len(texts))
+        return out
+
+    def search(
+        self,
+        query: str | Sequence[str],
+        *,
+        limit: int = 5,
+        server: str | None = None,
+        allowed: Callable[[str], bool] | None = None,
+        mode: str | None = None,
+    ) -> list[Hit]:
+        """The best ``limit`` tools for ``query``.
+
+        Several queries (one per step of a multi-step task) are searched separately and merged
+        (round robin by default, so every step contributes its best tools). ``server`` restricts
+        results to one server; ``allowed(key)`` is applied before truncation to ``limit``, so a
+        disallowed key is never returned. ``mode`` overrides the index's ranking for this call.
+        """
+        ranking = _check_ranking(mode or self.ranking)
+        queries = [query] if isinstance(query, str) else [q for q in query if q.strip()]
+        snap = self._snap
+        if limit <= 0 or not queries or not len(snap):
+            return []
+        candidates: np.ndarray | None = None
+        if server is not None:
+            candidates = snap.server_rows.get(server)
+            if candidates is None:
+                return []
+        qvecs = self.embedder.embed(queries) if ranking != "bm25" else None
+        rankings = []
+        for i, text in enumerate(queries):
+            qvec = qvecs[i] if qvecs is not None else None
+            rankings.append(self._rank_one(snap, text, qvec, ranking, limit, candidates, allowed))
+        merged = merge_rankings(rankings, self.fusion.merge)[:limit]
+        return [Hit(snap.docs[row].key, round(score, 6)) for row, score in merged]
+
+    def _rank_one(
+        self,
+        snap: Snapshot,
+        text: str,
+        qvec: np.ndarray | None,
+        ranking: str,
+        limit: int,
+        candidates: np.ndarray | None,
+        allowed: Callable[[str], bool] | None,
+    ) -> list[tuple[int, float]]:
+        faiss.omp_set_num_threads(1)
+        pool_size = max(self.fusion.pool, 4 * limit)
+        while True:
+            rows, scores = self._score_pool(snap, text, qvec, ranking, pool_size, candidates)
+            order = np.argsort(-scores, kind="stable")
+            out: list[tuple[int, float]] = []
+            for i in order:
+                row = int(rows[i])
+                if allowed is None or allowed(snap.docs[row].key):
+                    out.append((row, float(scores[i])))
+                    if len(out) == limit:
+                        return out
+            if candidates is not None or pool_size >= len(snap):
+                return out
+            pool_size = len(snap)
+
+    def _score_pool(
+        self,
+        snap: Snapshot,
+        text: str,
+        qvec: np.ndarray | None,
+        ranking: str,
+        pool_size: int,
+        candidates: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        lexical = snap.lexical.scores(text) if ranking != "dense" else None
+        if candidates is not None or pool_size >= len(snap):
+            rows = candidates if candidates is not None else np.arange(len(snap), dtype=np.int64)
+            dense = snap.vectors[rows] @ qvec if qvec is not None else None
+        elif ranking == "bm25":
+            assert lexical is not None
+            rows = np.argpartition(-lexical, pool_size)[:pool_size].astype(np.int64)
+            dense = None
+        else:
+            assert qvec is not None
+            rows, dense = snap.dense_top(qvec, pool_size)
+            if lexical is not None:
+                lex_top = np.argpartition(-lexical, pool_size)[:pool_size]
+                lex_top = lex_top[lexical[lex_top] > 0]
+                extra = np.setdiff1d(lex_top, rows, assume_unique=True)
+                rows = np.concatenate([rows, extra])
+                dense = np.concatenate([dense, snap.vectors[extra] @ qvec])
+        if ranking == "dense":
+            assert dense is not None
+            return rows, dense
+        assert lexical is not None
+        if ranking == "bm25":
+            return rows, lexical[rows]
+        assert dense is not None
+        return rows, fuse(dense.astype(np.float32), lexical[rows], self.fusion)
