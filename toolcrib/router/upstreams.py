@@ -154,6 +154,8 @@ class Upstream:
         self._next_call = 0
         self._scope = anyio.CancelScope()
         self.finished = anyio.Event()
+        self.attempted = anyio.Event()
+        """Set once the first connection attempt has succeeded or failed."""
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -172,6 +174,7 @@ class Upstream:
                 self._client = None
                 self._ready = anyio.Event()
                 self._scope = anyio.CancelScope()
+                self.attempted.set()
             if self._stop.is_set():
                 break
             now = time.monotonic()
@@ -204,10 +207,10 @@ class Upstream:
             self._scope.cancel()
 
     async def wait_ready(self, timeout: float) -> bool:
+        """Wait for the first attempt to finish (connected or failed); True if connected."""
         with anyio.move_on_after(timeout):
-            await self._ready.wait()
-            return True
-        return False
+            await self.attempted.wait()
+        return self._client is not None
 
     async def _connect_once(self) -> None:
         self._closed = anyio.Event()
@@ -241,6 +244,7 @@ class Upstream:
         self.state.connects += 1
         self._client = client
         self._ready.set()
+        self.attempted.set()
         log.info(
             "upstream %s connected (%s, %d tools)",
             self.name,

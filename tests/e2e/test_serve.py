@@ -1,0 +1,105 @@
+"""`toolcrib serve` as a real process: startup report, stdio mode, graceful SIGTERM, no orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import Client, StdioServerParameters
+
+from tests.e2e.conftest import child_pids
+
+pytestmark = pytest.mark.anyio
+
+TOOLCRIB = str(Path(sys.executable).with_name("toolcrib"))
+
+
+def _config(tmp_path: Path, mode: str = "passthrough") -> Path:
+    cfg = tmp_path / "toolcrib.toml"
+    cfg.write_text(
+        f"""
+[gateway]
+port = 0
+mode = "{mode}"
+[audit]
+path = "{tmp_path / "audit.db"}"
+[servers.time]
+command = "{sys.executable}"
+args = ["-m", "mcp_server_time", "--local-timezone", "UTC"]
+[servers.broken]
+command = "/nonexistent/server-binary"
+"""
+    )
+    return cfg
+
+
+async def test_serve_reports_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [TOOLCRIB, "--config", str(_config(tmp_path)), "serve"],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stderr is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (
+            any(x.startswith("  time:") for x in lines) and any(x.startswith("  broken:") for x in lines)
+        ):
+            lines.append(proc.stderr.readline())
+        report = "".join(lines)
+        assert "connect clients to http://127.0.0.1:" in report
+        url = report.split("connect clients to ", 1)[1].split()[0]
+        assert "broken:" in report and "command not found" in report
+        assert "time: connected, 2 tools" in report
+        async with Client(url) as c:
+            result = await c.call_tool("time__get_current_time", {"timezone": "UTC"})
+            assert not result.is_error
+        assert child_pids("mcp_server_time")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert not child_pids(f"{tmp_path}") and not [
+            p for p in child_pids("mcp_server_time") if _child_of(p, proc.pid)
+        ]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def _child_of(pid: int, parent: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return int(stat.rsplit(")", 1)[1].split()[1]) == parent
+
+
+async def test_stdio_mode(tmp_path: Path) -> None:
+    params = StdioServerParameters(
+        command=TOOLCRIB, args=["--config", str(_config(tmp_path)), "serve", "--stdio"], cwd=str(tmp_path)
+    )
+    with anyio.fail_after(60):
+        async with Client(params) as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert "time__convert_time" in names
+            result = await c.call_tool("time__get_current_time", {"timezone": "Europe/Paris"})
+            assert "Europe/Paris" in result.content[0].text  # type: ignore[union-attr]
+
+
+def test_no_traceback_for_bad_bind(tmp_path: Path) -> None:
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('[gateway]\nhost = "0.0.0.0"\n')
+    out = subprocess.run([TOOLCRIB, "--config", str(cfg), "serve"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and "loopback" in out.stderr
+    assert os.path.exists(cfg)
