@@ -86,9 +86,7 @@ async def test_malformed_json_rpc(gateway: GatewayFactory, body: bytes, code: in
 async def test_unknown_method_is_32601(gateway: GatewayFactory) -> None:
     async with gateway(TIME) as rt, aiohttp.ClientSession() as s:
         sid = await _init(s, rt.url)
-        _, _, text = await _post(
-            s, rt.url, {"jsonrpc": "2.0", "id": 5, "method": "no/such"}, **{"Mcp-Session-Id": sid}
-        )
+        _, _, text = await _post(s, rt.url, {"jsonrpc": "2.0", "id": 5, "method": "no/such"}, **{"Mcp-Session-Id": sid})
         assert json.loads(text)["error"]["code"] == -32601
 
 

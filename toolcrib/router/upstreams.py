@@ -35,6 +35,13 @@ from mcp import Client, StdioServerParameters
 from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.client.subscriptions import (
+    ListenNotSupportedError,
+    PromptsListChanged,
+    ResourcesListChanged,
+    SubscriptionLost,
+    ToolsListChanged,
+)
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 
@@ -252,17 +259,12 @@ class Upstream:
             len(self.listing.tools),
         )
         await self._notify("connected")
-        while not self._stop.is_set() and not self._closed.is_set():
-            async with anyio.create_task_group() as tg:
-
-                async def _watch(scope: anyio.CancelScope) -> None:
-                    await self._closed.wait()
-                    scope.cancel()
-
-                tg.start_soon(_watch, tg.cancel_scope)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch_closed, tg.cancel_scope)
+            if client.protocol_version >= "2026":
+                tg.start_soon(self._listen, client)
+            while True:
                 await self._refresh_event.wait()
-                tg.cancel_scope.cancel()
-            if self._refresh and not self._closed.is_set():
                 kinds, self._refresh = self._refresh, set()
                 self._refresh_event = anyio.Event()
                 with anyio.fail_after(self.cfg.connect_timeout):
@@ -271,9 +273,42 @@ class Upstream:
                     await self._notify(f"{kind}_changed")
         self._client = None
         if not self._stop.is_set():
+            self.state.status = "reconnecting"
             self.state.error = "connection closed (server exited or dropped the connection)"
             log.warning("upstream %s: %s; restarting", self.name, self.state.error)
             await self._notify("disconnected")
+
+    async def _watch_closed(self, scope: anyio.CancelScope) -> None:
+        await self._closed.wait()
+        scope.cancel()
+
+    async def _listen(self, client: Client) -> None:
+        """2026-07-28 servers announce list changes on a ``subscriptions/listen`` stream."""
+        caps = client.server_capabilities
+        wanted = {
+            "tools": bool(caps.tools and caps.tools.list_changed),
+            "prompts": bool(caps.prompts and caps.prompts.list_changed),
+            "resources": bool(caps.resources and caps.resources.list_changed),
+        }
+        if not any(wanted.values()):
+            return
+        try:
+            async with client.listen(
+                tools_list_changed=wanted["tools"],
+                prompts_list_changed=wanted["prompts"],
+                resources_list_changed=wanted["resources"],
+            ) as sub:
+                async for event in sub:
+                    kind = {
+                        ToolsListChanged: "tools",
+                        PromptsListChanged: "prompts",
+                        ResourcesListChanged: "resources",
+                    }.get(type(event))
+                    if kind is not None:
+                        self._refresh.add(kind)
+                        self._refresh_event.set()
+        except (ListenNotSupportedError, SubscriptionLost, MCPError) as exc:
+            log.debug("upstream %s: no change subscription (%s)", self.name, exc)
 
     async def _notify(self, what: str) -> None:
         if self._on_change is not None:

@@ -18,7 +18,6 @@ import referencing.exceptions
 
 from toolcrib.errors import InvalidArguments
 
-
 _REGISTRY: referencing.Registry[Any] = referencing.Registry()  # its default retrieve refuses every URI
 
 
