@@ -35,13 +35,9 @@ RULES = [
         action="approve",
     ),
     PolicyRule(id="ops-push", tools=["git__git_push"], groups=["ops"], action="allow"),
-    PolicyRule(
-        id="ci-read", tools=["git__git_log", "git__git_status"], principals=["key:ci"], action="allow"
-    ),
+    PolicyRule(id="ci-read", tools=["git__git_log", "git__git_status"], principals=["key:ci"], action="allow"),
     PolicyRule(id="devs-git", tools=["git__*"], groups=["devs"], action="allow"),
-    PolicyRule(
-        id="big-transfer", tools=["bank__transfer"], when={"/amount": {"min": 1000}}, action="approve"
-    ),
+    PolicyRule(id="big-transfer", tools=["bank__transfer"], when={"/amount": {"min": 1000}}, action="approve"),
     PolicyRule(id="bank-ops", tools=["bank__*"], groups=["ops"], action="allow"),
     PolicyRule(id="no-etc", tools=["fs__*"], when={"/path": {"regex": "/etc(/.*)?"}}, action="deny"),
     PolicyRule(id="fs-all", tools=["fs__*"], action="allow"),
@@ -168,9 +164,7 @@ def test_allowed_filters_unconditionally_denied_tools() -> None:
 
 
 def test_allowed_agrees_with_decide_on_argumentless_calls() -> None:
-    for p, t in itertools.product(
-        [ALICE, BOB, CI, ANON], ["git__git_push", "git__git_log", "bank__x", "fs__y"]
-    ):
+    for p, t in itertools.product([ALICE, BOB, CI, ANON], ["git__git_push", "git__git_log", "bank__x", "fs__y"]):
         if decide(p, t, {}, RULES, "deny").action != "deny":
             assert allowed(p, t, RULES, "deny")
 

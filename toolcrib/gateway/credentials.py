@@ -62,9 +62,7 @@ def parse_ref(ref: str) -> tuple[str, str]:
     text = ref if ref.startswith("secret:") else f"secret:{ref}"
     match = REF_RE.fullmatch(text)
     if match is None:
-        raise SecretError(
-            f"{ref!r} is not a secret reference; write secret:NAMESPACE/NAME (letters, digits, _.-)"
-        )
+        raise SecretError(f"{ref!r} is not a secret reference; write secret:NAMESPACE/NAME (letters, digits, _.-)")
     return match.group(1), match.group(2)
 
 
@@ -130,9 +128,7 @@ class FileStore:
             try:
                 data = tomllib.loads(self.path.read_text("utf-8"))
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-                raise SecretError(
-                    f"secrets file {self.path} cannot be read ({exc}); fix or remove it"
-                ) from None
+                raise SecretError(f"secrets file {self.path} cannot be read ({exc}); fix or remove it") from None
             self._cache = (st.st_mtime, data)
             return data
 

@@ -135,18 +135,14 @@ def validate_when(when: Mapping[str, Mapping[str, Any]]) -> None:
             raise PolicyRuleError(f"condition on {pointer!r} must be a non-empty table of operators")
         for op, expected in ops.items():
             if op not in OPERATORS:
-                raise PolicyRuleError(
-                    f"unknown operator {op!r} on {pointer!r}; use one of {sorted(OPERATORS)}"
-                )
+                raise PolicyRuleError(f"unknown operator {op!r} on {pointer!r}; use one of {sorted(OPERATORS)}")
             if op in ("regex", "not_regex"):
                 if not isinstance(expected, str):
                     raise PolicyRuleError(f"{op} on {pointer!r} must be a string")
                 compile_regex(expected)
             elif op in ("one_of", "not_one_of") and not isinstance(expected, list):
                 raise PolicyRuleError(f"{op} on {pointer!r} must be an array")
-            elif op in ("min", "max") and (
-                isinstance(expected, bool) or not isinstance(expected, int | float)
-            ):
+            elif op in ("min", "max") and (isinstance(expected, bool) or not isinstance(expected, int | float)):
                 raise PolicyRuleError(f"{op} on {pointer!r} must be a number")
             elif op == "exists" and not isinstance(expected, bool):
                 raise PolicyRuleError(f"exists on {pointer!r} must be true or false")
