@@ -182,3 +182,13 @@ def test_redaction_cost_per_kb() -> None:
         redactor.scrub(text)
     per_kb_us = (time.perf_counter() - start) * 1000
     assert per_kb_us < 200, per_kb_us
+
+
+def test_scrub_json_fast_path_and_odd_values() -> None:
+    redactor = Redactor(["sekret-value-1", 'quote"and\\back'])
+    clean = {"a": ["b", {"c": 1}]}
+    assert redactor.scrub_json(clean) is clean
+    assert redactor.scrub_json({"k": 'x quote"and\\back y'}) == {"k": f"x {REDACTED} y"}
+    odd = {"when": object(), "s": "sekret-value-1", "t": ("sekret-value-1",)}
+    scrubbed = redactor.scrub_json(odd)
+    assert scrubbed["s"] == REDACTED and scrubbed["t"] == [REDACTED] and scrubbed["when"] is odd["when"]

@@ -293,6 +293,7 @@ def secret_forms(secret: str) -> set[str]:
     forms = {
         secret,
         json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
         urllib.parse.quote(secret, safe=""),
         urllib.parse.quote_plus(secret, safe=""),
         binascii.hexlify(raw).decode(),
@@ -368,13 +369,22 @@ class Redactor:
         return "".join(parts)
 
     def scrub_json(self, obj: Any) -> Any:
-        """A deep copy of a JSON-like value with every string (keys included) scrubbed."""
-        if self._automaton is None:
+        """A JSON-like value with every string (keys included) scrubbed: ``obj`` itself when its
+        serialization holds no registered form (one pass), else a scrubbed deep copy."""
+        automaton = self._automaton
+        if automaton is None:
             return obj
+        try:
+            text = json.dumps(obj, ensure_ascii=False, default=str)
+        except (TypeError, ValueError):
+            return self._walk(obj)
+        return self._walk(obj) if automaton.find_matches_as_indexes(text) else obj
+
+    def _walk(self, obj: Any) -> Any:
         if isinstance(obj, str):
             return self.scrub(obj)
         if isinstance(obj, Mapping):
-            return {self.scrub(str(k)): self.scrub_json(v) for k, v in obj.items()}
+            return {self.scrub(str(k)): self._walk(v) for k, v in obj.items()}
         if isinstance(obj, list | tuple):
-            return [self.scrub_json(v) for v in obj]
+            return [self._walk(v) for v in obj]
         return obj
