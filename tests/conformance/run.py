@@ -4,16 +4,22 @@
     python -m tests.conformance.run --gateway    # against toolcrib (passthrough) in front of it
     python -m tests.conformance.run --url URL    # against a server that is already running
 
+`--upstream-era modern|legacy|both` (default both) picks how the fixture is reached: modern
+is the SDK default (2026-07-28, what an auto-mode client such as the gateway negotiates);
+legacy starts it with `--legacy` (refuses server/discover) so the gateway's upstream session
+is a 2025-11-25 `initialize` session. The suite itself always speaks 2025-11-25.
+
 Installs pinned Node and suite versions into .tools/ from npm when missing, starts the
 target, runs `conformance server --url URL -o DIR`, reads every scenario's checks.json,
 compares with tests/conformance/expected-failures.txt, prints a table, and exits 1 on an
 unexpected failure or an unexpected pass. Every process it starts is stopped on exit.
 
-A scenario passes when it has at least one SUCCESS check and no FAILURE or WARNING
-(warnings count as failures, as in the suite's own baseline check).
+A scenario passes when it has no FAILURE or WARNING check and at least one SUCCESS (or only
+INFO checks): warnings count as failures, as in the suite's own baseline check.
 
-expected-failures.txt: one scenario per line, `name  # reason`; prefix `direct:` or
-`gateway:` to limit an entry to one target.
+expected-failures.txt: one scenario per line, `name  # reason`; prefix `direct:`,
+`gateway:`, `gateway/modern:`, `gateway/legacy:` (or `direct/<era>:`, `url:`) to limit an
+entry to one target.
 """
 
 from __future__ import annotations
@@ -161,8 +167,13 @@ def _wait_for(started: Started, ready: Callable[[], bool], what: str) -> None:
     raise SystemExit(f"conformance: {started.name} did not get to {what} in {STARTUP_TIMEOUT:.0f} s:\n{started.tail()}")
 
 
-def start_direct(workdir: Path) -> tuple[Started, str]:
-    started = start("everything", [sys.executable, "-m", "tests.servers.everything", "--http", "0"], workdir, cwd=ROOT)
+def fixture_args(era: str) -> list[str]:
+    """`python -m` arguments for the everything fixture; `legacy` refuses server/discover."""
+    return ["-m", "tests.servers.everything", *(["--legacy"] if era == "legacy" else [])]
+
+
+def start_direct(workdir: Path, era: str) -> tuple[Started, str]:
+    started = start("everything", [sys.executable, *fixture_args(era), "--http", "0"], workdir, cwd=ROOT)
     found: list[str] = []
 
     def listening() -> bool:
@@ -181,7 +192,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def gateway_config(port: int) -> str:
+def gateway_config(port: int, era: str = "modern") -> str:
     python = json.dumps(str(ROOT / ".venv" / "bin" / "python"))
     return (
         "[gateway]\n"
@@ -192,19 +203,20 @@ def gateway_config(port: int) -> str:
         "\n"
         "[servers.everything]\n"
         f"command = {python}\n"
-        'args = ["-m", "tests.servers.everything"]\n'
+        f"args = {json.dumps(fixture_args(era))}\n"
         f"cwd = {json.dumps(str(ROOT))}\n"
     )
 
 
-def start_gateway(workdir: Path) -> tuple[Started, str]:
+def start_gateway(workdir: Path, era: str) -> tuple[Started, str]:
     toolcrib = ROOT / ".venv" / "bin" / "toolcrib"
     if not toolcrib.exists():
         raise SystemExit(f"conformance: {toolcrib} is missing; run `make install`")
     port = _free_port()
     config = workdir / "toolcrib.toml"
-    config.write_text(gateway_config(port))
+    config.write_text(gateway_config(port, era))
     # State the gateway keeps relative to its cwd (audit db, index) stays in the temp dir.
+    (workdir / ".toolcrib").mkdir(exist_ok=True)
     started = start(
         "toolcrib",
         [str(toolcrib), "--config", str(config), "serve"],
@@ -233,19 +245,24 @@ class Outcome:
     success: int = 0
     failure: int = 0
     warning: int = 0
+    info: int = 0
     messages: list[str] = field(default_factory=list)
 
     @property
     def status(self) -> str:
+        """FAIL, WARN, PASS, INFO (only informational checks: the suite found nothing to
+        test, e.g. JSON instead of SSE; it passes, as in the suite's own baseline check)."""
         if self.failure:
             return "FAIL"
         if self.warning:
             return "WARN"
-        return "PASS" if self.success else "FAIL"
+        if self.success:
+            return "PASS"
+        return "INFO" if self.info else "FAIL"
 
     @property
     def passed(self) -> bool:
-        return self.status == "PASS"
+        return self.status in ("PASS", "INFO")
 
 
 _TIMESTAMP = re.compile(r"-\d{4}-\d{2}-\d{2}T[\d-]+Z$")
@@ -266,6 +283,8 @@ def read_results(output: Path) -> dict[str, Outcome]:
             status = check.get("status")
             if status == "SUCCESS":
                 outcome.success += 1
+            elif status == "INFO":
+                outcome.info += 1
             elif status in ("FAILURE", "WARNING"):
                 if status == "FAILURE":
                     outcome.failure += 1
@@ -276,7 +295,11 @@ def read_results(output: Path) -> dict[str, Outcome]:
 
 
 def read_expected(path: Path, target: str) -> dict[str, str]:
-    """Scenario -> reason for the entries that apply to `target` (direct | gateway | url)."""
+    """Scenario -> reason for the entries that apply to `target`.
+
+    `target` is `url`, `direct/<era>` or `gateway/<era>`; an entry scoped `gateway:` applies
+    to both gateway eras, `gateway/legacy:` to one.
+    """
     expected: dict[str, str] = {}
     if not path.exists():
         return expected
@@ -286,8 +309,8 @@ def read_expected(path: Path, target: str) -> dict[str, str]:
         if not entry:
             continue
         scope, sep, name = entry.partition(":")
-        if sep and scope in ("direct", "gateway", "url"):
-            if scope != target:
+        if sep:
+            if scope not in (target, target.split("/")[0]):
                 continue
             entry = name.strip()
         expected[entry] = reason.strip()
@@ -328,19 +351,82 @@ def report(outcomes: dict[str, Outcome], wanted: list[str], expected: dict[str, 
 # ---- main ----------------------------------------------------------------------------------
 
 
+@dataclass
+class Run:
+    """One suite run against one target; `main` runs one per era."""
+
+    mode: str
+    era: str
+    node: Path
+    suite: Path
+    args: argparse.Namespace
+    all_scenarios: list[str]
+
+    @property
+    def target(self) -> str:
+        return "url" if self.mode == "url" else f"{self.mode}/{self.era}"
+
+    def execute(self) -> int:
+        with tempfile.TemporaryDirectory(prefix="toolcrib-conformance-") as tmp:
+            workdir = Path(tmp)
+            output = self.args.output / self.target.replace("/", "-") if self.args.output else workdir / "results"
+            if output.exists() and any(output.iterdir()):
+                raise SystemExit(f"conformance: {output} is not empty")
+            started: Started | None = None
+            try:
+                if self.mode == "direct":
+                    started, url = start_direct(workdir, self.era)
+                elif self.mode == "gateway":
+                    started, url = start_gateway(workdir, self.era)
+                else:
+                    url = self.args.url
+                print(f"\n=== conformance: {self.target} at {url}", flush=True)
+                self._run_suite(url, output, workdir / "suite.log")
+                outcomes = read_results(output)
+                wanted = self.args.scenario or (self.all_scenarios if self.args.suite == "all" else [])
+                code = report(outcomes, wanted, read_expected(self.args.expected, self.target))
+                if code and started is not None and not self.args.verbose:
+                    print(f"\n--- last lines of the {started.name} log ---\n{started.tail(15)}")
+                return code
+            finally:
+                if started is not None:
+                    started.stop()
+
+    def _run_suite(self, url: str, output: Path, log: Path) -> None:
+        with log.open("wb") as sink:
+            for scenario in self.args.scenario or [None]:
+                cmd = [str(self.node), str(self.suite), "server", "--url", url, "-o", str(output)]
+                cmd += ["--scenario", scenario] if scenario else ["--suite", self.args.suite]
+                subprocess.run(
+                    cmd, cwd=log.parent, stdout=sink, stderr=subprocess.STDOUT, timeout=SUITE_TIMEOUT, check=False
+                )
+        if self.args.verbose:
+            print(log.read_text(errors="replace"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--direct", action="store_true", help="run against tests.servers.everything directly")
-    target.add_argument("--gateway", action="store_true", help="run against toolcrib in front of the fixture")
+    target.add_argument("--gateway", action="store_true", help="run against toolcrib in front of the fixture (default)")
     target.add_argument("--url", help="run against an MCP endpoint that is already running")
+    parser.add_argument(
+        "--upstream-era",
+        choices=["modern", "legacy", "both"],
+        default="both",
+        help="the fixture's era: modern (2026-07-28, what an auto client picks) or legacy (refuses "
+        "server/discover, so it is reached over 2025-11-25 initialize); both runs the suite twice",
+    )
     parser.add_argument("--suite", choices=["all", "active", "pending"], default="all")
     parser.add_argument("--scenario", action="append", default=[], help="run only this scenario (repeatable)")
     parser.add_argument("--expected", type=Path, default=EXPECTED_FILE, help="expected-failures file")
-    parser.add_argument("--output", type=Path, help="keep the suite's results here (default: a temp dir)")
+    parser.add_argument("--output", type=Path, help="keep the suite's results under this directory")
     parser.add_argument("--verbose", action="store_true", help="print the suite's own output")
     args = parser.parse_args(argv)
     mode = "url" if args.url else "direct" if args.direct else "gateway"
+    eras = ["modern", "legacy"] if args.upstream_era == "both" else [args.upstream_era]
+    if mode == "url":
+        eras = eras[:1]
 
     began = time.monotonic()
     node, suite = ensure_toolchain()
@@ -348,42 +434,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in args.scenario if s not in all_scenarios]
     if unknown:
         raise SystemExit(f"conformance: unknown scenario(s) {unknown}; known: {', '.join(all_scenarios)}")
-
-    with tempfile.TemporaryDirectory(prefix="toolcrib-conformance-") as tmp:
-        workdir = Path(tmp)
-        output = args.output or workdir / "results"
-        if output.exists() and any(output.iterdir()):
-            raise SystemExit(f"conformance: {output} is not empty")
-        started: Started | None = None
-        try:
-            if mode == "direct":
-                started, url = start_direct(workdir)
-            elif mode == "gateway":
-                started, url = start_gateway(workdir)
-            else:
-                url = args.url
-            print(f"conformance: suite {SUITE_PACKAGE}@{SUITE_VERSION} on node {NODE_VERSION}, target {mode} {url}")
-            scenarios = args.scenario or [None]
-            suite_log = workdir / "suite.log"
-            with suite_log.open("wb") as sink:
-                for scenario in scenarios:
-                    cmd = [str(node), str(suite), "server", "--url", url, "-o", str(output)]
-                    cmd += ["--scenario", scenario] if scenario else ["--suite", args.suite]
-                    subprocess.run(
-                        cmd, cwd=workdir, stdout=sink, stderr=subprocess.STDOUT, timeout=SUITE_TIMEOUT, check=False
-                    )
-            if args.verbose:
-                print(suite_log.read_text(errors="replace"))
-            outcomes = read_results(output)
-            wanted = args.scenario or (all_scenarios if args.suite == "all" else [])
-            code = report(outcomes, wanted, read_expected(args.expected, mode))
-            if code and started is not None and not args.verbose:
-                print(f"\n--- last lines of the {started.name} log ---\n{started.tail(15)}")
-        finally:
-            if started is not None:
-                started.stop()
-    print(f"conformance: {mode} run took {time.monotonic() - began:.1f} s")
-    return code
+    print(f"conformance: suite {SUITE_PACKAGE}@{SUITE_VERSION} on node {NODE_VERSION}")
+    codes = {}
+    for era in eras:
+        run = Run(mode, era, node, suite, args, all_scenarios)
+        codes[run.target] = run.execute()
+    summary = ", ".join(f"{t} {'ok' if c == 0 else 'FAILED'}" for t, c in codes.items())
+    print(f"\nconformance: {summary}; took {time.monotonic() - began:.1f} s")
+    return max(codes.values())
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import socket
 import sys
 import warnings
@@ -23,7 +24,9 @@ from mcp.server.models import InitializationOptions
 from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
 from mcp.shared.exceptions import MCPDeprecationWarning
-from mcp_types import JSONRPCMessage
+from mcp.shared.message import SessionMessage
+from mcp_types import METHOD_NOT_FOUND, ErrorData, JSONRPCError, JSONRPCMessage, JSONRPCRequest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # The fixtures deliberately exercise the handshake-era features (logging, sampling,
 # roots) that mcp 2.x marks deprecated; the warnings are noise in a fixture.
@@ -87,6 +90,12 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
         help="serve Streamable HTTP on 127.0.0.1:PORT/mcp (0 = pick a free port) instead of stdio",
     )
     parser.add_argument(
+        "--legacy",
+        action="store_true",
+        help="handshake era only: answer server/discover with -32601, as a pre-2026 server does, "
+        "so an auto-mode client falls back to initialize (2025-11-25)",
+    )
+    parser.add_argument(
         "--json-response",
         action="store_true",
         help="HTTP: answer POSTs with application/json instead of SSE streams",
@@ -94,12 +103,76 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
     return parser.parse_args(argv)
 
 
-async def serve_stdio(server: Server[Any]) -> None:
+DISCOVER_REFUSAL = "Method not found: server/discover (this server speaks the handshake era only)"
+
+
+async def serve_stdio(server: Server[Any], *, legacy: bool = False) -> None:
     async with stdio_server() as (read_stream, write_stream):
-        await server.run(read_stream, write_stream, server.create_initialization_options())
+        if not legacy:
+            await server.run(read_stream, write_stream, server.create_initialization_options())
+            return
+        # The dual-era loop lets the first request pick the era; refusing server/discover
+        # before the loop sees it makes `initialize` the first request it gets.
+        send, receive = anyio.create_memory_object_stream[SessionMessage | Exception](16)
+
+        async def refuse_discover() -> None:
+            async with send:
+                async for item in read_stream:
+                    message = item.message if isinstance(item, SessionMessage) else None
+                    if isinstance(message, JSONRPCRequest) and message.method == "server/discover":
+                        error = ErrorData(code=METHOD_NOT_FOUND, message=DISCOVER_REFUSAL)
+                        await write_stream.send(SessionMessage(JSONRPCError(jsonrpc="2.0", id=message.id, error=error)))
+                    else:
+                        await send.send(item)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(refuse_discover)
+            await server.run(receive, write_stream, server.create_initialization_options())
+            tg.cancel_scope.cancel()
 
 
-async def serve_http(server: Server[Any], port: int, *, json_response: bool = False) -> None:
+def refuse_discover_asgi(app: ASGIApp) -> ASGIApp:
+    """ASGI wrapper answering a POSTed `server/discover` with a JSON-RPC -32601 error."""
+
+    async def wrapper(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict) and parsed.get("method") == "server/discover" and "id" in parsed:
+            error = {"code": METHOD_NOT_FOUND, "message": DISCOVER_REFUSAL}
+            payload = json.dumps({"jsonrpc": "2.0", "id": parsed["id"], "error": error}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await app(scope, replay, send)
+
+    return wrapper
+
+
+async def serve_http(server: Server[Any], port: int, *, json_response: bool = False, legacy: bool = False) -> None:
     import uvicorn
 
     app = server.streamable_http_app(
@@ -112,7 +185,8 @@ async def serve_http(server: Server[Any], port: int, *, json_response: bool = Fa
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     sock.listen(128)
-    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    asgi: ASGIApp = refuse_discover_asgi(app) if legacy else app
+    config = uvicorn.Config(asgi, log_level="warning", lifespan="on")
     uv = uvicorn.Server(config)
 
     async def announce_when_started() -> None:
@@ -131,8 +205,8 @@ def main(server: Server[Any], argv: Sequence[str] | None = None, *, description:
     args = parse_args(argv, description or f"MCP fixture server {server.name!r}")
     try:
         if args.http is None:
-            anyio.run(serve_stdio, server)
+            anyio.run(lambda: serve_stdio(server, legacy=args.legacy))
         else:
-            anyio.run(lambda: serve_http(server, args.http, json_response=args.json_response))
+            anyio.run(lambda: serve_http(server, args.http, json_response=args.json_response, legacy=args.legacy))
     except KeyboardInterrupt:
         pass

@@ -23,8 +23,11 @@ from typing import Any
 import anyio
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourceUpdated
 from mcp.shared.exceptions import MCPError
+from mcp.shared.message import ServerMessageMetadata
 from mcp_types import INVALID_PARAMS
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from tests.servers._common import FixtureServer, main
 
@@ -132,7 +135,7 @@ TOOLS: list[types.Tool] = [
     ),
     types.Tool(
         name="test_trigger_resource_update",
-        description="Sends notifications/resources/updated for test://watched-resource",
+        description="Announces an update of test://watched-resource to its subscribers (both eras)",
         input_schema=NO_ARGS,
     ),
 ]
@@ -153,6 +156,7 @@ def _result(*content: Any) -> types.CallToolResult:
 # Log levels, least to most severe; logging/setLevel sets the floor for this process.
 LEVELS = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
 _state: dict[str, Any] = {"log_level": "debug", "subscriptions": set()}
+_bus = InMemorySubscriptionBus()
 
 
 async def _log(ctx: ServerRequestContext[Any], level: types.LoggingLevel, data: Any) -> None:
@@ -165,14 +169,71 @@ def _has(ctx: ServerRequestContext[Any], capability: types.ClientCapabilities) -
     return ctx.session.check_client_capability(capability)
 
 
-async def _elicit(ctx: ServerRequestContext[Any], message: str, schema: dict[str, Any]) -> types.CallToolResult:
-    if not _has(ctx, types.ClientCapabilities(elicitation=types.ElicitationCapability())):
+ToolReply = types.CallToolResult | types.InputRequiredResult
+
+
+async def _ask(
+    ctx: ServerRequestContext[Any],
+    params: types.CallToolRequestParams,
+    request: types.CreateMessageRequest | types.ElicitRequest,
+    capability: types.ClientCapabilities,
+) -> types.InputResponse | types.InputRequiredResult | None:
+    """Ask the client for input in the connection's era; None if it lacks the capability.
+
+    Handshake era: a server-to-client request on the call's stream. 2026-07-28: an
+    `InputRequiredResult` first, then the answer arrives on the retried call.
+    """
+    if not ctx.session.check_client_capability(capability):
+        return None
+    key = request.method
+    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        answered = (params.input_responses or {}).get(key)
+        if answered is None:
+            return types.InputRequiredResult(input_requests={key: request})
+        return answered
+    if isinstance(request, types.CreateMessageRequest):
+        result_type: type[types.InputResponse] = types.CreateMessageResult
+    else:
+        result_type = types.ElicitResult
+    return await ctx.session.send_request(
+        request, result_type, metadata=ServerMessageMetadata(related_request_id=ctx.request_id)
+    )
+
+
+async def _sample(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> ToolReply:
+    prompt = str((params.arguments or {}).get("prompt", ""))
+    request = types.CreateMessageRequest(
+        params=types.CreateMessageRequestParams(
+            messages=[types.SamplingMessage(role="user", content=_text(prompt))], max_tokens=100
+        )
+    )
+    reply = await _ask(ctx, params, request, types.ClientCapabilities(sampling=types.SamplingCapability()))
+    if reply is None:
+        return _error("The client does not support sampling")
+    if isinstance(reply, types.InputRequiredResult):
+        return reply
+    if not isinstance(reply, types.CreateMessageResult):
+        return _error(f"Unexpected answer to sampling/createMessage: {type(reply).__name__}")
+    content = reply.content
+    text = content.text if isinstance(content, types.TextContent) else json.dumps(content.model_dump(mode="json"))
+    return _result(_text(f"LLM response: {text}"))
+
+
+async def _elicit(
+    ctx: ServerRequestContext[Any], params: types.CallToolRequestParams, message: str, schema: dict[str, Any]
+) -> ToolReply:
+    request = types.ElicitRequest(params=types.ElicitRequestFormParams(message=message, requested_schema=schema))
+    reply = await _ask(ctx, params, request, types.ClientCapabilities(elicitation=types.ElicitationCapability()))
+    if reply is None:
         return _error("The client does not support elicitation")
-    answer = await ctx.session.elicit_form(message, schema, related_request_id=ctx.request_id)
-    return _result(_text(f"Elicitation completed: action={answer.action}, content={json.dumps(answer.content)}"))
+    if isinstance(reply, types.InputRequiredResult):
+        return reply
+    if not isinstance(reply, types.ElicitResult):
+        return _error(f"Unexpected answer to elicitation/create: {type(reply).__name__}")
+    return _result(_text(f"Elicitation completed: action={reply.action}, content={json.dumps(reply.content)}"))
 
 
-async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> ToolReply:
     name, args = params.name, params.arguments or {}
     if name == "test_simple_text":
         return _result(_text("This is a simple text response for testing."))
@@ -212,19 +273,7 @@ async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolReques
             await ctx.session.report_progress(progress, 100)
         return _result(_text("Tool with progress executed successfully"))
     if name == "test_sampling":
-        if not _has(ctx, types.ClientCapabilities(sampling=types.SamplingCapability())):
-            return _error("The client does not support sampling")
-        reply = await ctx.session.create_message(
-            messages=[types.SamplingMessage(role="user", content=_text(str(args.get("prompt", ""))))],
-            max_tokens=100,
-            related_request_id=ctx.request_id,
-        )
-        text = (
-            reply.content.text
-            if isinstance(reply.content, types.TextContent)
-            else json.dumps(reply.model_dump(mode="json", by_alias=True, exclude_none=True)["content"])
-        )
-        return _result(_text(f"LLM response: {text}"))
+        return await _sample(ctx, params)
     if name == "test_elicitation":
         schema = {
             "type": "object",
@@ -234,7 +283,7 @@ async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolReques
             },
             "required": ["username", "email"],
         }
-        return await _elicit(ctx, str(args.get("message", "Please provide your information")), schema)
+        return await _elicit(ctx, params, str(args.get("message", "Please provide your information")), schema)
     if name == "test_elicitation_sep1034_defaults":
         schema = {
             "type": "object",
@@ -246,7 +295,7 @@ async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolReques
                 "verified": {"type": "boolean", "default": True},
             },
         }
-        return await _elicit(ctx, "Please review and update the form fields with defaults", schema)
+        return await _elicit(ctx, params, "Please review and update the form fields with defaults", schema)
     if name == "test_elicitation_sep1330_enums":
         schema = {
             "type": "object",
@@ -281,7 +330,7 @@ async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolReques
                 },
             },
         }
-        return await _elicit(ctx, "Please pick from the enum fields", schema)
+        return await _elicit(ctx, params, "Please pick from the enum fields", schema)
     if name == "json_schema_2020_12_tool":
         return _result(_text(f"Received: {json.dumps(args, sort_keys=True)}"))
     if name == "test_reconnection":
@@ -290,11 +339,13 @@ async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolReques
         await anyio.sleep(0.1)
         return _result(_text("Reconnection test completed"))
     if name == "test_trigger_resource_update":
-        sent = 0
-        if WATCHED in _state["subscriptions"]:
+        # 2026-07-28 listeners get it through subscriptions/listen; a handshake-era session
+        # that called resources/subscribe gets notifications/resources/updated.
+        await _bus.publish(ResourceUpdated(uri=WATCHED))
+        legacy = ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS
+        if legacy and WATCHED in _state["subscriptions"]:
             await ctx.session.send_resource_updated(WATCHED)
-            sent = 1
-        return _result(_text(f"Sent {sent} resource update(s)"))
+        return _result(_text(f"Published an update for {WATCHED}"))
     raise MCPError(INVALID_PARAMS, f"Unknown tool: {name}")
 
 
@@ -481,6 +532,7 @@ server = FixtureServer(
     on_get_prompt=get_prompt,
     on_completion=complete,
     on_set_logging_level=set_level,
+    on_subscriptions_listen=ListenHandler(_bus),
 )
 
 if __name__ == "__main__":
