@@ -28,9 +28,10 @@ class ToolDoc:
     input_schema: Mapping[str, Any]
     title: str | None = None
 
-    def content_hash(self, model_fingerprint: str) -> str:
+    def content_hash(self, model_fingerprint: str, style: TextStyle | None = None) -> str:
         """sha256 over the embedded text and the model fingerprint: equal hashes share a vector."""
-        return hashlib.sha256(f"{model_fingerprint}\x00{document_text(self)}".encode()).hexdigest()
+        text = document_text(self, style or DEFAULT_STYLE)
+        return hashlib.sha256(f"{model_fingerprint}\x00{text}".encode()).hexdigest()
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict that :meth:`from_json` turns back into an equal document."""

@@ -221,6 +221,12 @@ class FastEmbedEmbedder:
                 )
                 self.fingerprint = f"{model}@sha256:{sha}"
             else:
+                supported = {str(m["model"]).lower() for m in TextEmbedding.list_supported_models()}
+                if model.lower() not in supported:
+                    raise IndexError_(
+                        f"{model!r} is not a fastembed text model: set [index] model to {DEFAULT_MODEL!r} "
+                        "(works offline) or a name from fastembed's TextEmbedding.list_supported_models()"
+                    )
                 self._model = TextEmbedding(model, threads=threads, cache_dir=str(cache / "fastembed"))
                 self.fingerprint = f"{model}@{_online_model_digest(self._model)}"
         except IndexError_:

@@ -14,7 +14,7 @@ import numpy as np
 
 from toolcrib.errors import IndexError_
 from toolcrib.index import persistence
-from toolcrib.index.documents import ToolDoc, document_text
+from toolcrib.index.documents import DEFAULT_STYLE, TextStyle, ToolDoc, document_text
 from toolcrib.index.embedder import Embedder
 from toolcrib.index.fusion import DEFAULT_FUSION, Fusion, fuse, merge_rankings
 from toolcrib.index.store import Snapshot
@@ -67,11 +67,13 @@ class ToolIndex:
         ranking: str = "hybrid",
         *,
         fusion: Fusion = DEFAULT_FUSION,
+        text_style: TextStyle = DEFAULT_STYLE,
     ) -> None:
         self.path = path
         self.embedder = embedder
         self.ranking = _check_ranking(ranking)
         self.fusion = fusion
+        self.text_style = text_style
         self._snap = Snapshot.empty(embedder.dim)
         self._sync_lock = threading.Lock()
         self._persisted = False
@@ -84,6 +86,7 @@ class ToolIndex:
         ranking: str = "hybrid",
         *,
         fusion: Fusion = DEFAULT_FUSION,
+        text_style: TextStyle = DEFAULT_STYLE,
     ) -> ToolIndex:
         """Open the index stored in ``path`` (``None``: in memory only).
 
@@ -91,7 +94,7 @@ class ToolIndex:
         and replaced at the next :meth:`sync`; one built with another model is kept out of
         searches and fully re-embedded at the next sync.
         """
-        index = cls(path, embedder, ranking, fusion=fusion)
+        index = cls(path, embedder, ranking, fusion=fusion, text_style=text_style)
         if path is None or not persistence.exists(path):
             return index
         try:
@@ -165,12 +168,12 @@ class ToolIndex:
                 else:
                     changed += 1
 
-            hashes = [d.content_hash(fingerprint) for d in new_docs]
+            hashes = [d.content_hash(fingerprint, self.text_style) for d in new_docs]
             reuse_by_hash = {} if full else {h: row for row, h in enumerate(old.hashes)}
             to_embed: dict[str, str] = {}
             for doc, h in zip(new_docs, hashes, strict=True):
                 if h not in reuse_by_hash and h not in to_embed:
-                    to_embed[h] = document_text(doc)
+                    to_embed[h] = document_text(doc, self.text_style)
             fresh = self._embed_all(list(to_embed.values()), progress)
             fresh_rows = {h: i for i, h in enumerate(to_embed)}
 

@@ -1,0 +1,229 @@
+"""Shared pieces of the index benchmarks: dataset loading and an on-disk embedding cache.
+
+Datasets use the ``../shared/data`` format: ``tools.jsonl`` lines
+``{"server","name","description","input_schema"}`` and ``queries.jsonl`` lines
+``{"query","relevant":["server/name",...]}`` (optional ``steps``: the task's step plan, one step
+per line). A directory of ``tools/list`` dumps (``<server>.json`` with a ``tools`` array, like
+``real-servers/``) is read as a tool file too; it has no queries, so the handwritten set
+:data:`REAL_SERVER_QUERIES` is used for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolcrib.index.documents import ToolDoc
+from toolcrib.index.embedder import Embedder
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = ROOT / ".toolcrib" / "bench-cache"
+DATA = ROOT.parent / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class Query:
+    """One benchmark query and the tool ids (``server/name``) that answer it."""
+
+    text: str
+    relevant: tuple[str, ...]
+    kind: str = "single"
+    steps: tuple[str, ...] = ()
+    groups: tuple[frozenset[str], ...] = field(default=())
+
+
+def tool_id(doc: ToolDoc) -> str:
+    """The dataset id of a tool: ``server/name``."""
+    return f"{doc.server}/{doc.name}"
+
+
+def _doc(server: str, tool: dict[str, Any]) -> ToolDoc:
+    return ToolDoc(
+        key=f"{server}__{tool['name']}",
+        server=server,
+        name=str(tool["name"]),
+        description=str(tool.get("description") or ""),
+        input_schema=tool.get("input_schema") or tool.get("inputSchema") or {},
+        title=tool.get("title"),
+    )
+
+
+def load_tools(path: Path) -> list[ToolDoc]:
+    """Tools from a ``tools.jsonl`` file or a directory of ``tools/list`` dumps."""
+    if path.is_dir():
+        docs = []
+        for dump in sorted(path.glob("*.json")):
+            if dump.name.startswith("_"):
+                continue
+            data = json.loads(dump.read_text(encoding="utf-8"))
+            docs.extend(_doc(dump.stem, t) for t in data.get("tools", []))
+        return docs
+    with path.open(encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [_doc(str(row["server"]), row) for row in rows]
+
+
+_STEP_PREFIX = re.compile(r"^\s*(?:step\s*)?\d+\s*[.):-]\s*", re.IGNORECASE)
+
+
+def split_steps(steps: str) -> tuple[str, ...]:
+    """``"1. do x\\n2. do y"`` -> ``("do x", "do y")``."""
+    out = []
+    for line in steps.splitlines():
+        text = _STEP_PREFIX.sub("", line).strip()
+        if text:
+            out.append(text)
+    return tuple(out)
+
+
+def _groups(relevant: Sequence[str]) -> tuple[frozenset[str], ...]:
+    """Relevant ids grouped by tool name: a name listed on several servers counts once ("any of")."""
+    by_name: dict[str, set[str]] = {}
+    for rid in relevant:
+        by_name.setdefault(rid.split("/", 1)[-1], set()).add(rid)
+    return tuple(frozenset(g) for g in by_name.values())
+
+
+def make_query(text: str, relevant: Sequence[str], kind: str = "single", steps: str = "") -> Query:
+    """Build a :class:`Query` with its relevance groups."""
+    rel = tuple(relevant)
+    return Query(text, rel, kind, split_steps(steps), _groups(rel))
+
+
+def load_queries(path: Path | None, tools_path: Path) -> list[Query]:
+    """Queries from ``queries.jsonl``, or the handwritten set for a ``real-servers`` directory."""
+    if path is None:
+        if tools_path.is_dir():
+            return [make_query(q, rel) for q, rel in REAL_SERVER_QUERIES]
+        raise SystemExit(f"--queries is required for {tools_path}")
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            relevant = row.get("relevant") or []
+            if not relevant:
+                continue
+            kind = row.get("type") or ("multi" if len(relevant) > 1 else "single")
+            out.append(make_query(str(row["query"]), relevant, kind, str(row.get("steps") or "")))
+    return out
+
+
+class CachedEmbedder:
+    """Wraps an embedder with a persistent text -> vector cache (``.toolcrib/bench-cache``).
+
+    The inner model is created only when a text is missing from the cache.
+    """
+
+    def __init__(self, make_inner: Any, model_id: str, fingerprint: str, dim: int, name: str) -> None:
+        self._make_inner = make_inner
+        self._inner: Embedder | None = None
+        self.model_id = model_id
+        self.fingerprint = fingerprint
+        self.dim = dim
+        digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
+        self._file = CACHE_DIR / f"{name}-{digest}.npz"
+        self._keys: dict[str, int] = {}
+        self._vectors = np.zeros((0, dim), dtype=np.float32)
+        self.computed = 0
+        if self._file.exists():
+            data = np.load(self._file, allow_pickle=False)
+            self._vectors = data["vectors"]
+            self._keys = {str(k): i for i, k in enumerate(data["keys"])}
+
+    @property
+    def inner(self) -> Embedder:
+        """The wrapped embedder, loaded on first use."""
+        if self._inner is None:
+            self._inner = self._make_inner()
+        return self._inner
+
+    @staticmethod
+    def _key(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for ``texts``, computing (and caching) only the missing ones."""
+        keys = [self._key(t) for t in texts]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._keys))
+        if missing:
+            by_key = {k: t for k, t in zip(keys, texts, strict=True)}
+            fresh = self.inner.embed([by_key[k] for k in missing])
+            self.computed += len(missing)
+            base = len(self._vectors)
+            self._vectors = np.vstack([self._vectors, fresh])
+            for i, k in enumerate(missing):
+                self._keys[k] = base + i
+        rows = [self._keys[k] for k in keys]
+        return self._vectors[rows] if rows else np.zeros((0, self.dim), dtype=np.float32)
+
+    def save(self) -> None:
+        """Write the cache file (only when something new was computed)."""
+        if not self.computed:
+            return
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        keys = np.array(sorted(self._keys, key=self._keys.__getitem__))
+        tmp = self._file.with_suffix(".tmp.npz")
+        np.savez(tmp, vectors=self._vectors, keys=keys)
+        tmp.replace(self._file)
+
+
+def cached_default_embedder(name: str = "minilm") -> CachedEmbedder:
+    """The offline MiniLM embedder behind the disk cache (its fingerprint known without loading it)."""
+    from toolcrib.index.embedder import DEFAULT_MODEL, OFFLINE_ONNX_SHA256, FastEmbedEmbedder
+
+    return CachedEmbedder(
+        FastEmbedEmbedder, DEFAULT_MODEL, f"{DEFAULT_MODEL}@sha256:{OFFLINE_ONNX_SHA256}", 384, name
+    )
+
+
+#: Handwritten queries for the ``real-servers`` dumps (written for this benchmark; no source set exists).
+REAL_SERVER_QUERIES: list[tuple[str, list[str]]] = [
+    ("what time is it in Tokyo", ["mcp-server-time/get_current_time"]),
+    ("convert 3pm New York time to Berlin time", ["mcp-server-time/convert_time"]),
+    ("which day of the week is it right now in London", ["mcp-server-time/get_current_time"]),
+    ("download the content of a web page", ["mcp-server-fetch/fetch"]),
+    ("get the markdown of https://example.com", ["mcp-server-fetch/fetch"]),
+    ("show the uncommitted changes in my repository", ["mcp-server-git/git_diff_unstaged", "mcp-server-git/git_status"]),
+    ("commit the staged files with a message", ["mcp-server-git/git_commit"]),
+    ("stage these files for the next commit", ["mcp-server-git/git_add"]),
+    ("list recent commits", ["mcp-server-git/git_log"]),
+    ("create a new feature branch", ["mcp-server-git/git_create_branch"]),
+    ("switch to the main branch", ["mcp-server-git/git_checkout"]),
+    ("unstage everything", ["mcp-server-git/git_reset"]),
+    ("what does commit abc123 contain", ["mcp-server-git/git_show"]),
+    ("which branches exist", ["mcp-server-git/git_branch"]),
+    ("read the contents of config.yaml", ["server-filesystem/read_text_file", "server-filesystem/read_file"]),
+    ("open this PNG image", ["server-filesystem/read_media_file"]),
+    ("save this text into notes.txt", ["server-filesystem/write_file"]),
+    ("replace a line in a source file", ["server-filesystem/edit_file"]),
+    ("make a new folder called build", ["server-filesystem/create_directory"]),
+    ("what files are in the src directory", ["server-filesystem/list_directory"]),
+    ("show the folder tree recursively", ["server-filesystem/directory_tree"]),
+    ("rename report.txt to final.txt", ["server-filesystem/move_file"]),
+    ("find all python files matching *.py", ["server-filesystem/search_files"]),
+    ("how big is this file and when was it modified", ["server-filesystem/get_file_info"]),
+    ("which directories am I allowed to access", ["server-filesystem/list_allowed_directories"]),
+    ("remember that Alice works at Acme", ["server-memory/create_entities", "server-memory/add_observations"]),
+    ("record that Bob manages Alice", ["server-memory/create_relations"]),
+    ("what do you remember about Alice", ["server-memory/search_nodes", "server-memory/open_nodes"]),
+    ("dump the whole knowledge graph", ["server-memory/read_graph"]),
+    ("forget the entity Bob", ["server-memory/delete_entities"]),
+    ("think through this hard problem step by step", ["server-sequential-thinking/sequentialthinking"]),
+    ("add two numbers", ["server-everything/get-sum"]),
+    ("test that the server can ask the client's model for a completion", ["conformance-everything-server/test_sampling"]),
+    ("ask the user for input in the middle of a tool call", ["conformance-everything-server/test_elicitation"]),
+    ("return a tiny image", ["server-everything/get-tiny-image", "conformance-everything-server/test_image_content"]),
+    ("echo back my message", ["server-everything/echo"]),
+    ("print the environment variables of the server", ["server-everything/get-env"]),
+    ("compress a file with gzip", ["server-everything/gzip-file-as-resource"]),
+    ("run a long operation that reports progress", ["server-everything/trigger-long-running-operation", "conformance-everything-server/test_tool_with_progress"]),
+]
