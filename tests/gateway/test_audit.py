@@ -336,3 +336,29 @@ def test_append_cost(tmp_path: Path) -> None:
     per_append_us = (time.perf_counter() - start) / 500 * 1e6
     assert per_append_us < 2000, per_append_us
     audit.close()
+
+
+def test_verify_while_another_process_appends(tmp_path: Path) -> None:
+    import threading
+
+    reader = make_log(tmp_path, rows=5)
+    writer = SqliteAuditLog(tmp_path / "audit.db", hmac_key=KEY)
+    stop = threading.Event()
+
+    def append_forever() -> None:
+        i = 0
+        while not stop.is_set():
+            fill(writer, i)
+            i += 1
+
+    thread = threading.Thread(target=append_forever)
+    thread.start()
+    try:
+        reports = [reader.verify() for _ in range(30)]
+    finally:
+        stop.set()
+        thread.join()
+    assert all(r.ok for r in reports), [r.problems for r in reports if not r.ok]
+    assert reports[-1].rows > reports[0].rows
+    writer.close()
+    reader.close()

@@ -387,47 +387,65 @@ class SqliteAuditLog:
         return int(deleted)
 
     def verify(self) -> VerifyReport:
-        """Re-hash the chain; report edited, deleted, inserted or reordered rows and anchor mismatches."""
+        """Re-hash the chain; report edited, deleted, inserted or reordered rows and anchor mismatches.
+
+        Safe while a server appends: the anchor is read before the database snapshot, so every row
+        it names is in the snapshot; rows past it must be covered by the anchor once the scan ends.
+        """
         report = VerifyReport()
         problems = report.problems
+        anchor = self._anchor.read()
         with self._lock:
-            checkpoint = self._db.execute(_CHECKPOINT).fetchone()
-            prev_seq, prev_hash = (int(checkpoint[0]), str(checkpoint[1])) if checkpoint else (0, GENESIS)
-            report.checkpoint_seq = prev_seq
-            saved = self._read_checkpoint_file()
-            if saved != (checkpoint and (prev_seq, prev_hash)):
-                problems.append(
-                    f"the checkpoint in the database ({checkpoint and prev_seq}) does not match "
-                    f"{self.checkpoint_path} ({saved and saved[0]}): rows were removed outside prune"
-                )
-            anchor = self._anchor.read()
-            anchored_hash = prev_hash if anchor and anchor[0] == prev_seq else None
-            for row in self._rows("SELECT * FROM events ORDER BY seq"):
-                seq = int(row["seq"])
-                report.rows += 1
-                report.first_seq = seq if report.first_seq is None else report.first_seq
-                if seq != prev_seq + 1:
-                    problems.append(f"rows {prev_seq + 1}..{seq - 1} are missing (deleted)")
-                elif row["prev_hash"] != prev_hash:
-                    problems.append(f"row {seq} does not link to row {prev_seq} (a row was replaced or moved)")
-                if row_hash(row) != row["hash"]:
-                    problems.append(f"row {seq} does not match its hash (edited)")
-                prev_seq, prev_hash = seq, str(row["hash"])
-                if anchor and anchor[0] == seq:
-                    anchored_hash = prev_hash
-            report.last_seq = prev_seq if report.rows else None
+            self._db.execute("BEGIN")
+            try:
+                self._scan(report, anchor)
+            finally:
+                self._db.execute("COMMIT")
+        last = report.last_seq if report.last_seq is not None else report.checkpoint_seq
         report.anchor_seq = anchor[0] if anchor else None
         if anchor is None:
-            if prev_seq:
+            if last:
                 problems.append(f"the anchor file {self._anchor.path} is missing or unreadable")
-        elif anchor[0] > prev_seq:
-            problems.append(f"the log ends at row {prev_seq} but the anchor says {anchor[0]}: the tail was cut")
-        else:
-            if anchor[0] < prev_seq:
-                problems.append(f"rows {anchor[0] + 1}..{prev_seq} come after the anchored head (appended outside)")
-            if anchored_hash != anchor[1]:
-                problems.append(f"row {anchor[0]} differs from the anchored head hash (the chain was rewritten)")
+        elif anchor[0] > last:
+            problems.append(f"the log ends at row {last} but the anchor says {anchor[0]}: the tail was cut")
+        elif anchor[0] < last:
+            for _ in range(5):
+                later = self._anchor.read()
+                if later is not None and later[0] >= last:
+                    break
+                time.sleep(0.005)
+            else:
+                problems.append(f"rows {anchor[0] + 1}..{last} come after the anchored head (appended outside)")
         return report
+
+    def _scan(self, report: VerifyReport, anchor: tuple[int, str] | None) -> None:
+        problems = report.problems
+        checkpoint = self._db.execute(_CHECKPOINT).fetchone()
+        prev_seq, prev_hash = (int(checkpoint[0]), str(checkpoint[1])) if checkpoint else (0, GENESIS)
+        report.checkpoint_seq = prev_seq
+        saved = self._read_checkpoint_file()
+        if saved != (checkpoint and (prev_seq, prev_hash)):
+            problems.append(
+                f"the checkpoint in the database ({checkpoint and prev_seq}) does not match "
+                f"{self.checkpoint_path} ({saved and saved[0]}): rows were removed outside prune"
+            )
+        anchored_hash = prev_hash if anchor and anchor[0] == prev_seq else None
+        for row in self._rows("SELECT * FROM events ORDER BY seq"):
+            seq = int(row["seq"])
+            report.rows += 1
+            report.first_seq = seq if report.first_seq is None else report.first_seq
+            if seq != prev_seq + 1:
+                problems.append(f"rows {prev_seq + 1}..{seq - 1} are missing (deleted)")
+            elif row["prev_hash"] != prev_hash:
+                problems.append(f"row {seq} does not link to row {prev_seq} (a row was replaced or moved)")
+            if row_hash(row) != row["hash"]:
+                problems.append(f"row {seq} does not match its hash (edited)")
+            prev_seq, prev_hash = seq, str(row["hash"])
+            if anchor and anchor[0] == seq:
+                anchored_hash = prev_hash
+        report.last_seq = prev_seq if report.rows else None
+        if anchor and anchor[0] <= prev_seq and anchored_hash != anchor[1]:
+            problems.append(f"row {anchor[0]} differs from the anchored head hash (the chain was rewritten)")
 
     def _read_checkpoint_file(self) -> tuple[int, str] | None:
         try:
