@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 from toolcrib.errors import AuditError
+from toolcrib.gateway.anchor import Anchor
 
 if TYPE_CHECKING:
     from toolcrib.gateway.credentials import CredentialStore, Redactor
@@ -158,53 +159,6 @@ def load_hmac_key(db_path: str | os.PathLike[str], store: CredentialStore | None
     return key
 
 
-class _Anchor:
-    """Two 256-byte slots, each ``{"seq","hash","check"}``; the valid slot with the higher seq wins."""
-
-    SLOT = 256
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def read(self, data: bytes | None = None) -> tuple[int, str] | None:
-        if data is None:
-            try:
-                data = self.path.read_bytes()
-            except FileNotFoundError:
-                return None
-        best: tuple[int, str] | None = None
-        for i in range(2):
-            try:
-                slot = json.loads(data[i * self.SLOT : (i + 1) * self.SLOT])
-                seq, digest = int(slot["seq"]), str(slot["hash"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            if slot.get("check") == self._check(seq, digest) and (best is None or seq > best[0]):
-                best = (seq, digest)
-        return best
-
-    def write(self, seq: int, digest: str) -> None:
-        if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
-            self.close()
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        current = self.read(os.pread(self._fd, 2 * self.SLOT, 0))
-        if current is not None and current[0] > seq:
-            return
-        record = json.dumps({"seq": seq, "hash": digest, "check": self._check(seq, digest)}).encode()
-        os.pwrite(self._fd, record.ljust(self.SLOT - 1) + b"\n", (seq % 2) * self.SLOT)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    @staticmethod
-    def _check(seq: int, digest: str) -> str:
-        return hashlib.sha256(f"{seq}:{digest}".encode()).hexdigest()[:16]
-
-
 class SqliteAuditLog:
     """The default :class:`AuditSink`: one SQLite file in WAL mode plus an anchor file.
 
@@ -227,7 +181,7 @@ class SqliteAuditLog:
         if not create and not self.path.exists():
             raise AuditError(f"no audit log at {self.path}; it is created when `toolcrib serve` first runs")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._anchor = _Anchor(Path(anchor_path) if anchor_path else Path(f"{self.path}.anchor"))
+        self._anchor = Anchor(Path(anchor_path) if anchor_path else Path(f"{self.path}.anchor"))
         self.checkpoint_path = Path(f"{self._anchor.path}.checkpoint")
         self._hmac_key = hmac_key
         self._redactor = redactor
