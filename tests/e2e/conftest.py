@@ -23,9 +23,17 @@ def stdio_server(module: str, *args: str, **extra: Any) -> dict[str, Any]:
     return {"command": PY, "args": ["-m", module, *args], "cwd": str(ROOT), **extra}
 
 
-def make_config(servers: dict[str, dict[str, Any]], **gateway: Any) -> Config:
-    data: dict[str, Any] = {"gateway": {"port": 0, **gateway}, "servers": servers}
-    data.setdefault("index", {})
+def make_config(
+    servers: dict[str, dict[str, Any]], tmp: Path | None = None, policy: dict[str, Any] | None = None, **gateway: Any
+) -> Config:
+    """A config on an ephemeral port whose state files (index, audit, pins, approvals) live in ``tmp``."""
+    data: dict[str, Any] = {"gateway": {"port": 0, **gateway}, "servers": servers, "policy": dict(policy or {})}
+    if tmp is not None:
+        data["index"] = {"path": str(tmp / "index")}
+        data["audit"] = {"path": str(tmp / "audit.db")}
+        data["auth"] = {"keys_path": str(tmp / "keys.json")}
+        data["policy"].setdefault("pins_path", str(tmp / "pins.json"))
+        data["policy"].setdefault("approvals_path", str(tmp / "approvals.db"))
     return Config.model_validate(data)
 
 
@@ -37,15 +45,11 @@ def gateway(tmp_path: Path) -> GatewayFactory:
     """``async with gateway(servers, **gateway_options) as rt`` starts toolcrib; exit stops it and its children."""
 
     @asynccontextmanager
-    async def start(servers: dict[str, dict[str, Any]], **options: Any) -> AsyncIterator[Running]:
+    async def start(
+        servers: dict[str, dict[str, Any]], policy: dict[str, Any] | None = None, **options: Any
+    ) -> AsyncIterator[Running]:
         options.setdefault("mode", "passthrough")
-        cfg = make_config(servers, **options)
-        cfg = cfg.model_copy(
-            update={
-                "index": cfg.index.model_copy(update={"path": str(tmp_path / "index")}),
-                "audit": cfg.audit.model_copy(update={"path": str(tmp_path / "audit.db")}),
-            }
-        )
+        cfg = make_config(servers, tmp_path, policy, **options)
         async with running_gateway(cfg, connect_wait=20) as rt:
             yield rt
 

@@ -32,13 +32,7 @@ def _text(result: types.CallToolResult) -> str:
 async def dispatcher(
     tmp_path: Path, servers: dict[str, Any], real_model: bool = False, **gateway: Any
 ) -> AsyncIterator[Running]:
-    cfg = make_config(servers, mode="dispatcher", **gateway)
-    cfg = cfg.model_copy(
-        update={
-            "index": cfg.index.model_copy(update={"path": str(tmp_path / "index")}),
-            "audit": cfg.audit.model_copy(update={"path": str(tmp_path / "audit.db")}),
-        }
-    )
+    cfg = make_config(servers, tmp_path, mode="dispatcher", **gateway)
     embedder: Embedder | None = None if real_model else HashingEmbedder()
     async with running_gateway(cfg, connect_wait=20, embedder=embedder) as rt:
         assert rt.reindexer is not None

@@ -16,6 +16,7 @@ from typing import Any
 import mcp_types as types
 
 from toolcrib.config import PolicyRule
+from toolcrib.gateway.approvals import ApprovalStore
 from toolcrib.gateway.audit import AuditEvent, AuditSink
 from toolcrib.gateway.credentials import Redactor
 from toolcrib.gateway.policy import Principal, decide
@@ -161,6 +162,55 @@ def policy_layer(rules: Sequence[PolicyRule], default: str) -> Layer:
         if decision.action == "deny":
             call.notes["outcome"] = "denied"
             return tool_error(f"{call.key}: denied by policy rule {decision.rule!r}; ask an operator if you need it")
+        return await nxt(call)
+
+    return layer
+
+
+def approval_layer(store: ApprovalStore, *, mode: str, timeout: float) -> Layer:
+    """Hold (or answer pending) a call the policy marked ``approve`` until an operator decides.
+
+    An approval is bound to the principal, the tool and the hash of the exact arguments, is used
+    once, and expires; a retry with different arguments needs a new approval.
+    """
+
+    async def layer(call: ToolCall, nxt: Next) -> Result:
+        decision = call.notes.get("decision")
+        if decision is None or decision.action != "approve":
+            return await nxt(call)
+        granted = store.consume(call.principal.name, call.key, call.arguments)
+        if granted is None:
+            pending = store.request(call.principal.name, call.key, call.arguments, ttl=timeout)
+            hint = f"`toolcrib approvals approve {pending.id}` or POST /admin/approvals/{pending.id}"
+            if mode == "pending":
+                call.notes["outcome"] = "pending"
+                return tool_error(
+                    f"{call.key} needs an operator's approval (id {pending.id}, rule {decision.rule!r}): "
+                    f"ask them to run {hint}, then call again with the same arguments"
+                )
+            status = await store.wait(pending.id, timeout)
+            if status == "approved":
+                granted = store.consume(call.principal.name, call.key, call.arguments)
+            if granted is None:
+                call.notes["outcome"] = "denied"
+                word = {"denied": "denied", "pending": "not approved in time", "expired": "expired"}.get(status, status)
+                return tool_error(f"{call.key}: approval {pending.id} was {word}; the call was not made")
+        call.notes["approver"] = granted.approver
+        return await nxt(call)
+
+    return layer
+
+
+def quarantine_layer(is_quarantined: Callable[[str], bool]) -> Layer:
+    """A tool whose definition changed since it was pinned is not callable until re-approved."""
+
+    async def layer(call: ToolCall, nxt: Next) -> Result:
+        if is_quarantined(call.key):
+            call.notes["outcome"] = "denied"
+            return tool_error(
+                f"{call.key} is quarantined: its definition changed since it was approved; "
+                f"an operator can review it with `toolcrib tools diff {call.key}`"
+            )
         return await nxt(call)
 
     return layer

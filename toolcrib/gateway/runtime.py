@@ -6,13 +6,12 @@ an ephemeral port.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -23,13 +22,30 @@ from aiohttp import web
 from toolcrib.config import Config
 from toolcrib.errors import ConfigError, ToolcribError
 from toolcrib.gateway import policy
+from toolcrib.gateway.admin import AdminApi
+from toolcrib.gateway.approvals import ApprovalStore
 from toolcrib.gateway.audit import AuditEvent, SqliteAuditLog, load_hmac_key
+from toolcrib.gateway.auth import (
+    Authenticator,
+    build_authenticator,
+    protected_resource_metadata,
+    resource_metadata_url,
+    www_authenticate,
+)
 from toolcrib.gateway.credentials import ChainStore, Redactor, expand
 from toolcrib.gateway.http import HttpTransport
-from toolcrib.gateway.pipeline import ToolCall, audit_layer, policy_layer, redact_layer
-from toolcrib.gateway.policy import Principal, effective_default
+from toolcrib.gateway.pipeline import (
+    ToolCall,
+    approval_layer,
+    audit_layer,
+    policy_layer,
+    quarantine_layer,
+    redact_layer,
+)
+from toolcrib.gateway.policy import Principal
 from toolcrib.gateway.server import LOCAL_OPERATOR, Gateway
 from toolcrib.gateway.stdio import serve_stdio
+from toolcrib.gateway.trust import Trust
 from toolcrib.router.pool import Pool
 
 if TYPE_CHECKING:
@@ -37,8 +53,6 @@ if TYPE_CHECKING:
     from toolcrib.router.reindex import Reindexer
 
 log = logging.getLogger("toolcrib.serve")
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
-ANONYMOUS = Principal(name="anonymous", kind="anonymous", groups=frozenset())
 
 
 @dataclass
@@ -52,6 +66,7 @@ class Running:
     url: str
     port: int
     reindexer: Reindexer | None = None
+    parts: Parts | None = None
 
 
 @dataclass
@@ -60,11 +75,17 @@ class Parts:
     gateway: Gateway
     reindexer: Reindexer | None
     audit: SqliteAuditLog
+    approvals: ApprovalStore
     redactor: Redactor
+    trust: Trust
+
+    def close(self) -> None:
+        self.audit.close()
+        self.approvals.close()
 
 
 def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
-    """Wire credentials, pool, index, audit, policy and the dispatch pipeline from the config."""
+    """Wire credentials, pool, index, audit, policy, approvals, pins and the dispatch pipeline."""
     store = ChainStore(config.secrets.file)
     redactor = Redactor()
 
@@ -72,12 +93,15 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
         return expand(value, store, redactor)
 
     pool = Pool(config, expand_secret=expand_secret)
-    audit = SqliteAuditLog(config.audit.path, hmac_key=load_hmac_key(config.audit.path, store), redactor=redactor)
-    rules = config.policy.rules
-    default = effective_default(config.policy, config.gateway)
+    trust = Trust(config, pool)
 
-    def may_use(principal: Principal, key: str) -> bool:
-        return policy.allowed(principal, key, rules, default)
+    async def on_change(server: str, what: str) -> None:
+        if what in ("connected", "tools_changed"):
+            trust.refresh()
+
+    pool.subscribe(on_change)  # before the gateway and the index: quarantine is settled first
+    audit = SqliteAuditLog(config.audit.path, hmac_key=load_hmac_key(config.audit.path, store), redactor=redactor)
+    approvals = ApprovalStore(config.policy.approvals_path, redactor=redactor)
 
     def on_search(call: ToolCall, results: Sequence[str]) -> None:
         query = call.arguments.get("query")
@@ -95,7 +119,13 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
             )
         )
 
-    layers = [audit_layer(audit), redact_layer(redactor), policy_layer(rules, default)]
+    layers = [
+        audit_layer(audit),
+        redact_layer(redactor),
+        quarantine_layer(trust.is_quarantined),
+        policy_layer(trust.rules, trust.default),
+        approval_layer(approvals, mode=config.policy.approval_mode, timeout=config.policy.approval_timeout),
+    ]
     reindexer: Reindexer | None = None
     if config.gateway.mode == "dispatcher":
         from toolcrib.router.reindex import Reindexer, open_index
@@ -105,18 +135,18 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
         except ToolcribError as exc:
             log.error("tool index unavailable, search_tools will fail: %s", exc.message)
         else:
-            reindexer = Reindexer(index, lambda: pool.catalog)
+            reindexer = Reindexer(index, lambda: pool.catalog, visible=trust.searchable)
     gateway = Gateway(
         config,
         pool,
         index=reindexer.index if reindexer else None,
         layers=layers,
-        allowed=may_use,
+        allowed=trust.may_use,
         on_search=on_search,
     )
     if reindexer is not None:
         _reindex_on_change(pool, reindexer)
-    return Parts(pool, gateway, reindexer, audit, redactor)
+    return Parts(pool, gateway, reindexer, audit, approvals, redactor, trust)
 
 
 def _reindex_on_change(pool: Pool, reindexer: Reindexer) -> None:
@@ -130,12 +160,8 @@ def _reindex_on_change(pool: Pool, reindexer: Reindexer) -> None:
     pool.subscribe(listener)
 
 
-async def _no_auth(request: web.Request) -> Principal:
-    return ANONYMOUS
-
-
 def check_bind(config: Config) -> None:
-    if config.gateway.auth == "none" and config.gateway.host not in LOOPBACK_HOSTS:
+    if config.gateway.auth == "none" and not policy.is_loopback(config.gateway.host):
         raise ConfigError(
             f'[gateway] auth = "none" is only allowed on a loopback bind, not {config.gateway.host!r}; '
             'set auth = "keys" (and run `toolcrib keys add NAME`) or bind to 127.0.0.1'
@@ -148,36 +174,94 @@ async def running_gateway(
 ) -> AsyncIterator[Running]:
     """Start upstreams and the HTTP endpoint; on exit, drain and stop everything."""
     check_bind(config)
+    authenticator = build_authenticator(config)
     parts = build(config, embedder=embedder)
-    pool, gateway = parts.pool, parts.gateway
+    try:
+        async with AsyncExitStack() as stack:
+            if hasattr(authenticator, "__aenter__"):
+                await stack.enter_async_context(authenticator)  # type: ignore[arg-type]
+            tg = await stack.enter_async_context(_serving(parts.pool))
+            yield await _start_http(config, parts, authenticator, tg, stack, connect_wait)
+    finally:
+        parts.close()
+
+
+@asynccontextmanager
+async def _serving(pool: Pool) -> AsyncIterator[anyio.abc.TaskGroup]:
     async with pool.running(), anyio.create_task_group() as tg:
-        pool.rebuild()
-        app = web.Application(client_max_size=config.gateway.max_body_bytes + 1024)
-        transport = HttpTransport(gateway, config, tg, authenticate=_no_auth)
-        transport.add_routes(app)
-        app.router.add_get("/healthz", _healthz(pool))
-        if parts.reindexer is not None:
-            app.router.add_post("/admin/reindex", _reindex_handler(parts.reindexer))
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, config.gateway.host, config.gateway.port, reuse_address=True)
-        await site.start()
-        port = _bound_port(runner, config.gateway.port)
-        host = config.gateway.host if ":" not in config.gateway.host else f"[{config.gateway.host}]"
-        tg.start_soon(transport.reap)
-        await pool.wait_ready(connect_wait)
         try:
-            yield Running(config, pool, gateway, transport, f"http://{host}:{port}/mcp", port, parts.reindexer)
+            yield tg
         finally:
-            with anyio.CancelScope(shield=True):
-                transport.accepting = False
-                if transport.inflight:
-                    with anyio.move_on_after(config.gateway.drain_timeout):
-                        await transport.idle.wait()
-                transport.close_all()
-                await runner.cleanup()
             tg.cancel_scope.cancel()
-    parts.audit.close()
+
+
+async def _start_http(
+    config: Config,
+    parts: Parts,
+    authenticator: Authenticator,
+    tg: anyio.abc.TaskGroup,
+    stack: AsyncExitStack,
+    connect_wait: float,
+) -> Running:
+    pool = parts.pool
+    base: dict[str, str] = {}
+
+    async def authenticate(request: web.Request) -> Principal:
+        return await authenticator.authenticate(request.headers, request.query)
+
+    def challenge(request: web.Request, exc: Exception) -> dict[str, str]:
+        if config.gateway.auth not in ("oauth", "keys+oauth"):
+            return {"WWW-Authenticate": 'Bearer realm="toolcrib"'}
+        scope = getattr(exc, "scope", None)
+        error = "insufficient_scope" if scope else "invalid_token"
+        url = resource_metadata_url(base.get("url", ""))
+        return {"WWW-Authenticate": www_authenticate(url, error=error, scope=scope)}
+
+    app = web.Application(client_max_size=config.gateway.max_body_bytes + 1024)
+    transport = HttpTransport(parts.gateway, config, tg, authenticate=authenticate, challenge=challenge)
+    transport.add_routes(app)
+    reindex = None
+    if parts.reindexer is not None:
+        reindexer = parts.reindexer
+
+        async def reindex(server: str | None, full: bool) -> Any:
+            return await reindexer.sync({server} if server else None, full=full)
+
+    AdminApi(config, pool, parts.audit, parts.approvals, authenticate, reindex).add_routes(app)
+    if config.gateway.auth in ("oauth", "keys+oauth"):
+        metadata = _metadata_handler(config, base)
+        app.router.add_get("/.well-known/oauth-protected-resource", metadata)
+        app.router.add_get("/.well-known/oauth-protected-resource/mcp", metadata)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, config.gateway.host, config.gateway.port, reuse_address=True)
+    await site.start()
+    port = _bound_port(runner, config.gateway.port)
+    host = config.gateway.host if ":" not in config.gateway.host else f"[{config.gateway.host}]"
+    base["url"] = f"http://{host}:{port}"
+    tg.start_soon(transport.reap)
+
+    async def shutdown() -> None:
+        with anyio.CancelScope(shield=True):
+            transport.accepting = False
+            if transport.inflight:
+                with anyio.move_on_after(config.gateway.drain_timeout):
+                    await transport.idle.wait()
+            transport.close_all()
+            await runner.cleanup()
+
+    stack.push_async_callback(shutdown)
+    await pool.wait_ready(connect_wait)
+    pool.rebuild()
+    parts.trust.refresh()
+    return Running(config, pool, parts.gateway, transport, f"{base['url']}/mcp", port, parts.reindexer, parts)
+
+
+def _metadata_handler(config: Config, base: dict[str, str]) -> Callable[[web.Request], Any]:
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response(protected_resource_metadata(config.auth, base.get("url", "")))
+
+    return handler
 
 
 def _bound_port(runner: web.AppRunner, default: int) -> int:
@@ -185,37 +269,6 @@ def _bound_port(runner: web.AppRunner, default: int) -> int:
         if isinstance(addr, tuple) and len(addr) >= 2:
             return int(addr[1])
     return default
-
-
-def _reindex_handler(reindexer: Reindexer) -> Callable[[web.Request], Any]:
-    async def handler(request: web.Request) -> web.Response:
-        if request.remote not in ("127.0.0.1", "::1"):
-            return web.json_response({"error": "forbidden", "message": "admin API is loopback-only"}, status=403)
-        server = request.query.get("server")
-        full = request.query.get("full", "").lower() in ("1", "true", "yes")
-        try:
-            report = await reindexer.sync({server} if server else None, full=full)
-        except ToolcribError as exc:
-            return web.json_response({"error": "reindex_failed", "message": exc.message}, status=500)
-        return web.json_response(dataclasses.asdict(report))
-
-    return handler
-
-
-def _healthz(pool: Pool) -> Callable[[web.Request], Any]:
-    async def handler(request: web.Request) -> web.Response:
-        ups = {
-            name: {
-                "status": up.state.status,
-                "protocol": up.state.protocol_version,
-                "tools": len(up.listing.tools),
-                "error": up.state.error,
-            }
-            for name, up in pool.upstreams.items()
-        }
-        return web.json_response({"status": "ok", "upstreams": ups})
-
-    return handler
 
 
 def describe_upstreams(pool: Pool) -> list[str]:
@@ -250,15 +303,16 @@ async def serve_stdio_mode(config: Config) -> None:
     """``toolcrib serve --stdio``: one client on stdin/stdout, as the local operator."""
     parts = build(config)
     pool, gateway = parts.pool, parts.gateway
-    async with pool.running():
-        await pool.wait_ready(10.0)
-        pool.rebuild()
-        for line in describe_upstreams(pool):
-            print(line, file=sys.stderr)
-        try:
+    try:
+        async with pool.running():
+            await pool.wait_ready(10.0)
+            pool.rebuild()
+            parts.trust.refresh()
+            for line in describe_upstreams(pool):
+                print(line, file=sys.stderr)
             await serve_stdio(gateway)
-        finally:
-            parts.audit.close()
+    finally:
+        parts.close()
 
 
 __all__ = ["LOCAL_OPERATOR", "Running", "running_gateway", "serve", "serve_stdio_mode"]

@@ -1,0 +1,84 @@
+"""What a principal may see and call: policy listability plus tool pinning (quarantine).
+
+The quarantine set is recomputed when an upstream's tools change and when an operator changes
+the pin file (``toolcrib tools approve`` in another process); the check on the hot path is a set
+lookup plus, at most once a second, a ``stat`` of the pin file.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from toolcrib.config import Config
+from toolcrib.errors import ToolcribError
+from toolcrib.gateway import policy
+from toolcrib.gateway.policy import Principal
+from toolcrib.router.pins import PinStore
+from toolcrib.router.pool import Pool
+
+log = logging.getLogger("toolcrib.trust")
+
+
+class Trust:
+    """Policy filter and pin quarantine, shared by search, tools/list and every call path."""
+
+    def __init__(self, config: Config, pool: Pool) -> None:
+        self.config = config
+        self.pool = pool
+        self.rules = config.policy.rules
+        self.default = policy.effective_default(config.policy, config.gateway)
+        self.pins = PinStore(config.policy.pins_path, separator=config.gateway.separator)
+        self.quarantined: dict[str, str] = {}
+        self._stamp: tuple[int, int] | None = None
+        self._checked = 0.0
+
+    def may_use(self, principal: Principal, key: str) -> bool:
+        """Listable and callable for this principal: not quarantined, not denied by every rule."""
+        self._maybe_reload()
+        if key in self.quarantined:
+            return False
+        return policy.allowed(principal, key, self.rules, self.default)
+
+    def is_quarantined(self, key: str) -> bool:
+        self._maybe_reload()
+        return key in self.quarantined
+
+    def searchable(self, key: str) -> bool:
+        return key not in self.quarantined
+
+    def refresh(self) -> None:
+        """Re-check every connected upstream's tools against their pins."""
+        catalog = self.pool.catalog
+        by_pin = {self.pins.key(e.server, e.name): key for key, e in catalog.tools.items()}
+        quarantined: dict[str, str] = {}
+        for name, up in self.pool.upstreams.items():
+            if not up.listing.tools:
+                continue
+            try:
+                report = self.pins.check(name, up.listing.tools, self.config.policy.new_tools)
+            except ToolcribError as exc:
+                log.error("tool pins unavailable, quarantining %s: %s", name, exc.message)
+                quarantined.update({k: exc.message for k, e in catalog.tools.items() if e.server == name})
+                continue
+            for pin_key, reason in {**report.quarantined, **report.refused}.items():
+                quarantined[by_pin.get(pin_key, pin_key)] = reason
+        for key in quarantined.keys() - self.quarantined.keys():
+            log.warning("quarantined %s: %s", key, quarantined[key])
+        self.quarantined = quarantined
+        self._stamp = self._pin_stamp()
+
+    def _pin_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.pins.path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def _maybe_reload(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < 1.0:
+            return
+        self._checked = now
+        if self._pin_stamp() != self._stamp:
+            self.refresh()
