@@ -129,7 +129,7 @@ class AdminApi:
             return _error(400, "bad_request", 'send {"decision": "approve"} or {"decision": "deny"}')
         try:
             act = self.approvals.approve if decision == "approve" else self.approvals.deny
-            approval = act(request.match_info["id"], who.name)
+            approval = act(request.match_info["id"], f"{who.kind}:{who.name}")
         except ToolcribError as exc:
             return _error(409, "conflict", exc.message)
         return web.json_response(dataclasses.asdict(approval))

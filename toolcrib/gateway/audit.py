@@ -147,6 +147,7 @@ def load_hmac_key(db_path: str | os.PathLike[str], store: CredentialStore | None
     if store is not None and (value := store.get(HMAC_KEY_REF)):
         return value.encode()
     path = Path(f"{db_path}.key")
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

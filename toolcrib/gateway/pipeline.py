@@ -99,7 +99,7 @@ def audit_layer(sink: AuditSink) -> Layer:
         rid = None if call.request_id is None else str(call.request_id)
         common: dict[str, Any] = {
             "request_id": rid,
-            "principal": call.principal.name,
+            "principal": f"{call.principal.kind}:{call.principal.name}",
             "client_name": call.client_name,
             "session": call.session_id,
             "transport": call.transport,

@@ -109,13 +109,34 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
             AuditEvent(
                 kind="search",
                 request_id=None if call.request_id is None else str(call.request_id),
-                principal=call.principal.name,
+                principal=f"{call.principal.kind}:{call.principal.name}",
                 client_name=call.client_name,
                 session=call.session_id,
                 transport=call.transport,
                 method="tools/call:search_tools",
                 query=query if isinstance(query, str) else json.dumps(query, ensure_ascii=False),
                 results=list(results),
+            )
+        )
+
+    def on_hidden(call: ToolCall) -> None:
+        audit.append(
+            AuditEvent(
+                kind="outcome",
+                request_id=None if call.request_id is None else str(call.request_id),
+                principal=f"{call.principal.kind}:{call.principal.name}",
+                client_name=call.client_name,
+                session=call.session_id,
+                transport=call.transport,
+                method="tools/call:hidden",
+                server=call.server,
+                tool=call.key,
+                tool_hash=call.tool_hash,
+                arguments=call.arguments,
+                decision="deny",
+                rule="hidden",
+                outcome="denied",
+                error="not listable for this principal (policy or quarantine); answered as unknown",
             )
         )
 
@@ -143,6 +164,7 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
         layers=layers,
         allowed=trust.may_use,
         on_search=on_search,
+        on_hidden=on_hidden,
     )
     if reindexer is not None:
         _reindex_on_change(pool, reindexer)

@@ -111,6 +111,7 @@ class Gateway:
         layers: Sequence[Layer] = (),
         allowed: Callable[[Principal, str], bool] | None = None,
         on_search: Callable[[ToolCall, Sequence[str]], None] | None = None,
+        on_hidden: Callable[[ToolCall], None] | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
@@ -118,6 +119,7 @@ class Gateway:
         self.mode = config.gateway.mode
         self._allowed = allowed or (lambda _p, _k: True)
         self._on_search = on_search
+        self._on_hidden = on_hidden
         self.pipeline = Pipeline([*layers, self._validate], self._forward)
         self.peers: weakref.WeakSet[Peer] = weakref.WeakSet()
         pool.subscribe(self._upstream_changed)
@@ -215,12 +217,14 @@ class Gateway:
                 return tool_error(exc.message)
             via = "invoke"
         elif not self._callable_by_name(peer, principal, name) or not self.may_use(principal, name):
+            self._hidden(ctx, info, name, arguments)
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}")
         try:
             entry = self.pool.entry(name)
         except ToolNotFound as exc:
             return tool_error(exc.message)
         if via == "invoke" and not self.may_use(principal, name):
+            self._hidden(ctx, info, name, arguments)
             return tool_error(f"unknown tool {name!r}; call search_tools to find the exact name")
         call = ToolCall(
             principal=principal,
@@ -233,6 +237,7 @@ class Gateway:
             session_id=peer.id if peer.stateful else None,
             client_name=peer.client_name,
             request_id=ctx.request_id,
+            tool_hash=entry.hash,
         )
         call.notes["ctx"] = ctx
         token = current_caller.set(_Relay(ctx))
@@ -240,6 +245,25 @@ class Gateway:
             return await self.pipeline.call(call)
         finally:
             current_caller.reset(token)
+
+    def _hidden(self, ctx: Ctx, info: RequestInfo, name: str, arguments: dict[str, Any]) -> None:
+        """A call to a tool this principal may not see: answered as unknown, recorded as denied."""
+        entry = self.pool.catalog.tools.get(name)
+        if self._on_hidden is None or entry is None:
+            return
+        call = ToolCall(
+            principal=info.principal,
+            key=entry.key,
+            server=entry.server,
+            tool=entry.name,
+            arguments=arguments,
+            transport=info.peer.transport,
+            session_id=info.peer.id if info.peer.stateful else None,
+            client_name=info.peer.client_name,
+            request_id=ctx.request_id,
+            tool_hash=entry.hash,
+        )
+        self._on_hidden(call)
 
     async def _search(self, ctx: Ctx, info: RequestInfo, arguments: dict[str, Any]) -> types.CallToolResult:
         args = disp.parse_search_args(arguments)

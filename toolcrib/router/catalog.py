@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import mcp_types as types
 
 from toolcrib.config import ServerConfig
+from toolcrib.router.pins import tool_hash
 
 _INVALID = re.compile(r"[^A-Za-z0-9_-]")
 MAX_NAME = 64
@@ -37,6 +38,8 @@ class Entry:
     server: str
     name: str
     tool: types.Tool
+    hash: str = ""
+    """The pin hash of the upstream's own definition (see :func:`toolcrib.router.pins.tool_hash`)."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ class Catalog:
                 if not included(tool.name, cfg):
                     continue
                 key = cat.tool_key(server, tool.name, cat.tools)
-                cat.tools[key] = Entry(key, server, tool.name, tool.model_copy(update={"name": key}))
+                cat.tools[key] = Entry(key, server, tool.name, tool.model_copy(update={"name": key}), tool_hash(tool))
             for prompt in prompts:
                 key = cat.tool_key(server, prompt.name, cat.prompts)
                 cat.prompts[key] = PromptEntry(key, server, prompt.name, prompt.model_copy(update={"name": key}))

@@ -85,7 +85,7 @@ def _cmd_search(args: argparse.Namespace, config: Config) -> int:
     for col in ("score", "name", "description"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(f"{r['score']:.3f}", r["name"], r["description"])
+        table.add_row(f"{r['score']:.3f}", str(r["name"]), str(r["description"]))
     Console().print(table)
     return 0
 

@@ -1,0 +1,225 @@
+"""The trust layer end to end: identity, a policy matrix over every path, approvals, canary secrets, audit."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx2
+import mcp_types as types
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.e2e.conftest import ROOT, make_config, stdio_server
+from toolcrib.gateway.apikeys import ApiKeyStore
+from toolcrib.gateway.approvals import ApprovalStore
+from toolcrib.gateway.audit import SqliteAuditLog
+from toolcrib.gateway.runtime import Running, running_gateway
+from toolcrib.index.embedder import HashingEmbedder
+
+pytestmark = pytest.mark.anyio
+
+ECHO = "tests.servers.echo"
+CANARY = "canary-7f3a9c2e5b1d4086"
+RULES = [
+    {"id": "guests-no-add", "tools": ["echo__add"], "groups": ["guests"], "action": "deny"},
+    {"id": "no-rm", "tools": ["echo__echo"], "when": {"/text": {"regex": "rm .*"}}, "action": "deny"},
+    {"id": "sleep-needs-approval", "tools": ["echo__sleep"], "action": "approve"},
+]
+
+
+def _text(result: types.CallToolResult) -> str:
+    return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+@asynccontextmanager
+async def trusted_gateway(
+    tmp_path: Path, mode: str, servers: dict[str, Any] | None = None, **policy: Any
+) -> AsyncIterator[tuple[Running, dict[str, str]]]:
+    policy = {"rules": RULES, "default": "allow", "approval_mode": "pending", **policy}
+    cfg = make_config(servers or {"echo": stdio_server(ECHO)}, tmp_path, policy, mode=mode, auth="keys")
+    keys = ApiKeyStore(cfg.auth.keys_path)
+    tokens = {"alice": keys.add("alice", ["admins"]), "bob": keys.add("bob", ["guests"])}
+    async with running_gateway(cfg, connect_wait=20, embedder=HashingEmbedder()) as rt:
+        if rt.reindexer is not None:
+            await rt.reindexer.sync(set(cfg.enabled_servers))
+        yield rt, tokens
+
+
+@asynccontextmanager
+async def client_as(rt: Running, token: str, mode: str = "auto") -> AsyncIterator[Client]:
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
+        async with Client(streamable_http_client(rt.url, http_client=http), mode=mode) as c:
+            yield c
+
+
+async def test_requests_without_a_valid_key_are_refused(tmp_path: Path) -> None:
+    async with trusted_gateway(tmp_path, "passthrough") as (rt, tokens), aiohttp.ClientSession() as s:
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        for auth in (None, "Bearer nope", f"Bearer {tokens['alice']}x", "Basic abc"):
+            h = dict(headers, **({"Authorization": auth} if auth else {}))
+            async with s.post(rt.url, data=body, headers=h) as r:
+                assert r.status == 401
+                assert r.headers["WWW-Authenticate"].startswith("Bearer")
+        async with s.post(f"{rt.url}?access_token={tokens['alice']}", data=body, headers=headers) as r:
+            assert r.status in (400, 401)
+
+
+async def test_revoked_key_stops_a_live_session(tmp_path: Path) -> None:
+    async with trusted_gateway(tmp_path, "passthrough") as (rt, tokens):
+        async with client_as(rt, tokens["bob"], mode="legacy") as c:
+            assert (await c.list_tools()).tools
+            ApiKeyStore(rt.config.auth.keys_path).revoke("bob")
+            with pytest.raises(Exception):  # noqa: B017 - the transport surfaces the 401 as any of several errors
+                await c.list_tools()
+
+
+@pytest.mark.parametrize("mode", ["passthrough", "dispatcher"])
+async def test_policy_matrix_every_path(tmp_path: Path, mode: str) -> None:
+    """bob (guests) never reaches echo__add by any path, nor sees it; alice does."""
+    async with trusted_gateway(tmp_path, mode) as (rt, tokens):
+        for who, may_add in (("alice", True), ("bob", False)):
+            async with client_as(rt, tokens[who], mode="legacy") as c:
+                listed = {t.name for t in (await c.list_tools()).tools}
+                if mode == "passthrough":
+                    assert ("echo__add" in listed) is may_add
+                    paths = [("echo__add", {"a": 1, "b": 2})]
+                else:
+                    found = await c.call_tool("search_tools", {"query": "add two numbers a b", "limit": 10})
+                    names = [i["name"] for i in json.loads(_text(found))]
+                    assert ("echo__add" in names) is may_add
+                    paths = [("invoke", {"tool": "echo__add", "arguments": {"a": 1, "b": 2}})]
+                    if may_add:  # loaded into the session by the search: callable by name too
+                        paths.append(("echo__add", {"a": 1, "b": 2}))
+                for name, args in paths:
+                    try:
+                        result = await c.call_tool(name, args)
+                    except Exception as exc:  # an unknown tool is a protocol error in passthrough
+                        assert not may_add, exc
+                        continue
+                    assert (not result.is_error) is may_add, _text(result)
+                    if may_add:
+                        assert "3" in _text(result)
+                    else:
+                        assert "3" not in _text(result)
+                # argument conditions apply to everyone, on every path
+                call = ("echo__echo", {"text": "rm -rf /"})
+                if mode == "dispatcher":
+                    call = ("invoke", {"tool": "echo__echo", "arguments": {"text": "rm -rf /"}})
+                denied = await c.call_tool(*call)
+                assert denied.is_error and "no-rm" in _text(denied)
+        rows = SqliteAuditLog(rt.config.audit.path, create=False).query(limit=1000)
+        outcomes = [r for r in rows if r["kind"] == "outcome"]
+        hidden = [r for r in outcomes if r["rule"] == "hidden" and r["principal"] == "key:bob"]
+        assert hidden and all(r["tool"] == "echo__add" and r["outcome"] == "denied" for r in hidden)
+        assert any(r["rule"] == "no-rm" for r in outcomes)
+
+
+async def test_stdio_mode_runs_the_same_policy(tmp_path: Path) -> None:
+    cfg = tmp_path / "toolcrib.toml"
+    cfg.write_text(
+        f"""
+[gateway]
+mode = "passthrough"
+[[policy.rules]]
+id = "no-add"
+tools = ["echo__add"]
+action = "deny"
+[servers.echo]
+command = "{sys.executable}"
+args = ["-m", "{ECHO}"]
+cwd = "{ROOT}"
+"""
+    )
+    params = StdioServerParameters(
+        command=str(Path(sys.executable).with_name("toolcrib")),
+        args=["--config", str(cfg), "serve", "--stdio"],
+        cwd=str(tmp_path),
+    )
+    async with Client(params) as c:
+        names = {t.name for t in (await c.list_tools()).tools}
+        assert "echo__echo" in names and "echo__add" not in names
+        with pytest.raises(Exception, match="Unknown tool"):
+            await c.call_tool("echo__add", {"a": 1, "b": 2})
+
+
+async def test_approval_bound_to_exact_arguments(tmp_path: Path) -> None:
+    async with trusted_gateway(tmp_path, "passthrough") as (rt, tokens), client_as(rt, tokens["alice"]) as c:
+        first = await c.call_tool("echo__sleep", {"seconds": 0.01})
+        assert first.is_error and "needs an operator's approval" in _text(first)
+        approval_id = _text(first).split("(id ", 1)[1].split(",", 1)[0]
+        async with aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{rt.port}/admin/approvals/{approval_id}"
+            async with s.post(
+                url, json={"decision": "approve"}, headers={"Authorization": f"Bearer {tokens['bob']}"}
+            ) as r:
+                assert r.status == 403  # a guest cannot approve
+            async with s.post(
+                url, json={"decision": "approve"}, headers={"Authorization": f"Bearer {tokens['alice']}"}
+            ) as r:
+                assert r.status == 200
+        replay = await c.call_tool("echo__sleep", {"seconds": 0.02})
+        assert replay.is_error and "approval" in _text(replay)  # different arguments: not covered
+        ok = await c.call_tool("echo__sleep", {"seconds": 0.01})
+        assert not ok.is_error
+        again = await c.call_tool("echo__sleep", {"seconds": 0.01})
+        assert again.is_error  # single use
+        store = ApprovalStore(rt.config.policy.approvals_path)
+        assert store.get(approval_id).status == "used"
+        store.close()
+
+
+async def test_canary_secrets_never_leak(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOOLCRIB_SECRET_ECHO_TOKEN", CANARY)
+    servers = {
+        "echo": stdio_server(ECHO, env={"ECHO_TOKEN": "secret:echo/token"}),
+        "other": stdio_server(ECHO, env={"FIXTURE_TOOLS_PREFIX": "p_"}),
+    }
+    b64 = base64.b64encode(CANARY.encode()).decode()
+    async with trusted_gateway(tmp_path, "passthrough", servers) as (rt, tokens), client_as(rt, tokens["alice"]) as c:
+        seen = [
+            await c.call_tool("echo__env", {"name": "ECHO_TOKEN"}),
+            await c.call_tool("echo__echo", {"text": f"raw {CANARY} b64 {b64} hex {CANARY.encode().hex()}"}),
+            await c.call_tool("other__p_env", {"name": "ECHO_TOKEN"}),
+            await c.call_tool("other__p_env", {"name": "TOOLCRIB_SECRET_ECHO_TOKEN"}),
+        ]
+        blob = json.dumps([r.model_dump(mode="json") for r in seen])
+        assert "[REDACTED]" in _text(seen[0])
+        assert _text(seen[2]) == "<unset>" and _text(seen[3]) == "<unset>"  # server B never gets A's secret
+        assert CANARY not in blob and b64 not in blob and CANARY.encode().hex() not in blob
+    db = Path(rt.config.audit.path)
+    for path in db.parent.glob(db.name + "*"):
+        data = path.read_bytes()
+        assert CANARY.encode() not in data and b64.encode() not in data
+    assert tokens["alice"] not in db.read_bytes().decode("latin-1")
+
+
+async def test_audit_has_attempt_and_outcome_for_every_call(tmp_path: Path) -> None:
+    async with trusted_gateway(tmp_path, "dispatcher") as (rt, tokens), client_as(rt, tokens["alice"]) as c:
+        await c.call_tool("search_tools", {"query": "echo text"})
+        await c.call_tool("invoke", {"tool": "echo__echo", "arguments": {"text": "hi"}})
+        await c.call_tool("invoke", {"tool": "echo__add", "arguments": {"a": 1}})
+    log = SqliteAuditLog(rt.config.audit.path, create=False)
+    rows = log.query(limit=100)
+    search = [r for r in rows if r["kind"] == "search"]
+    assert search and search[0]["query"] == "echo text" and "echo__echo" in search[0]["results"]
+    attempts = {r["seq"]: r for r in rows if r["kind"] == "attempt"}
+    outcomes = [r for r in rows if r["kind"] == "outcome"]
+    assert len(attempts) == len(outcomes) == 2
+    assert {o["attempt_seq"] for o in outcomes} == set(attempts)
+    assert sorted(o["outcome"] for o in outcomes) == ["ok", "tool_error"]
+    assert all(r["principal"] == "key:alice" and r["tool_hash"] for r in outcomes)
+    assert log.verify().ok
+    with sqlite3.connect(rt.config.audit.path) as db:
+        db.execute("DROP TRIGGER events_no_update")
+        db.execute("UPDATE events SET outcome = 'ok' WHERE kind = 'outcome' AND outcome = 'tool_error'")
+    assert not SqliteAuditLog(rt.config.audit.path, create=False).verify().ok
