@@ -73,7 +73,7 @@ class InvalidArguments(ToolcribError):
     """The arguments do not satisfy the tool's input schema."""
 
 
-class IndexError_(ToolcribError):  # noqa: N801 - trailing underscore avoids shadowing the builtin
+class IndexError_(ToolcribError):
     """The tool index could not be read, written or built."""
 
 

@@ -56,9 +56,11 @@ async def trusted_gateway(
 
 @asynccontextmanager
 async def client_as(rt: Running, token: str, mode: str = "auto") -> AsyncIterator[Client]:
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
-        async with Client(streamable_http_client(rt.url, http_client=http), mode=mode) as c:
-            yield c
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http,
+        Client(streamable_http_client(rt.url, http_client=http), mode=mode) as c,
+    ):
+        yield c
 
 
 async def test_requests_without_a_valid_key_are_refused(tmp_path: Path) -> None:
@@ -75,12 +77,14 @@ async def test_requests_without_a_valid_key_are_refused(tmp_path: Path) -> None:
 
 
 async def test_revoked_key_stops_a_live_session(tmp_path: Path) -> None:
-    async with trusted_gateway(tmp_path, "passthrough") as (rt, tokens):
-        async with client_as(rt, tokens["bob"], mode="legacy") as c:
-            assert (await c.list_tools()).tools
-            ApiKeyStore(rt.config.auth.keys_path).revoke("bob")
-            with pytest.raises(Exception):  # noqa: B017 - the transport surfaces the 401 as any of several errors
-                await c.list_tools()
+    async with (
+        trusted_gateway(tmp_path, "passthrough") as (rt, tokens),
+        client_as(rt, tokens["bob"], mode="legacy") as c,
+    ):
+        assert (await c.list_tools()).tools
+        ApiKeyStore(rt.config.auth.keys_path).revoke("bob")
+        with pytest.raises(Exception):  # noqa: B017 - the transport surfaces the 401 as any of several errors
+            await c.list_tools()
 
 
 @pytest.mark.parametrize("mode", ["passthrough", "dispatcher"])
