@@ -203,13 +203,13 @@ async def _check_relays(client: Client, logs: list[Any]) -> None:
     elicited = await client.call_tool("test_elicitation", {"message": "who?"})
     assert isinstance(elicited.content[0], types.TextContent)
     assert elicited.content[0].text.startswith("Elicitation completed: action=accept")
-    progress: list[float] = []
+    reported: list[float] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append(value)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reported.append(progress)
 
     await client.call_tool("test_tool_with_progress", {}, progress_callback=on_progress)
-    assert progress == [0, 50, 100]
+    assert reported == [0, 50, 100]
     await client.call_tool("test_tool_with_logging", {})
     with anyio.fail_after(5):
         while len(logs) < 3:

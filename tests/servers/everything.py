@@ -1,12 +1,20 @@
 """Conformance fixture: every tool, resource, template and prompt that the server scenarios
-of `@modelcontextprotocol/conformance` call by exact name.
+of `@modelcontextprotocol/conformance` (0.1.16) call by exact name.
 
-    python -m tests.servers.everything              # stdio
-    python -m tests.servers.everything --http 0     # Streamable HTTP, prints LISTENING <url>
+    python -m tests.servers.everything                # stdio
+    python -m tests.servers.everything --http 0       # Streamable HTTP, prints LISTENING <url>
+    python -m tests.servers.everything --legacy ...   # handshake era only (refuses server/discover)
 
-Written on the SDK's low-level `Server` (handshake era 2025-11-25 and stateless 2026-07-28
-on the same endpoint). Sampling, elicitation and logging are handshake-era features: the
-tools that use them answer with `isError` when the client cannot receive them.
+Written on the SDK's low-level `Server`, which serves both eras on one endpoint. Handshake
+era (2025-11-25): sampling and elicitation are server-to-client requests sent mid-call,
+logs and progress ride the call's stream, `resources/subscribe` is honoured. 2026-07-28:
+sampling and elicitation are asked for with an `InputRequiredResult` and answered on the
+retried call, logs are sent only when the request opts in via `_meta`, and
+`subscriptions/listen` carries resource updates. Tools that need a client capability the
+client did not declare answer `isError`.
+
+Extra tool beyond the suite: `test_trigger_resource_update` announces an update of
+`test://watched-resource` to its subscribers.
 """
 
 from __future__ import annotations
