@@ -428,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     if mode == "url":
         eras = eras[:1]
 
+    # SIGTERM unwinds like Ctrl-C, so every `finally` stops what it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     began = time.monotonic()
     node, suite = ensure_toolchain()
     all_scenarios = list_server_scenarios(node, suite)
