@@ -10,6 +10,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
         return expand(value, store, redactor)
 
     pool = Pool(config, expand_secret=expand_secret)
+    install_log_redaction(redactor)
     trust = Trust(config, pool)
 
     async def on_change(server: str, what: str) -> None:
@@ -273,10 +275,44 @@ async def _start_http(
             await runner.cleanup()
 
     stack.push_async_callback(shutdown)
+    tg.start_soon(_audit_upkeep, parts.audit, config.audit.retention_days)
     await pool.wait_ready(connect_wait)
     pool.rebuild()
     parts.trust.refresh()
     return Running(config, pool, parts.gateway, transport, f"{base['url']}/mcp", port, parts.reindexer, parts)
+
+
+async def _audit_upkeep(audit: SqliteAuditLog, retention_days: int) -> None:
+    """Fold the WAL every minute; with retention set, prune old rows (behind a checkpoint) daily."""
+    last_prune = 0.0
+    while True:
+        if retention_days and time.time() - last_prune > 86400:
+            pruned = await anyio.to_thread.run_sync(audit.prune, time.time() - retention_days * 86400)
+            if pruned:
+                log.info("audit retention: pruned %d rows older than %d days", pruned, retention_days)
+            last_prune = time.time()
+        await anyio.sleep(60)
+        await anyio.to_thread.run_sync(audit.checkpoint)
+
+
+class RedactingFilter(logging.Filter):
+    """Scrub known secret values from every log record before any handler sees it."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if len(self.redactor):
+            record.msg = self.redactor.scrub(record.getMessage())
+            record.args = None
+        return True
+
+
+def install_log_redaction(redactor: Redactor) -> None:
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter(redactor))
 
 
 def _metadata_handler(config: Config, base: dict[str, str]) -> Callable[[web.Request], Any]:
