@@ -100,7 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_client_config)
 
     _register_optional(sub)
+    _accept_config_after_verb(parser)
     return parser
+
+
+def _accept_config_after_verb(parser: argparse.ArgumentParser) -> None:
+    """Let `toolcrib VERB [ACTION] --config PATH` work as well as `toolcrib --config PATH VERB`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if not any("--config" in a.option_strings for a in child._actions):
+                    child.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="config file")
+                _accept_config_after_verb(child)
 
 
 def _register_optional(sub: Any) -> None:

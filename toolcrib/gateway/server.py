@@ -376,7 +376,7 @@ class Gateway:
     async def _subscribe(self, ctx: Ctx, params: types.SubscribeRequestParams) -> types.EmptyResult:
         info = self._peer(ctx)
         server, inner = self._split(str(params.uri))
-        await self._upstream_call(server, lambda c: c.subscribe_resource(inner), "resources/subscribe")
+        await self._subscribe_upstream(server, inner, True)
         info.peer.subscriptions.add(str(params.uri))
         return types.EmptyResult()
 
@@ -385,8 +385,14 @@ class Gateway:
         info.peer.subscriptions.discard(str(params.uri))
         server, inner = self._split(str(params.uri))
         if not any(str(params.uri) in p.subscriptions for p in self.peers):
-            await self._upstream_call(server, lambda c: c.unsubscribe_resource(inner), "resources/unsubscribe")
+            await self._subscribe_upstream(server, inner, False)
         return types.EmptyResult()
+
+    async def _subscribe_upstream(self, server: str, uri: str, on: bool) -> None:
+        try:
+            await self.pool.upstream(server).subscribe(uri, on)
+        except ToolcribError as exc:
+            raise MCPError(code=types.INTERNAL_ERROR, message=exc.message) from None
 
     async def _list_prompts(self, ctx: Ctx, params: Any) -> types.ListPromptsResult:
         self._peer(ctx)

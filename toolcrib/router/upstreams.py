@@ -39,6 +39,7 @@ from mcp.client.subscriptions import (
     ListenNotSupportedError,
     PromptsListChanged,
     ResourcesListChanged,
+    ResourceUpdated,
     SubscriptionLost,
     ToolsListChanged,
 )
@@ -160,6 +161,8 @@ class Upstream:
         self._refresh_event = anyio.Event()
         self._next_call = 0
         self._scope = anyio.CancelScope()
+        self._resource_subs: set[str] = set()
+        self._relisten = anyio.Event()
         self.finished = anyio.Event()
         self.attempted = anyio.Event()
         """Set once the first connection attempt has succeeded or failed."""
@@ -231,6 +234,7 @@ class Upstream:
                 list_roots_callback=self._roots,
                 logging_callback=self._logging,
                 client_info=types.Implementation(name="toolcrib", version="0.1.0"),
+                log_level="debug",
                 cache=None,
             )
             with anyio.CancelScope() as connecting:
@@ -283,32 +287,70 @@ class Upstream:
         scope.cancel()
 
     async def _listen(self, client: Client) -> None:
-        """2026-07-28 servers announce list changes on a ``subscriptions/listen`` stream."""
+        """2026-07-28 servers announce changes on a ``subscriptions/listen`` stream.
+
+        The stream carries list changes and updates of the resources clients subscribed to; it is
+        reopened whenever that set of resources changes.
+        """
         caps = client.server_capabilities
         wanted = {
             "tools": bool(caps.tools and caps.tools.list_changed),
             "prompts": bool(caps.prompts and caps.prompts.list_changed),
             "resources": bool(caps.resources and caps.resources.list_changed),
         }
-        if not any(wanted.values()):
+        while True:
+            subs = sorted(self._resource_subs)
+            if not any(wanted.values()) and not subs:
+                await self._relisten.wait()
+                self._relisten = anyio.Event()
+                continue
+            try:
+                async with anyio.create_task_group() as tg:
+
+                    async def reopen(scope: anyio.CancelScope) -> None:
+                        await self._relisten.wait()
+                        self._relisten = anyio.Event()
+                        scope.cancel()
+
+                    tg.start_soon(reopen, tg.cancel_scope)
+                    async with client.listen(
+                        tools_list_changed=wanted["tools"],
+                        prompts_list_changed=wanted["prompts"],
+                        resources_list_changed=wanted["resources"],
+                        resource_subscriptions=subs,
+                    ) as sub:
+                        async for event in sub:
+                            await self._on_event(event)
+                    tg.cancel_scope.cancel()
+                    return
+            except (ListenNotSupportedError, SubscriptionLost, MCPError) as exc:
+                log.debug("upstream %s: no change subscription (%s)", self.name, exc)
+                return
+
+    async def _on_event(self, event: object) -> None:
+        if isinstance(event, ResourceUpdated):
+            await self._notify("resource_updated:" + event.uri)
             return
-        try:
-            async with client.listen(
-                tools_list_changed=wanted["tools"],
-                prompts_list_changed=wanted["prompts"],
-                resources_list_changed=wanted["resources"],
-            ) as sub:
-                async for event in sub:
-                    kind = {
-                        ToolsListChanged: "tools",
-                        PromptsListChanged: "prompts",
-                        ResourcesListChanged: "resources",
-                    }.get(type(event))
-                    if kind is not None:
-                        self._refresh.add(kind)
-                        self._refresh_event.set()
-        except (ListenNotSupportedError, SubscriptionLost, MCPError) as exc:
-            log.debug("upstream %s: no change subscription (%s)", self.name, exc)
+        kind = {ToolsListChanged: "tools", PromptsListChanged: "prompts", ResourcesListChanged: "resources"}.get(
+            type(event)
+        )
+        if kind is not None:
+            self._refresh.add(kind)
+            self._refresh_event.set()
+
+    async def subscribe(self, uri: str, on: bool) -> None:
+        """Subscribe to (or unsubscribe from) updates of one upstream resource, in either era."""
+        if (self.state.protocol_version or "") >= "2026":
+            if on:
+                self._resource_subs.add(uri)
+            else:
+                self._resource_subs.discard(uri)
+            self._relisten.set()
+            return
+        if on:
+            await self.request(lambda c: c.subscribe_resource(uri), what="resources/subscribe")
+        else:
+            await self.request(lambda c: c.unsubscribe_resource(uri), what="resources/unsubscribe")
 
     async def _notify(self, what: str) -> None:
         if self._on_change is not None:
