@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.verbose < 2:
-        for noisy in ("mcp", "httpx2", "httpcore", "aiohttp.access"):
+        for noisy in ("mcp", "httpx2", "httpcore", "aiohttp.access", "bm25s"):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     try:
         config: Config | None = None

@@ -55,3 +55,19 @@ def test_keep_names() -> None:
     cat = _build({"only": ["read"]}, keep_names=True)
     assert set(cat.tools) == {"read"}
     assert cat.resource_uri("only", "echo://x") == "echo://x"
+
+
+def test_compact_schema_drops_titles_but_not_a_property_named_title() -> None:
+    from toolcrib.router.dispatcher import compact_schema
+
+    schema = {
+        "type": "object",
+        "title": "Args",
+        "properties": {"title": {"type": "string", "title": "Title"}, "n": {"type": "integer", "enum": [{"title": 1}]}},
+        "required": ["title"],
+    }
+    assert compact_schema(schema) == {
+        "type": "object",
+        "properties": {"title": {"type": "string"}, "n": {"type": "integer", "enum": [{"title": 1}]}},
+        "required": ["title"],
+    }

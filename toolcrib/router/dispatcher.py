@@ -129,6 +129,31 @@ def search(
     return [(catalog.tools[h.key], float(h.score)) for h in hits if h.key in catalog.tools]
 
 
+_MAPS_OF_SCHEMAS = frozenset({"properties", "$defs", "definitions", "patternProperties", "dependentSchemas"})
+_LITERALS = frozenset({"enum", "const", "default", "examples", "required"})
+
+
+def compact_schema(schema: Any) -> Any:
+    """The schema without what a model does not need to call the tool (``title`` annotations)."""
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "title":
+            continue
+        if key in _LITERALS:
+            out[key] = value
+        elif key in _MAPS_OF_SCHEMAS and isinstance(value, dict):
+            out[key] = {name: compact_schema(sub) for name, sub in value.items()}
+        elif isinstance(value, dict):
+            out[key] = compact_schema(value)
+        elif isinstance(value, list):
+            out[key] = [compact_schema(v) for v in value]
+        else:
+            out[key] = value
+    return out
+
+
 def render_results(results: Sequence[tuple[Entry, float]]) -> types.CallToolResult:
     """Compact JSON a model can read: name, description, input schema, score."""
     items = []
@@ -136,7 +161,7 @@ def render_results(results: Sequence[tuple[Entry, float]]) -> types.CallToolResu
         item: dict[str, Any] = {"name": entry.key, "description": (entry.tool.description or "")[:1200]}
         schema = entry.tool.input_schema
         if schema and schema.get("properties"):
-            item["input_schema"] = schema
+            item["input_schema"] = compact_schema(schema)
         item["score"] = round(score, 3)
         items.append(item)
     text = json.dumps(items, ensure_ascii=False, separators=(",", ":"))
