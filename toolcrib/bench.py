@@ -116,7 +116,7 @@ def open_index_searcher(catalog: Catalog, workdir: Path) -> disp.Searcher | None
         from toolcrib.index.embedder import HashingEmbedder
         from toolcrib.index.search import ToolIndex  # type: ignore[import-not-found,unused-ignore]
 
-        index = ToolIndex.open(workdir, HashingEmbedder(), "bm25")
+        index = ToolIndex.open(workdir, HashingEmbedder(), ranking="bm25")
         docs = [
             ToolDoc(
                 key=e.key,
