@@ -4,7 +4,8 @@ Datasets use the ``../shared/data`` format: ``tools.jsonl`` lines
 ``{"server","name","description","input_schema"}`` and ``queries.jsonl`` lines
 ``{"query","relevant":["server/name",...]}`` (optional ``steps``: the task's step plan, one step
 per line). A directory of ``tools/list`` dumps (``<server>.json`` with a ``tools`` array, like
-``real-servers/``) is read as a tool file too; it has no queries, so the handwritten set
+``real-servers/``) is read as a tool file too. MetaTool's ``name_for_human`` is read as the
+tool's ``title`` (MCP's human-readable name). A dump directory has no queries, so the handwritten set
 :data:`REAL_SERVER_QUERIES` is used for it.
 """
 
@@ -51,7 +52,7 @@ def _doc(server: str, tool: dict[str, Any]) -> ToolDoc:
         name=str(tool["name"]),
         description=str(tool.get("description") or ""),
         input_schema=tool.get("input_schema") or tool.get("inputSchema") or {},
-        title=tool.get("title"),
+        title=tool.get("title") or tool.get("name_for_human"),
     )
 
 
@@ -180,9 +181,7 @@ def cached_default_embedder(name: str = "minilm") -> CachedEmbedder:
     """The offline MiniLM embedder behind the disk cache (its fingerprint known without loading it)."""
     from toolcrib.index.embedder import DEFAULT_MODEL, OFFLINE_ONNX_SHA256, FastEmbedEmbedder
 
-    return CachedEmbedder(
-        FastEmbedEmbedder, DEFAULT_MODEL, f"{DEFAULT_MODEL}@sha256:{OFFLINE_ONNX_SHA256}", 384, name
-    )
+    return CachedEmbedder(FastEmbedEmbedder, DEFAULT_MODEL, f"{DEFAULT_MODEL}@sha256:{OFFLINE_ONNX_SHA256}", 384, name)
 
 
 #: Handwritten queries for the ``real-servers`` dumps (written for this benchmark; no source set exists).
@@ -192,7 +191,10 @@ REAL_SERVER_QUERIES: list[tuple[str, list[str]]] = [
     ("which day of the week is it right now in London", ["mcp-server-time/get_current_time"]),
     ("download the content of a web page", ["mcp-server-fetch/fetch"]),
     ("get the markdown of https://example.com", ["mcp-server-fetch/fetch"]),
-    ("show the uncommitted changes in my repository", ["mcp-server-git/git_diff_unstaged", "mcp-server-git/git_status"]),
+    (
+        "show the uncommitted changes in my repository",
+        ["mcp-server-git/git_diff_unstaged", "mcp-server-git/git_status"],
+    ),
     ("commit the staged files with a message", ["mcp-server-git/git_commit"]),
     ("stage these files for the next commit", ["mcp-server-git/git_add"]),
     ("list recent commits", ["mcp-server-git/git_log"]),
@@ -219,11 +221,17 @@ REAL_SERVER_QUERIES: list[tuple[str, list[str]]] = [
     ("forget the entity Bob", ["server-memory/delete_entities"]),
     ("think through this hard problem step by step", ["server-sequential-thinking/sequentialthinking"]),
     ("add two numbers", ["server-everything/get-sum"]),
-    ("test that the server can ask the client's model for a completion", ["conformance-everything-server/test_sampling"]),
+    (
+        "test that the server can ask the client's model for a completion",
+        ["conformance-everything-server/test_sampling"],
+    ),
     ("ask the user for input in the middle of a tool call", ["conformance-everything-server/test_elicitation"]),
     ("return a tiny image", ["server-everything/get-tiny-image", "conformance-everything-server/test_image_content"]),
     ("echo back my message", ["server-everything/echo"]),
     ("print the environment variables of the server", ["server-everything/get-env"]),
     ("compress a file with gzip", ["server-everything/gzip-file-as-resource"]),
-    ("run a long operation that reports progress", ["server-everything/trigger-long-running-operation", "conformance-everything-server/test_tool_with_progress"]),
+    (
+        "run a long operation that reports progress",
+        ["server-everything/trigger-long-running-operation", "conformance-everything-server/test_tool_with_progress"],
+    ),
 ]

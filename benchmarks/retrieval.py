@@ -131,14 +131,14 @@ def run_dataset(
     name: str, docs: list[ToolDoc], queries: list[Query], modes: Sequence[str], explore: bool
 ) -> dict[str, Any]:
     """Every measurement for one dataset; returns a JSON-able dict including its markdown."""
-    embedder = cached_default_embedder(name)
+    embedder = cached_default_embedder()
     started = time.perf_counter()
     index = build_index(docs, embedder)
     built = time.perf_counter() - started
     out: dict[str, Any] = {"dataset": name, "tools": len(docs), "queries": len(queries), "modes": {}}
     kinds = sorted({q.kind for q in queries})
     md = [f"### {name}: {len(docs)} tools, {len(queries)} queries", ""]
-    for kind_set in ([None] + kinds) if len(kinds) > 1 else [None]:
+    for kind_set in [None, *kinds] if len(kinds) > 1 else [None]:
         subset = [q for q in queries if kind_set is None or q.kind == kind_set]
         rows = []
         for mode in modes:
@@ -157,7 +157,9 @@ def run_dataset(
         for merge in ("round_robin", "max", "sum"):
             fusion = replace(DEFAULT_FUSION, merge=merge)
             variants.append((f"one query per step, {merge}", "hybrid", lambda q: q.steps, fusion))
-        variants.append(("task + one query per step, round_robin", "hybrid", lambda q: [q.text, *q.steps], DEFAULT_FUSION))
+        variants.append(
+            ("task + one query per step, round_robin", "hybrid", lambda q: [q.text, *q.steps], DEFAULT_FUSION)
+        )
         variants.append(("one query per step, round_robin", "dense", lambda q: q.steps, DEFAULT_FUSION))
         rows = []
         for label, mode, texts, fusion in variants:
@@ -243,11 +245,12 @@ def write_report(path: Path, results: Sequence[dict[str, Any]], max_single: int)
         "",
         machine.describe(),
         "",
-        "`python -m benchmarks.retrieval --explore` (ToolIndex with the offline int8 all-MiniLM-L6-v2, exact FAISS,",
-        f"bm25s). Default ranking: hybrid, {default.method} fusion with dense weight {default.dense_weight}, candidate pool",
-        f"{default.pool} per side; multi-query merge {default.merge}. Single-tool queries are a seeded sample of at most",
-        f"{max_single}; every multi-tool query is kept. R@k = share of a query's relevant tools in the top k",
-        "(set recall for multi-tool queries); a tool name listed on several servers counts once (any of).",
+        "`python -m benchmarks.retrieval --explore` (ToolIndex with the offline int8 all-MiniLM-L6-v2,",
+        f"exact FAISS, bm25s). Default ranking: hybrid, {default.method} fusion with dense weight",
+        f"{default.dense_weight}, candidate pool {default.pool} per side; multi-query merge {default.merge}.",
+        f"Single-tool queries are a seeded sample of at most {max_single}; every multi-tool query is kept.",
+        "R@k = share of a query's relevant tools in the top k (set recall for multi-tool queries); a tool",
+        "name listed on several servers counts once (any of).",
         "All@10 = every relevant tool in the top 10. The real-servers queries are handwritten (benchmarks/common.py).",
         "",
     ]

@@ -28,9 +28,7 @@ class CountingEmbedder:
 
 def tool(server: str, name: str, description: str, **params: str) -> ToolDoc:
     schema = {"type": "object", "properties": {p: {"type": "string", "description": d} for p, d in params.items()}}
-    return ToolDoc(
-        key=f"{server}__{name}", server=server, name=name, description=description, input_schema=schema
-    )
+    return ToolDoc(key=f"{server}__{name}", server=server, name=name, description=description, input_schema=schema)
 
 
 CATALOG = [

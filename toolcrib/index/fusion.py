@@ -30,7 +30,7 @@ class Fusion:
     """
 
     method: str = "convex"
-    dense_weight: float = 0.7
+    dense_weight: float = 0.85
     rrf_k: float = 60.0
     pool: int = 64
     merge: str = "round_robin"
