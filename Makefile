@@ -47,3 +47,14 @@ clean:
 CONFORMANCE_TARGET ?= --gateway
 conformance: $(STAMP)
 	$(BIN)/python -m tests.conformance.run $(CONFORMANCE_TARGET)
+
+# Benchmarks (reports in benchmarks/results/): token savings over 10..5000-tool catalogs and a quick
+# latency run (direct vs toolcrib vs mcp-proxy, installed into .tools/mcp-proxy-venv on first use).
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.tokens
+	$(BIN)/python -m benchmarks.latency --quick
+
+# 200 concurrent sessions mixing search_tools and invoke; LOAD_SECONDS=30 make load for a short run.
+LOAD_SECONDS ?= 120
+load: $(STAMP)
+	$(BIN)/python -m benchmarks.load --seconds $(LOAD_SECONDS)
