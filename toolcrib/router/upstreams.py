@@ -28,13 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import anyio
-import httpx2
 import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp import Client, StdioServerParameters
 from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import (
     ListenNotSupportedError,
     PromptsListChanged,
@@ -48,6 +46,7 @@ from mcp.shared.message import SessionMessage
 
 from toolcrib.config import ServerConfig
 from toolcrib.errors import ToolcribError, UpstreamCrashed, UpstreamTimeout, UpstreamUnavailable
+from toolcrib.router.http_transport import aiohttp_transport
 
 log = logging.getLogger("toolcrib.upstream")
 T = TypeVar("T")
@@ -370,10 +369,7 @@ class Upstream:
         headers = {k: self._expand(v) for k, v in cfg.headers.items()}
         if cfg.kind == "sse":
             return self._watched(sse_client(cfg.url, headers=headers, timeout=cfg.connect_timeout))
-        http = await stack.enter_async_context(
-            httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(cfg.connect_timeout, read=cfg.timeout + 5))
-        )
-        return self._watched(streamable_http_client(cfg.url, http_client=http))
+        return self._watched(aiohttp_transport(cfg.url, headers, timeout=cfg.connect_timeout))
 
     @asynccontextmanager
     async def _watched(self, transport: Any) -> AsyncIterator[tuple[Any, MemoryObjectSendStream[SessionMessage]]]:
