@@ -92,22 +92,26 @@ def _result_bytes(result: Result) -> int:
     return total
 
 
+def call_fields(call: ToolCall) -> dict[str, Any]:
+    """The audit columns every row about ``call`` shares."""
+    return {
+        "request_id": None if call.request_id is None else str(call.request_id),
+        "principal": f"{call.principal.kind}:{call.principal.name}",
+        "client_name": call.client_name,
+        "session": call.session_id,
+        "transport": call.transport,
+        "method": f"tools/call:{call.via}",
+        "server": call.server or None,
+        "tool": call.key,
+        "tool_hash": call.tool_hash,
+    }
+
+
 def audit_layer(sink: AuditSink) -> Layer:
     """Observe: a row before forwarding (attempt) and one after (outcome). Never decides."""
 
     async def layer(call: ToolCall, nxt: Next) -> Result:
-        rid = None if call.request_id is None else str(call.request_id)
-        common: dict[str, Any] = {
-            "request_id": rid,
-            "principal": f"{call.principal.kind}:{call.principal.name}",
-            "client_name": call.client_name,
-            "session": call.session_id,
-            "transport": call.transport,
-            "method": f"tools/call:{call.via}",
-            "server": call.server,
-            "tool": call.key,
-            "tool_hash": call.tool_hash,
-        }
+        common = call_fields(call)
         attempt = sink.append(AuditEvent(kind="attempt", arguments=call.arguments, **common))
         outcome: str = "cancelled"
         result: Result | None = None

@@ -39,6 +39,7 @@ from toolcrib.gateway.pipeline import (
     ToolCall,
     approval_layer,
     audit_layer,
+    call_fields,
     policy_layer,
     quarantine_layer,
     redact_layer,
@@ -107,38 +108,21 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
 
     def on_search(call: ToolCall, results: Sequence[str]) -> None:
         query = call.arguments.get("query")
-        audit.append(
-            AuditEvent(
-                kind="search",
-                request_id=None if call.request_id is None else str(call.request_id),
-                principal=f"{call.principal.kind}:{call.principal.name}",
-                client_name=call.client_name,
-                session=call.session_id,
-                transport=call.transport,
-                method="tools/call:search_tools",
-                query=query if isinstance(query, str) else json.dumps(query, ensure_ascii=False),
-                results=list(results),
-            )
-        )
+        fields = {**call_fields(call), "tool": None}
+        text = query if isinstance(query, str) else json.dumps(query, ensure_ascii=False)
+        audit.append(AuditEvent(kind="search", query=text, results=list(results), **fields))
 
     def on_hidden(call: ToolCall) -> None:
+        call.via = "hidden"
         audit.append(
             AuditEvent(
                 kind="outcome",
-                request_id=None if call.request_id is None else str(call.request_id),
-                principal=f"{call.principal.kind}:{call.principal.name}",
-                client_name=call.client_name,
-                session=call.session_id,
-                transport=call.transport,
-                method="tools/call:hidden",
-                server=call.server,
-                tool=call.key,
-                tool_hash=call.tool_hash,
                 arguments=call.arguments,
                 decision="deny",
                 rule="hidden",
                 outcome="denied",
                 error="not listable for this principal (policy or quarantine); answered as unknown",
+                **call_fields(call),
             )
         )
 

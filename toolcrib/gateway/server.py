@@ -281,7 +281,7 @@ class Gateway:
                 server="",
                 tool=disp.SEARCH,
                 arguments=arguments,
-                via="search",
+                via="search_tools",
                 transport=info.peer.transport,
                 session_id=info.peer.id if info.peer.stateful else None,
                 client_name=info.peer.client_name,
