@@ -189,8 +189,8 @@ class FastEmbedEmbedder:
 
     With ``model=DEFAULT_MODEL`` it runs fully offline from packaged files (see module docstring);
     any other fastembed model name is downloaded by fastembed and needs the network once.
-    Texts are sorted by length and embedded in small batches so one long description does not
-    pad a whole batch; the tokenizer truncates to the model's limit.
+    Texts are sorted by length and batched by a padded-token budget (see :meth:`_batches`) so one
+    long description does not pad a whole batch; the tokenizer truncates to 256 word pieces.
     """
 
     def __init__(
@@ -199,7 +199,8 @@ class FastEmbedEmbedder:
         *,
         cache_dir: Path | None = None,
         threads: int = 2,
-        batch_size: int = 16,
+        batch_size: int = 32,
+        batch_tokens: int = 1024,
     ) -> None:
         disable_onnxruntime_telemetry()
         try:
@@ -208,6 +209,7 @@ class FastEmbedEmbedder:
             raise IndexError_("fastembed is not installed: run `pip install fastembed`") from exc
         self.model_id = model
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
         cache = cache_dir or default_cache_dir()
         try:
             if model == DEFAULT_MODEL:
@@ -244,11 +246,30 @@ class FastEmbedEmbedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        ordered = [texts[i] for i in order]
-        rows = np.vstack(list(self._model.embed(ordered, batch_size=self.batch_size)))
-        out = np.empty_like(rows)
-        out[np.asarray(order)] = rows
+        rows: list[Vectors] = []
+        for batch in self._batches([texts[i] for i in order]):
+            rows.extend(np.asarray(v, dtype=np.float32) for v in self._model.embed(batch, batch_size=len(batch)))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        out[np.asarray(order)] = np.vstack(rows)
         return normalize_rows(out)
+
+    def _batches(self, ordered: Sequence[str]) -> list[list[str]]:
+        """Split length-sorted texts so each batch pads to at most ``batch_tokens`` word pieces.
+
+        Padding makes a batch cost ``len(batch) * longest``; short texts go many to a batch, long
+        ones few, which keeps throughput up and the ONNX memory arena small.
+        """
+        batches: list[list[str]] = []
+        current: list[str] = []
+        for text in ordered:
+            longest = min(MINILM_MAX_TOKENS, len(text) // 3 + 8)
+            if current and (len(current) >= self.batch_size or (len(current) + 1) * longest > self.batch_tokens):
+                batches.append(current)
+                current = []
+            current.append(text)
+        if current:
+            batches.append(current)
+        return batches
 
 
 def _online_model_digest(model: Any) -> str:
