@@ -268,17 +268,33 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     def f(x: float | None, fmt: str) -> str:
         return "-" if x is None else format(x, fmt)
 
+    cross = any("x_http_direct" in r for r in rows)
     lines = [
-        "| mode | conc. | p50 ms | p99 ms | added p50 | added p99 | calls/s | x direct | proxy CPU ms/call | calls |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| mode | conc. | p50 ms | p99 ms | added p50 | added p99 | calls/s | x direct | "
+        + ("x HTTP direct | " if cross else "")
+        + "proxy CPU ms/call | calls |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if cross else "") + "---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['mode']} | {r['c']} | {r['p50']:.2f} | {r['p99']:.2f} | {f(r['added_p50'], '+.2f')} | "
             f"{f(r['added_p99'], '+.2f')} | {r['rate']:.0f} | {f(r['ratio'], '.2f')} | "
-            f"{f(r['cpu_ms'], '.2f')} | {r['n']} |"
+            + (f"{f(r.get('x_http_direct'), '.2f')} | " if cross else "")
+            + f"{f(r['cpu_ms'], '.2f')} | {r['n']} |"
         )
     return lines
+
+
+def cross_ratios(all_rows: dict[str, list[dict[str, Any]]]) -> None:
+    """For stdio setups, also relate calls/s to the same fixture's HTTP direct (an HTTP-to-HTTP baseline)."""
+    for name, rows in all_rows.items():
+        twin = all_rows.get(name.replace("stdio upstream", "Streamable HTTP upstream"))
+        if "stdio" not in name or twin is None:
+            continue
+        base = {r["c"]: r["rate"] for r in twin if r["mode"] == "direct"}
+        for r in rows:
+            if r["c"] in base and r["mode"] != "direct":
+                r["x_http_direct"] = r["rate"] / base[r["c"]]
 
 
 def verdicts(all_rows: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -317,6 +333,7 @@ def verdicts(all_rows: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 def write(all_rows: dict[str, list[dict[str, Any]]], args: argparse.Namespace, seconds: float) -> str:
     calls = QUICK_CALLS if args.quick else FULL_CALLS
+    cross_ratios(all_rows)
     lines = [
         "# Gateway overhead and throughput",
         "",
@@ -333,6 +350,8 @@ def write(all_rows: dict[str, list[dict[str, Any]]], args: argparse.Namespace, s
         "`passthrough-notrust` = the same pipeline without them; `invoke` = dispatcher mode calling `invoke`.",
         f"mcp-proxy {MCP_PROXY_VERSION} (PyPI, own venv with mcp 1.x) serves HTTP only in front of a stdio "
         "server, so it is measured in the stdio setups. CPU ms/call = utime+stime of the proxy process only.",
+        "Stdio rows: `direct` is the raw client on the server's own pipe (no HTTP at all), so `x direct` "
+        "charges the proxies for HTTP too; `x HTTP direct` relates them to the same fixture served over HTTP.",
         "",
     ]
     for name, rows in all_rows.items():
@@ -342,10 +361,17 @@ def write(all_rows: dict[str, list[dict[str, Any]]], args: argparse.Namespace, s
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "latency.md").write_text(text, encoding="utf-8")
+        raw = {"rows": all_rows, "seconds": seconds, "quick": args.quick, "rounds": args.rounds}
+        (RESULTS / "latency.json").write_text(json.dumps(raw, indent=1), encoding="utf-8")
     return text
 
 
 async def amain(args: argparse.Namespace) -> None:
+    if args.render:
+        raw = json.loads(args.render.read_text(encoding="utf-8"))
+        args.quick, args.rounds = raw["quick"], raw["rounds"]
+        print(write(raw["rows"], args, raw["seconds"]))
+        return
     if "mcp-proxy" in args.modes:
         ensure_mcp_proxy()
     all_rows: dict[str, list[dict[str, Any]]] = {}
@@ -370,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--profile", type=Path, help="write cProfile stats of the passthrough gateway into this directory")
     p.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
+    p.add_argument("--render", type=Path, metavar="JSON", help="re-render the report from a saved latency.json")
     args = p.parse_args(argv)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
