@@ -123,6 +123,7 @@ FUSIONS: dict[str, Fusion] = {
     "convex dense 0.6": Fusion(dense_weight=0.6),
     "convex dense 0.7": Fusion(dense_weight=0.7),
     "convex dense 0.8": Fusion(dense_weight=0.8),
+    "convex dense 0.85 (default)": Fusion(dense_weight=0.85),
     "convex dense 0.9": Fusion(dense_weight=0.9),
 }
 
@@ -254,8 +255,24 @@ def write_report(path: Path, results: Sequence[dict[str, Any]], max_single: int)
         "All@10 = every relevant tool in the top 10. The real-servers queries are handwritten (benchmarks/common.py).",
         "",
     ]
+    summary = [
+        "## Summary (all queries of each dataset)",
+        "",
+        "| dataset | dense R@1 / R@5 / R@10 | BM25 R@5 | hybrid (default) R@1 / R@5 / R@10 "
+        "| per-step multi-query R@10 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        d, b, h = (r["modes"][f"{m}/all"] for m in MODES)
+        stepped = r["modes"].get("multi-query hybrid: one query per step, round_robin")
+        steps = f"{stepped['R@10']:.3f}" if stepped else "-"
+        summary.append(
+            f"| {r['dataset']} | {d['R@1']:.3f} / {d['R@5']:.3f} / {d['R@10']:.3f} | {b['R@5']:.3f} "
+            f"| {h['R@1']:.3f} / {h['R@5']:.3f} / {h['R@10']:.3f} | {steps} |"
+        )
+    summary.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(head + [r["markdown"] for r in results]) + "\n")
+    path.write_text("\n".join(head + summary + [r["markdown"] for r in results]) + "\n")
 
 
 if __name__ == "__main__":

@@ -200,7 +200,7 @@ class FastEmbedEmbedder:
         cache_dir: Path | None = None,
         threads: int = 2,
         batch_size: int = 32,
-        batch_tokens: int = 1024,
+        batch_tokens: int = 512,
     ) -> None:
         disable_onnxruntime_telemetry()
         try:
