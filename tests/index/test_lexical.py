@@ -30,11 +30,12 @@ def test_stopwords_are_dropped() -> None:
 
 
 def test_lexical_index_scores() -> None:
-    index = LexicalIndex(["read a file", "weather forecast", ""])
+    index = LexicalIndex.from_texts(["read a file", "weather forecast", ""])
     scores = index.scores("weather")
     assert scores.shape == (3,) and scores[1] > 0 and scores[0] == 0
     assert not index.scores("the of and").any()
     assert not LexicalIndex([]).scores("x").any()
+    assert LexicalIndex([["weather"], []]).scores("weather")[0] > 0
 
 
 def test_humanize_and_document_text() -> None:

@@ -168,3 +168,23 @@ def test_search_during_sync_sees_a_whole_catalog(catalog: list[ToolDoc]) -> None
         stop.set()
         thread.join()
     assert sizes <= {4, len(catalog)}
+
+
+def test_unchanged_documents_are_not_retokenized(
+    embedder: CountingEmbedder, catalog: list[ToolDoc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from toolcrib.index import store
+
+    ix = ToolIndex.open(None, embedder)
+    ix.sync(catalog)
+    calls: list[str] = []
+    real = store.tokenize
+
+    def counting(text: str) -> list[str]:
+        calls.append(text)
+        return real(text)
+
+    monkeypatch.setattr(store, "tokenize", counting)
+    ix.sync([*catalog, tool("new", "ping", "Ping a host")])
+    assert len(calls) == 1
+    assert ix.search("ping a host", mode="bm25", limit=1)[0].key == "new__ping"

@@ -62,16 +62,20 @@ def tokenize(text: str) -> list[str]:
 
 
 class LexicalIndex:
-    """An immutable BM25 index over a fixed list of documents (row i = document i)."""
+    """An immutable BM25 index over a fixed list of tokenized documents (row i = document i)."""
 
-    def __init__(self, texts: Sequence[str], *, k1: float = 1.2, b: float = 0.75) -> None:
-        self.size = len(texts)
+    def __init__(self, corpus: Sequence[Sequence[str]], *, k1: float = 1.2, b: float = 0.75) -> None:
+        self.size = len(corpus)
         self._bm25: bm25s.BM25 | None = None
-        corpus = [tokenize(t) for t in texts]
         if self.size and any(corpus):
             bm25 = bm25s.BM25(k1=k1, b=b, method="lucene")
-            bm25.index([tokens or [""] for tokens in corpus], show_progress=False)
+            bm25.index([list(tokens) or [""] for tokens in corpus], show_progress=False)
             self._bm25 = bm25
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str]) -> LexicalIndex:
+        """Tokenize ``texts`` with :func:`tokenize` and index them."""
+        return cls([tokenize(t) for t in texts])
 
     def scores(self, query: str) -> npt.NDArray[np.float32]:
         """BM25 score of every document for ``query`` (zeros when nothing matches)."""

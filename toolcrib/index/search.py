@@ -183,7 +183,7 @@ class ToolIndex:
 
             nothing_changed = not (added or changed or removed or to_embed) and new_docs == list(old.docs)
             if not nothing_changed:
-                self._snap = Snapshot.build(new_docs, hashes, vectors)
+                self._snap = Snapshot.build(new_docs, hashes, vectors, previous=old)
             if self.path is not None and not (nothing_changed and self._persisted):
                 persistence.save(self.path, self._snap, model_id=self.embedder.model_id, fingerprint=fingerprint)
                 self._persisted = True

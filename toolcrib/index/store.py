@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from toolcrib.index.documents import ToolDoc, lexical_text
-from toolcrib.index.lexical import LexicalIndex
+from toolcrib.index.lexical import LexicalIndex, tokenize
 
 Vectors = npt.NDArray[np.float32]
 
@@ -35,6 +35,7 @@ class Snapshot:
     vectors: Vectors
     dense: faiss.Index
     lexical: LexicalIndex
+    tokens: tuple[tuple[str, ...], ...] = field(repr=False)
     rows: Mapping[str, int] = field(repr=False)
     server_rows: Mapping[str, npt.NDArray[np.int64]] = field(repr=False)
 
@@ -46,8 +47,19 @@ class Snapshot:
         vectors: Vectors,
         *,
         dense: faiss.Index | None = None,
+        previous: Snapshot | None = None,
     ) -> Snapshot:
-        """Build the FAISS (unless given) and BM25 indexes over ``docs`` and their ``vectors``."""
+        """Build the FAISS (unless given) and BM25 indexes over ``docs`` and their ``vectors``.
+
+        Tokens of documents unchanged since ``previous`` are reused rather than recomputed.
+        """
+        tokens: list[tuple[str, ...]] = []
+        for doc in docs:
+            old_row = previous.rows.get(doc.key) if previous is not None else None
+            if previous is not None and old_row is not None and previous.docs[old_row] == doc:
+                tokens.append(previous.tokens[old_row])
+            else:
+                tokens.append(tuple(tokenize(lexical_text(doc))))
         by_server: dict[str, list[int]] = {}
         for row, doc in enumerate(docs):
             by_server.setdefault(doc.server, []).append(row)
@@ -57,7 +69,8 @@ class Snapshot:
             hashes=tuple(hashes),
             vectors=vectors,
             dense=dense if dense is not None else new_faiss_index(vectors),
-            lexical=LexicalIndex([lexical_text(d) for d in docs]),
+            lexical=LexicalIndex(tokens),
+            tokens=tuple(tokens),
             rows={doc.key: row for row, doc in enumerate(docs)},
             server_rows={s: np.asarray(r, dtype=np.int64) for s, r in by_server.items()},
         )
