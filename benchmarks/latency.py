@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -387,6 +388,10 @@ async def amain(args: argparse.Namespace) -> None:
     print(write(all_rows, args, time.perf_counter() - t0))
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer calls and rounds (for make bench)")
@@ -400,7 +405,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    asyncio.run(amain(args))
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so the finally blocks stop every child we started
+    try:
+        asyncio.run(amain(args))
+    except KeyboardInterrupt:
+        print("interrupted; every process started was stopped", file=sys.stderr)
+        return 130
     return 0
 
 

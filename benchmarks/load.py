@@ -14,7 +14,9 @@ import argparse
 import asyncio
 import contextlib
 import random
+import signal
 import sqlite3
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -178,6 +180,10 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=120.0)
@@ -186,7 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-every", type=float, default=2.0, help="RSS sampling interval, seconds")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
-    text = asyncio.run(run(args))
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so the finally blocks stop every child we started
+    try:
+        text = asyncio.run(run(args))
+    except KeyboardInterrupt:
+        print("interrupted; every process started was stopped", file=sys.stderr)
+        return 130
     print(text)
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)
