@@ -122,7 +122,7 @@ async def test_real_model_finds_the_time_tool(tmp_path: Path) -> None:
     async with dispatcher(tmp_path, servers, real_model=True) as rt, Client(rt.url) as c:
         found = await c.call_tool("search_tools", {"query": "what time is it in Tokyo"})
         items = json.loads(_text(found))
-        assert items[0]["name"] == "time__get_current_time"
+        assert items[0]["name"] == "time__get_current_time", items
         result = await c.call_tool(
             "invoke", {"tool": "time__get_current_time", "arguments": {"timezone": "Asia/Tokyo"}}
         )

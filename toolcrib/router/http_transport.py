@@ -195,19 +195,22 @@ async def aiohttp_transport(url: str, headers: Mapping[str, str], *, timeout: fl
     write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](256)
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
     client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout)
-    async with aiohttp.ClientSession(headers=dict(headers), connector=connector, timeout=client_timeout) as http:
-        conn = _Conn(http, url, read_send)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_writer, conn, write_recv, tg)
-            try:
-                yield read_recv, write_send
-            finally:
-                tg.cancel_scope.cancel()
-        if conn.session_id:
-            with anyio.move_on_after(2), contextlib.suppress(aiohttp.ClientError, OSError):
-                async with http.delete(url, headers=conn.headers()):
-                    pass
-    read_send.close()
+    try:
+        async with aiohttp.ClientSession(headers=dict(headers), connector=connector, timeout=client_timeout) as http:
+            conn = _Conn(http, url, read_send)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_writer, conn, write_recv, tg)
+                try:
+                    yield read_recv, write_send
+                finally:
+                    tg.cancel_scope.cancel()
+            if conn.session_id:
+                with anyio.move_on_after(2), contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with http.delete(url, headers=conn.headers()):
+                        pass
+    finally:
+        for stream in (read_send, read_recv, write_send, write_recv):
+            stream.close()
 
 
 async def _writer(conn: _Conn, write_recv: MemoryObjectReceiveStream[SessionMessage], tg: anyio.abc.TaskGroup) -> None:
