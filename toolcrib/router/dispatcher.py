@@ -21,6 +21,10 @@ SEARCH = "search_tools"
 INVOKE = "invoke"
 RESERVED_NAMES = frozenset({SEARCH, INVOKE})
 MAX_LIMIT = 20
+DESCRIPTION_CHARS = 400
+"""A search result's tool description is clipped to this many characters (a session that loads the
+tool sees the full description in ``tools/list``)."""
+PARAM_DESCRIPTION_CHARS = 200
 
 SEARCH_TOOL = types.Tool(
     name=SEARCH,
@@ -134,12 +138,19 @@ _LITERALS = frozenset({"enum", "const", "default", "examples", "required"})
 
 
 def compact_schema(schema: Any) -> Any:
-    """The schema without what a model does not need to call the tool (``title`` annotations)."""
+    """The schema without what a model does not need to call the tool.
+
+    Dropped: ``title`` annotations, ``$schema``, ``additionalProperties: false`` (toolcrib validates
+    the arguments itself); parameter descriptions are clipped to ``PARAM_DESCRIPTION_CHARS``.
+    """
     if not isinstance(schema, dict):
         return schema
     out: dict[str, Any] = {}
     for key, value in schema.items():
-        if key == "title":
+        if key in ("title", "$schema") or (key == "additionalProperties" and value is False):
+            continue
+        if key == "description" and isinstance(value, str) and len(value) > PARAM_DESCRIPTION_CHARS:
+            out[key] = value[: PARAM_DESCRIPTION_CHARS - 1].rstrip() + "…"
             continue
         if key in _LITERALS:
             out[key] = value
@@ -158,7 +169,10 @@ def render_results(results: Sequence[tuple[Entry, float]]) -> types.CallToolResu
     """Compact JSON a model can read: name, description, input schema, score."""
     items = []
     for entry, score in results:
-        item: dict[str, Any] = {"name": entry.key, "description": (entry.tool.description or "")[:1200]}
+        description = entry.tool.description or ""
+        if len(description) > DESCRIPTION_CHARS:
+            description = description[: DESCRIPTION_CHARS - 1].rstrip() + "…"
+        item: dict[str, Any] = {"name": entry.key, "description": description}
         schema = entry.tool.input_schema
         if schema and schema.get("properties"):
             item["input_schema"] = compact_schema(schema)
