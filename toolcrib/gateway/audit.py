@@ -223,6 +223,30 @@ class SqliteAuditLog:
             self._anchor.write(row["seq"], row["hash"])
         return int(row["seq"])
 
+    def append_many(self, events: Sequence[AuditEvent]) -> list[int]:
+        """Record several events in one transaction (group commit); return their sequence numbers."""
+        rows = [self._row(event) for event in events]
+        if not rows:
+            return []
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    seq, prev = self._head()
+                    for row in rows:
+                        seq += 1
+                        row["seq"], row["prev_hash"] = seq, prev
+                        row["hash"] = prev = row_hash(row)
+                    self._db.executemany(_INSERT, [[row[c] for c in COLUMNS] for row in rows])
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise AuditError(f"cannot write the audit log {self.path} ({exc}); check the disk") from None
+            self._anchor.write(rows[-1]["seq"], rows[-1]["hash"])
+        return [int(row["seq"]) for row in rows]
+
     def _row(self, event: AuditEvent) -> dict[str, Any]:
         row: dict[str, Any] = {k: getattr(event, k, None) for k in COLUMNS}
         row["ts"] = float(event.ts if event.ts is not None else time.time())

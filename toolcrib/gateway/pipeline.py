@@ -17,7 +17,8 @@ import mcp_types as types
 
 from toolcrib.config import PolicyRule
 from toolcrib.gateway.approvals import ApprovalStore
-from toolcrib.gateway.audit import AuditEvent, AuditSink
+from toolcrib.gateway.audit import AuditEvent
+from toolcrib.gateway.audit_writer import AuditWriter
 from toolcrib.gateway.credentials import Redactor
 from toolcrib.gateway.policy import Principal, decide
 
@@ -107,12 +108,12 @@ def call_fields(call: ToolCall) -> dict[str, Any]:
     }
 
 
-def audit_layer(sink: AuditSink) -> Layer:
+def audit_layer(sink: AuditWriter) -> Layer:
     """Observe: a row before forwarding (attempt) and one after (outcome). Never decides."""
 
     async def layer(call: ToolCall, nxt: Next) -> Result:
         common = call_fields(call)
-        attempt = sink.append(AuditEvent(kind="attempt", arguments=call.arguments, **common))
+        attempt = await sink.append(AuditEvent(kind="attempt", arguments=call.arguments, **common))
         outcome: str = "cancelled"
         result: Result | None = None
         try:
@@ -125,7 +126,7 @@ def audit_layer(sink: AuditSink) -> Layer:
             raise
         finally:
             decision = call.notes.get("decision")
-            sink.append(
+            sink.submit(
                 AuditEvent(
                     kind="outcome",
                     attempt_seq=attempt,

@@ -26,6 +26,7 @@ from toolcrib.gateway import policy
 from toolcrib.gateway.admin import AdminApi
 from toolcrib.gateway.approvals import ApprovalStore
 from toolcrib.gateway.audit import AuditEvent, SqliteAuditLog, load_hmac_key
+from toolcrib.gateway.audit_writer import AuditWriter
 from toolcrib.gateway.auth import (
     Authenticator,
     build_authenticator,
@@ -77,11 +78,13 @@ class Parts:
     gateway: Gateway
     reindexer: Reindexer | None
     audit: SqliteAuditLog
+    writer: AuditWriter
     approvals: ApprovalStore
     redactor: Redactor
     trust: Trust
 
     def close(self) -> None:
+        self.writer.close()
         self.audit.close()
         self.approvals.close()
 
@@ -104,17 +107,18 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
 
     pool.subscribe(on_change)  # before the gateway and the index: quarantine is settled first
     audit = SqliteAuditLog(config.audit.path, hmac_key=load_hmac_key(config.audit.path, store), redactor=redactor)
+    writer = AuditWriter(audit)
     approvals = ApprovalStore(config.policy.approvals_path, redactor=redactor)
 
     def on_search(call: ToolCall, results: Sequence[str]) -> None:
         query = call.arguments.get("query")
         fields = {**call_fields(call), "tool": None}
         text = query if isinstance(query, str) else json.dumps(query, ensure_ascii=False)
-        audit.append(AuditEvent(kind="search", query=text, results=list(results), **fields))
+        writer.submit(AuditEvent(kind="search", query=text, results=list(results), **fields))
 
     def on_hidden(call: ToolCall) -> None:
         call.via = "hidden"
-        audit.append(
+        writer.submit(
             AuditEvent(
                 kind="outcome",
                 arguments=call.arguments,
@@ -127,7 +131,7 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
         )
 
     layers = [
-        audit_layer(audit),
+        audit_layer(writer),
         redact_layer(redactor),
         quarantine_layer(trust.is_quarantined),
         policy_layer(trust.rules, trust.default),
@@ -154,7 +158,7 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
     )
     if reindexer is not None:
         _reindex_on_change(pool, reindexer)
-    return Parts(pool, gateway, reindexer, audit, approvals, redactor, trust)
+    return Parts(pool, gateway, reindexer, audit, writer, approvals, redactor, trust)
 
 
 def _reindex_on_change(pool: Pool, reindexer: Reindexer) -> None:
