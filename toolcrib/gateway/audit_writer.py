@@ -5,7 +5,8 @@ The dispatch path must not wait on SQLite while holding the loop: every call wri
 single transaction (so 64 concurrent calls cost one commit, not 64). An *attempt* row is awaited
 (:meth:`AuditWriter.append`): the call is forwarded only once its row is on disk, so a crash
 cannot lose a call that was made. Outcome and search rows are queued (:meth:`AuditWriter.submit`)
-and flushed within milliseconds; :meth:`AuditWriter.close` flushes what is left.
+and committed within ``LINGER`` (5 ms), usually together with the next attempt row;
+:meth:`AuditWriter.close` flushes what is left.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ log = logging.getLogger("toolcrib.audit")
 
 _Item = tuple[AuditEvent, "asyncio.Future[int] | None"]
 MAX_BATCH = 512
+LINGER = 0.005
+"""A batch of queued-only rows waits this long for company (usually the next call's attempt row),
+so one commit serves both: at most this much of outcome rows is in memory only."""
 
 
 def _settle(fut: asyncio.Future[int], seq: int | None, exc: BaseException | None) -> None:
@@ -74,8 +78,9 @@ class AuditWriter:
             batch = [item]
             stop = False
             while len(batch) < MAX_BATCH:
+                durable = any(fut is not None for _, fut in batch)
                 try:
-                    nxt = self._queue.get_nowait()
+                    nxt = self._queue.get_nowait() if durable else self._queue.get(timeout=LINGER)
                 except queue.Empty:
                     break
                 if nxt is None:
