@@ -20,6 +20,7 @@ from toolcrib.config import Config
 from toolcrib.errors import AuthError, Forbidden, ToolcribError
 from toolcrib.gateway.approvals import ApprovalStore
 from toolcrib.gateway.audit import SqliteAuditLog
+from toolcrib.gateway.audit_writer import AuditWriter
 from toolcrib.gateway.policy import Principal, is_loopback
 from toolcrib.router.pool import Pool
 
@@ -35,6 +36,7 @@ class AdminApi:
         config: Config,
         pool: Pool,
         audit: SqliteAuditLog,
+        writer: AuditWriter,
         approvals: ApprovalStore,
         authenticate: Authenticate,
         reindex: Callable[[str | None, bool], Awaitable[Any]] | None = None,
@@ -42,6 +44,7 @@ class AdminApi:
         self.config = config
         self.pool = pool
         self.audit = audit
+        self.writer = writer
         self.approvals = approvals
         self.authenticate = authenticate
         self.reindex = reindex
@@ -104,6 +107,7 @@ class AdminApi:
             limit = min(int(q.get("limit", "100")), 10_000)
         except ValueError:
             return _error(400, "bad_request", "since must be a UNIX time and limit an integer")
+        await self.writer.flush()
         rows = self.audit.query(
             principal=q.get("principal"), tool=q.get("tool"), since=since, outcome=q.get("outcome"), limit=limit
         )

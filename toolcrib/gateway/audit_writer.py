@@ -21,7 +21,7 @@ from toolcrib.gateway.audit import AuditEvent, SqliteAuditLog
 
 log = logging.getLogger("toolcrib.audit")
 
-_Item = tuple[AuditEvent, "asyncio.Future[int] | None"]
+_Item = tuple["AuditEvent | None", "asyncio.Future[int] | None"]
 MAX_BATCH = 512
 LINGER = 0.005
 """A batch of queued-only rows waits this long for company (usually the next call's attempt row),
@@ -54,6 +54,14 @@ class AuditWriter:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.put((event, fut))
         return await fut
+
+    async def flush(self) -> None:
+        """Return once everything queued before this call is committed (readers call it first)."""
+        if self._closed:
+            return
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.put((None, fut))
+        await fut
 
     def submit(self, event: AuditEvent) -> None:
         """Queue ``event``; it is committed with the next batch."""
@@ -93,7 +101,8 @@ class AuditWriter:
 
     def _write(self, batch: list[_Item]) -> None:
         try:
-            seqs: list[int | None] = list(self.sink.append_many([event for event, _ in batch]))
+            written = iter(self.sink.append_many([event for event, _ in batch if event is not None]))
+            seqs: list[int | None] = [next(written) if event is not None else None for event, _ in batch]
             error: BaseException | None = None
         except Exception as exc:  # reported to every waiter; queued-only rows are logged
             seqs, error = [None] * len(batch), exc

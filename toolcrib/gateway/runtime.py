@@ -239,7 +239,7 @@ async def _start_http(
         async def reindex(server: str | None, full: bool) -> Any:
             return await reindexer.sync({server} if server else None, full=full)
 
-    AdminApi(config, pool, parts.audit, parts.approvals, authenticate, reindex).add_routes(app)
+    AdminApi(config, pool, parts.audit, parts.writer, parts.approvals, authenticate, reindex).add_routes(app)
     if config.gateway.auth in ("oauth", "keys+oauth"):
         metadata = _metadata_handler(config, base)
         app.router.add_get("/.well-known/oauth-protected-resource", metadata)
