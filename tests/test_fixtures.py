@@ -33,10 +33,10 @@ def stdio(module: str, *args: str, env: dict[str, str] | None = None) -> StdioSe
 
 
 @contextmanager
-def http_server(module: str, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Start `python -m tests.servers.MODULE --http 0`, yield its URL, stop it on exit."""
+def http_server(module: str, *args: str, env: dict[str, str] | None = None, flag: str = "--http") -> Iterator[str]:
+    """Start `python -m tests.servers.MODULE --http 0` (or ``flag="--sse"``), yield its URL, stop it on exit."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", f"tests.servers.{module}", *args, "--http", "0"],
+        [sys.executable, "-m", f"tests.servers.{module}", *args, flag, "0"],
         cwd=ROOT,
         env={**os.environ, **(env or {})},
         stdin=subprocess.DEVNULL,

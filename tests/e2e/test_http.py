@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import aiohttp
+import anyio
 import pytest
 
 from tests.e2e.conftest import GatewayFactory
@@ -134,3 +135,33 @@ async def test_healthz(gateway: GatewayFactory) -> None:
         async with s.get(f"http://127.0.0.1:{rt.port}/healthz") as r:
             data = await r.json()
         assert data["upstreams"]["time"]["status"] == "connected"
+
+
+async def test_unsupported_protocol_version_header_is_400(gateway: GatewayFactory) -> None:
+    async with gateway(TIME) as rt, aiohttp.ClientSession() as s:
+        sid = await _init(s, rt.url)
+        body = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+        status, _, text = await _post(s, rt.url, body, **{"Mcp-Session-Id": sid, "MCP-Protocol-Version": "1999-01-01"})
+        assert status == 400 and "1999-01-01" in text
+        status, _, _ = await _post(s, rt.url, body, **{"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"})
+        assert status == 200
+
+
+async def test_session_cap(gateway: GatewayFactory) -> None:
+    async with gateway(TIME, max_sessions=2) as rt, aiohttp.ClientSession() as s:
+        await _init(s, rt.url)
+        await _init(s, rt.url)
+        status, _, text = await _post(s, rt.url, INIT)
+        assert status == 503 and "max_sessions" in text
+
+
+async def test_idle_sessions_expire(gateway: GatewayFactory) -> None:
+    async with gateway(TIME, session_ttl=0.5) as rt, aiohttp.ClientSession() as s:
+        sid = await _init(s, rt.url)
+        assert rt.http is not None
+        await anyio.sleep(1.0)
+        rt.http.expire_idle()
+        status, _, _ = await _post(
+            s, rt.url, {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, **{"Mcp-Session-Id": sid}
+        )
+        assert status == 404

@@ -80,3 +80,12 @@ async def test_http_upstream_going_away_is_reported_and_recovers(gateway: Gatewa
         assert rt.pool.upstreams["echo"].state.status != "connected"
         assert rt.pool.upstreams["echo"].state.error
         assert (await c.list_tools()).tools == []
+
+
+async def test_legacy_sse_upstream(gateway: GatewayFactory) -> None:
+    with http_server("echo", flag="--sse") as url:
+        assert url.endswith("/sse")
+        async with gateway({"echo": {"url": url, "transport": "sse"}}) as rt, Client(rt.url) as c:
+            assert rt.pool.upstreams["echo"].state.status == "connected"
+            assert _text(await c.call_tool("echo__echo", {"text": "via sse"})) == "via sse"
+            assert "5" in _text(await c.call_tool("echo__add", {"a": 2, "b": 3}))

@@ -165,3 +165,15 @@ async def test_keep_names_with_one_upstream(gateway: GatewayFactory) -> None:
         names = {t.name for t in (await c.list_tools()).tools}
         assert "echo" in names
         assert _text(await c.call_tool("echo", {"text": "plain"})) == "plain"
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_client_cancellation_reaches_the_upstream(gateway: GatewayFactory, tmp_path: Path, mode: str) -> None:
+    server = stdio_server(ECHO, env={"FIXTURE_MARKER_DIR": str(tmp_path)})
+    async with gateway({"echo": server}) as rt, Client(rt.url, mode=mode) as c:
+        with anyio.move_on_after(1.0):
+            await c.call_tool("echo__sleep", {"seconds": 30, "tag": "cc"})
+        with anyio.fail_after(5):
+            while not (tmp_path / "sleep-cc.cancelled").exists():
+                await anyio.sleep(0.05)
+        assert _text(await c.call_tool("echo__echo", {"text": "after"})) == "after"

@@ -90,6 +90,13 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
         help="serve Streamable HTTP on 127.0.0.1:PORT/mcp (0 = pick a free port) instead of stdio",
     )
     parser.add_argument(
+        "--sse",
+        type=int,
+        metavar="PORT",
+        default=None,
+        help="serve the legacy HTTP+SSE transport on 127.0.0.1:PORT/sse (0 = pick a free port)",
+    )
+    parser.add_argument(
         "--legacy",
         action="store_true",
         help="handshake era only: answer server/discover with -32601, as a pre-2026 server does, "
@@ -200,11 +207,52 @@ async def serve_http(server: Server[Any], port: int, *, json_response: bool = Fa
         tg.cancel_scope.cancel()
 
 
+async def serve_sse(server: Server[Any], port: int) -> None:
+    """The legacy HTTP+SSE transport (GET /sse + POST /messages/), as older servers speak it."""
+    import uvicorn
+    from mcp.server.sse import SseServerTransport
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Mount, Route
+
+    transport = SseServerTransport("/messages/")
+
+    async def handle_sse(request: Request) -> Response:
+        async with transport.connect_sse(request.scope, request.receive, request._send) as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+        return Response()
+
+    app = Starlette(
+        routes=[
+            Route("/sse", endpoint=handle_sse, methods=["GET"]),
+            Mount("/messages/", app=transport.handle_post_message),
+        ]
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(128)
+    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+
+    async def announce_when_started() -> None:
+        while not uv.started:
+            await anyio.sleep(0.01)
+        announce(f"http://127.0.0.1:{sock.getsockname()[1]}/sse")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(announce_when_started)
+        await uv.serve(sockets=[sock])
+        tg.cancel_scope.cancel()
+
+
 def main(server: Server[Any], argv: Sequence[str] | None = None, *, description: str = "") -> None:
     """Serve `server` over stdio, or over Streamable HTTP with `--http PORT`."""
     args = parse_args(argv, description or f"MCP fixture server {server.name!r}")
     try:
-        if args.http is None:
+        if args.sse is not None:
+            anyio.run(lambda: serve_sse(server, args.sse))
+        elif args.http is None:
             anyio.run(lambda: serve_stdio(server, legacy=args.legacy))
         else:
             anyio.run(lambda: serve_http(server, args.http, json_response=args.json_response, legacy=args.legacy))

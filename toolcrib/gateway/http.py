@@ -37,6 +37,7 @@ from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from mcp.shared.transport_context import TransportContext
 from mcp_types.jsonrpc import jsonrpc_message_adapter
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 from toolcrib.config import Config
@@ -49,6 +50,7 @@ log = logging.getLogger("toolcrib.http")
 Authenticate = Callable[[web.Request], Awaitable[Principal]]
 Challenge = Callable[[web.Request, Exception], dict[str, str]]
 SESSION_HEADER = "Mcp-Session-Id"
+SUPPORTED_VERSIONS = (*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS)
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -210,6 +212,13 @@ class HttpTransport:
             message = jsonrpc_message_adapter.validate_python(raw)
         except ValidationError:
             return _rpc_error(types.INVALID_REQUEST, "Invalid Request: expected one JSON-RPC 2.0 message object")
+        version = request.headers.get("MCP-Protocol-Version")
+        if version is not None and version not in SUPPORTED_VERSIONS:
+            return _rpc_error(
+                types.INVALID_REQUEST,
+                f"Bad Request: unsupported MCP-Protocol-Version {version!r}; use one of {', '.join(SUPPORTED_VERSIONS)}",
+                getattr(message, "id", None),
+            )
         sess = self._session(request, principal)
         if isinstance(sess, web.Response):
             return sess
@@ -445,12 +454,16 @@ class HttpTransport:
         """Close sessions idle longer than ``session_ttl``; runs until cancelled."""
         while True:
             await anyio.sleep(min(30.0, self.cfg.session_ttl / 2))
-            now = time.monotonic()
-            for sess in list(self.sessions.values()):
-                if now - sess.last_seen > self.cfg.session_ttl and not sess.waiters and sess.standalone is None:
-                    log.info("session %s expired after %.0f s idle", sess.peer.id[:8], self.cfg.session_ttl)
-                    sess.scope.cancel()
-                    self._drop(sess)
+            self.expire_idle()
+
+    def expire_idle(self) -> None:
+        """Close every session idle longer than ``session_ttl`` (none in flight, no GET stream open)."""
+        now = time.monotonic()
+        for sess in list(self.sessions.values()):
+            if now - sess.last_seen > self.cfg.session_ttl and not sess.waiters and sess.standalone is None:
+                log.info("session %s expired after %.0f s idle", sess.peer.id[:8], self.cfg.session_ttl)
+                sess.scope.cancel()
+                self._drop(sess)
 
     def close_all(self) -> None:
         for sess in list(self.sessions.values()):

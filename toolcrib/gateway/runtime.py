@@ -244,7 +244,7 @@ async def _start_http(
         metadata = _metadata_handler(config, base)
         app.router.add_get("/.well-known/oauth-protected-resource", metadata)
         app.router.add_get("/.well-known/oauth-protected-resource/mcp", metadata)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, config.gateway.host, config.gateway.port, reuse_address=True)
     await site.start()
