@@ -216,7 +216,7 @@ class HttpTransport:
         if version is not None and version not in SUPPORTED_VERSIONS:
             return _rpc_error(
                 types.INVALID_REQUEST,
-                f"Bad Request: unsupported MCP-Protocol-Version {version!r}; use one of {', '.join(SUPPORTED_VERSIONS)}",
+                f"Bad Request: MCP-Protocol-Version {version!r} is not supported; use {', '.join(SUPPORTED_VERSIONS)}",
                 getattr(message, "id", None),
             )
         sess = self._session(request, principal)
