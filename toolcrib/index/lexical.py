@@ -8,6 +8,7 @@ matches without a dictionary.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -15,6 +16,8 @@ from functools import lru_cache
 import bm25s
 import numpy as np
 import numpy.typing as npt
+
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on its logger at import
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _CJK = (

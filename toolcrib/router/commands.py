@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -13,6 +14,14 @@ from rich.table import Table
 
 from toolcrib.config import Config
 from toolcrib.errors import ConfigError, IndexError_
+
+
+def expander(config: Config) -> Callable[[str], str]:
+    """Resolve ``secret:`` references the way the server does (for verbs that connect upstreams)."""
+    from toolcrib.gateway.credentials import ChainStore, expand
+
+    store = ChainStore(config.secrets.file)
+    return lambda value: expand(value, store)
 
 
 def _cmd_index(args: argparse.Namespace, config: Config) -> int:
@@ -26,9 +35,9 @@ def _cmd_index(args: argparse.Namespace, config: Config) -> int:
     cfg = config
     if args.server:
         cfg = config.model_copy(update={"servers": {args.server: config.servers[args.server]}})
-    pool = Pool(cfg)
 
     async def run() -> Any:
+        pool = Pool(cfg, expand_secret=expander(config))
         async with pool.running():
             await pool.wait_ready(args.wait)
             catalog = pool.rebuild()
