@@ -64,7 +64,8 @@ def _cmd_index(args: argparse.Namespace, config: Config) -> int:
     report = anyio.run(run)
     console.print(
         f"index {config.index.path}: {report.added} added, {report.changed} changed, {report.removed} removed, "
-        f"{report.unchanged} unchanged; {report.embedded} embedded in {report.seconds:.2f} s"
+        f"{report.unchanged} unchanged; {report.embedded} embedded in {report.seconds:.2f} s",
+        soft_wrap=True,
     )
     return 0
 
