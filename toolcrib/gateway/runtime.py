@@ -267,6 +267,12 @@ async def _start_http(
     await pool.wait_ready(connect_wait)
     pool.rebuild()
     parts.trust.refresh()
+    if parts.reindexer is not None:  # serve only once the first index is there (no-op if already synced)
+        connected = {name for name, up in pool.upstreams.items() if up.state.status == "connected"}
+        try:
+            await parts.reindexer.sync(connected)
+        except ToolcribError as exc:
+            log.error("initial index build failed: %s", exc.message)
     return Running(config, pool, parts.gateway, transport, f"{base['url']}/mcp", port, parts.reindexer, parts)
 
 
