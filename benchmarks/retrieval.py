@@ -270,13 +270,16 @@ def write_report(path: Path, results: Sequence[dict[str, Any]], max_single: int)
         "| per-step multi-query R@10 |",
         "|---|---:|---:|---:|---:|",
     ]
+    def cell(r: dict[str, Any], mode: str, ks: tuple[str, ...]) -> str:
+        m = r["modes"].get(f"{mode}/all")
+        return " / ".join(f"{m[k]:.3f}" for k in ks) if m else "-"
+
     for r in results:
-        d, b, h = (r["modes"][f"{m}/all"] for m in MODES)
         stepped = r["modes"].get("multi-query hybrid: one query per step, round_robin")
         steps = f"{stepped['R@10']:.3f}" if stepped else "-"
         summary.append(
-            f"| {r['dataset']} | {d['R@1']:.3f} / {d['R@5']:.3f} / {d['R@10']:.3f} | {b['R@5']:.3f} "
-            f"| {h['R@1']:.3f} / {h['R@5']:.3f} / {h['R@10']:.3f} | {steps} |"
+            f"| {r['dataset']} | {cell(r, 'dense', ('R@1', 'R@5', 'R@10'))} | {cell(r, 'bm25', ('R@5',))} "
+            f"| {cell(r, 'hybrid', ('R@1', 'R@5', 'R@10'))} | {steps} |"
         )
     summary.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
