@@ -244,6 +244,17 @@ async def _start_http(
         metadata = _metadata_handler(config, base)
         app.router.add_get("/.well-known/oauth-protected-resource", metadata)
         app.router.add_get("/.well-known/oauth-protected-resource/mcp", metadata)
+    # Listen only once every upstream had its first attempt and the first index is built, so the
+    # first client sees the whole catalog (an upstream still connecting after connect_wait joins later).
+    await pool.wait_ready(connect_wait)
+    pool.rebuild()
+    parts.trust.refresh()
+    if parts.reindexer is not None:
+        connected = {name for name, up in pool.upstreams.items() if up.state.status == "connected"}
+        try:
+            await parts.reindexer.sync(connected)
+        except ToolcribError as exc:
+            log.error("initial index build failed: %s", exc.message)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, config.gateway.host, config.gateway.port, reuse_address=True)
@@ -264,15 +275,6 @@ async def _start_http(
 
     stack.push_async_callback(shutdown)
     tg.start_soon(_audit_upkeep, parts.audit, config.audit.retention_days)
-    await pool.wait_ready(connect_wait)
-    pool.rebuild()
-    parts.trust.refresh()
-    if parts.reindexer is not None:  # serve only once the first index is there (no-op if already synced)
-        connected = {name for name, up in pool.upstreams.items() if up.state.status == "connected"}
-        try:
-            await parts.reindexer.sync(connected)
-        except ToolcribError as exc:
-            log.error("initial index build failed: %s", exc.message)
     return Running(config, pool, parts.gateway, transport, f"{base['url']}/mcp", port, parts.reindexer, parts)
 
 
