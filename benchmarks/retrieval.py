@@ -270,6 +270,7 @@ def write_report(path: Path, results: Sequence[dict[str, Any]], max_single: int)
         "| per-step multi-query R@10 |",
         "|---|---:|---:|---:|---:|",
     ]
+
     def cell(r: dict[str, Any], mode: str, ks: tuple[str, ...]) -> str:
         m = r["modes"].get(f"{mode}/all")
         return " / ".join(f"{m[k]:.3f}" for k in ks) if m else "-"
