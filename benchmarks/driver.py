@@ -81,6 +81,14 @@ class HttpClient:
                     await resp.read()
 
     async def _post(self, msg: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        try:
+            return await self._post_once(msg)
+        except aiohttp.ServerDisconnectedError:
+            # A pooled keep-alive connection the server closed while idle (a known race between
+            # aiohttp's client pool and any server's idle timeout): the request never left; resend once.
+            return await self._post_once(msg)
+
+    async def _post_once(self, msg: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         async with self.http.post(self.url, data=json.dumps(msg), headers=self.headers) as resp:
             if resp.status == 202:
                 return {}, resp.headers
