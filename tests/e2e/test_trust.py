@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anyio
 import httpx2
 import mcp_types as types
 import pytest
@@ -227,3 +228,30 @@ async def test_audit_has_attempt_and_outcome_for_every_call(tmp_path: Path) -> N
         db.execute("DROP TRIGGER events_no_update")
         db.execute("UPDATE events SET outcome = 'ok' WHERE kind = 'outcome' AND outcome = 'tool_error'")
     assert not SqliteAuditLog(rt.config.audit.path, create=False).verify().ok
+
+
+async def test_held_call_waits_for_the_operator(tmp_path: Path) -> None:
+    async with (
+        trusted_gateway(tmp_path, "passthrough", approval_mode="hold", approval_timeout=20) as (rt, tokens),
+        client_as(rt, tokens["alice"]) as c,
+    ):
+        results: list[types.CallToolResult] = []
+
+        async def call() -> None:
+            results.append(await c.call_tool("echo__sleep", {"seconds": 0.01}))
+
+        store = ApprovalStore(rt.config.policy.approvals_path)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                with anyio.fail_after(10):
+                    while not store.list("pending"):
+                        await anyio.sleep(0.05)
+                assert not results  # held, not answered
+                pending = store.list("pending")[0]
+                assert pending.tool == "echo__sleep" and pending.principal == "alice"
+                store.approve(pending.id, "operator:test")
+            assert not results[0].is_error and "slept" in _text(results[0])
+            assert store.get(pending.id).status == "used"
+        finally:
+            store.close()
