@@ -15,6 +15,7 @@ and every request is authenticated (401/403) before it reaches the server.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -32,12 +33,12 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp.server.connection import Connection
 from mcp.server.runner import modern_error_data, serve_one
 from mcp.shared.dispatcher import CallOptions
-from mcp.shared.exceptions import NoBackChannelError
+from mcp.shared.exceptions import MCPError, NoBackChannelError
 from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from mcp.shared.transport_context import TransportContext
 from mcp_types.jsonrpc import jsonrpc_message_adapter
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 from toolcrib.config import Config
@@ -79,6 +80,14 @@ class HttpSession:
     last_seen: float = field(default_factory=time.monotonic)
     closed: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    init: dict[str, Any] | None = None
+    """The client's ``initialize`` params, for serving ``tools/call`` directly (see ``_direct``)."""
+    initialized: bool = False
+    pending: dict[str, asyncio.Future[types.JSONRPCMessage]] = field(default_factory=dict)
+    """Our requests to the client made from directly served calls, by id."""
+    direct: dict[Any, anyio.CancelScope] = field(default_factory=dict)
+    """Directly served calls in flight, by the client's request id (for notifications/cancelled)."""
+    next_id: int = 0
 
 
 class _Exchange:
@@ -111,6 +120,58 @@ class _Exchange:
         if message is not None:
             params["message"] = message
         await self.notify("notifications/progress", params)
+
+
+class _SessionExchange(_Exchange):
+    """Dispatch context for a ``tools/call`` of a 2025-11-25 session served without the SDK loop.
+
+    Request-scoped notifications and server-to-client requests (sampling, elicitation, roots)
+    ride this POST's stream; the client's answers arrive as POSTs and are matched by id.
+    """
+
+    def __init__(self, sess: HttpSession, rid: Any, headers: Any, info: RequestInfo, token: Any) -> None:
+        super().__init__(rid, headers, info, token)
+        self.transport = TransportContext(kind="streamable-http", can_send_request=True, headers=headers)
+        self.can_send_request = True
+        self._sess = sess
+
+    async def send_raw_request(self, method: str, params: Any, opts: CallOptions | None = None) -> dict[str, Any]:
+        sess = self._sess
+        sess.next_id += 1
+        rid = f"toolcrib-{sess.next_id}"
+        fut: asyncio.Future[types.JSONRPCMessage] = asyncio.get_running_loop().create_future()
+        sess.pending[rid] = fut
+        try:
+            req = types.JSONRPCRequest(jsonrpc="2.0", id=rid, method=method, params=dict(params) if params else None)
+            if self.sink is None:
+                raise NoBackChannelError(method)
+            await self.sink.send(req)
+            timeout = (opts or {}).get("timeout")
+            with anyio.fail_after(timeout) if timeout else contextlib.nullcontext():
+                answer = await fut
+        finally:
+            sess.pending.pop(rid, None)
+        if isinstance(answer, types.JSONRPCError):
+            raise MCPError(code=answer.error.code, message=answer.error.message, data=answer.error.data)
+        assert isinstance(answer, types.JSONRPCResponse)
+        return dict(answer.result)
+
+
+class _Standalone:
+    """A session's standalone channel (its GET stream) for directly served calls: notifications only."""
+
+    def __init__(self, sess: HttpSession) -> None:
+        self._sess = sess
+
+    async def send_raw_request(self, method: str, params: Any, opts: CallOptions | None = None) -> dict[str, Any]:
+        raise NoBackChannelError(method)
+
+    async def notify(self, method: str, params: Any, opts: CallOptions | None = None) -> None:
+        stream = self._sess.standalone
+        if stream is not None:
+            note = types.JSONRPCNotification(jsonrpc="2.0", method=method, params=dict(params) if params else None)
+            with contextlib.suppress(anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                stream.send_nowait(note)
 
 
 class HttpTransport:
@@ -232,9 +293,88 @@ class HttpTransport:
             return _rpc_error(types.INVALID_REQUEST, f"Bad Request: missing {SESSION_HEADER} header")
         info = RequestInfo(sess.peer, principal)
         if not isinstance(message, types.JSONRPCRequest):
+            if self._intercept(sess, message):
+                return web.Response(status=202)
             await sess.to_server.send(SessionMessage(message, ServerMessageMetadata(request_context=info)))
             return web.Response(status=202)
+        if message.method == "tools/call" and sess.initialized and sess.init is not None:
+            return await self._direct(request, sess, message, info)
         return await self._exchange(request, sess, message, info)
+
+    def _intercept(self, sess: HttpSession, message: types.JSONRPCMessage) -> bool:
+        """Handle what belongs to directly served calls; True when the SDK loop must not see it."""
+        if isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
+            fut = sess.pending.get(str(message.id))
+            if fut is not None and not fut.done():
+                fut.set_result(message)
+                return True
+            return False
+        if isinstance(message, types.JSONRPCNotification):
+            if message.method == "notifications/initialized":
+                sess.initialized = True
+            elif message.method == "notifications/cancelled":
+                scope = sess.direct.get((message.params or {}).get("requestId"))
+                if scope is not None:
+                    scope.cancel()
+                    return True
+        return False
+
+    async def _direct(
+        self, request: web.Request, sess: HttpSession, message: types.JSONRPCRequest, info: RequestInfo
+    ) -> web.StreamResponse:
+        """Serve a session's ``tools/call`` with ``serve_one`` instead of the SDK's per-session loop.
+
+        The hot path: one task, no memory-stream hops through the loop. A client disconnect does
+        not cancel the call (2025-11-25); ``notifications/cancelled`` does.
+        """
+        rid = message.id
+        if rid in sess.direct or rid in sess.waiters:
+            return _rpc_error(types.INVALID_REQUEST, f"Invalid Request: id {rid!r} is already in flight", rid)
+        init = sess.init or {}
+        requested = init.get("protocolVersion")
+        version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+        connection = Connection.from_envelope(
+            version, init.get("clientInfo"), init.get("capabilities"), outbound=_Standalone(sess)
+        )
+        token = ((message.params or {}).get("_meta") or {}).get("progressToken")
+        dctx = _SessionExchange(sess, rid, request.headers, info, token)
+        send, recv = anyio.create_memory_object_stream[types.JSONRPCMessage](256)
+        dctx.sink = send
+        scope = anyio.CancelScope()
+        sess.direct[rid] = scope
+        self.inflight += 1
+
+        async def run() -> None:
+            out: types.JSONRPCMessage | None = None
+            try:
+                with scope:
+                    result = await serve_one(
+                        self.gateway.server,
+                        dctx,
+                        message.method,
+                        message.params,
+                        connection=connection,
+                        lifespan_state={},
+                    )
+                    out = types.JSONRPCResponse(jsonrpc="2.0", id=rid, result=result)
+            except Exception as exc:
+                out = types.JSONRPCError(jsonrpc="2.0", id=rid, error=modern_error_data(exc))
+            finally:
+                sess.direct.pop(rid, None)
+                if out is None:
+                    out = types.JSONRPCError(
+                        jsonrpc="2.0", id=rid, error=types.ErrorData(code=-32800, message="Request cancelled")
+                    )
+                with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    send.send_nowait(out)
+                send.close()
+                self._done()
+
+        self.tg.start_soon(run)
+        try:
+            return await self._respond(request, recv, rid, headers={SESSION_HEADER: sess.peer.id})
+        finally:
+            recv.close()
 
     async def _initialize(
         self, request: web.Request, principal: Principal, message: types.JSONRPCRequest
@@ -244,7 +384,7 @@ class HttpTransport:
         peer = Peer(transport="http", principal=principal)
         to_server, server_read = anyio.create_memory_object_stream[SessionMessage | Exception](64)
         server_write, from_server = anyio.create_memory_object_stream[SessionMessage](64)
-        sess = HttpSession(peer=peer, to_server=to_server)
+        sess = HttpSession(peer=peer, to_server=to_server, init=dict(message.params or {}))
         self.sessions[peer.id] = sess
         self.tg.start_soon(self._run_session, sess, server_read, server_write, from_server)
         resp = await self._exchange(request, sess, message, RequestInfo(peer, principal))
