@@ -4,7 +4,6 @@ tool pinning against a rug pull, and the admin API."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.e2e.conftest import make_config, stdio_server
+from tests.gateway import test_auth
 from tests.gateway.test_auth import AUDIENCE, ISSUER, JwksServer, Keys, sign
 from tests.test_fixtures import http_server
 from toolcrib.cli import main
@@ -26,39 +26,15 @@ from toolcrib.index.embedder import HashingEmbedder
 
 pytestmark = pytest.mark.anyio
 
+keys = test_auth.keys  # the JWKS server and its keys, shared with the authenticator tests
+jwks = test_auth.jwks
+
 ECHO = "tests.servers.echo"
 CANARY = "upstream-canary-93c1f0aa77"
 
 
 def _text(result: types.CallToolResult) -> str:
     return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
-
-
-@pytest.fixture(scope="module")
-def keys() -> Keys:
-    return Keys()
-
-
-@pytest.fixture
-async def jwks(keys: Keys) -> AsyncIterator[JwksServer]:
-    from aiohttp import web
-
-    server = JwksServer(url="", keys=keys.jwks())
-
-    async def handler(request: web.Request) -> web.Response:
-        return web.json_response({"keys": server.keys})
-
-    app = web.Application()
-    app.router.add_get("/jwks", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server.url = f"http://127.0.0.1:{runner.addresses[0][1]}/jwks"
-    try:
-        yield server
-    finally:
-        await runner.cleanup()
 
 
 async def test_oauth_bearer_tokens_through_the_endpoint(tmp_path: Path, jwks: JwksServer, keys: Keys) -> None:

@@ -180,36 +180,18 @@ def refuse_discover_asgi(app: ASGIApp) -> ASGIApp:
 
 
 async def serve_http(server: Server[Any], port: int, *, json_response: bool = False, legacy: bool = False) -> None:
-    import uvicorn
-
     app = server.streamable_http_app(
         json_response=json_response,
         event_store=InMemoryEventStore(),
         retry_interval=1000,
         host="127.0.0.1",
     )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(128)
     asgi: ASGIApp = refuse_discover_asgi(app) if legacy else app
-    config = uvicorn.Config(asgi, log_level="warning", lifespan="on")
-    uv = uvicorn.Server(config)
-
-    async def announce_when_started() -> None:
-        while not uv.started:
-            await anyio.sleep(0.01)
-        announce(f"http://127.0.0.1:{sock.getsockname()[1]}/mcp")
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(announce_when_started)
-        await uv.serve(sockets=[sock])
-        tg.cancel_scope.cancel()
+    await _serve_asgi(asgi, port, "/mcp", lifespan="on")
 
 
 async def serve_sse(server: Server[Any], port: int) -> None:
     """The legacy HTTP+SSE transport (GET /sse + POST /messages/), as older servers speak it."""
-    import uvicorn
     from mcp.server.sse import SseServerTransport
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -229,16 +211,23 @@ async def serve_sse(server: Server[Any], port: int) -> None:
             Mount("/messages/", app=transport.handle_post_message),
         ]
     )
+    await _serve_asgi(app, port, "/sse", lifespan="off")
+
+
+async def _serve_asgi(app: Any, port: int, path: str, *, lifespan: str) -> None:
+    """Serve ``app`` with uvicorn on 127.0.0.1:PORT; announce ``http://127.0.0.1:PORT{path}`` once up."""
+    import uvicorn
+
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     sock.listen(128)
-    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
 
     async def announce_when_started() -> None:
         while not uv.started:
             await anyio.sleep(0.01)
-        announce(f"http://127.0.0.1:{sock.getsockname()[1]}/sse")
+        announce(f"http://127.0.0.1:{sock.getsockname()[1]}{path}")
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(announce_when_started)

@@ -345,26 +345,14 @@ class HttpTransport:
         self.inflight += 1
 
         async def run() -> None:
-            out: types.JSONRPCMessage | None = None
+            out: types.JSONRPCMessage = types.JSONRPCError(
+                jsonrpc="2.0", id=rid, error=types.ErrorData(code=-32800, message="Request cancelled")
+            )
             try:
                 with scope:
-                    result = await serve_one(
-                        self.gateway.server,
-                        dctx,
-                        message.method,
-                        message.params,
-                        connection=connection,
-                        lifespan_state={},
-                    )
-                    out = types.JSONRPCResponse(jsonrpc="2.0", id=rid, result=result)
-            except Exception as exc:
-                out = types.JSONRPCError(jsonrpc="2.0", id=rid, error=modern_error_data(exc))
+                    out = await _answer(self.gateway.server, dctx, message, connection)
             finally:
                 sess.direct.pop(rid, None)
-                if out is None:
-                    out = types.JSONRPCError(
-                        jsonrpc="2.0", id=rid, error=types.ErrorData(code=-32800, message="Request cancelled")
-                    )
                 with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                     send.send_nowait(out)
                 send.close()
@@ -505,18 +493,7 @@ class HttpTransport:
         self.inflight += 1
 
         async def run() -> None:
-            try:
-                result = await serve_one(
-                    self.gateway.server,
-                    dctx,
-                    message.method,
-                    message.params,
-                    connection=connection,
-                    lifespan_state={},
-                )
-                out: types.JSONRPCMessage = types.JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
-            except Exception as exc:
-                out = types.JSONRPCError(jsonrpc="2.0", id=message.id, error=modern_error_data(exc))
+            out = await _answer(self.gateway.server, dctx, message, connection)
             with anyio.CancelScope(shield=True):
                 await send.send(out)
                 send.close()
@@ -609,6 +586,17 @@ class HttpTransport:
         for sess in list(self.sessions.values()):
             sess.scope.cancel()
             self._drop(sess)
+
+
+async def _answer(
+    server: Any, dctx: Any, message: types.JSONRPCRequest, connection: Connection
+) -> types.JSONRPCMessage:
+    """Run one request through the SDK's server kernel and return its JSON-RPC answer."""
+    try:
+        result = await serve_one(server, dctx, message.method, message.params, connection=connection, lifespan_state={})
+    except Exception as exc:
+        return types.JSONRPCError(jsonrpc="2.0", id=message.id, error=modern_error_data(exc))
+    return types.JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
 
 
 def _is_final(msg: types.JSONRPCMessage, rid: Any) -> bool:
