@@ -177,3 +177,22 @@ async def test_client_cancellation_reaches_the_upstream(gateway: GatewayFactory,
             while not (tmp_path / "sleep-cc.cancelled").exists():
                 await anyio.sleep(0.05)
         assert _text(await c.call_tool("echo__echo", {"text": "after"})) == "after"
+
+
+async def test_servers_that_hang(gateway: GatewayFactory) -> None:
+    """One never answers tools/call (and ignores cancellation); one never finishes its handshake."""
+    servers = {
+        "stuck": stdio_server("tests.servers.hang", timeout=1.0),
+        "mute": stdio_server("tests.servers.hang", "--hang-at", "initialize", connect_timeout=1.0),
+        "echo": stdio_server(ECHO),
+    }
+    async with gateway(servers) as rt, Client(rt.url) as c:
+        assert rt.pool.upstreams["mute"].state.status != "connected"
+        names = {t.name for t in (await c.list_tools()).tools}
+        stuck = sorted(n for n in names if n.startswith("stuck__"))
+        assert stuck and not any(n.startswith("mute__") for n in names)
+        started = time.monotonic()
+        result = await c.call_tool(stuck[0], {})
+        assert result.is_error and "deadline" in _text(result)
+        assert time.monotonic() - started < 5
+        assert _text(await c.call_tool("echo__echo", {"text": "fine"})) == "fine"
