@@ -8,7 +8,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import anyio
 import pytest
 from mcp import Client, StdioServerParameters
@@ -103,3 +105,69 @@ def test_no_traceback_for_bad_bind(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "loopback" in out.stderr
     assert os.path.exists(cfg)
+
+
+async def test_sigterm_drains_the_call_in_flight(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    cfg = tmp_path / "toolcrib.toml"
+    cfg.write_text(
+        f"""
+[gateway]
+port = 0
+mode = "passthrough"
+drain_timeout = 10
+[servers.echo]
+command = "{sys.executable}"
+args = ["-m", "tests.servers.echo"]
+cwd = "{root}"
+"""
+    )
+    proc = subprocess.Popen([TOOLCRIB, "--config", str(cfg), "serve"], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert proc.stderr is not None
+        line = ""
+        while "connect clients to" not in line:
+            line = proc.stderr.readline()
+            assert line, "serve exited before announcing its endpoint"
+        url = line.split("connect clients to ", 1)[1].split()[0]
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        init = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        }
+        call = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "echo__sleep", "arguments": {"seconds": 1.5}},
+        }
+        async with aiohttp.ClientSession() as s:
+            async with s.post(url, json=init, headers=headers) as r:
+                headers["Mcp-Session-Id"] = r.headers["Mcp-Session-Id"]
+            note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            async with s.post(url, json=note, headers=headers) as r:
+                assert r.status == 202
+            answer: dict[str, Any] = {}
+
+            async def slow() -> None:
+                async with s.post(url, json=call, headers=headers) as r:
+                    answer.update(await r.json())
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(slow)
+                await anyio.sleep(0.5)
+                proc.send_signal(signal.SIGTERM)
+        assert "slept" in answer["result"]["content"][0]["text"]
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
