@@ -42,6 +42,9 @@ from toolcrib.router.validation import validate_arguments
 log = logging.getLogger("toolcrib.gateway")
 
 Ctx = ServerRequestContext[Any, Any]
+SEARCH_CONCURRENCY = 2
+"""Searches embedding a query at once: the model is CPU-bound (and itself multi-threaded), so more
+parallel searches only starve the event loop that serves every other call."""
 LOCAL_OPERATOR = Principal(name="local-operator", kind="operator", groups=frozenset({"operators"}))
 
 
@@ -120,6 +123,7 @@ class Gateway:
         self._allowed = allowed or (lambda _p, _k: True)
         self._on_search = on_search
         self._on_hidden = on_hidden
+        self._search_slots: anyio.CapacityLimiter | None = None
         self.pipeline = Pipeline([*layers, self._validate], self._forward)
         self.peers: weakref.WeakSet[Peer] = weakref.WeakSet()
         pool.subscribe(self._upstream_changed)
@@ -270,8 +274,11 @@ class Gateway:
         if self.index is None:
             return tool_error("search is unavailable: the tool index is not loaded; see `toolcrib serve` output")
         principal = info.principal
+        if self._search_slots is None:
+            self._search_slots = anyio.CapacityLimiter(SEARCH_CONCURRENCY)
         results = await anyio.to_thread.run_sync(
-            lambda: disp.search(self.index, self.pool.catalog, args, lambda k: self.may_use(principal, k))  # type: ignore[arg-type]
+            lambda: disp.search(self.index, self.pool.catalog, args, lambda k: self.may_use(principal, k)),  # type: ignore[arg-type]
+            limiter=self._search_slots,
         )
         keys = [e.key for e, _ in results]
         if self._on_search is not None:
