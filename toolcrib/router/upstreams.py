@@ -420,23 +420,21 @@ class Upstream:
             return self._inflight[max(self._inflight)]
         return None
 
-    async def _sampling(self, context: Any, params: types.CreateMessageRequestParams) -> Any:
+    async def _relay(self, what: str, ask: Callable[[Caller], Awaitable[dict[str, Any]]], result: Any) -> Any:
+        """Put an upstream's request to the client in flight and validate its answer."""
         caller = self._caller()
         if caller is None:
-            return types.ErrorData(code=types.INVALID_REQUEST, message="no client call in flight to sample for")
+            return types.ErrorData(code=types.INVALID_REQUEST, message=f"no client call in flight to {what}")
         try:
-            return types.CreateMessageResult.model_validate(await caller.create_message(params))
+            return result.model_validate(await ask(caller))
         except MCPError as exc:
             return exc.error
 
+    async def _sampling(self, context: Any, params: types.CreateMessageRequestParams) -> Any:
+        return await self._relay("sample for", lambda c: c.create_message(params), types.CreateMessageResult)
+
     async def _elicitation(self, context: Any, params: types.ElicitRequestParams) -> Any:
-        caller = self._caller()
-        if caller is None:
-            return types.ErrorData(code=types.INVALID_REQUEST, message="no client call in flight to elicit from")
-        try:
-            return types.ElicitResult.model_validate(await caller.elicit(params))
-        except MCPError as exc:
-            return exc.error
+        return await self._relay("elicit from", lambda c: c.elicit(params), types.ElicitResult)
 
     async def _roots(self, context: Any) -> Any:
         caller = self._caller()
