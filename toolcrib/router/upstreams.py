@@ -45,7 +45,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 
 from toolcrib.config import ServerConfig
-from toolcrib.errors import ToolcribError, UpstreamCrashed, UpstreamTimeout, UpstreamUnavailable
+from toolcrib.errors import SecretError, ToolcribError, UpstreamCrashed, UpstreamTimeout, UpstreamUnavailable
 from toolcrib.router.http_transport import aiohttp_transport
 
 log = logging.getLogger("toolcrib.upstream")
@@ -173,12 +173,17 @@ class Upstream:
         attempt = 0
         while not self._stop.is_set():
             started = time.monotonic()
+            permanent = False
             try:
                 with self._scope:
                     await self._connect_once()
             except Exception as exc:  # a failing upstream must never take the others down
-                self.state.error = _describe(exc)
-                log.warning("upstream %s: %s", self.name, self.state.error)
+                error = _describe(exc)
+                # The same failure again is logged once; a setup problem (missing secret or
+                # command) will not fix itself in seconds, so it is retried at the slowest pace.
+                (log.warning if error != self.state.error else log.debug)("upstream %s: %s", self.name, error)
+                self.state.error = error
+                permanent = isinstance(exc, SecretError | FileNotFoundError | PermissionError)
             finally:
                 self._client = None
                 self._ready = anyio.Event()
@@ -190,7 +195,10 @@ class Upstream:
             self.state.crashes = [t for t in self.state.crashes if now - t < CRASH_LOOP_WINDOW] + [now]
             attempt = 0 if now - started > CRASH_LOOP_WINDOW else attempt + 1
             delay = min(MAX_BACKOFF, 0.25 * 2**attempt) * random.uniform(0.5, 1.0)
-            if len(self.state.crashes) >= CRASH_LOOP_LIMIT:
+            if permanent:
+                self.state.status = "reconnecting"
+                delay = MAX_BACKOFF * random.uniform(0.8, 1.0)
+            elif len(self.state.crashes) >= CRASH_LOOP_LIMIT:
                 self.state.status = "crash-looping"
                 delay = CRASH_LOOP_PAUSE
                 log.error(
