@@ -73,3 +73,15 @@ def test_auth_none_refused_off_loopback(tmp_path: Path, capsys: pytest.CaptureFi
     path = _write(tmp_path, '[gateway]\nhost = "0.0.0.0"\n')
     assert main(["--config", str(path), "check"]) == 2
     assert 'auth = "none" is only allowed on a loopback bind' in capsys.readouterr().err
+
+
+def test_check_reports_secret_references(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _write(tmp_path, '[servers.gh]\ncommand = "x"\nenv = { T = "secret:gh/token", U = "secret:gh/other" }\n')
+    monkeypatch.setenv("TOOLCRIB_SECRET_GH_TOKEN", "value")
+    assert main(["--config", str(path), "check"]) == 1
+    captured = capsys.readouterr()
+    assert "secret:gh/token: set (env)" in captured.out
+    assert "secret:gh/other: NOT SET; run `toolcrib creds set gh other`" in captured.err
+    assert "value" not in captured.out + captured.err

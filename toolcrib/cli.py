@@ -48,11 +48,23 @@ def _cmd_check(args: argparse.Namespace, config: Config) -> int:
     check_bind(config)
     servers = config.enabled_servers
     print(f"{args.config_path}: ok ({len(servers)} enabled servers, {config.gateway.mode} mode)")
+    from toolcrib.gateway.credentials import ChainStore, server_refs
+
+    store = ChainStore(config.secrets.file)
+    missing = 0
     for name, s in sorted(config.servers.items()):
         target = s.command + " " + " ".join(s.args) if s.command else s.url
         state = "" if s.enabled else " [disabled]"
         print(f"  {name}: {s.kind} {target}{state}")
-    return 0
+        for ref in server_refs(s) if s.enabled else []:
+            source = store.source(ref)
+            if source is None:
+                missing += 1
+                ns, _, key = ref.partition("/")
+                print(f"    secret:{ref}: NOT SET; run `toolcrib creds set {ns} {key}`", file=sys.stderr)
+            else:
+                print(f"    secret:{ref}: set ({source})")
+    return 1 if missing else 0
 
 
 def _cmd_import(args: argparse.Namespace, config: Config | None) -> int:
