@@ -1,0 +1,140 @@
+"""What one exchange on ``/mcp`` needs below the HTTP layer: session state and dispatch contexts.
+
+A dispatch context is what the SDK's server kernel (``serve_one``) talks back through while it
+serves one request: request-scoped notifications (progress, logs) and, for 2025-11-25 sessions,
+server-to-client requests (sampling, elicitation, roots) whose answers arrive as later POSTs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import mcp_types as types
+from anyio.streams.memory import MemoryObjectSendStream
+from mcp.server.connection import Connection
+from mcp.server.runner import modern_error_data, serve_one
+from mcp.shared.dispatcher import CallOptions
+from mcp.shared.exceptions import MCPError, NoBackChannelError
+from mcp.shared.message import ServerMessageMetadata, SessionMessage
+from mcp.shared.transport_context import TransportContext
+
+from toolcrib.gateway.server import Peer, RequestInfo
+
+
+@dataclass(eq=False)
+class HttpSession:
+    """A 2025-11-25 session: the SDK server loop plus routing tables."""
+
+    peer: Peer
+    to_server: MemoryObjectSendStream[SessionMessage | Exception]
+    waiters: dict[Any, MemoryObjectSendStream[types.JSONRPCMessage]] = field(default_factory=dict)
+    standalone: MemoryObjectSendStream[types.JSONRPCMessage] | None = None
+    last_seen: float = field(default_factory=time.monotonic)
+    closed: anyio.Event = field(default_factory=anyio.Event)
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    init: dict[str, Any] | None = None
+    """The client's ``initialize`` params, for serving ``tools/call`` directly (see ``_direct``)."""
+    initialized: bool = False
+    pending: dict[str, asyncio.Future[types.JSONRPCMessage]] = field(default_factory=dict)
+    """Our requests to the client made from directly served calls, by id."""
+    direct: dict[Any, anyio.CancelScope] = field(default_factory=dict)
+    """Directly served calls in flight, by the client's request id (for notifications/cancelled)."""
+    next_id: int = 0
+
+
+class Exchange:
+    """Dispatch context for one stateless (2026-07-28) request: no back-channel, SSE sink for notifications."""
+
+    def __init__(self, rid: Any, headers: Any, info: RequestInfo, progress_token: Any) -> None:
+        self.transport = TransportContext(kind="streamable-http", can_send_request=False, headers=headers)
+        self.request_id = rid
+        self.message_metadata = ServerMessageMetadata(request_context=info)
+        self.progress_token = progress_token
+        self.cancel_requested = anyio.Event()
+        self.can_send_request = False
+        self.sink: MemoryObjectSendStream[types.JSONRPCMessage] | None = None
+
+    async def send_raw_request(self, method: str, params: Any, opts: CallOptions | None = None) -> dict[str, Any]:
+        raise NoBackChannelError(method)
+
+    async def notify(self, method: str, params: Any, opts: CallOptions | None = None) -> None:
+        if self.sink is not None:
+            note = types.JSONRPCNotification(jsonrpc="2.0", method=method, params=dict(params) if params else None)
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                await self.sink.send(note)
+
+    async def progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
+        if self.progress_token is None:
+            return
+        params: dict[str, Any] = {"progressToken": self.progress_token, "progress": progress}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        await self.notify("notifications/progress", params)
+
+
+class SessionExchange(Exchange):
+    """Dispatch context for a ``tools/call`` of a 2025-11-25 session served without the SDK loop.
+
+    Request-scoped notifications and server-to-client requests (sampling, elicitation, roots)
+    ride this POST's stream; the client's answers arrive as POSTs and are matched by id.
+    """
+
+    def __init__(self, sess: HttpSession, rid: Any, headers: Any, info: RequestInfo, token: Any) -> None:
+        super().__init__(rid, headers, info, token)
+        self.transport = TransportContext(kind="streamable-http", can_send_request=True, headers=headers)
+        self.can_send_request = True
+        self._sess = sess
+
+    async def send_raw_request(self, method: str, params: Any, opts: CallOptions | None = None) -> dict[str, Any]:
+        sess = self._sess
+        sess.next_id += 1
+        rid = f"toolcrib-{sess.next_id}"
+        fut: asyncio.Future[types.JSONRPCMessage] = asyncio.get_running_loop().create_future()
+        sess.pending[rid] = fut
+        try:
+            req = types.JSONRPCRequest(jsonrpc="2.0", id=rid, method=method, params=dict(params) if params else None)
+            if self.sink is None:
+                raise NoBackChannelError(method)
+            await self.sink.send(req)
+            timeout = (opts or {}).get("timeout")
+            with anyio.fail_after(timeout) if timeout else contextlib.nullcontext():
+                answer = await fut
+        finally:
+            sess.pending.pop(rid, None)
+        if isinstance(answer, types.JSONRPCError):
+            raise MCPError(code=answer.error.code, message=answer.error.message, data=answer.error.data)
+        assert isinstance(answer, types.JSONRPCResponse)
+        return dict(answer.result)
+
+
+class Standalone:
+    """A session's standalone channel (its GET stream) for directly served calls: notifications only."""
+
+    def __init__(self, sess: HttpSession) -> None:
+        self._sess = sess
+
+    async def send_raw_request(self, method: str, params: Any, opts: CallOptions | None = None) -> dict[str, Any]:
+        raise NoBackChannelError(method)
+
+    async def notify(self, method: str, params: Any, opts: CallOptions | None = None) -> None:
+        stream = self._sess.standalone
+        if stream is not None:
+            note = types.JSONRPCNotification(jsonrpc="2.0", method=method, params=dict(params) if params else None)
+            with contextlib.suppress(anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                stream.send_nowait(note)
+
+
+async def answer(server: Any, dctx: Any, message: types.JSONRPCRequest, connection: Connection) -> types.JSONRPCMessage:
+    """Run one request through the SDK's server kernel and return its JSON-RPC answer."""
+    try:
+        result = await serve_one(server, dctx, message.method, message.params, connection=connection, lifespan_state={})
+    except Exception as exc:
+        return types.JSONRPCError(jsonrpc="2.0", id=message.id, error=modern_error_data(exc))
+    return types.JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
