@@ -196,3 +196,18 @@ async def test_servers_that_hang(gateway: GatewayFactory) -> None:
         assert result.is_error and "deadline" in _text(result)
         assert time.monotonic() - started < 5
         assert _text(await c.call_tool("echo__echo", {"text": "fine"})) == "fine"
+
+
+async def test_git_server_from_pypi(gateway: GatewayFactory, tmp_path: Path) -> None:
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "a.txt").write_text("hello\n")
+    server = {"command": sys.executable, "args": ["-m", "mcp_server_git", "--repository", str(repo)]}
+    async with gateway({"git": server}) as rt, Client(rt.url) as c:
+        names = {t.name for t in (await c.list_tools()).tools}
+        assert {"git__git_status", "git__git_log"} <= names
+        status = await c.call_tool("git__git_status", {"repo_path": str(repo)})
+        assert not status.is_error and "a.txt" in _text(status)
