@@ -289,8 +289,10 @@ class HttpTransport:
             async for out in from_server:
                 msg = out.message
                 target: MemoryObjectSendStream[types.JSONRPCMessage] | None = None
-                if isinstance(msg, types.JSONRPCResponse | types.JSONRPCError) and msg.id in sess.waiters:
-                    target = sess.waiters[msg.id]
+                if isinstance(msg, types.JSONRPCResponse | types.JSONRPCError):
+                    # A response belongs on its request's POST; if that client went away it is
+                    # dropped (a response never goes on the GET stream).
+                    target = sess.waiters.get(msg.id)
                 else:
                     meta = out.metadata
                     related = meta.related_request_id if isinstance(meta, ServerMessageMetadata) else None
