@@ -117,7 +117,6 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
         writer.submit(AuditEvent(kind="search", query=text, results=list(results), **fields))
 
     def on_hidden(call: ToolCall) -> None:
-        call.via = "hidden"
         writer.submit(
             AuditEvent(
                 kind="outcome",

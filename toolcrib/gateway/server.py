@@ -200,7 +200,7 @@ class Gateway:
         info = self._peer(ctx)
         return types.ListToolsResult(tools=self.visible_tools(info.peer, info.principal))
 
-    def _callable_by_name(self, peer: Peer, principal: Principal, key: str) -> bool:
+    def _callable_by_name(self, peer: Peer, key: str) -> bool:
         if self.mode == "passthrough":
             return key in self.pool.catalog.tools
         if key in peer.loaded:
@@ -220,7 +220,7 @@ class Gateway:
             except InvalidArguments as exc:
                 return tool_error(exc.message)
             via = "invoke"
-        elif not self._callable_by_name(peer, principal, name) or not self.may_use(principal, name):
+        elif not self._callable_by_name(peer, name) or not self.may_use(principal, name):
             self._hidden(ctx, info, name, arguments)
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}")
         try:
@@ -230,19 +230,7 @@ class Gateway:
         if via == "invoke" and not self.may_use(principal, name):
             self._hidden(ctx, info, name, arguments)
             return tool_error(f"unknown tool {name!r}; call search_tools to find the exact name")
-        call = ToolCall(
-            principal=principal,
-            key=entry.key,
-            server=entry.server,
-            tool=entry.name,
-            arguments=arguments,
-            via=via,
-            transport=peer.transport,
-            session_id=peer.id if peer.stateful else None,
-            client_name=peer.client_name,
-            request_id=ctx.request_id,
-            tool_hash=entry.hash,
-        )
+        call = _tool_call(ctx, info, entry.key, entry.server, entry.name, arguments, via, entry.hash)
         call.notes["ctx"] = ctx
         token = current_caller.set(_Relay(ctx))
         try:
@@ -255,19 +243,7 @@ class Gateway:
         entry = self.pool.catalog.tools.get(name)
         if self._on_hidden is None or entry is None:
             return
-        call = ToolCall(
-            principal=info.principal,
-            key=entry.key,
-            server=entry.server,
-            tool=entry.name,
-            arguments=arguments,
-            transport=info.peer.transport,
-            session_id=info.peer.id if info.peer.stateful else None,
-            client_name=info.peer.client_name,
-            request_id=ctx.request_id,
-            tool_hash=entry.hash,
-        )
-        self._on_hidden(call)
+        self._on_hidden(_tool_call(ctx, info, entry.key, entry.server, entry.name, arguments, "hidden", entry.hash))
 
     async def _search(self, ctx: Ctx, info: RequestInfo, arguments: dict[str, Any]) -> types.CallToolResult:
         args = disp.parse_search_args(arguments)
@@ -282,19 +258,7 @@ class Gateway:
         )
         keys = [e.key for e, _ in results]
         if self._on_search is not None:
-            call = ToolCall(
-                principal=principal,
-                key=disp.SEARCH,
-                server="",
-                tool=disp.SEARCH,
-                arguments=arguments,
-                via="search_tools",
-                transport=info.peer.transport,
-                session_id=info.peer.id if info.peer.stateful else None,
-                client_name=info.peer.client_name,
-                request_id=ctx.request_id,
-            )
-            self._on_search(call, keys)
+            self._on_search(_tool_call(ctx, info, disp.SEARCH, "", disp.SEARCH, arguments, "search_tools"), keys)
         await self._load(info.peer, keys)
         return disp.render_results(results)
 
@@ -468,6 +432,33 @@ class Gateway:
         if note is not None:
             for peer in list(self.peers):
                 await _notify(peer, note)
+
+
+def _tool_call(
+    ctx: Ctx,
+    info: RequestInfo,
+    key: str,
+    server: str,
+    tool: str,
+    arguments: dict[str, Any],
+    via: str,
+    tool_hash: str | None = None,
+) -> ToolCall:
+    """The :class:`ToolCall` for a request of ``info``'s peer and principal."""
+    peer = info.peer
+    return ToolCall(
+        principal=info.principal,
+        key=key,
+        server=server,
+        tool=tool,
+        arguments=arguments,
+        via=via,
+        transport=peer.transport,
+        session_id=peer.id if peer.stateful else None,
+        client_name=peer.client_name,
+        request_id=ctx.request_id,
+        tool_hash=tool_hash,
+    )
 
 
 async def _notify(peer: Peer, note: Any) -> None:
