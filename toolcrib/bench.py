@@ -277,7 +277,7 @@ async def load_catalog(config: Config, wait: float = 30.0) -> tuple[Catalog, lis
     pool = Pool(config, expand_secret=expander(config))
     async with pool.running():
         await pool.wait_ready(wait)
-        catalog = pool.rebuild()
+        catalog = pool.catalog
         problems = [
             f"{name}: {up.state.status}" + (f" ({up.state.error})" if up.state.error else "")
             for name, up in sorted(pool.upstreams.items())

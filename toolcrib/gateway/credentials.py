@@ -24,7 +24,7 @@ import stat
 import threading
 import tomllib
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -227,6 +227,11 @@ def expand(value: str, resolver: CredentialStore, redactor: Redactor | None = No
         return secret
 
     return REF_RE.sub(sub, value)
+
+
+def expander(resolver: CredentialStore, redactor: Redactor | None = None) -> Callable[[str], str]:
+    """``expand`` bound to one resolver (and redactor): what the upstream edge calls on each value."""
+    return lambda value: expand(value, resolver, redactor)
 
 
 def resolve_server_env(

@@ -34,7 +34,7 @@ from toolcrib.gateway.auth import (
     resource_metadata_url,
     www_authenticate,
 )
-from toolcrib.gateway.credentials import ChainStore, Redactor, expand
+from toolcrib.gateway.credentials import ChainStore, Redactor, expander
 from toolcrib.gateway.http import HttpTransport
 from toolcrib.gateway.pipeline import (
     ToolCall,
@@ -93,11 +93,7 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
     """Wire credentials, pool, index, audit, policy, approvals, pins and the dispatch pipeline."""
     store = ChainStore(config.secrets.file)
     redactor = Redactor()
-
-    def expand_secret(value: str) -> str:
-        return expand(value, store, redactor)
-
-    pool = Pool(config, expand_secret=expand_secret)
+    pool = Pool(config, expand_secret=expander(store, redactor))
     install_log_redaction(redactor)
     trust = Trust(config, pool)
 
@@ -245,9 +241,7 @@ async def _start_http(
         app.router.add_get("/.well-known/oauth-protected-resource/mcp", metadata)
     # Listen only once every upstream had its first attempt and the first index is built, so the
     # first client sees the whole catalog (an upstream still connecting after connect_wait joins later).
-    await pool.wait_ready(connect_wait)
-    pool.rebuild()
-    parts.trust.refresh()
+    await pool.wait_ready(connect_wait)  # the catalog and quarantine follow each connection by themselves
     if parts.reindexer is not None:
         connected = {name for name, up in pool.upstreams.items() if up.state.status == "connected"}
         try:
@@ -359,8 +353,6 @@ async def serve_stdio_mode(config: Config) -> None:
     try:
         async with pool.running():
             await pool.wait_ready(10.0)
-            pool.rebuild()
-            parts.trust.refresh()
             for line in describe_upstreams(pool):
                 print(line, file=sys.stderr)
             await serve_stdio(gateway)

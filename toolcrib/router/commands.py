@@ -18,10 +18,9 @@ from toolcrib.errors import ConfigError, IndexError_
 
 def expander(config: Config) -> Callable[[str], str]:
     """Resolve ``secret:`` references the way the server does (for verbs that connect upstreams)."""
-    from toolcrib.gateway.credentials import ChainStore, expand
+    from toolcrib.gateway import credentials
 
-    store = ChainStore(config.secrets.file)
-    return lambda value: expand(value, store)
+    return credentials.expander(credentials.ChainStore(config.secrets.file))
 
 
 def _cmd_index(args: argparse.Namespace, config: Config) -> int:
@@ -40,7 +39,7 @@ def _cmd_index(args: argparse.Namespace, config: Config) -> int:
         pool = Pool(cfg, expand_secret=expander(config))
         async with pool.running():
             await pool.wait_ready(args.wait)
-            catalog = pool.rebuild()
+            catalog = pool.catalog
             for name, up in sorted(pool.upstreams.items()):
                 if up.state.status != "connected":
                     console.print(f"[yellow]{name}: not connected ({up.state.error or up.state.status}); skipped[/]")

@@ -153,7 +153,6 @@ class Upstream:
         self._client: Client | None = None
         self._limiter = anyio.CapacityLimiter(cfg.max_concurrency)
         self._inflight: dict[int, Caller] = {}
-        self._ready = anyio.Event()
         self._stop = anyio.Event()
         self._closed = anyio.Event()
         self._refresh: set[str] = set()
@@ -186,7 +185,6 @@ class Upstream:
                 permanent = isinstance(exc, SecretError | FileNotFoundError | PermissionError)
             finally:
                 self._client = None
-                self._ready = anyio.Event()
                 self._scope = anyio.CancelScope()
                 self.attempted.set()
             if self._stop.is_set():
@@ -261,7 +259,6 @@ class Upstream:
         self.state.error = None
         self.state.connects += 1
         self._client = client
-        self._ready.set()
         self.attempted.set()
         log.info(
             "upstream %s connected (%s, %d tools)",
@@ -460,7 +457,7 @@ class Upstream:
 
     # ---- calls -------------------------------------------------------------------------------
 
-    async def request(self, op: Callable[[Client], Awaitable[T]], *, what: str, timeout: float | None = None) -> T:
+    async def request(self, op: Callable[[Client], Awaitable[T]], *, what: str) -> T:
         """Run ``op`` against the live client under the bulkhead and deadline.
 
         Raises :class:`UpstreamUnavailable`, :class:`UpstreamTimeout` or :class:`UpstreamCrashed`;
@@ -469,7 +466,7 @@ class Upstream:
         client = self._client
         if client is None:
             raise UpstreamUnavailable(self._unavailable_reason())
-        deadline = self.cfg.timeout if timeout is None else timeout
+        deadline = self.cfg.timeout
         caller = current_caller.get()
         self._next_call += 1
         token = self._next_call
