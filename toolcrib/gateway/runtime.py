@@ -60,16 +60,25 @@ log = logging.getLogger("toolcrib.serve")
 
 @dataclass
 class Running:
-    """A live gateway: its address, pool and transport (for tests and the serve command)."""
+    """A live gateway: its address, parts and transport (for tests and the serve command)."""
 
     config: Config
-    pool: Pool
-    gateway: Gateway
-    http: HttpTransport | None
+    parts: Parts
+    http: HttpTransport
     url: str
     port: int
-    reindexer: Reindexer | None = None
-    parts: Parts | None = None
+
+    @property
+    def pool(self) -> Pool:
+        return self.parts.pool
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.parts.gateway
+
+    @property
+    def reindexer(self) -> Reindexer | None:
+        return self.parts.reindexer
 
 
 @dataclass
@@ -268,7 +277,7 @@ async def _start_http(
 
     stack.push_async_callback(shutdown)
     tg.start_soon(_audit_upkeep, parts.audit, config.audit.retention_days)
-    return Running(config, pool, parts.gateway, transport, f"{base['url']}/mcp", port, parts.reindexer, parts)
+    return Running(config, parts, transport, f"{base['url']}/mcp", port)
 
 
 async def _audit_upkeep(audit: SqliteAuditLog, retention_days: int) -> None:
