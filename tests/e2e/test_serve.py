@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,25 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from tests.e2e.conftest import child_pids
+from tests.e2e.test_http import INIT, JSON_HEADERS
 
 pytestmark = pytest.mark.anyio
 
 TOOLCRIB = str(Path(sys.executable).with_name("toolcrib"))
+
+
+@contextmanager
+def _serving(config: Path, cwd: Path) -> Iterator[subprocess.Popen[str]]:
+    """`toolcrib serve` as a child process with stderr piped; killed if still running at the end."""
+    proc = subprocess.Popen([TOOLCRIB, "--config", str(config), "serve"], stderr=subprocess.PIPE, text=True, cwd=cwd)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 def _config(tmp_path: Path, mode: str = "passthrough") -> Path:
@@ -42,13 +59,7 @@ command = "/nonexistent/server-binary"
 
 
 async def test_serve_reports_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [TOOLCRIB, "--config", str(_config(tmp_path)), "serve"],
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-    )
-    try:
+    with _serving(_config(tmp_path), tmp_path) as proc:
         assert proc.stderr is not None
         lines: list[str] = []
         deadline = time.monotonic() + 30
@@ -70,12 +81,6 @@ async def test_serve_reports_and_stops_cleanly_on_sigterm(tmp_path: Path) -> Non
         assert not child_pids(f"{tmp_path}") and not [
             p for p in child_pids("mcp_server_time") if _child_of(p, proc.pid)
         ]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 def _child_of(pid: int, parent: int) -> bool:
@@ -122,25 +127,14 @@ args = ["-m", "tests.servers.echo"]
 cwd = "{root}"
 """
     )
-    proc = subprocess.Popen([TOOLCRIB, "--config", str(cfg), "serve"], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    try:
+    with _serving(cfg, tmp_path) as proc:
         assert proc.stderr is not None
         line = ""
         while "connect clients to" not in line:
             line = proc.stderr.readline()
             assert line, "serve exited before announcing its endpoint"
         url = line.split("connect clients to ", 1)[1].split()[0]
-        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-        init = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"},
-            },
-        }
+        headers = dict(JSON_HEADERS)
         call = {
             "jsonrpc": "2.0",
             "id": 2,
@@ -148,7 +142,7 @@ cwd = "{root}"
             "params": {"name": "echo__sleep", "arguments": {"seconds": 1.5}},
         }
         async with aiohttp.ClientSession() as s:
-            async with s.post(url, json=init, headers=headers) as r:
+            async with s.post(url, json=INIT, headers=headers) as r:
                 headers["Mcp-Session-Id"] = r.headers["Mcp-Session-Id"]
             note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
             async with s.post(url, json=note, headers=headers) as r:
@@ -165,9 +159,3 @@ cwd = "{root}"
                 proc.send_signal(signal.SIGTERM)
         assert "slept" in answer["result"]["content"][0]["text"]
         assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
