@@ -18,9 +18,9 @@ from pathlib import Path
 
 import anyio
 
+from toolcrib.app import running_gateway
 from toolcrib.config import load_config
 from toolcrib.gateway.pipeline import Pipeline
-from toolcrib.gateway.runtime import running_gateway
 
 
 async def serve(config_path: Path, port: int, no_trust: bool) -> None:

@@ -271,7 +271,7 @@ def read_queries(path: Path) -> list[str]:
 
 async def load_catalog(config: Config, wait: float = 30.0) -> tuple[Catalog, list[str]]:
     """Connect to every configured server, list its tools, and disconnect; also say which failed."""
-    from toolcrib.router.commands import expander
+    from toolcrib.cli.index import expander
     from toolcrib.router.pool import Pool
 
     pool = Pool(config, expand_secret=expander(config))

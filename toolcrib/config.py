@@ -1,7 +1,7 @@
 """The one TOML configuration file, validated by pydantic.
 
 Secrets never live in this file: values may contain ``secret:NAMESPACE/NAME`` references, which
-are resolved only at the upstream edge (see :mod:`toolcrib.gateway.credentials`).
+are resolved only at the upstream edge (see :mod:`toolcrib.gateway.trust.secrets`).
 
 Lookup order for the file: ``--config PATH``, then ``$TOOLCRIB_CONFIG``, then ``./toolcrib.toml``.
 """
@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from toolcrib.errors import ConfigError
+from toolcrib.gateway.trust.matchers import validate_when
 
 DEFAULT_CONFIG_NAME = "toolcrib.toml"
 SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
@@ -145,8 +146,6 @@ class PolicyRule(_Model):
     @field_validator("when")
     @classmethod
     def _valid_when(cls, when: dict[str, WhenOp]) -> dict[str, WhenOp]:
-        from toolcrib.gateway.policy import validate_when
-
         validate_when(when)
         return when
 

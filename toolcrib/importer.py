@@ -20,7 +20,7 @@ import tomli_w
 
 from toolcrib.config import SERVER_NAME_RE, Config, parse_config
 from toolcrib.errors import ConfigError
-from toolcrib.gateway.credentials import env_var_name
+from toolcrib.gateway.trust.secrets import env_var_name
 
 _SECRET_KEY = re.compile(r"(token|secret|passw|api[_-]?key|apikey|auth|credential|private|access[_-]?key)", re.I)
 _BEARER = re.compile(r"^(Bearer|Basic|Token)\s+(\S+)$", re.I)

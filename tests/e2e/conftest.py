@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from toolcrib.app import Running, running_gateway
 from toolcrib.config import Config
-from toolcrib.gateway.runtime import Running, running_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable

@@ -15,7 +15,7 @@ import pytest
 from mcp import Client
 
 from tests.e2e.conftest import make_config, stdio_server
-from toolcrib.gateway.runtime import Running, running_gateway
+from toolcrib.app import Running, running_gateway
 from toolcrib.index.embedder import Embedder, HashingEmbedder
 
 pytestmark = pytest.mark.anyio

@@ -19,9 +19,9 @@ from tests.e2e.conftest import make_config, stdio_server
 from tests.gateway import test_auth
 from tests.gateway.test_auth import AUDIENCE, ISSUER, JwksServer, Keys, sign
 from tests.test_fixtures import http_server
+from toolcrib.app import running_gateway
 from toolcrib.cli import main
-from toolcrib.gateway.apikeys import ApiKeyStore
-from toolcrib.gateway.runtime import running_gateway
+from toolcrib.gateway.trust.apikeys import ApiKeyStore
 from toolcrib.index.embedder import HashingEmbedder
 
 pytestmark = pytest.mark.anyio

@@ -20,10 +20,10 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.e2e.conftest import ROOT, make_config, stdio_server
-from toolcrib.gateway.apikeys import ApiKeyStore
-from toolcrib.gateway.approvals import ApprovalStore
-from toolcrib.gateway.audit import SqliteAuditLog
-from toolcrib.gateway.runtime import Running, running_gateway
+from toolcrib.app import Running, running_gateway
+from toolcrib.gateway.audit.log import SqliteAuditLog
+from toolcrib.gateway.trust.apikeys import ApiKeyStore
+from toolcrib.gateway.trust.approvals import ApprovalStore
 from toolcrib.index.embedder import HashingEmbedder
 
 pytestmark = pytest.mark.anyio
@@ -249,7 +249,7 @@ async def test_held_call_waits_for_the_operator(tmp_path: Path) -> None:
                         await anyio.sleep(0.05)
                 assert not results  # held, not answered
                 pending = store.list("pending")[0]
-                assert pending.tool == "echo__sleep" and pending.principal == "alice"
+                assert pending.tool == "echo__sleep" and pending.principal == "key:alice"
                 store.approve(pending.id, "operator:test")
             assert not results[0].is_error and "slept" in _text(results[0])
             assert store.get(pending.id).status == "used"

@@ -9,8 +9,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from toolcrib.gateway.approvals import ApprovalError, ApprovalStore, args_hash
-from toolcrib.gateway.credentials import Redactor
+from toolcrib.gateway.trust.approvals import ApprovalError, ApprovalStore, args_hash
+from toolcrib.gateway.trust.secrets import Redactor
 
 ARGS = {"repo_path": "/srv/app", "branch": "main", "force": False}
 

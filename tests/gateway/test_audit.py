@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from toolcrib.errors import AuditError
-from toolcrib.gateway.audit import (
+from toolcrib.gateway.audit.log import (
     COLUMNS,
     AuditEvent,
     SqliteAuditLog,
     load_hmac_key,
     row_hash,
 )
-from toolcrib.gateway.credentials import Redactor
+from toolcrib.gateway.trust.secrets import Redactor
 
 KEY = b"k" * 32
 CANARY = "CANARY-audit-4f9c2e7d1b"

@@ -8,8 +8,8 @@ import anyio
 import pytest
 
 from toolcrib.errors import AuditError
-from toolcrib.gateway.audit import AuditEvent, SqliteAuditLog
-from toolcrib.gateway.audit_writer import AuditWriter
+from toolcrib.gateway.audit.log import AuditEvent, SqliteAuditLog
+from toolcrib.gateway.audit.writer import AuditWriter
 
 pytestmark = pytest.mark.anyio
 

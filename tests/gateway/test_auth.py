@@ -22,7 +22,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from toolcrib.config import AuthConfig, Config
 from toolcrib.errors import AuthError, ConfigError, Forbidden
-from toolcrib.gateway.auth import (
+from toolcrib.gateway.trust.auth import (
     ApiKeyAuthenticator,
     ApiKeyStore,
     AuthUnavailable,
@@ -376,13 +376,18 @@ async def test_hundreds_of_bad_credentials_none_accepted(jwks: JwksServer, keys:
 @pytest.mark.anyio
 async def test_good_tokens_map_to_groups(validator: JwtValidator, keys: Keys) -> None:
     p = await validator.authenticate(bearer(sign(keys, "rsa")), {})
-    assert (p.name, p.kind, p.groups, p.scopes) == ("alice", "oauth", frozenset({"readers"}), frozenset({"tools:read"}))
+    assert (p.subject, p.kind, p.groups, p.scopes) == (
+        "alice",
+        "oauth",
+        frozenset({"readers"}),
+        frozenset({"tools:read"}),
+    )
     p = await validator.authenticate(
         bearer(sign(keys, "ec", scope=_DROP, scp=["tools:admin", "x"], groups=["ops", 3])), {}
     )
     assert p.groups == {"admins", "readers", "ops"} and p.scopes == {"tools:admin", "x"}
     p = await validator.authenticate(bearer(sign(keys, aud=["https://other", AUDIENCE])), {})
-    assert p.name == "alice"
+    assert p.subject == "alice" and p.id == "oauth:alice"
     now = int(time.time())
     await validator.authenticate(bearer(sign(keys, exp=now - LEEWAY + 5)), {})
     await validator.authenticate(bearer(sign(keys, nbf=now + LEEWAY - 5)), {})
@@ -437,7 +442,7 @@ async def test_jwks_cached_and_refetched_on_unknown_kid_with_rate_limit(jwks: Jw
         jwks.keys = [*keys.jwks(), keys.jwk(keys.rotated, "rsa2")]
         await anyio.sleep(0.35)
         for _ in range(10):
-            assert (await v.authenticate(bearer(rotated), {})).name == "alice"
+            assert (await v.authenticate(bearer(rotated), {})).subject == "alice"
         assert jwks.hits == 2
         for _ in range(10):
             with pytest.raises(InvalidToken):
@@ -454,7 +459,7 @@ async def test_api_keys_add_list_revoke_live(tmp_path: Path) -> None:
     assert (tmp_path / "keys.json").stat().st_mode & 0o777 == 0o600
     assert key not in (tmp_path / "keys.json").read_text()
     p = await server_side.authenticate(bearer(key), {})
-    assert (p.name, p.kind, p.groups) == ("ci", "key", frozenset({"ci", "readers"}))
+    assert (p.subject, p.kind, p.groups) == ("ci", "key", frozenset({"ci", "readers"}))
     [info] = store.list()
     assert info.name == "ci" and info.groups == ("ci", "readers") and key.startswith(info.prefix)
     with pytest.raises(Exception, match="exists"):

@@ -12,9 +12,9 @@ import pytest
 
 from tests.gateway.conftest import MemoryKeyring
 from toolcrib.cli import main
-from toolcrib.gateway.approvals import ApprovalStore
-from toolcrib.gateway.audit import AuditEvent, SqliteAuditLog
-from toolcrib.gateway.commands import parse_time
+from toolcrib.cli.operator import parse_time
+from toolcrib.gateway.audit.log import AuditEvent, SqliteAuditLog
+from toolcrib.gateway.trust.approvals import ApprovalStore
 from toolcrib.router.pins import PinStore
 
 

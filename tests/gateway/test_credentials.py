@@ -18,7 +18,7 @@ import pytest
 from tests.gateway.conftest import MemoryKeyring
 from toolcrib.config import ServerConfig
 from toolcrib.errors import SecretError
-from toolcrib.gateway.credentials import (
+from toolcrib.gateway.trust.secrets import (
     REDACTED,
     ChainStore,
     FileStore,
@@ -100,7 +100,7 @@ def test_secrets_file_readable_by_others_is_refused(tmp_path: Path) -> None:
 
 def test_secrets_file_use_logs_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     file = write_secrets(tmp_path / "s.toml", '[a]\nb = "c"\n')
-    with caplog.at_level(logging.WARNING, logger="toolcrib.gateway.credentials"):
+    with caplog.at_level(logging.WARNING, logger="toolcrib.gateway.trust.secrets"):
         assert FileStore(file).get("a/b") == "c"
     assert "plaintext file" in caplog.text
 

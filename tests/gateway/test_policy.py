@@ -10,20 +10,13 @@ import pytest
 
 from toolcrib.config import GatewayConfig, PolicyConfig, PolicyRule, parse_config
 from toolcrib.errors import ConfigError
-from toolcrib.gateway.policy import (
-    PolicyRuleError,
-    Principal,
-    allowed,
-    compile_regex,
-    decide,
-    effective_default,
-    is_loopback,
-    resolve_pointer,
-)
+from toolcrib.gateway.trust.identity import Principal
+from toolcrib.gateway.trust.matchers import PolicyRuleError, compile_regex, resolve_pointer
+from toolcrib.gateway.trust.policy import allowed, decide, effective_default, is_loopback
 
-ALICE = Principal("alice", "oauth", frozenset({"devs"}))
-BOB = Principal("bob", "key", frozenset({"ops", "devs"}))
-CI = Principal("ci", "key", frozenset())
+ALICE = Principal("oauth", "alice", frozenset({"devs"}))
+BOB = Principal("key", "bob", frozenset({"ops", "devs"}))
+CI = Principal("key", "ci", frozenset())
 ANON = Principal("anonymous", "anonymous", frozenset())
 
 RULES = [
@@ -106,9 +99,9 @@ def test_first_match_wins_over_later_more_specific_rule() -> None:
 def test_bare_principal_name_matches_any_kind_and_qualified_only_its_kind() -> None:
     rules = [PolicyRule(id="r", principals=["ci"], action="allow")]
     assert decide(CI, "x", {}, rules, "deny").action == "allow"
-    assert decide(Principal("ci", "oauth"), "x", {}, rules, "deny").action == "allow"
+    assert decide(Principal("oauth", "ci"), "x", {}, rules, "deny").action == "allow"
     qualified = [PolicyRule(id="r", principals=["key:ci"], action="allow")]
-    assert decide(Principal("ci", "oauth"), "x", {}, qualified, "deny").action == "deny"
+    assert decide(Principal("oauth", "ci"), "x", {}, qualified, "deny").action == "deny"
 
 
 def test_undecidable_condition_does_not_satisfy_allow() -> None:

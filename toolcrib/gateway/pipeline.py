@@ -16,11 +16,12 @@ from typing import Any
 import mcp_types as types
 
 from toolcrib.config import PolicyRule
-from toolcrib.gateway.approvals import ApprovalStore
-from toolcrib.gateway.audit import AuditEvent
-from toolcrib.gateway.audit_writer import AuditWriter
-from toolcrib.gateway.credentials import Redactor
-from toolcrib.gateway.policy import Principal, decide
+from toolcrib.gateway.audit.log import AuditEvent
+from toolcrib.gateway.audit.writer import AuditWriter
+from toolcrib.gateway.trust.approvals import ApprovalStore
+from toolcrib.gateway.trust.identity import Principal
+from toolcrib.gateway.trust.policy import decide
+from toolcrib.gateway.trust.secrets import Redactor
 
 Result = types.CallToolResult
 Next = Callable[["ToolCall"], Awaitable[Result]]
@@ -97,7 +98,7 @@ def call_fields(call: ToolCall) -> dict[str, Any]:
     """The audit columns every row about ``call`` shares."""
     return {
         "request_id": None if call.request_id is None else str(call.request_id),
-        "principal": f"{call.principal.kind}:{call.principal.name}",
+        "principal": call.principal.id,
         "client_name": call.client_name,
         "session": call.session_id,
         "transport": call.transport,
@@ -183,9 +184,9 @@ def approval_layer(store: ApprovalStore, *, mode: str, timeout: float) -> Layer:
         decision = call.notes.get("decision")
         if decision is None or decision.action != "approve":
             return await nxt(call)
-        granted = store.consume(call.principal.name, call.key, call.arguments)
+        granted = store.consume(call.principal.id, call.key, call.arguments)
         if granted is None:
-            pending = store.request(call.principal.name, call.key, call.arguments, ttl=timeout)
+            pending = store.request(call.principal.id, call.key, call.arguments, ttl=timeout)
             hint = f"`toolcrib approvals approve {pending.id}` or POST /admin/approvals/{pending.id}"
             if mode == "pending":
                 call.notes["outcome"] = "pending"
@@ -195,7 +196,7 @@ def approval_layer(store: ApprovalStore, *, mode: str, timeout: float) -> Layer:
                 )
             status = await store.wait(pending.id, timeout)
             if status == "approved":
-                granted = store.consume(call.principal.name, call.key, call.arguments)
+                granted = store.consume(call.principal.id, call.key, call.arguments)
             if granted is None:
                 call.notes["outcome"] = "denied"
                 word = {"denied": "denied", "pending": "not approved in time", "expired": "expired"}.get(status, status)

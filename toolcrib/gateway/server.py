@@ -33,7 +33,7 @@ from toolcrib import __version__
 from toolcrib.config import Config
 from toolcrib.errors import InvalidArguments, ToolcribError, ToolNotFound, UpstreamError
 from toolcrib.gateway.pipeline import Layer, Pipeline, ToolCall, tool_error
-from toolcrib.gateway.policy import Principal
+from toolcrib.gateway.trust.identity import Principal
 from toolcrib.router import dispatcher as disp
 from toolcrib.router.pool import Pool
 from toolcrib.router.upstreams import current_caller
@@ -45,7 +45,6 @@ Ctx = ServerRequestContext[Any, Any]
 SEARCH_CONCURRENCY = 2
 """Searches embedding a query at once: the model is CPU-bound (and itself multi-threaded), so more
 parallel searches only starve the event loop that serves every other call."""
-LOCAL_OPERATOR = Principal(name="local-operator", kind="operator", groups=frozenset({"operators"}))
 
 
 @dataclass(eq=False)

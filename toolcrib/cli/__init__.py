@@ -23,7 +23,7 @@ Handler = Callable[[argparse.Namespace, Config], int]
 
 
 def _cmd_serve(args: argparse.Namespace, config: Config) -> int:
-    from toolcrib.gateway import runtime
+    from toolcrib import app as runtime
 
     updates: dict[str, Any] = {}
     if args.host:
@@ -43,12 +43,12 @@ def _cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_check(args: argparse.Namespace, config: Config) -> int:
-    from toolcrib.gateway.runtime import check_bind
+    from toolcrib.app import check_bind
 
     check_bind(config)
     servers = config.enabled_servers
     print(f"{args.config_path}: ok ({len(servers)} enabled servers, {config.gateway.mode} mode)")
-    from toolcrib.gateway.credentials import ChainStore, server_refs
+    from toolcrib.gateway.trust.secrets import ChainStore, server_refs
 
     store = ChainStore(config.secrets.file)
     missing = 0
@@ -128,7 +128,7 @@ def _accept_config_after_verb(parser: argparse.ArgumentParser) -> None:
 
 def _register_optional(sub: Any) -> None:
     """Verbs that live with the subsystem they operate on."""
-    for module in ("toolcrib.router.commands", "toolcrib.gateway.commands", "toolcrib.bench"):
+    for module in ("toolcrib.cli.index", "toolcrib.cli.operator", "toolcrib.bench"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

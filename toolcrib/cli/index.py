@@ -18,7 +18,7 @@ from toolcrib.errors import ConfigError, IndexError_
 
 def expander(config: Config) -> Callable[[str], str]:
     """Resolve ``secret:`` references the way the server does (for verbs that connect upstreams)."""
-    from toolcrib.gateway import credentials
+    from toolcrib.gateway.trust import secrets as credentials
 
     return credentials.expander(credentials.ChainStore(config.secrets.file))
 

@@ -74,7 +74,7 @@ def _operator() -> str:
 
 
 def _keys(args: argparse.Namespace, config: Config) -> int:
-    from toolcrib.gateway.apikeys import ApiKeyStore
+    from toolcrib.gateway.trust.apikeys import ApiKeyStore
 
     store = ApiKeyStore(config.auth.keys_path)
     if args.action == "add":
@@ -107,7 +107,7 @@ def _keys(args: argparse.Namespace, config: Config) -> int:
 
 
 def _creds(args: argparse.Namespace, config: Config) -> int:
-    from toolcrib.gateway import credentials as creds
+    from toolcrib.gateway.trust import secrets as creds
 
     secrets_file = config.secrets.file
     if args.action == "list":
@@ -146,7 +146,7 @@ def _creds(args: argparse.Namespace, config: Config) -> int:
 
 
 def _approvals(args: argparse.Namespace, config: Config) -> int:
-    from toolcrib.gateway.approvals import ApprovalStore
+    from toolcrib.gateway.trust.approvals import ApprovalStore
 
     store = ApprovalStore(config.policy.approvals_path)
     try:
@@ -184,7 +184,7 @@ def _approvals(args: argparse.Namespace, config: Config) -> int:
 
 
 def _audit(args: argparse.Namespace, config: Config) -> int:
-    from toolcrib.gateway.audit import SqliteAuditLog
+    from toolcrib.gateway.audit.log import SqliteAuditLog
 
     log = SqliteAuditLog(config.audit.path, create=False)
     try:

@@ -22,20 +22,11 @@ from aiohttp import web
 
 from toolcrib.config import Config
 from toolcrib.errors import ConfigError, ToolcribError
-from toolcrib.gateway import policy
-from toolcrib.gateway.admin import AdminApi
-from toolcrib.gateway.approvals import ApprovalStore
-from toolcrib.gateway.audit import AuditEvent, SqliteAuditLog, load_hmac_key
-from toolcrib.gateway.audit_writer import AuditWriter
-from toolcrib.gateway.auth import (
-    Authenticator,
-    build_authenticator,
-    protected_resource_metadata,
-    resource_metadata_url,
-    www_authenticate,
-)
-from toolcrib.gateway.credentials import ChainStore, Redactor, expander
-from toolcrib.gateway.http import HttpTransport
+from toolcrib.gateway.audit.log import AuditEvent, SqliteAuditLog, load_hmac_key
+from toolcrib.gateway.audit.writer import AuditWriter
+from toolcrib.gateway.edge.admin import AdminApi
+from toolcrib.gateway.edge.http import HttpTransport
+from toolcrib.gateway.edge.stdio import serve_stdio
 from toolcrib.gateway.pipeline import (
     ToolCall,
     approval_layer,
@@ -45,10 +36,19 @@ from toolcrib.gateway.pipeline import (
     quarantine_layer,
     redact_layer,
 )
-from toolcrib.gateway.policy import Principal
-from toolcrib.gateway.server import LOCAL_OPERATOR, Gateway
-from toolcrib.gateway.stdio import serve_stdio
-from toolcrib.gateway.trust import Trust
+from toolcrib.gateway.server import Gateway
+from toolcrib.gateway.trust import policy
+from toolcrib.gateway.trust.approvals import ApprovalStore
+from toolcrib.gateway.trust.auth import (
+    Authenticator,
+    build_authenticator,
+    protected_resource_metadata,
+    resource_metadata_url,
+    www_authenticate,
+)
+from toolcrib.gateway.trust.identity import LOCAL_OPERATOR, Principal
+from toolcrib.gateway.trust.quarantine import Trust
+from toolcrib.gateway.trust.secrets import ChainStore, Redactor, expander
 from toolcrib.router.pool import Pool
 
 if TYPE_CHECKING:

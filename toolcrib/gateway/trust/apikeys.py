@@ -4,7 +4,7 @@ The store is a 0600 JSON file shared by the server and the CLI. Every lookup che
 identity (inode, mtime, size) and re-reads it when it changed, so ``toolcrib keys revoke`` takes
 effect on the next request of a running server. SHA-256 is enough here: the keys carry 256 bits
 of entropy, so there is nothing to brute-force. An unreadable store raises
-:class:`~toolcrib.gateway.auth.AuthUnavailable` (fail closed).
+:class:`~toolcrib.gateway.trust.auth.AuthUnavailable` (fail closed).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from toolcrib.errors import AuthError, ToolcribError
-from toolcrib.gateway.policy import Principal
+from toolcrib.gateway.trust.identity import Principal
 
 KEY_PREFIX = "tcb_"
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
@@ -99,7 +99,7 @@ class ApiKeyStore:
                 found = entry
         if found is None:
             return None
-        return Principal(found["name"], "key", frozenset(found.get("groups", ())))
+        return Principal("key", found["name"], frozenset(found.get("groups", ())))
 
     def _load(self) -> builtins.list[dict[str, Any]]:
         try:

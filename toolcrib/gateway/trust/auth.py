@@ -26,8 +26,9 @@ import jwt
 
 from toolcrib.config import AuthConfig, Config
 from toolcrib.errors import AuthError, ConfigError, Forbidden
-from toolcrib.gateway.apikeys import KEY_PREFIX, ApiKeyInfo, ApiKeyStore, AuthUnavailable
-from toolcrib.gateway.policy import Principal, is_loopback
+from toolcrib.gateway.trust.apikeys import KEY_PREFIX, ApiKeyInfo, ApiKeyStore, AuthUnavailable
+from toolcrib.gateway.trust.identity import ANONYMOUS, Principal
+from toolcrib.gateway.trust.policy import is_loopback
 
 __all__ = ["ApiKeyInfo", "ApiKeyStore", "AuthUnavailable", "Authenticator", "JwtValidator", "Principal"]
 QUERY_TOKEN_PARAMS = frozenset(
@@ -42,10 +43,6 @@ ASYMMETRIC_ALGORITHMS = {
 """The only algorithms a JWT may use, with the JWK key type (and curve) each requires."""
 MAX_TOKEN_LENGTH = 16384
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
-OPERATOR = Principal("operator", "operator", frozenset({"operator"}))
-"""The local operator: stdio mode and the CLI."""
-ANONYMOUS = Principal("anonymous", "anonymous", frozenset())
-"""Callers of a loopback-only gateway with ``auth = "none"``."""
 
 
 class InvalidToken(AuthError):
@@ -215,7 +212,7 @@ class JwtValidator:
         groups = {g for s in scopes for g in self.cfg.scope_groups.get(s, ())}
         if self.cfg.groups_claim:
             groups |= _strings(claims.get(self.cfg.groups_claim))
-        return Principal(sub, "oauth", frozenset(groups), frozenset(scopes))
+        return Principal("oauth", sub, frozenset(groups), frozenset(scopes))
 
     async def _key(self, kid: str) -> tuple[dict[str, Any], jwt.PyJWK]:
         if time.monotonic() - self._fetched_at < self.cache_ttl and kid in self._keys:
@@ -274,7 +271,7 @@ class CompositeAuthenticator:
 
 
 class StaticAuthenticator:
-    """Everyone is one fixed principal: stdio mode (:data:`OPERATOR`), loopback ``auth = "none"``."""
+    """Everyone is one fixed principal: loopback ``auth = "none"`` (:data:`ANONYMOUS`)."""
 
     def __init__(self, principal: Principal) -> None:
         self.principal = principal

@@ -18,14 +18,14 @@ from aiohttp import web
 
 from toolcrib.config import Config
 from toolcrib.errors import AuthError, Forbidden, ToolcribError
-from toolcrib.gateway.approvals import ApprovalStore
-from toolcrib.gateway.audit import SqliteAuditLog
-from toolcrib.gateway.audit_writer import AuditWriter
-from toolcrib.gateway.policy import Principal, is_loopback
+from toolcrib.gateway.audit.log import SqliteAuditLog
+from toolcrib.gateway.audit.writer import AuditWriter
+from toolcrib.gateway.trust.approvals import ApprovalStore
+from toolcrib.gateway.trust.identity import LOCAL_OPERATOR, OPERATORS_GROUP, Principal
+from toolcrib.gateway.trust.policy import is_loopback
 from toolcrib.router.pool import Pool
 
 Authenticate = Callable[[web.Request], Awaitable[Principal]]
-ADMIN_GROUP = "admins"
 
 
 class AdminApi:
@@ -60,15 +60,15 @@ class AdminApi:
         if self.config.gateway.auth == "none":
             if not is_loopback(request.remote or ""):
                 return _error(403, "forbidden", "the admin API is loopback-only without auth")
-            return Principal(name="local-operator", kind="operator", groups=frozenset({ADMIN_GROUP}))
+            return LOCAL_OPERATOR
         try:
             principal = await self.authenticate(request)
         except AuthError as exc:
             return _error(401, "unauthorized", exc.message)
         except Forbidden as exc:
             return _error(403, "forbidden", exc.message)
-        if principal.kind != "operator" and ADMIN_GROUP not in principal.groups:
-            return _error(403, "forbidden", f"{principal.name} is not in the {ADMIN_GROUP!r} group")
+        if not principal.is_operator:
+            return _error(403, "forbidden", f"{principal.id} is not in the {OPERATORS_GROUP!r} group")
         return principal
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -133,7 +133,7 @@ class AdminApi:
             return _error(400, "bad_request", 'send {"decision": "approve"} or {"decision": "deny"}')
         try:
             act = self.approvals.approve if decision == "approve" else self.approvals.deny
-            approval = act(request.match_info["id"], f"{who.kind}:{who.name}")
+            approval = act(request.match_info["id"], who.id)
         except ToolcribError as exc:
             return _error(409, "conflict", exc.message)
         return web.json_response(dataclasses.asdict(approval))

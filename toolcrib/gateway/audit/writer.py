@@ -17,7 +17,7 @@ import queue
 import threading
 
 from toolcrib.errors import AuditError
-from toolcrib.gateway.audit import AuditEvent, SqliteAuditLog
+from toolcrib.gateway.audit.log import AuditEvent, SqliteAuditLog
 
 log = logging.getLogger("toolcrib.audit")
 

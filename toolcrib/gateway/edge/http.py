@@ -37,9 +37,9 @@ from pydantic import ValidationError
 
 from toolcrib.config import Config
 from toolcrib.errors import AuthError, Forbidden
-from toolcrib.gateway.exchange import Exchange, HttpSession, SessionExchange, Standalone, answer
-from toolcrib.gateway.policy import Principal
+from toolcrib.gateway.edge.sessions import Exchange, HttpSession, SessionExchange, Standalone, answer
 from toolcrib.gateway.server import Gateway, Peer, RequestInfo
+from toolcrib.gateway.trust.identity import Principal
 
 log = logging.getLogger("toolcrib.http")
 
@@ -128,7 +128,7 @@ class HttpTransport:
         sess = self.sessions.get(sid)
         if sess is None:
             return _rpc_error(-32001, "Session not found or expired; start a new session with initialize", status=404)
-        if sess.peer.principal.name != principal.name:
+        if sess.peer.principal.id != principal.id:
             return web.Response(status=403, text="Forbidden: this session belongs to another principal\n")
         sess.last_seen = time.monotonic()
         return sess

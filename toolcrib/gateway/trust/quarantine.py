@@ -12,8 +12,8 @@ import time
 
 from toolcrib.config import Config
 from toolcrib.errors import ToolcribError
-from toolcrib.gateway import policy
-from toolcrib.gateway.policy import Principal
+from toolcrib.gateway.trust import policy
+from toolcrib.gateway.trust.identity import Principal
 from toolcrib.router.pins import PinStore
 from toolcrib.router.pool import Pool
 

@@ -11,7 +11,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
 
-from toolcrib.gateway.server import LOCAL_OPERATOR, Gateway, Peer, RequestInfo
+from toolcrib.gateway.server import Gateway, Peer, RequestInfo
+from toolcrib.gateway.trust.identity import LOCAL_OPERATOR
 
 
 async def serve_stdio(gateway: Gateway) -> None:

@@ -30,7 +30,7 @@ import anyio
 from toolcrib.errors import Forbidden, ToolcribError
 
 if TYPE_CHECKING:
-    from toolcrib.gateway.credentials import Redactor
+    from toolcrib.gateway.trust.secrets import Redactor
 
 Status = Literal["pending", "approved", "denied", "expired", "used"]
 _SCHEMA = """

@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 from toolcrib.errors import AuditError
-from toolcrib.gateway.anchor import Anchor
+from toolcrib.gateway.audit.anchor import Anchor
 
 if TYPE_CHECKING:
-    from toolcrib.gateway.credentials import CredentialStore, Redactor
+    from toolcrib.gateway.trust.secrets import CredentialStore, Redactor
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The tamper-evident audit log: the SQLite hash chain, its background writer and its keyed anchor."""
