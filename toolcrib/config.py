@@ -134,14 +134,29 @@ WhenOp = dict[str, Any]
 
 
 class PolicyRule(_Model):
-    """``[[policy.rules]]``: allow, deny or require approval for matching calls."""
+    """``[[policy.rules]]``: allow, deny or require approval for matching tools, prompts and resources.
+
+    ``tools`` / ``prompts`` / ``resources`` are ``fnmatch`` globs over namespaced names
+    (``server__tool``, ``server__prompt``, ``server+scheme://...``); a rule naming none of them
+    applies to every target of every kind, one naming some applies only to those kinds (see
+    :mod:`toolcrib.gateway.trust.policy`).
+    """
 
     id: Annotated[str, Field(min_length=1)]
-    tools: list[str] = ["*"]
+    tools: list[str] | None = None
+    prompts: list[str] | None = None
+    resources: list[str] | None = None
     principals: list[str] = []
     groups: list[str] = []
     when: dict[str, WhenOp] = {}
     action: Literal["allow", "deny", "approve"]
+
+    @field_validator("tools", "prompts", "resources")
+    @classmethod
+    def _non_empty_targets(cls, globs: list[str] | None) -> list[str] | None:
+        if globs is not None and not globs:
+            raise ValueError("an empty list matches nothing; list globs (\"*\" for all) or omit the key")
+        return globs
 
     @field_validator("when")
     @classmethod

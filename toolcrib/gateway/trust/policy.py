@@ -1,28 +1,36 @@
-"""Who may call which tool with which arguments: a pure function of principal, call and rules.
+"""Who may reach which tool, prompt or resource, with which arguments: a pure function of principal, target and rules.
 
 Evaluation is **first match wins**: rules are tried in the order they appear in the TOML file and
-the first rule that matches the call decides. Put narrow rules (a specific argument, a specific
+the first rule that matches the request decides. Put narrow rules (a specific argument, a specific
 principal) before broad ones. When no rule matches, the configured default decides and the
 decision names the rule ``"default"``.
 
-A rule matches a call when all of these hold:
+A request has a *target*: a tool, a prompt or a resource, named as the client sees it (tools and
+prompts ``server__name``, e.g. ``git__git_push``; resources by their namespaced URI
+``server+scheme://...``, e.g. ``docs+file:///etc/hosts``). A completion request is decided as the
+prompt or resource it references. A rule matches a request when all of these hold:
 
-* ``tools``: one of its globs (``fnmatch`` syntax, case-sensitive) matches the namespaced tool name
-  (``git__git_push``); the default ``["*"]`` matches every tool.
+* ``tools`` / ``prompts`` / ``resources``: globs (``fnmatch`` syntax, case-sensitive; ``*`` also
+  crosses ``/``). A rule naming none of the three applies to every target of every kind (what
+  ``tools = ["*"]`` meant before prompts and resources were governed); a rule naming any of them
+  applies only to the kinds it names, and then one of that kind's globs must match the target.
 * ``principals`` / ``groups``: a rule naming neither applies to everyone; otherwise the caller must
   be listed in ``principals`` *or* belong to one of ``groups``. A ``principals`` entry is either a
   bare name (``"ci"``, any kind) or a qualified ``"KIND:NAME"`` (``"key:ci"``, ``"oauth:alice"``);
   prefer the qualified form when API keys and OAuth subjects share a namespace.
-* ``when``: every condition holds. Keys are JSON pointers (RFC 6901) into the arguments, values
-  are tables of operators, all of which must hold: ``equals``, ``not_equals``, ``one_of``,
-  ``not_one_of``, ``regex`` (``re.fullmatch`` on a string), ``not_regex``, ``min``, ``max``
-  (numbers, inclusive), ``contains`` (substring of a string or element of an array), ``exists``.
+* ``when``: every condition holds. Keys are JSON pointers (RFC 6901) into the request's arguments
+  (a tool's ``arguments``, a prompt's ``arguments``), values are tables of operators, all of which
+  must hold: ``equals``, ``not_equals``, ``one_of``, ``not_one_of``, ``regex`` (RE2 syntax, matches
+  the whole value, ``.`` matches newlines), ``not_regex``, ``min``, ``max`` (finite numbers,
+  inclusive), ``contains`` (substring of a string or element of an array), ``exists``. Values are
+  raw: no path normalisation, so ``/etc/../etc/passwd`` is not ``/etc/passwd``.
 
 Conditions are evaluated in three values. A pointer that does not resolve makes a condition false
 (``exists = false`` true). A value of the wrong type (``min`` on a string, ``regex`` on a number, a
-string longer than :data:`MAX_REGEX_INPUT`) is *undecidable*: it counts as a match for ``deny``
-and ``approve`` rules and as no match for ``allow`` rules, so an odd argument never slips past a
-restriction. Comparisons follow JSON typing: ``true`` never equals ``1``.
+non-finite number, a string longer than :data:`~toolcrib.gateway.trust.matchers.MAX_REGEX_INPUT`)
+is *undecidable*: it counts as a match for ``deny`` and ``approve`` rules and as no match for
+``allow`` rules, so an odd argument never slips past a restriction. Comparisons follow JSON typing:
+``true`` never equals ``1``.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Action",
     "Decision",
+    "Kind",
     "PolicyRuleError",
     "allowed",
     "decide",
@@ -51,6 +60,7 @@ __all__ = [
 ]
 
 Action = Literal["allow", "deny", "approve"]
+Kind = Literal["tool", "prompt", "resource"]
 
 
 @dataclass(frozen=True)
@@ -64,34 +74,38 @@ class Decision:
 
 def decide(
     principal: Principal,
-    tool: str,
+    name: str,
     arguments: Mapping[str, Any],
     rules: Sequence[PolicyRule],
     default: str,
+    *,
+    kind: Kind = "tool",
 ) -> Decision:
-    """Decide a call: the first matching rule wins, else ``default`` (rule ``"default"``)."""
+    """Decide a request for target ``name`` of ``kind``: the first matching rule wins, else
+    ``default`` (rule ``"default"``). ``arguments`` is the request's JSON object (``{}`` if none)."""
     for rule in rules:
-        if not _applies(rule, principal, tool):
+        if not _applies(rule, principal, name, kind):
             continue
         matched, why = _conditions_hold(rule, arguments)
         if matched:
-            reason = f"rule {rule.id!r} matched {tool}" + (f" ({why})" if why else "")
+            reason = f"rule {rule.id!r} matched {kind} {name}" + (f" ({why})" if why else "")
             return Decision(rule.action, rule.id, reason)
     action = _as_action(default)
-    return Decision(action, "default", f"no rule matched {tool}; default is {action}")
+    return Decision(action, "default", f"no rule matched {kind} {name}; default is {action}")
 
 
-def allowed(principal: Principal, tool: str, rules: Sequence[PolicyRule], default: str) -> bool:
-    """Whether ``tool`` may be shown to ``principal`` (search results, ``tools/list``).
+def allowed(principal: Principal, name: str, rules: Sequence[PolicyRule], default: str, *, kind: Kind = "tool") -> bool:
+    """Whether target ``name`` of ``kind`` may be shown to ``principal`` (search, ``*/list``).
 
-    A tool is listable unless every possible call to it is denied. Walking the rules in order, a
-    rule with ``when`` conditions only catches some argument sets: a conditional ``allow`` or
-    ``approve`` makes the tool listable (assuming its conditions are satisfiable), a conditional
-    ``deny`` lets the remaining argument sets fall through. The first unconditional rule, or the
-    default, settles the rest: listable unless it denies.
+    A target is listable unless every possible request for it is denied. Walking the rules in
+    order, a rule with ``when`` conditions only catches some argument sets: a conditional ``allow``
+    or ``approve`` makes the target listable (assuming its conditions are satisfiable), a
+    conditional ``deny`` lets the remaining argument sets fall through. The first unconditional
+    rule, or the default, settles the rest: listable unless it denies. So whenever :func:`decide`
+    answers ``allow`` or ``approve`` for some arguments, :func:`allowed` is true.
     """
     for rule in rules:
-        if not _applies(rule, principal, tool):
+        if not _applies(rule, principal, name, kind):
             continue
         if rule.when:
             if rule.action != "deny":
@@ -126,9 +140,17 @@ def _as_action(value: str) -> Action:
     return "deny"
 
 
-def _applies(rule: PolicyRule, principal: Principal, tool: str) -> bool:
-    if not any(fnmatchcase(tool, pattern) for pattern in rule.tools):
-        return False
+def _targets(rule: PolicyRule, kind: Kind) -> list[str] | None:
+    if kind == "tool":
+        return rule.tools
+    return rule.prompts if kind == "prompt" else rule.resources
+
+
+def _applies(rule: PolicyRule, principal: Principal, name: str, kind: Kind) -> bool:
+    if rule.tools is not None or rule.prompts is not None or rule.resources is not None:
+        globs = _targets(rule, kind)
+        if globs is None or not any(fnmatchcase(name, pattern) for pattern in globs):
+            return False
     if not rule.principals and not rule.groups:
         return True
     if any(entry in (principal.subject, principal.id) for entry in rule.principals):
