@@ -146,9 +146,15 @@ def _creds(args: argparse.Namespace, config: Config) -> int:
 
 
 def _approvals(args: argparse.Namespace, config: Config) -> int:
-    from toolcrib.gateway.trust.approvals import ApprovalStore
+    import sqlite3
 
-    store = ApprovalStore(config.policy.approvals_path)
+    from toolcrib.gateway.trust.approvals import ApprovalError, ApprovalStore
+
+    path = config.policy.approvals_path
+    try:
+        store = ApprovalStore(path)
+    except sqlite3.OperationalError as exc:
+        raise ApprovalError(f"{path}: {exc}; another toolcrib process may be writing it, try again") from None
     try:
         if args.action == "list":
             items = store.list(None if args.all else "pending")
@@ -157,7 +163,7 @@ def _approvals(args: argparse.Namespace, config: Config) -> int:
             else:
                 _table(
                     "approvals",
-                    ["id", "status", "principal", "tool", "arguments", "expires", "approver"],
+                    ["id", "status", "principal", "tool", "arguments", "rule", "expires", "approver", "note"],
                     [
                         (
                             a.id,
@@ -165,17 +171,21 @@ def _approvals(args: argparse.Namespace, config: Config) -> int:
                             a.principal,
                             a.tool,
                             json.dumps(a.arguments, ensure_ascii=False)[:200],
+                            a.rule,
                             _iso(a.expires),
                             a.approver,
+                            a.note,
                         )
                         for a in items
                     ],
                 )
             return 0
         decide = store.approve if args.action == "approve" else store.deny
-        approval = decide(args.id, args.approver or _operator())
+        approval = decide(args.id, args.approver or _operator(), args.note)
         print(f"{approval.id}: {approval.status} ({approval.principal} -> {approval.tool})", file=sys.stderr)
         return 0
+    except sqlite3.OperationalError as exc:
+        raise ApprovalError(f"{path}: {exc}; another toolcrib process may be writing it, try again") from None
     finally:
         store.close()
 
@@ -327,6 +337,7 @@ def register(sub: Any) -> None:
         p = action(acts, name, f"{name} a pending call")
         p.add_argument("id")
         p.add_argument("--as", dest="approver", help="who decides (default operator:$USER)")
+        p.add_argument("--note", help="why, kept with the approval")
 
     acts = verb("audit", "the tamper-evident log of searches and calls", _audit)
     action(acts, "tail", "the last N rows", json_flag=True).add_argument("-n", type=int, default=20)
