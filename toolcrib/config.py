@@ -46,6 +46,10 @@ class GatewayConfig(_Model):
     allowed_hosts: list[str] = []
     """Extra ``Host`` header values allowed besides loopback names and the bind address."""
     drain_timeout: Annotated[float, Field(ge=0)] = 10.0
+    header_timeout: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds a client has to send a whole request head (slowloris defence); the connection is closed after."""
+    idle_timeout: Annotated[float, Field(gt=0)] = 60.0
+    """Seconds an idle keep-alive connection stays open."""
     loaded_tools_max: Annotated[int, Field(ge=0, le=200)] = 20
     """Dispatcher mode: how many tools ``search_tools`` may load into one session's ``tools/list``."""
 
