@@ -63,9 +63,14 @@ class IndexConfig(_Model):
 
 
 class AuditConfig(_Model):
-    """``[audit]``: the tamper-evident log of every search and call."""
+    """``[audit]``: the tamper-evident log of every request that reaches an upstream, every search and
+    every refused authentication. The key that authenticates its anchor and checkpoints is
+    ``secret:toolcrib/audit-hmac`` if set, else the 0600 file ``<path>.key``."""
 
     path: str = ".toolcrib/audit.db"
+    anchor_path: str | None = None
+    """The keyed head file; unset: ``<path>.anchor``. Put it where whoever can write the database
+    cannot (another filesystem, another user's directory) to make a rollback of both detectable."""
     retention_days: Annotated[int, Field(ge=0)] = 0
     """0 keeps everything."""
 

@@ -183,7 +183,7 @@ def delete_prefix(db: sqlite3.Connection, rng: random.Random) -> None:
 def delete_prefix_forging_checkpoint(db: sqlite3.Connection, rng: random.Random) -> None:
     cut = rng.randint(1, 10)
     last = db.execute("SELECT hash FROM events WHERE seq = ?", (cut,)).fetchone()[0]
-    db.execute("INSERT INTO checkpoints VALUES (?, ?, ?)", (cut, last, time.time()))
+    db.execute("INSERT INTO checkpoints (seq, hash, ts) VALUES (?, ?, ?)", (cut, last, time.time()))
     db.execute("DELETE FROM events WHERE seq <= ?", (cut,))
 
 
@@ -217,7 +217,7 @@ def test_every_mutation_is_detected_every_time(tmp_path: Path, mutation: Callabl
     for trial in range(25):
         directory = tmp_path / str(trial)
         shutil.copytree(base, directory)
-        audit = SqliteAuditLog(directory / "audit.db")
+        audit = SqliteAuditLog(directory / "audit.db", hmac_key=KEY, create=False)
         assert audit.verify().ok
         db = raw(audit)
         mutation(db, rng)
@@ -252,10 +252,13 @@ def test_prune_keeps_verify_working(log: SqliteAuditLog) -> None:
     assert report.ok and report.first_seq == 36, report.problems
 
 
-def test_missing_checkpoint_file_detected(log: SqliteAuditLog) -> None:
+def test_checkpoint_signed_with_another_key_detected(log: SqliteAuditLog, tmp_path: Path) -> None:
     log.prune(log.query(limit=1000)[5]["ts"])
-    log.checkpoint_path.unlink()
-    assert any("checkpoint" in p for p in log.verify().problems)
+    assert log.verify().ok
+    other = SqliteAuditLog(tmp_path / "audit.db", hmac_key=b"o" * 32, create=False)
+    other.prune(log.query(limit=1000)[5]["ts"])
+    other.close()
+    assert any("checkpoint at row 10" in p and "HMAC" in p for p in log.verify().problems)
 
 
 def test_anchor_problems(log: SqliteAuditLog) -> None:

@@ -13,7 +13,7 @@ import pytest
 from tests.gateway.conftest import MemoryKeyring
 from toolcrib.cli import main
 from toolcrib.cli.operator import parse_time
-from toolcrib.gateway.audit.log import AuditEvent, SqliteAuditLog
+from toolcrib.gateway.audit.log import AuditEvent, SqliteAuditLog, load_hmac_key
 from toolcrib.gateway.trust.approvals import ApprovalStore
 from toolcrib.router.pins import PinStore
 
@@ -82,7 +82,7 @@ def test_approvals(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_audit(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(config, "audit", "verify") == 1
-    log = SqliteAuditLog(tmp_path / "audit.db", hmac_key=b"k" * 32)
+    log = SqliteAuditLog(tmp_path / "audit.db", hmac_key=load_hmac_key(tmp_path / "audit.db"))
     old = time.time() - 10 * 86400
     log.append(AuditEvent(kind="search", principal="alice", query="push", results=["git__git_push"], ts=old))
     seq = log.append(

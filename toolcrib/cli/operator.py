@@ -15,13 +15,16 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from toolcrib.config import Config
 from toolcrib.errors import AuditError, SecretError, ToolcribError
+
+if TYPE_CHECKING:
+    from toolcrib.gateway.audit.log import SqliteAuditLog
 
 Handler = Callable[[argparse.Namespace, Config], int]
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
@@ -194,27 +197,14 @@ def _approvals(args: argparse.Namespace, config: Config) -> int:
 
 
 def _audit(args: argparse.Namespace, config: Config) -> int:
-    from toolcrib.gateway.audit.log import SqliteAuditLog
+    from toolcrib.gateway.audit.log import SqliteAuditLog, load_hmac_key
+    from toolcrib.gateway.trust.secrets import ChainStore
 
-    log = SqliteAuditLog(config.audit.path, create=False)
+    key = load_hmac_key(config.audit.path, ChainStore(config.secrets.file), create=False)
+    log = SqliteAuditLog(config.audit.path, hmac_key=key, anchor_path=config.audit.anchor_path, create=False)
     try:
         if args.action == "verify":
-            report = log.verify()
-            if args.json:
-                _print_json({**report.__dict__, "ok": report.ok})
-            else:
-                for problem in report.problems:
-                    print(f"  {problem}")
-                span = f"rows {report.first_seq}..{report.last_seq}" if report.rows else "no rows"
-                print(
-                    f"audit {config.audit.path}: {span}, checkpoint {report.checkpoint_seq}, anchor {report.anchor_seq}"
-                )
-            if not report.ok:
-                raise AuditError(
-                    f"audit log failed verification ({len(report.problems)} problems); keep a copy and investigate"
-                )
-            print("ok: the chain, the checkpoint and the anchored head agree", file=sys.stderr)
-            return 0
+            return _audit_verify(log, args.json)
         if args.action == "prune":
             deleted = log.prune(parse_time(args.before))
             print(
@@ -240,6 +230,7 @@ def _audit(args: argparse.Namespace, config: Config) -> int:
                 since=since,
                 outcome=args.outcome,
                 kind=args.kind,
+                method=args.method,
                 limit=args.limit,
             )
         if args.json:
@@ -247,14 +238,15 @@ def _audit(args: argparse.Namespace, config: Config) -> int:
         else:
             _table(
                 "audit",
-                ["seq", "time", "kind", "principal", "tool / query", "decision", "outcome", "ms"],
+                ["seq", "time", "kind", "principal", "method", "tool / target / query", "decision", "outcome", "ms"],
                 [
                     (
                         r["seq"],
                         _iso(r["ts"]),
                         r["kind"],
-                        r["principal"],
-                        r["tool"] or r["query"],
+                        r["principal"] or r.get("remote"),
+                        r["method"],
+                        r["tool"] or r.get("target") or r["query"],
                         f"{r['decision']} ({r['rule']})" if r["decision"] else "",
                         r["outcome"],
                         f"{r['latency_ms']:.1f}" if r["latency_ms"] is not None else "",
@@ -265,6 +257,33 @@ def _audit(args: argparse.Namespace, config: Config) -> int:
         return 0
     finally:
         log.close()
+
+
+def _audit_verify(log: SqliteAuditLog, as_json: bool) -> int:
+    """Print what was checked, every problem and every limit; non-zero exit when there are problems."""
+    report = log.verify()
+    if as_json:
+        _print_json({**report.__dict__, "ok": report.ok})
+    else:
+        for title, lines in (
+            ("checked", report.checked),
+            ("PROBLEMS", report.problems),
+            ("cannot detect", report.limits),
+        ):
+            if lines:
+                print(f"{title}:")
+                for line in lines:
+                    print(f"  - {line}")
+        span = f"rows {report.first_seq}..{report.last_seq}" if report.rows else "no rows"
+        print(f"audit {log.path}: {span}, checkpoint {report.checkpoint_seq}, anchor {report.anchor_seq}")
+    if not report.ok:
+        raise AuditError(
+            f"audit log failed verification ({len(report.problems)} problems); keep a copy of it and investigate"
+        )
+    print(
+        "ok: the chain, the checkpoints, the anchored head and args_hmac agree (see the limits above)", file=sys.stderr
+    )
+    return 0
 
 
 # tools (pins)
@@ -349,12 +368,18 @@ def register(sub: Any) -> None:
         "--outcome",
         choices=["ok", "tool_error", "protocol_error", "timeout", "cancelled", "upstream_crash", "denied", "pending"],
     )
-    p.add_argument("--kind", choices=["search", "attempt", "outcome"])
+    p.add_argument("--kind", choices=["search", "attempt", "outcome", "auth"])
+    p.add_argument("--method", help="glob over MCP methods, e.g. 'resources/*'")
     p.add_argument("--limit", type=int, default=100)
     p = action(acts, "export", "every row as JSON lines, hashes included")
     p.add_argument("--jsonl", action="store_true", help="JSON lines (the only format; accepted for clarity)")
     p.add_argument("-o", "--output", help="file to write (default stdout)")
-    action(acts, "verify", "check the hash chain, checkpoint and anchor", json_flag=True)
+    action(
+        acts,
+        "verify",
+        "check the chain, keyed checkpoints and anchor, args_hmac; list what it cannot detect",
+        json_flag=True,
+    )
     action(acts, "prune", "delete rows older than --before, keeping verify working").add_argument(
         "--before", required=True, help="7d, 12h, or an ISO date/time"
     )

@@ -1,87 +1,98 @@
-"""The tamper-evident audit log of every search and call: append-only SQLite (WAL) behind a sink.
+"""The tamper-evident audit log of every request: append-only SQLite (WAL) behind a sink.
 
 Rows (``kind``):
 
 * ``search``: a ``search_tools`` query (``query``) and the tool keys it returned (``results``);
-* ``attempt``: a call about to be decided and forwarded: principal, tool, definition hash,
-  redacted arguments plus an HMAC of the originals, policy ``decision`` and ``rule``. Written
-  *before* forwarding, so a crash cannot lose a call that was made;
-* ``outcome``: how that call ended (``attempt_seq`` points at its attempt): ``ok``, ``tool_error``,
-  ``protocol_error``, ``timeout``, ``cancelled``, ``upstream_crash``, ``denied`` or ``pending``,
-  with the ``approver``, latency and response bytes. Every attempt gets an outcome, denials too.
+* ``attempt``: a request about to be decided and forwarded upstream: principal, ``method`` (any MCP
+  method string: ``tools/call``, ``resources/read``, ``prompts/get``, ``completion/complete``,
+  ``resources/subscribe``, ...), ``server``, ``tool`` (namespaced tool) or ``target`` (resource URI,
+  prompt name, completion reference), redacted arguments plus an HMAC of the originals, policy
+  ``decision`` and ``rule``. Written *before* forwarding, so a crash cannot lose a call that was made;
+* ``outcome``: how that request ended (``attempt_seq`` points at its attempt): ``ok``,
+  ``tool_error``, ``protocol_error``, ``timeout``, ``cancelled``, ``upstream_crash``, ``denied`` or
+  ``pending``, with the ``approver``, latency and response bytes. Every attempt gets an outcome;
+* ``auth``: a refused authentication (:func:`auth_refused`): ``outcome = "denied"``, the client's
+  ``remote`` address, the reason in ``error``, ``principal`` when one was claimed.
 
 Each row stores ``prev_hash`` (the previous row's ``hash``) and ``hash``, the SHA-256 of the
-canonical JSON of all its other columns. The head (last seq and hash) is anchored outside the
-database in a small file of two checksummed slots written in turn with ``pwrite`` (a torn write
-leaves the other slot intact), so :meth:`SqliteAuditLog.verify` also catches a truncated tail or
-a rewritten chain. :meth:`SqliteAuditLog.prune` deletes old rows but first records a checkpoint
-(seq and hash of the last pruned row) in the database and in a file next to the anchor.
+canonical JSON of its other columns (:func:`~toolcrib.gateway.audit.schema.row_hash`). The head is
+anchored outside the database in a keyed file (:mod:`~toolcrib.gateway.audit.anchor`, default
+``<db>.anchor``, ``[audit] anchor_path``); :meth:`SqliteAuditLog.prune` deletes old rows behind a
+checkpoint row that carries an HMAC. Keys: :mod:`~toolcrib.gateway.audit.keys`. What
+:meth:`SqliteAuditLog.verify` detects and what it cannot: :mod:`~toolcrib.gateway.audit.verify`.
+The database, its ``-wal`` and ``-shm`` files, the anchor and the key file are 0600.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import os
-import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 from toolcrib.errors import AuditError
 from toolcrib.gateway.audit.anchor import Anchor
+from toolcrib.gateway.audit.keys import (
+    CHECKPOINT_LABEL,
+    HMAC_KEY_REF,
+    create_private,
+    derive,
+    load_hmac_key,
+    mac,
+    make_private,
+)
+from toolcrib.gateway.audit.schema import (
+    CHECKPOINT,
+    COLUMNS,
+    GENESIS,
+    HEAD,
+    INSERT,
+    canonical_json,
+    migrate,
+    row_hash,
+)
+from toolcrib.gateway.audit.verify import VerifyReport, verify
 
 if TYPE_CHECKING:
-    from toolcrib.gateway.trust.secrets import CredentialStore, Redactor
+    from toolcrib.gateway.trust.secrets import Redactor
+
+__all__ = [
+    "COLUMNS",
+    "GENESIS",
+    "HMAC_KEY_REF",
+    "AuditEvent",
+    "AuditSink",
+    "SqliteAuditLog",
+    "VerifyReport",
+    "auth_refused",
+    "canonical_json",
+    "load_hmac_key",
+    "row_hash",
+]
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["search", "attempt", "outcome"]
+Kind = Literal["search", "attempt", "outcome", "auth"]
 Outcome = Literal["ok", "tool_error", "protocol_error", "timeout", "cancelled", "upstream_crash", "denied", "pending"]
-GENESIS = "0" * 64
-HMAC_KEY_REF = "toolcrib/audit-hmac"
 MAX_ARGUMENT_CHARS = 65536
 """Redacted arguments longer than this are truncated in the row (the HMAC covers the originals)."""
-
-COLUMNS = (
-    "seq", "ts", "kind", "request_id", "principal", "client_name", "session", "transport", "method",
-    "server", "tool", "tool_hash", "arguments", "args_hmac", "query", "results", "decision", "rule",
-    "approver", "outcome", "error", "latency_ms", "bytes", "attempt_seq", "prev_hash", "hash",
-)  # fmt: skip
-_FLOAT_COLUMNS = frozenset({"ts", "latency_ms"})
-_INT_COLUMNS = frozenset({"seq", "bytes", "attempt_seq"})
-_COLUMN_DEFS = ", ".join(
-    f"{c} {'REAL' if c in _FLOAT_COLUMNS else 'INTEGER' if c in _INT_COLUMNS else 'TEXT'}" for c in COLUMNS[3:-2]
-)
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL,
-    {_COLUMN_DEFS},
-    prev_hash TEXT NOT NULL, hash TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS checkpoints (seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, ts REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
-CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS events_prune_only BEFORE DELETE ON events
-WHEN OLD.seq > (SELECT coalesce(max(seq), 0) FROM checkpoints)
-BEGIN SELECT RAISE(ABORT, 'audit rows are removed only by prune, behind a checkpoint'); END;
-"""  # noqa: S608 - column names are constants
-_INSERT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"  # noqa: S608
-_HEAD = "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
-_CHECKPOINT = "SELECT seq, hash FROM checkpoints ORDER BY seq DESC LIMIT 1"
 
 
 @dataclass(frozen=True)
 class AuditEvent:
-    """One thing to record. ``arguments`` are the originals: the sink redacts them and HMACs them."""
+    """One thing to record. ``arguments`` are the originals: the sink redacts them and HMACs them.
+
+    ``method`` takes any MCP method string; ``tool`` is a namespaced tool key, ``target`` whatever
+    else a request names (resource URI, prompt name, completion reference); ``remote`` is the
+    client's address (``host:port``). ``error``, ``query`` and ``target`` are redacted too.
+    """
 
     kind: Kind
     request_id: str | int | None = None
@@ -93,6 +104,7 @@ class AuditEvent:
     server: str | None = None
     tool: str | None = None
     tool_hash: str | None = None
+    target: str | None = None
     arguments: Mapping[str, Any] | None = None
     query: str | None = None
     results: Sequence[str] | None = None
@@ -104,7 +116,32 @@ class AuditEvent:
     latency_ms: float | None = None
     bytes: int | None = None
     attempt_seq: int | None = None
+    remote: str | None = None
     ts: float | None = None
+
+
+def auth_refused(
+    reason: str,
+    *,
+    remote: str | None,
+    transport: str | None = "http",
+    method: str | None = None,
+    principal: str | None = None,
+    rule: str | None = None,
+) -> AuditEvent:
+    """The row for a refused authentication: ``kind="auth"``, ``outcome="denied"``, ``reason`` in
+    ``error`` (never the credential itself), ``method`` e.g. ``"POST /mcp"`` or ``"GET /admin/audit"``."""
+    return AuditEvent(
+        kind="auth",
+        outcome="denied",
+        decision="deny",
+        error=reason,
+        remote=remote,
+        transport=transport,
+        method=method,
+        principal=principal,
+        rule=rule,
+    )
 
 
 class AuditSink(Protocol):
@@ -115,58 +152,15 @@ class AuditSink(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass
-class VerifyReport:
-    """The result of :meth:`SqliteAuditLog.verify`; ``ok`` is true when ``problems`` is empty."""
-
-    rows: int = 0
-    first_seq: int | None = None
-    last_seq: int | None = None
-    checkpoint_seq: int = 0
-    anchor_seq: int | None = None
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def canonical_json(value: Any) -> str:
-    """Sorted keys, no whitespace, UTF-8 kept: the form every hash in the log is computed over."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def row_hash(row: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of every column except ``hash``."""
-    payload = {k: row[k] for k in COLUMNS if k != "hash"}
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
-
-
-def load_hmac_key(db_path: str | os.PathLike[str], store: CredentialStore | None = None) -> bytes:
-    """The arguments-HMAC key: ``secret:toolcrib/audit-hmac`` if set, else a 0600 file next to the DB."""
-    if store is not None and (value := store.get(HMAC_KEY_REF)):
-        return value.encode()
-    path = Path(f"{db_path}.key")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        if path.stat().st_mode & 0o077:
-            raise AuditError(f"audit key file {path} is readable by group or others; run `chmod 600 {path}`") from None
-        return path.read_bytes()
-    with os.fdopen(fd, "wb") as fp:
-        key = secrets.token_bytes(32)
-        fp.write(key)
-    return key
-
-
 class SqliteAuditLog:
-    """The default :class:`AuditSink`: one SQLite file in WAL mode plus an anchor file.
+    """The default :class:`AuditSink`: one SQLite file in WAL mode plus a keyed anchor file.
 
-    Appends run on the event loop: one ``BEGIN IMMEDIATE`` / head read / ``INSERT`` / ``COMMIT`` with
-    ``synchronous=NORMAL`` and cached prepared statements, then a ``pwrite`` of the anchor: about
-    0.1 ms. Only ``ts`` is indexed (each index costs an append ~15 us); other filters scan.
-    Several processes may append to the same file: the head is re-read under SQLite's write lock.
+    ``hmac_key`` is the audit key (:func:`load_hmac_key`); without it nothing with arguments can be
+    recorded, prune is refused and :meth:`verify` can check only unkeyed checksums. ``anchor_path``
+    defaults to ``<path>.anchor``. Appends run on the calling thread: one ``BEGIN IMMEDIATE`` /
+    head read / ``INSERT`` / ``COMMIT`` with ``synchronous=NORMAL``, then a ``pwrite`` of the
+    anchor: about 0.1 ms. Only ``ts`` is indexed. Several processes may append to the same file:
+    the head is re-read under SQLite's write lock. Raises :class:`AuditError` when unusable.
     """
 
     def __init__(
@@ -182,46 +176,61 @@ class SqliteAuditLog:
         if not create and not self.path.exists():
             raise AuditError(f"no audit log at {self.path}; it is created when `toolcrib serve` first runs")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._anchor = Anchor(Path(anchor_path) if anchor_path else Path(f"{self.path}.anchor"))
-        self.checkpoint_path = Path(f"{self._anchor.path}.checkpoint")
+        self._anchor = Anchor(Path(anchor_path) if anchor_path else Path(f"{self.path}.anchor"), hmac_key)
+        self.anchor_path = self._anchor.path
         self._hmac_key = hmac_key
+        self._checkpoint_key = derive(hmac_key, CHECKPOINT_LABEL) if hmac_key is not None else None
         self._redactor = redactor
         self._lock = threading.Lock()
         try:
+            create_private(self.path)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute("PRAGMA wal_autocheckpoint=10000")
-            self._db.executescript(_SCHEMA)
+            migrate(self._db)
+            self._db.execute("SELECT count(*) FROM checkpoints").fetchone()  # opens the WAL and SHM
         except sqlite3.Error as exc:
             raise AuditError(f"cannot open the audit log {self.path} ({exc}); check the path and disk") from None
+        make_private(self.path, f"{self.path}-wal", f"{self.path}-shm", self._anchor.path)
+        if create and hmac_key is not None:
+            self._adopt_unkeyed()
+
+    def _adopt_unkeyed(self) -> None:
+        """Upgrade from an unkeyed version, trusting what is there on first use: sign checkpoints the
+        old checkpoint file confirms, and key the anchor if its unkeyed head is the database's head."""
+        legacy = Path(f"{self._anchor.path}.checkpoint")
+        with self._lock, contextlib.suppress(OSError, ValueError, KeyError, TypeError, sqlite3.Error):
+            unsigned = self._db.execute("SELECT seq, hash FROM checkpoints WHERE mac IS NULL").fetchall()
+            if unsigned:
+                saved = json.loads(legacy.read_text())
+                confirmed = (int(saved["seq"]), str(saved["hash"]))
+                if confirmed in [(int(s), str(h)) for s, h in unsigned]:
+                    for seq, digest in unsigned:
+                        if seq <= confirmed[0]:
+                            self._db.execute(
+                                "UPDATE checkpoints SET mac = ? WHERE seq = ?", (self._checkpoint_mac(seq, digest), seq)
+                            )
+            if self._anchor.read() is None:
+                head = self._head()
+                if head[0] and self._anchor.read(authenticated=False) == head:
+                    self._anchor.write(*head)
 
     def args_hmac(self, arguments: Mapping[str, Any]) -> str:
-        """HMAC-SHA256 of the canonical JSON of ``arguments`` under this log's key."""
+        """HMAC-SHA256 (hex) of the canonical JSON of ``arguments`` under this log's key."""
         if self._hmac_key is None:
             raise AuditError("this audit log was opened without an HMAC key; it cannot record calls")
-        return hmac.new(self._hmac_key, canonical_json(arguments).encode(), hashlib.sha256).hexdigest()
+        return mac(self._hmac_key, canonical_json(arguments))
+
+    def _checkpoint_mac(self, seq: int, digest: str) -> str:
+        if self._checkpoint_key is None:
+            raise AuditError("prune needs the audit key (secret:toolcrib/audit-hmac or the .key file beside the log)")
+        return mac(self._checkpoint_key, f"{seq}:{digest}")
 
     def append(self, event: AuditEvent) -> int:
         """Record ``event``; return its sequence number. Raises :class:`AuditError` when unwritable."""
-        row = self._row(event)
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    prev_seq, prev_hash = self._head()
-                    row["seq"], row["prev_hash"] = prev_seq + 1, prev_hash
-                    row["hash"] = row_hash(row)
-                    self._db.execute(_INSERT, [row[c] for c in COLUMNS])
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise AuditError(f"cannot write the audit log {self.path} ({exc}); check the disk") from None
-            self._anchor.write(row["seq"], row["hash"])
-        return int(row["seq"])
+        return self.append_many([event])[0]
 
     def append_many(self, events: Sequence[AuditEvent]) -> list[int]:
         """Record several events in one transaction (group commit); return their sequence numbers."""
@@ -237,7 +246,7 @@ class SqliteAuditLog:
                         seq += 1
                         row["seq"], row["prev_hash"] = seq, prev
                         row["hash"] = prev = row_hash(row)
-                    self._db.executemany(_INSERT, [[row[c] for c in COLUMNS] for row in rows])
+                    self._db.executemany(INSERT, [[row[c] for c in COLUMNS] for row in rows])
                     self._db.execute("COMMIT")
                 except BaseException:
                     self._db.execute("ROLLBACK")
@@ -256,12 +265,15 @@ class SqliteAuditLog:
             row["latency_ms"] = float(event.latency_ms)
         if event.arguments is not None:
             row["args_hmac"] = self.args_hmac(event.arguments)
-            redacted = self._scrub(dict(event.arguments))
-            text = canonical_json(redacted)
-            row["arguments"] = text if len(text) <= MAX_ARGUMENT_CHARS else text[:MAX_ARGUMENT_CHARS] + "…"
+            original = canonical_json(dict(event.arguments))
+            text = canonical_json(self._scrub(dict(event.arguments)))
+            row["args_stored"] = "full" if text == original else "redacted"
+            if len(text) > MAX_ARGUMENT_CHARS:
+                text, row["args_stored"] = text[:MAX_ARGUMENT_CHARS] + "…", "truncated"
+            row["arguments"] = text
         if event.results is not None:
             row["results"] = canonical_json(list(event.results))
-        for key in ("query", "error"):
+        for key in ("query", "error", "target"):
             if row[key] is not None:
                 row[key] = self._scrub(row[key])
         return row
@@ -270,7 +282,7 @@ class SqliteAuditLog:
         return self._redactor.scrub_json(value) if self._redactor is not None else value
 
     def _head(self) -> tuple[int, str]:
-        head = self._db.execute(_HEAD).fetchone() or self._db.execute(_CHECKPOINT).fetchone()
+        head = self._db.execute(HEAD).fetchone() or self._db.execute(CHECKPOINT).fetchone()
         return (int(head[0]), str(head[1])) if head else (0, GENESIS)
 
     def checkpoint(self) -> None:
@@ -309,9 +321,11 @@ class SqliteAuditLog:
         outcome: str | None = None,
         kind: str | None = None,
         request_id: str | None = None,
+        method: str | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """The most recent ``limit`` rows matching every filter, oldest first. ``tool`` is a glob."""
+        """The most recent ``limit`` rows matching every filter, oldest first. ``tool`` and ``method``
+        are globs (``git__*``, ``resources/*``)."""
         clauses, params = [], []
         for column, op, value in (
             ("principal", "=", principal),
@@ -320,6 +334,7 @@ class SqliteAuditLog:
             ("outcome", "=", outcome),
             ("kind", "=", kind),
             ("request_id", "=", request_id),
+            ("method", "GLOB", method),
         ):
             if value is not None:
                 clauses.append(f"{column} {op} ?")
@@ -344,7 +359,8 @@ class SqliteAuditLog:
         return count
 
     def prune(self, before_ts: float) -> int:
-        """Delete rows older than ``before_ts`` behind a checkpoint; return how many were deleted."""
+        """Delete rows older than ``before_ts`` behind a keyed checkpoint; return how many were
+        deleted. Raises :class:`AuditError` without the audit key."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -354,86 +370,21 @@ class SqliteAuditLog:
                 if last is None:
                     self._db.execute("ROLLBACK")
                     return 0
-                self._db.execute("INSERT INTO checkpoints VALUES (?, ?, ?)", (last[0], last[1], time.time()))
+                self._db.execute(
+                    "INSERT INTO checkpoints (seq, hash, ts, mac) VALUES (?, ?, ?, ?)",
+                    (last[0], last[1], time.time(), self._checkpoint_mac(int(last[0]), str(last[1]))),
+                )
                 deleted = self._db.execute("DELETE FROM events WHERE seq <= ?", (last[0],)).rowcount
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        tmp = self.checkpoint_path.with_name(f".{self.checkpoint_path.name}.tmp")
-        tmp.write_text(json.dumps({"seq": last[0], "hash": last[1]}))
-        os.replace(tmp, self.checkpoint_path)
         return int(deleted)
 
     def verify(self) -> VerifyReport:
-        """Re-hash the chain; report edited, deleted, inserted or reordered rows and anchor mismatches.
-
-        Safe while a server appends: the anchor is read before the database snapshot, so every row
-        it names is in the snapshot; rows past it must be covered by the anchor once the scan ends.
-        """
-        report = VerifyReport()
-        problems = report.problems
-        anchor = self._anchor.read()
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._scan(report, anchor)
-            finally:
-                self._db.execute("COMMIT")
-        last = report.last_seq if report.last_seq is not None else report.checkpoint_seq
-        report.anchor_seq = anchor[0] if anchor else None
-        if anchor is None:
-            if last:
-                problems.append(f"the anchor file {self._anchor.path} is missing or unreadable")
-        elif anchor[0] > last:
-            problems.append(f"the log ends at row {last} but the anchor says {anchor[0]}: the tail was cut")
-        elif anchor[0] < last:
-            for _ in range(5):
-                later = self._anchor.read()
-                if later is not None and later[0] >= last:
-                    break
-                time.sleep(0.005)
-            else:
-                problems.append(f"rows {anchor[0] + 1}..{last} come after the anchored head (appended outside)")
-        return report
-
-    def _scan(self, report: VerifyReport, anchor: tuple[int, str] | None) -> None:
-        problems = report.problems
-        checkpoint = self._db.execute(_CHECKPOINT).fetchone()
-        prev_seq, prev_hash = (int(checkpoint[0]), str(checkpoint[1])) if checkpoint else (0, GENESIS)
-        report.checkpoint_seq = prev_seq
-        saved = self._read_checkpoint_file()
-        if saved != (checkpoint and (prev_seq, prev_hash)):
-            problems.append(
-                f"the checkpoint in the database ({checkpoint and prev_seq}) does not match "
-                f"{self.checkpoint_path} ({saved and saved[0]}): rows were removed outside prune"
-            )
-        anchored_hash = prev_hash if anchor and anchor[0] == prev_seq else None
-        for row in self._rows("SELECT * FROM events ORDER BY seq"):
-            seq = int(row["seq"])
-            report.rows += 1
-            report.first_seq = seq if report.first_seq is None else report.first_seq
-            if seq != prev_seq + 1:
-                problems.append(f"rows {prev_seq + 1}..{seq - 1} are missing (deleted)")
-            elif row["prev_hash"] != prev_hash:
-                problems.append(f"row {seq} does not link to row {prev_seq} (a row was replaced or moved)")
-            if row_hash(row) != row["hash"]:
-                problems.append(f"row {seq} does not match its hash (edited)")
-            prev_seq, prev_hash = seq, str(row["hash"])
-            if anchor and anchor[0] == seq:
-                anchored_hash = prev_hash
-        report.last_seq = prev_seq if report.rows else None
-        if anchor and anchor[0] <= prev_seq and anchored_hash != anchor[1]:
-            problems.append(f"row {anchor[0]} differs from the anchored head hash (the chain was rewritten)")
-
-    def _read_checkpoint_file(self) -> tuple[int, str] | None:
-        try:
-            data = json.loads(self.checkpoint_path.read_text())
-            return int(data["seq"]), str(data["hash"])
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError):
-            return (-1, "unreadable")
+        """Check the chain, the checkpoints, the anchor and ``args_hmac``; see
+        :func:`toolcrib.gateway.audit.verify.verify` for what is detected and what cannot be."""
+        return verify(self._db, self._lock, self._anchor, self._hmac_key, self.path)
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:

@@ -66,7 +66,7 @@ class AuditWriter:
     def submit(self, event: AuditEvent) -> None:
         """Queue ``event``; it is committed with the next batch."""
         if self._closed:
-            log.error("audit event dropped after close: %s %s", event.kind, event.tool)
+            log.error("audit event dropped after close: %s %s %s", event.kind, event.method, event.tool or event.target)
             return
         self._queue.put((event, None))
 

@@ -1,0 +1,198 @@
+"""``verify``: what the audit log can prove about itself, and what it cannot.
+
+Detected (with the audit key):
+
+* a row edited (its hash no longer matches), deleted, inserted, moved or replaced (the chain of
+  ``prev_hash`` links breaks or has a gap), including a rewritten chain (its head differs from the
+  keyed anchor) and forged rows appended past the anchored head;
+* rows cut from the tail (the keyed anchor names a later row than the log holds);
+* rows deleted from the front without a keyed checkpoint, and a checkpoint inserted or altered by
+  hand (its HMAC is wrong);
+* an anchor slot forged or written with another key (its HMAC is wrong);
+* arguments edited in a row stored in full (``args_hmac`` recomputed from them does not match).
+
+Not detectable, listed in :attr:`VerifyReport.limits` every time: see :func:`limits`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolcrib.gateway.audit.anchor import Anchor
+from toolcrib.gateway.audit.keys import CHECKPOINT_LABEL, derive, mac
+from toolcrib.gateway.audit.schema import GENESIS, row_hash
+
+
+@dataclass
+class VerifyReport:
+    """The result of :func:`verify`; ``ok`` is true when ``problems`` is empty.
+
+    ``checked`` and ``limits`` are plain sentences: what was checked, and what this check cannot
+    detect (always given, so a passing report is never read as more than it proves).
+    """
+
+    rows: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    checkpoint_seq: int = 0
+    anchor_seq: int | None = None
+    keyed: bool = False
+    args_checked: int = 0
+    args_unchecked: int = 0
+    checked: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    limits: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def limits(key: bool, anchor_beside_db: bool) -> list[str]:
+    """The tamperings no verify can detect, as sentences."""
+    out = [
+        "Truncation after the last anchor write cannot be detected: the anchor is rewritten right after "
+        "each commit, so at most the rows of the last write are exposed.",
+        "An attacker holding the audit key can forge everything: rows, checkpoints and the anchor.",
+        "An attacker who kept an earlier copy of the anchor file can put it back and cut every row after it "
+        "(a rollback); only an anchor on storage they cannot write ([audit] anchor_path) prevents this.",
+        "Rows removed by `toolcrib audit prune` behind a keyed checkpoint are gone: the chain is checked from "
+        "the latest checkpoint on.",
+        "Deleting the database together with its anchor leaves nothing to check, and verify proves that what "
+        "is in the log was not altered, not that every request reached the log.",
+    ]
+    if anchor_beside_db:
+        out.append(
+            "The anchor is in the database's directory: whoever can write one can usually write the other, "
+            "so a rollback of both together is not detected."
+        )
+    if not key:
+        out.append(
+            "The audit key was not available (secret:toolcrib/audit-hmac, or the .key file beside the database): "
+            "the anchor and the checkpoints were checked against unkeyed checksums only and args_hmac not at all, "
+            "so anyone able to write the files could have rewritten the whole log."
+        )
+    return out
+
+
+def verify(
+    db: sqlite3.Connection, lock: threading.Lock, anchor: Anchor, key: bytes | None, db_path: Path
+) -> VerifyReport:
+    """Re-hash the chain, check every checkpoint's and anchor slot's HMAC and every recomputable
+    ``args_hmac``; report each finding as one sentence.
+
+    Safe while a server appends: the anchor is read before the database snapshot, so every row it
+    names is in the snapshot; rows past it must be covered by the anchor once the scan ends.
+    """
+    report = VerifyReport(keyed=key is not None)
+    problems = report.problems
+    try:
+        data: bytes | None = anchor.path.read_bytes()
+    except FileNotFoundError:
+        data = None
+    head = anchor.read(data) if data is not None else None
+    with lock:
+        db.execute("BEGIN")
+        try:
+            _checkpoints(db, report, key)
+            _scan(db, report, head, key)
+        finally:
+            db.execute("COMMIT")
+    last = report.last_seq if report.last_seq is not None else report.checkpoint_seq
+    report.anchor_seq = head[0] if head else None
+    how = "its HMAC checked" if key is not None else "unkeyed checksum only"
+    for seq in anchor.forged(data) if data is not None else []:
+        problems.append(f"the anchor slot naming row {seq} has a wrong or missing HMAC (forged, or another key)")
+    if head is None:
+        if last:
+            state = "missing" if data is None else "holds no valid head"
+            problems.append(f"the anchor file {anchor.path} {state}, yet the log has rows up to {last}")
+    elif head[0] > last:
+        problems.append(f"the log ends at row {last} but the anchor says {head[0]}: the tail was cut")
+    elif head[0] < last:
+        for _ in range(5):
+            later = anchor.read()
+            if later is not None and later[0] >= last:
+                report.checked.append(f"the head matches the anchor at row {later[0]} ({how})")
+                break
+            time.sleep(0.005)
+        else:
+            problems.append(f"rows {head[0] + 1}..{last} come after the anchored head (appended outside)")
+    else:
+        report.checked.append(f"the head matches the anchor at row {head[0]} ({how})")
+    if report.args_unchecked:
+        report.limits.append(
+            f"args_hmac of {report.args_unchecked} rows cannot be checked: their stored arguments are redacted "
+            "or truncated (or predate the marker that says so), and the HMAC covers the originals."
+        )
+    report.limits[:0] = limits(key is not None, anchor.path.resolve().parent == db_path.resolve().parent)
+    return report
+
+
+def _checkpoints(db: sqlite3.Connection, report: VerifyReport, key: bytes | None) -> None:
+    rows = db.execute("SELECT seq, hash, mac FROM checkpoints ORDER BY seq").fetchall()
+    if not rows:
+        return
+    report.checkpoint_seq = int(rows[-1][0])
+    if key is None:
+        return
+    ckey = derive(key, CHECKPOINT_LABEL)
+    for seq, digest, tag in rows:
+        if not isinstance(tag, str) or not hmac.compare_digest(tag, mac(ckey, f"{seq}:{digest}")):
+            report.problems.append(
+                f"the checkpoint at row {seq} has a wrong or missing HMAC: rows were removed outside prune"
+            )
+    report.checked.append(f"the HMAC of {len(rows)} prune checkpoints")
+
+
+def _scan(db: sqlite3.Connection, report: VerifyReport, head: tuple[int, str] | None, key: bytes | None) -> None:
+    problems = report.problems
+    checkpoint = db.execute("SELECT seq, hash FROM checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
+    prev_seq, prev_hash = (int(checkpoint[0]), str(checkpoint[1])) if checkpoint else (0, GENESIS)
+    anchored_hash = prev_hash if head and head[0] == prev_seq else None
+    cursor = db.execute("SELECT * FROM events ORDER BY seq")
+    names = [d[0] for d in cursor.description]
+    for values in cursor:
+        row = dict(zip(names, values, strict=True))
+        seq = int(row["seq"])
+        report.rows += 1
+        report.first_seq = seq if report.first_seq is None else report.first_seq
+        if seq != prev_seq + 1:
+            problems.append(f"rows {prev_seq + 1}..{seq - 1} are missing (deleted)")
+        elif row["prev_hash"] != prev_hash:
+            problems.append(f"row {seq} does not link to row {prev_seq} (a row was replaced or moved)")
+        if row_hash(row) != row["hash"]:
+            problems.append(f"row {seq} does not match its hash (edited)")
+        if row["args_hmac"] is not None:
+            _check_args(row, report, key)
+        prev_seq, prev_hash = seq, str(row["hash"])
+        if head and head[0] == seq:
+            anchored_hash = prev_hash
+    report.last_seq = prev_seq if report.rows else None
+    if head and head[0] <= prev_seq and anchored_hash != head[1]:
+        problems.append(f"row {head[0]} differs from the anchored head hash (the chain was rewritten)")
+    start = f"the checkpoint at row {checkpoint[0]}" if checkpoint else "the genesis hash"
+    span = f"rows {report.first_seq}..{report.last_seq}" if report.rows else "no rows"
+    report.checked.append(f"the hash chain of {report.rows} rows ({span}) from {start}: each hash and each link")
+    if report.args_checked:
+        report.checked.append(f"args_hmac recomputed for {report.args_checked} rows whose arguments are stored in full")
+
+
+def _check_args(row: dict[str, Any], report: VerifyReport, key: bytes | None) -> None:
+    stored, arguments = row.get("args_stored"), row["arguments"]
+    if key is None or arguments is None or stored not in (None, "full"):
+        report.args_unchecked += 1
+        return
+    matches = hmac.compare_digest(mac(key, arguments), str(row["args_hmac"]))
+    if stored is None and not matches:
+        report.args_unchecked += 1  # written before the marker: redacted and edited look alike
+        return
+    report.args_checked += 1
+    if not matches:
+        report.problems.append(f"row {row['seq']}: the stored arguments do not match args_hmac (edited)")
