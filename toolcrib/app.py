@@ -6,12 +6,11 @@ an ephemeral port.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
@@ -22,33 +21,34 @@ from aiohttp import web
 
 from toolcrib.config import Config
 from toolcrib.errors import ConfigError, ToolcribError
-from toolcrib.gateway.audit.log import AuditEvent, SqliteAuditLog, load_hmac_key
+from toolcrib.gateway.audit.log import SqliteAuditLog, load_hmac_key
+from toolcrib.gateway.audit.rows import refused_auth_event, refused_call_event, search_event
 from toolcrib.gateway.audit.writer import AuditWriter
 from toolcrib.gateway.edge.admin import AdminApi
+from toolcrib.gateway.edge.guard import Guard, access
 from toolcrib.gateway.edge.http import HttpTransport
 from toolcrib.gateway.edge.stdio import serve_stdio
 from toolcrib.gateway.pipeline import (
-    ToolCall,
     approval_layer,
     audit_layer,
-    call_fields,
     policy_layer,
     quarantine_layer,
     redact_layer,
+    validation_layer,
 )
 from toolcrib.gateway.server import Gateway
 from toolcrib.gateway.trust import policy
-from toolcrib.gateway.trust.approvals import ApprovalStore
+from toolcrib.gateway.trust.approvals import ApprovalStore, AsyncApprovals
 from toolcrib.gateway.trust.auth import (
     Authenticator,
     build_authenticator,
+    challenger,
     protected_resource_metadata,
-    resource_metadata_url,
-    www_authenticate,
 )
-from toolcrib.gateway.trust.identity import LOCAL_OPERATOR, Principal
+from toolcrib.gateway.trust.identity import LOCAL_OPERATOR
 from toolcrib.gateway.trust.quarantine import Trust
-from toolcrib.gateway.trust.secrets import ChainStore, Redactor, expander
+from toolcrib.gateway.trust.redaction import Redactor, install_log_redaction
+from toolcrib.gateway.trust.secrets import ChainStore, expander
 from toolcrib.router.pool import Pool
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class Parts:
     reindexer: Reindexer | None
     audit: SqliteAuditLog
     writer: AuditWriter
-    approvals: ApprovalStore
+    approvals: AsyncApprovals
     redactor: Redactor
     trust: Trust
 
@@ -113,32 +113,14 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
     pool.subscribe(on_change)  # before the gateway and the index: quarantine is settled first
     audit = SqliteAuditLog(config.audit.path, hmac_key=load_hmac_key(config.audit.path, store), redactor=redactor)
     writer = AuditWriter(audit)
-    approvals = ApprovalStore(config.policy.approvals_path, redactor=redactor)
-
-    def on_search(call: ToolCall, results: Sequence[str]) -> None:
-        query = call.arguments.get("query")
-        fields = {**call_fields(call), "tool": None}
-        text = query if isinstance(query, str) else json.dumps(query, ensure_ascii=False)
-        writer.submit(AuditEvent(kind="search", query=text, results=list(results), **fields))
-
-    def on_hidden(call: ToolCall) -> None:
-        writer.submit(
-            AuditEvent(
-                kind="outcome",
-                arguments=call.arguments,
-                decision="deny",
-                rule="hidden",
-                outcome="denied",
-                error="not listable for this principal (policy or quarantine); answered as unknown",
-                **call_fields(call),
-            )
-        )
+    approvals = AsyncApprovals(ApprovalStore(config.policy.approvals_path, redactor=redactor))
 
     layers = [
         audit_layer(writer),
         redact_layer(redactor),
         quarantine_layer(trust.is_quarantined),
         policy_layer(trust.rules, trust.default),
+        validation_layer(lambda key: e.tool.input_schema if (e := pool.catalog.tools.get(key)) else None),
         approval_layer(approvals, mode=config.policy.approval_mode, timeout=config.policy.approval_timeout),
     ]
     reindexer: Reindexer | None = None
@@ -154,11 +136,12 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
     gateway = Gateway(
         config,
         pool,
+        trust,
+        redactor,
         index=reindexer.index if reindexer else None,
         layers=layers,
-        allowed=trust.may_use,
-        on_search=on_search,
-        on_hidden=on_hidden,
+        on_search=lambda call, results: writer.submit(search_event(call, results)),
+        on_refused=lambda call, rule, reason: writer.submit(refused_call_event(call, rule, reason)),
     )
     if reindexer is not None:
         _reindex_on_change(pool, reindexer)
@@ -222,19 +205,14 @@ async def _start_http(
     pool = parts.pool
     base: dict[str, str] = {}
 
-    async def authenticate(request: web.Request) -> Principal:
-        return await authenticator.authenticate(request.headers, request.query)
-
-    def challenge(request: web.Request, exc: Exception) -> dict[str, str]:
-        if config.gateway.auth not in ("oauth", "keys+oauth"):
-            return {"WWW-Authenticate": 'Bearer realm="toolcrib"'}
-        scope = getattr(exc, "scope", None)
-        error = "insufficient_scope" if scope else "invalid_token"
-        url = resource_metadata_url(base.get("url", ""))
-        return {"WWW-Authenticate": www_authenticate(url, error=error, scope=scope)}
-
-    app = web.Application(client_max_size=config.gateway.max_body_bytes + 1024)
-    transport = HttpTransport(parts.gateway, config, tg, authenticate=authenticate, challenge=challenge)
+    guard = Guard(
+        config,
+        authenticator.authenticate,
+        on_refused=lambda request, detail, status: parts.writer.submit(refused_auth_event(request, detail, status)),
+        challenge=challenger(config, lambda: base.get("url", "")),
+    )
+    app = web.Application(middlewares=[guard.middleware], client_max_size=config.gateway.max_body_bytes + 1024)
+    transport = HttpTransport(parts.gateway, config, tg)
     transport.add_routes(app)
     reindex = None
     if parts.reindexer is not None:
@@ -243,9 +221,9 @@ async def _start_http(
         async def reindex(server: str | None, full: bool) -> Any:
             return await reindexer.sync({server} if server else None, full=full)
 
-    AdminApi(config, pool, parts.audit, parts.writer, parts.approvals, authenticate, reindex).add_routes(app)
+    AdminApi(config, pool, parts.audit, parts.writer, parts.approvals, reindex).add_routes(app)
     if config.gateway.auth in ("oauth", "keys+oauth"):
-        metadata = _metadata_handler(config, base)
+        metadata = access("public", _metadata_handler(config, base))
         app.router.add_get("/.well-known/oauth-protected-resource", metadata)
         app.router.add_get("/.well-known/oauth-protected-resource/mcp", metadata)
     # Listen only once every upstream had its first attempt and the first index is built, so the
@@ -291,26 +269,6 @@ async def _audit_upkeep(audit: SqliteAuditLog, retention_days: int) -> None:
             last_prune = time.time()
         await anyio.sleep(60)
         await anyio.to_thread.run_sync(audit.checkpoint)
-
-
-class RedactingFilter(logging.Filter):
-    """Scrub known secret values from every log record before any handler sees it."""
-
-    def __init__(self, redactor: Redactor) -> None:
-        super().__init__()
-        self.redactor = redactor
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if len(self.redactor):
-            record.msg = self.redactor.scrub(record.getMessage())
-            record.args = None
-        return True
-
-
-def install_log_redaction(redactor: Redactor) -> None:
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(RedactingFilter(redactor))
 
 
 def _metadata_handler(config: Config, base: dict[str, str]) -> Callable[[web.Request], Any]:

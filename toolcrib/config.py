@@ -40,6 +40,8 @@ class GatewayConfig(_Model):
     always_expose: list[str] = []
     session_ttl: Annotated[float, Field(gt=0)] = 1800.0
     max_sessions: Annotated[int, Field(ge=1)] = 1000
+    max_sessions_per_principal: Annotated[int, Field(ge=1)] = 64
+    """Open 2025-11-25 sessions one principal may hold; past it its least recently used idle one is closed."""
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
     allowed_origins: list[str] = []
     """Extra browser origins allowed besides loopback ones (DNS-rebinding protection)."""
@@ -164,7 +166,7 @@ class PolicyRule(_Model):
     @classmethod
     def _non_empty_targets(cls, globs: list[str] | None) -> list[str] | None:
         if globs is not None and not globs:
-            raise ValueError("an empty list matches nothing; list globs (\"*\" for all) or omit the key")
+            raise ValueError('an empty list matches nothing; list globs ("*" for all) or omit the key')
         return globs
 
     @field_validator("when")

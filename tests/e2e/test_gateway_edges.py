@@ -124,7 +124,7 @@ async def test_admin_api(tmp_path: Path) -> None:
         aiohttp.ClientSession() as s,
     ):
         base = f"http://127.0.0.1:{rt.port}"
-        async with s.post(f"{base}/admin/reindex?server=echo") as r:
+        async with s.post(f"{base}/admin/reindex?server=echo", json={}) as r:
             report: dict[str, Any] = await r.json()
             assert r.status == 200 and report["added"] + report["unchanged"] >= 8
         await c.call_tool("invoke", {"tool": "echo__echo", "arguments": {"text": "audited"}})

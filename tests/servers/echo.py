@@ -19,7 +19,8 @@ Tools:
                             it: `notifications/tools/list_changed` on handshake-era sessions,
                             the subscription bus (`subscriptions/listen`) on 2026-07-28
 Resource `echo://info` (JSON: server name, pid), template `echo://items/{id}`, prompt
-`greet(name)`.
+`greet(name)`. `echo://env/NAME` reads an environment variable and `echo://fail/NAME` fails with an
+error message holding it (leak probes for redaction on resources and errors).
 
 FIXTURE_ECHO_DESCRIPTION replaces echo's description (a "rug pull" for the pinning tests).
 FIXTURE_TOOLS_PREFIX=p_ prefixes every tool name (p_echo, p_add, ...), so two instances
@@ -203,6 +204,11 @@ async def read_resource(
         return types.ReadResourceResult(
             contents=[types.TextResourceContents(uri=uri, mime_type="application/json", text=text)]
         )
+    if uri.startswith("echo://env/"):
+        value = os.environ.get(uri.removeprefix("echo://env/"), "<unset>")
+        return types.ReadResourceResult(contents=[types.TextResourceContents(uri=uri, text=value)])
+    if uri.startswith("echo://fail/"):
+        raise MCPError(-32603, f"failed with {os.environ.get(uri.removeprefix('echo://fail/'), '<unset>')}")
     if match := _ITEM_RE.match(uri):
         return types.ReadResourceResult(
             contents=[types.TextResourceContents(uri=uri, mime_type="text/plain", text=f"item {match['id']}")]

@@ -1,9 +1,20 @@
-"""The dispatch pipeline: every path that reaches a tool goes through here.
+"""The dispatch pipeline: every request that reaches an upstream goes through here.
 
-A :class:`ToolCall` passes through layers of shape ``(call, next) -> result``, outermost first:
-audit (observes, never decides) -> policy (decides, never calls) -> approvals -> argument
-validation -> the upstream edge. ``invoke``, a tool loaded into a session and called by name,
-passthrough mode and stdio mode all build a :class:`ToolCall` and await :meth:`Pipeline.call`.
+An :class:`UpstreamCall` is one client request bound for one upstream: ``tools/call`` (by
+``invoke``, by a loaded tool's name, in passthrough mode, over stdio), ``resources/read``,
+``resources/subscribe`` / ``unsubscribe``, ``prompts/get`` and ``completion/complete``. It passes
+layers of shape ``(call, next) -> result``, outermost first:
+
+    audit -> redaction -> quarantine -> policy -> argument validation -> approvals -> upstream edge
+    (the order :func:`toolcrib.app.build` composes them in)
+
+Audit observes and never decides; redaction scrubs the result *and* any error on the way out;
+policy decides and never calls; argument validation runs before an operator is ever asked to
+approve, so an approved call cannot then fail validation. Layers share the typed
+:class:`CallState`, never an untyped dict.
+
+Refusals take the shape the method allows: a tool call gets a tool-level error result the model
+can read (``isError: true``); every other method gets a JSON-RPC error (:func:`refuse`).
 """
 
 from __future__ import annotations
@@ -14,42 +25,78 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mcp_types as types
+from mcp.shared.exceptions import MCPError
 
 from toolcrib.config import PolicyRule
+from toolcrib.errors import InvalidArguments
 from toolcrib.gateway.audit.log import AuditEvent
 from toolcrib.gateway.audit.writer import AuditWriter
-from toolcrib.gateway.trust.approvals import ApprovalStore
+from toolcrib.gateway.trust.approvals import AsyncApprovals
 from toolcrib.gateway.trust.identity import Principal
-from toolcrib.gateway.trust.policy import decide
+from toolcrib.gateway.trust.policy import Decision, Kind, decide
 from toolcrib.gateway.trust.secrets import Redactor
+from toolcrib.router.validation import validate_arguments
 
-Result = types.CallToolResult
-Next = Callable[["ToolCall"], Awaitable[Result]]
-Layer = Callable[["ToolCall", Next], Awaitable[Result]]
+TargetKind = Kind
+Result = Any
+"""A result model of the call's method (``CallToolResult``, ``ReadResourceResult``, ...)."""
+Next = Callable[["UpstreamCall"], Awaitable[Result]]
+Layer = Callable[["UpstreamCall", Next], Awaitable[Result]]
 
 
 @dataclass
-class ToolCall:
-    """One tool call on its way to an upstream."""
+class CallState:
+    """What the layers learn about a call on its way through, read by audit at the end."""
+
+    decision: Decision | None = None
+    outcome: str | None = None
+    """Set by the layer that ended the call early or by the upstream edge on failure (see ``_OUTCOMES``)."""
+    approver: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class UpstreamCall:
+    """One client request on its way to one upstream.
+
+    ``target`` is the name the client used and policy sees (``server__tool``, ``server__prompt``,
+    or the namespaced resource URI ``server+scheme://...``); ``name`` is the upstream's own name or
+    URI for it. ``arguments`` are the tool or prompt arguments, or for a completion
+    ``{argument name: partial value}``; subscriptions and reads have none.
+    """
 
     principal: Principal
-    key: str
+    method: str
+    kind: TargetKind
+    target: str
     server: str
-    tool: str
+    name: str
     arguments: dict[str, Any]
-    via: str = "direct"  # direct | invoke | passthrough
+    via: str = "direct"  # direct | invoke | passthrough (tools); the method for everything else
     transport: str = "http"
     session_id: str | None = None
     client_name: str | None = None
     request_id: str | int | None = None
     tool_hash: str | None = None
+    completion_context: dict[str, str] | None = None
+    """``completion/complete`` only: the other arguments already filled in (``context.arguments``)."""
+    relay: Any = None
+    """The client-side party of this call (progress, sampling, elicitation, logs), set by the server."""
     started: float = field(default_factory=time.perf_counter)
-    notes: dict[str, Any] = field(default_factory=dict)
+    state: CallState = field(default_factory=CallState)
 
 
-def tool_error(text: str) -> Result:
+def tool_error(text: str) -> types.CallToolResult:
     """A tool-level error the model can read and act on (not a protocol error)."""
     return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
+
+
+def refuse(call: UpstreamCall, text: str, outcome: str) -> Result:
+    """End ``call`` here: a tool error result for tools, else raise a JSON-RPC error (-32602)."""
+    call.state.outcome = outcome
+    if call.kind == "tool":
+        return tool_error(text)
+    raise MCPError(code=types.INVALID_PARAMS, message=text)
 
 
 class Pipeline:
@@ -61,12 +108,12 @@ class Pipeline:
             handler = _bind(layer, handler)
         self._handler = handler
 
-    async def call(self, call: ToolCall) -> Result:
+    async def call(self, call: UpstreamCall) -> Result:
         return await self._handler(call)
 
 
 def _bind(layer: Layer, nxt: Next) -> Next:
-    async def run(call: ToolCall) -> Result:
+    async def run(call: UpstreamCall) -> Result:
         return await layer(call, nxt)
 
     return run
@@ -85,7 +132,9 @@ _OUTCOMES = {
 }
 
 
-def _result_bytes(result: Result) -> int:
+def _result_bytes(result: Result) -> int | None:
+    if not isinstance(result, types.CallToolResult):
+        return None
     total = 0
     for block in result.content:
         text = getattr(block, "text", None) or getattr(block, "data", None)
@@ -94,7 +143,7 @@ def _result_bytes(result: Result) -> int:
     return total
 
 
-def call_fields(call: ToolCall) -> dict[str, Any]:
+def call_fields(call: UpstreamCall) -> dict[str, Any]:
     """The audit columns every row about ``call`` shares."""
     return {
         "request_id": None if call.request_id is None else str(call.request_id),
@@ -102,9 +151,9 @@ def call_fields(call: ToolCall) -> dict[str, Any]:
         "client_name": call.client_name,
         "session": call.session_id,
         "transport": call.transport,
-        "method": f"tools/call:{call.via}",
+        "method": f"tools/call:{call.via}" if call.kind == "tool" else call.method,
         "server": call.server or None,
-        "tool": call.key,
+        "tool": call.target,
         "tool_hash": call.tool_hash,
     }
 
@@ -112,32 +161,37 @@ def call_fields(call: ToolCall) -> dict[str, Any]:
 def audit_layer(sink: AuditWriter) -> Layer:
     """Observe: a row before forwarding (attempt) and one after (outcome). Never decides."""
 
-    async def layer(call: ToolCall, nxt: Next) -> Result:
+    async def layer(call: UpstreamCall, nxt: Next) -> Result:
         common = call_fields(call)
         attempt = await sink.append(AuditEvent(kind="attempt", arguments=call.arguments, **common))
         outcome: str = "cancelled"
-        result: Result | None = None
+        result: Result = None
         try:
             result = await nxt(call)
-            noted = call.notes.get("outcome")
-            outcome = _OUTCOMES.get(noted, "tool_error") if noted else ("tool_error" if result.is_error else "ok")
+            noted = call.state.outcome
+            is_error = isinstance(result, types.CallToolResult) and result.is_error
+            outcome = _OUTCOMES.get(noted, "tool_error") if noted else ("tool_error" if is_error else "ok")
             return result
+        except MCPError as exc:
+            outcome = _OUTCOMES.get(call.state.outcome or "", "protocol_error")
+            call.state.error = call.state.error or exc.error.message
+            raise
         except Exception:
             outcome = "protocol_error"
             raise
         finally:
-            decision = call.notes.get("decision")
+            state = call.state
             sink.submit(
                 AuditEvent(
                     kind="outcome",
                     attempt_seq=attempt,
                     outcome=outcome,  # type: ignore[arg-type]
-                    decision=decision.action if decision else None,
-                    rule=decision.rule if decision else None,
-                    approver=call.notes.get("approver"),
+                    decision=state.decision.action if state.decision else None,
+                    rule=state.decision.rule if state.decision else None,
+                    approver=state.approver,
                     latency_ms=(time.perf_counter() - call.started) * 1000,
                     bytes=_result_bytes(result) if result is not None else None,
-                    error=call.notes.get("error"),
+                    error=state.error,
                     **common,
                 )
             )
@@ -146,62 +200,90 @@ def audit_layer(sink: AuditWriter) -> Layer:
 
 
 def redact_layer(redactor: Redactor) -> Layer:
-    """Scrub known secret values (raw, base64, URL-encoded, hex) from everything a client sees."""
+    """Scrub known secret values (raw, case-folded, base64, URL-encoded, hex, zero-width split) from
+    every result and every error a client sees."""
 
-    async def layer(call: ToolCall, nxt: Next) -> Result:
-        result = await nxt(call)
-        if not len(redactor):
+    async def layer(call: UpstreamCall, nxt: Next) -> Result:
+        try:
+            result = await nxt(call)
+        except MCPError as exc:
+            if not len(redactor):
+                raise
+            error = exc.error
+            raise MCPError(
+                code=error.code, message=redactor.scrub(error.message), data=redactor.scrub_json(error.data)
+            ) from None
+        if not len(redactor) or result is None:
             return result
-        data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
-        scrubbed = redactor.scrub_json(data)
-        return result if scrubbed == data else types.CallToolResult.model_validate(scrubbed)
+        return redact_model(redactor, result)
 
     return layer
 
 
-def policy_layer(rules: Sequence[PolicyRule], default: str) -> Layer:
-    """Decide: allow, deny (the model reads which rule refused), or mark for approval."""
+def redact_model(redactor: Redactor, model: Any) -> Any:
+    """``model`` (a pydantic result) with every secret scrubbed; the same object when it holds none."""
+    data = model.model_dump(by_alias=True, mode="json", exclude_none=True)
+    scrubbed = redactor.scrub_json(data)
+    return model if scrubbed is data or scrubbed == data else type(model).model_validate(scrubbed)
 
-    async def layer(call: ToolCall, nxt: Next) -> Result:
-        decision = decide(call.principal, call.key, call.arguments, rules, default)
-        call.notes["decision"] = decision
+
+def policy_layer(rules: Sequence[PolicyRule], default: str) -> Layer:
+    """Decide: allow, deny (the caller reads which rule refused), or mark for approval."""
+
+    async def layer(call: UpstreamCall, nxt: Next) -> Result:
+        decision = decide(call.principal, call.target, call.arguments, rules, default, kind=call.kind)
+        call.state.decision = decision
         if decision.action == "deny":
-            call.notes["outcome"] = "denied"
-            return tool_error(f"{call.key}: denied by policy rule {decision.rule!r}; ask an operator if you need it")
+            text = f"{call.target}: denied by policy rule {decision.rule!r}; ask an operator if you need it"
+            return refuse(call, text, "denied")
         return await nxt(call)
 
     return layer
 
 
-def approval_layer(store: ApprovalStore, *, mode: str, timeout: float) -> Layer:
+def approval_layer(store: AsyncApprovals, *, mode: str, timeout: float) -> Layer:
     """Hold (or answer pending) a call the policy marked ``approve`` until an operator decides.
 
-    An approval is bound to the principal, the tool and the hash of the exact arguments, is used
-    once, and expires; a retry with different arguments needs a new approval.
+    An approval is bound to the principal's typed id, the target and the hash of the exact
+    arguments, is used once, and expires; a retry with different arguments needs a new approval.
     """
 
-    async def layer(call: ToolCall, nxt: Next) -> Result:
-        decision = call.notes.get("decision")
+    async def layer(call: UpstreamCall, nxt: Next) -> Result:
+        decision = call.state.decision
         if decision is None or decision.action != "approve":
             return await nxt(call)
-        granted = store.consume(call.principal.id, call.key, call.arguments)
+        who = call.principal.id
+        granted = await store.consume(who, call.target, call.arguments)
         if granted is None:
-            pending = store.request(call.principal.id, call.key, call.arguments, ttl=timeout)
+            pending = await store.request(who, call.target, call.arguments, ttl=timeout, rule=decision.rule)
             hint = f"`toolcrib approvals approve {pending.id}` or POST /admin/approvals/{pending.id}"
             if mode == "pending":
-                call.notes["outcome"] = "pending"
-                return tool_error(
-                    f"{call.key} needs an operator's approval (id {pending.id}, rule {decision.rule!r}): "
+                text = (
+                    f"{call.target} needs an operator's approval (id {pending.id}, rule {decision.rule!r}): "
                     f"ask them to run {hint}, then call again with the same arguments"
                 )
+                return refuse(call, text, "pending")
             status = await store.wait(pending.id, timeout)
             if status == "approved":
-                granted = store.consume(call.principal.id, call.key, call.arguments)
+                granted = await store.consume(who, call.target, call.arguments)
             if granted is None:
-                call.notes["outcome"] = "denied"
                 word = {"denied": "denied", "pending": "not approved in time", "expired": "expired"}.get(status, status)
-                return tool_error(f"{call.key}: approval {pending.id} was {word}; the call was not made")
-        call.notes["approver"] = granted.approver
+                return refuse(call, f"{call.target}: approval {pending.id} was {word}; the call was not made", "denied")
+        call.state.approver = granted.approver
+        return await nxt(call)
+
+    return layer
+
+
+def validation_layer(schema_of: Callable[[str], dict[str, Any] | None]) -> Layer:
+    """Tool arguments against the tool's input schema (JSON Schema), before approvals and the upstream."""
+
+    async def layer(call: UpstreamCall, nxt: Next) -> Result:
+        if call.kind == "tool":
+            try:
+                validate_arguments(call.target, schema_of(call.target), call.arguments)
+            except InvalidArguments as exc:
+                return refuse(call, exc.message, "invalid_arguments")
         return await nxt(call)
 
     return layer
@@ -210,13 +292,13 @@ def approval_layer(store: ApprovalStore, *, mode: str, timeout: float) -> Layer:
 def quarantine_layer(is_quarantined: Callable[[str], bool]) -> Layer:
     """A tool whose definition changed since it was pinned is not callable until re-approved."""
 
-    async def layer(call: ToolCall, nxt: Next) -> Result:
-        if is_quarantined(call.key):
-            call.notes["outcome"] = "denied"
-            return tool_error(
-                f"{call.key} is quarantined: its definition changed since it was approved; "
-                f"an operator can review it with `toolcrib tools diff {call.key}`"
+    async def layer(call: UpstreamCall, nxt: Next) -> Result:
+        if call.kind == "tool" and is_quarantined(call.target):
+            text = (
+                f"{call.target} is quarantined: its definition changed since it was approved; "
+                f"an operator can review it with `toolcrib tools diff {call.target}`"
             )
+            return refuse(call, text, "denied")
         return await nxt(call)
 
     return layer

@@ -1,10 +1,14 @@
 """The MCP server a client sees: dispatcher mode or passthrough mode, over any transport.
 
-One :class:`Gateway` serves every client. Transports (``gateway/http.py``, ``gateway/stdio.py``)
-attach a :class:`RequestInfo` to each inbound message, naming the :class:`Peer` (the client
-connection) and the authenticated principal; handlers read it from ``ctx.request``.
-Every tool call, whatever the path, becomes a :class:`~toolcrib.gateway.pipeline.ToolCall` and
-goes through the one :class:`~toolcrib.gateway.pipeline.Pipeline`.
+One :class:`Gateway` serves every client. Transports (:mod:`toolcrib.gateway.edge`) attach a
+:class:`RequestInfo` to each inbound message, naming the :class:`Peer` (the client connection) and
+the authenticated principal; handlers read it from ``ctx.request``.
+
+Every request that reaches an upstream, whatever the method and path, becomes an
+:class:`~toolcrib.gateway.pipeline.UpstreamCall` and goes through the one
+:class:`~toolcrib.gateway.pipeline.Pipeline`. Listings (tools, resources, templates, prompts) show
+a principal only what its policy lets it reach; anything else is answered exactly as if it did not
+exist, and the refusal is audited with the rule that decided it.
 """
 
 from __future__ import annotations
@@ -27,17 +31,18 @@ from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
 from mcp.shared.exceptions import MCPError
-from mcp.shared.message import ServerMessageMetadata
 
 from toolcrib import __version__
 from toolcrib.config import Config
-from toolcrib.errors import InvalidArguments, ToolcribError, ToolNotFound, UpstreamError
-from toolcrib.gateway.pipeline import Layer, Pipeline, ToolCall, tool_error
+from toolcrib.errors import InvalidArguments, ToolcribError, UpstreamError
+from toolcrib.gateway.pipeline import Layer, Pipeline, TargetKind, UpstreamCall, tool_error
+from toolcrib.gateway.relay import Relay
 from toolcrib.gateway.trust.identity import Principal
+from toolcrib.gateway.trust.quarantine import Trust
+from toolcrib.gateway.trust.secrets import Redactor
 from toolcrib.router import dispatcher as disp
 from toolcrib.router.pool import Pool
 from toolcrib.router.upstreams import current_caller
-from toolcrib.router.validation import validate_arguments
 
 log = logging.getLogger("toolcrib.gateway")
 
@@ -45,6 +50,8 @@ Ctx = ServerRequestContext[Any, Any]
 SEARCH_CONCURRENCY = 2
 """Searches embedding a query at once: the model is CPU-bound (and itself multi-threaded), so more
 parallel searches only starve the event loop that serves every other call."""
+Refused = Callable[[UpstreamCall, str, str], None]
+"""``(call, rule, reason)``: a request answered as unknown or refused before the pipeline."""
 
 
 @dataclass(eq=False)
@@ -59,6 +66,7 @@ class Peer:
     loaded: OrderedDict[str, None] = field(default_factory=OrderedDict)
     outbound: ServerSession | None = None
     subscriptions: set[str] = field(default_factory=set)
+    log_level: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,38 +77,6 @@ class RequestInfo:
     principal: Principal
 
 
-class _Relay:
-    """Relays upstream-initiated requests back to the client whose call is in flight."""
-
-    def __init__(self, ctx: Ctx) -> None:
-        self._ctx = ctx
-
-    async def _send(self, request: Any, result_type: Any) -> dict[str, Any]:
-        session = self._ctx.session
-        if not session.can_send_request:
-            raise MCPError(code=types.INVALID_REQUEST, message="the client cannot take server requests here")
-        meta = ServerMessageMetadata(related_request_id=self._ctx.request_id)
-        result = await session.send_request(request, result_type, metadata=meta)
-        dumped: dict[str, Any] = result.model_dump(by_alias=True, mode="json", exclude_none=True)
-        return dumped
-
-    async def create_message(self, params: types.CreateMessageRequestParams) -> dict[str, Any]:
-        return await self._send(types.CreateMessageRequest(params=params), types.CreateMessageResult)
-
-    async def elicit(self, params: types.ElicitRequestParams) -> dict[str, Any]:
-        return await self._send(types.ElicitRequest(params=params), types.ElicitResult)
-
-    async def list_roots(self) -> dict[str, Any]:
-        return await self._send(types.ListRootsRequest(), types.ListRootsResult)
-
-    async def log_message(self, params: types.LoggingMessageNotificationParams) -> None:
-        note = types.LoggingMessageNotification(params=params)
-        try:
-            await self._ctx.session.send_notification(note, related_request_id=self._ctx.request_id)
-        except Exception:
-            log.debug("dropped a relayed log message", exc_info=True)
-
-
 class Gateway:
     """The client-facing MCP server, shared by every transport."""
 
@@ -108,22 +84,24 @@ class Gateway:
         self,
         config: Config,
         pool: Pool,
+        trust: Trust,
+        redactor: Redactor,
         *,
         index: disp.Searcher | None = None,
         layers: Sequence[Layer] = (),
-        allowed: Callable[[Principal, str], bool] | None = None,
-        on_search: Callable[[ToolCall, Sequence[str]], None] | None = None,
-        on_hidden: Callable[[ToolCall], None] | None = None,
+        on_search: Callable[[UpstreamCall, Sequence[str]], None] | None = None,
+        on_refused: Refused | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
+        self.trust = trust
+        self.redactor = redactor
         self.index = index
         self.mode = config.gateway.mode
-        self._allowed = allowed or (lambda _p, _k: True)
         self._on_search = on_search
-        self._on_hidden = on_hidden
+        self._on_refused = on_refused
         self._search_slots: anyio.CapacityLimiter | None = None
-        self.pipeline = Pipeline([*layers, self._validate], self._forward)
+        self.pipeline = Pipeline(layers, self._forward)
         self.peers: weakref.WeakSet[Peer] = weakref.WeakSet()
         pool.subscribe(self._upstream_changed)
         with warnings.catch_warnings():
@@ -173,8 +151,46 @@ class Gateway:
             peer.client_name = params.client_info.name if params and params.client_info else None
         return info
 
-    def may_use(self, principal: Principal, key: str) -> bool:
-        return self._allowed(principal, key)
+    def may_use(self, principal: Principal, target: str, kind: TargetKind = "tool") -> bool:
+        return self.trust.may_use(principal, target, kind)
+
+    def _call(
+        self, ctx: Ctx, info: RequestInfo, method: str, kind: TargetKind, target: str, server: str, name: str, **kw: Any
+    ) -> UpstreamCall:
+        peer = info.peer
+        return UpstreamCall(
+            principal=info.principal,
+            method=method,
+            kind=kind,
+            target=target,
+            server=server,
+            name=name,
+            arguments=kw.pop("arguments", {}),
+            via=kw.pop("via", method),
+            transport=peer.transport,
+            session_id=peer.id if peer.stateful else None,
+            client_name=peer.client_name,
+            request_id=ctx.request_id,
+            **kw,
+        )
+
+    def _unknown(self, call: UpstreamCall, reason: str) -> None:
+        """Record a request for something this principal may not reach (or that does not exist)."""
+        if self._on_refused is None:
+            return
+        rule = "unknown"
+        if reason == "hidden":
+            rule = self.trust.refusing_rule(call.principal, call.target, call.arguments, call.kind)
+        self._on_refused(call, rule, reason)
+
+    async def _run(self, ctx: Ctx, call: UpstreamCall) -> Any:
+        relay = Relay(ctx, self.redactor, call_level(self.info(ctx).peer))
+        call.relay = relay
+        token = current_caller.set(relay)
+        try:
+            return await self.pipeline.call(call)
+        finally:
+            current_caller.reset(token)
 
     # ---- tools -------------------------------------------------------------------------------
 
@@ -208,7 +224,6 @@ class Gateway:
 
     async def _call_tool(self, ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
         info = self._peer(ctx)
-        peer, principal = info.peer, info.principal
         name, arguments = params.name, dict(params.arguments or {})
         via = "passthrough" if self.mode == "passthrough" else "direct"
         if self.mode == "dispatcher" and name in disp.RESERVED_NAMES:
@@ -219,30 +234,21 @@ class Gateway:
             except InvalidArguments as exc:
                 return tool_error(exc.message)
             via = "invoke"
-        elif not self._callable_by_name(peer, name) or not self.may_use(principal, name):
-            self._hidden(ctx, info, name, arguments)
-            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}")
-        try:
-            entry = self.pool.entry(name)
-        except ToolNotFound as exc:
-            return tool_error(exc.message)
-        if via == "invoke" and not self.may_use(principal, name):
-            self._hidden(ctx, info, name, arguments)
-            return tool_error(f"unknown tool {name!r}; call search_tools to find the exact name")
-        call = _tool_call(ctx, info, entry.key, entry.server, entry.name, arguments, via, entry.hash)
-        call.notes["ctx"] = ctx
-        token = current_caller.set(_Relay(ctx))
-        try:
-            return await self.pipeline.call(call)
-        finally:
-            current_caller.reset(token)
-
-    def _hidden(self, ctx: Ctx, info: RequestInfo, name: str, arguments: dict[str, Any]) -> None:
-        """A call to a tool this principal may not see: answered as unknown, recorded as denied."""
         entry = self.pool.catalog.tools.get(name)
-        if self._on_hidden is None or entry is None:
-            return
-        self._on_hidden(_tool_call(ctx, info, entry.key, entry.server, entry.name, arguments, "hidden", entry.hash))
+        call = self._call(
+            ctx, info, "tools/call", "tool", name, entry.server if entry else "", entry.name if entry else name,
+            arguments=arguments, via=via, tool_hash=entry.hash if entry else None,
+        )  # fmt: skip
+        visible = entry is not None and self.may_use(info.principal, name)
+        if via != "invoke" and not self._callable_by_name(info.peer, name):
+            visible = False
+        if not visible:
+            self._unknown(call, "hidden" if entry is not None else "unknown")
+            if via == "invoke":
+                return tool_error(f"unknown tool {name!r}; call search_tools to find the exact name")
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}")
+        result: types.CallToolResult = await self._run(ctx, call)
+        return result
 
     async def _search(self, ctx: Ctx, info: RequestInfo, arguments: dict[str, Any]) -> types.CallToolResult:
         args = disp.parse_search_args(arguments)
@@ -257,7 +263,8 @@ class Gateway:
         )
         keys = [e.key for e, _ in results]
         if self._on_search is not None:
-            self._on_search(_tool_call(ctx, info, disp.SEARCH, "", disp.SEARCH, arguments, "search_tools"), keys)
+            call = self._call(ctx, info, "tools/call", "tool", disp.SEARCH, "", disp.SEARCH, arguments=arguments)
+            self._on_search(call, keys)
         await self._load(info.peer, keys)
         return disp.render_results(results)
 
@@ -273,140 +280,108 @@ class Gateway:
         while len(peer.loaded) > cap:
             peer.loaded.popitem(last=False)
         if list(peer.loaded) != before:
-            await _notify(peer, types.ToolListChangedNotification())
+            await notify(peer, types.ToolListChangedNotification())
 
-    async def _validate(self, call: ToolCall, nxt: Any) -> types.CallToolResult:
-        entry = self.pool.catalog.tools.get(call.key)
+    async def _forward(self, call: UpstreamCall) -> Any:
+        """The terminal of the pipeline: the upstream edge (bulkhead, deadline, progress relay)."""
+        up = self.pool.upstream(call.server)
         try:
-            validate_arguments(call.key, entry.tool.input_schema if entry else None, call.arguments)
-        except InvalidArguments as exc:
-            call.notes["outcome"] = "invalid_arguments"
-            return tool_error(exc.message)
-        result: types.CallToolResult = await nxt(call)
-        return result
-
-    async def _forward(self, call: ToolCall) -> types.CallToolResult:
-        """The upstream edge: bulkhead, deadline, progress relay."""
-        ctx: Ctx | None = call.notes.get("ctx")
-        progress_cb = None
-        token = ctx.meta.get("progress_token") if ctx is not None and ctx.meta else None
-        if ctx is not None and token is not None:
-            session, rid = ctx.session, ctx.request_id
-
-            async def progress_cb(progress: float, total: float | None, message: str | None) -> None:
-                await session.send_progress_notification(token, progress, total, message, related_request_id=str(rid))
-
-        try:
-            up = self.pool.upstream(call.server)
-            return await up.request(
-                lambda c: c.call_tool(call.tool, call.arguments, progress_callback=progress_cb),
-                what=f"tools/call {call.tool}",
-            )
+            if call.kind == "tool":
+                relay: Relay | None = call.relay
+                progress = relay.progress if relay is not None and relay.wants_progress else None
+                return await up.request(
+                    lambda c: c.call_tool(call.name, call.arguments, progress_callback=progress),
+                    what=f"tools/call {call.name}",
+                )
+            return await forward_other(self, call)
         except UpstreamError as exc:
-            call.notes["outcome"] = type(exc).__name__
-            return tool_error(exc.message)
+            call.state.error = exc.message
+            return refuse_upstream(call, type(exc).__name__, exc.message)
         except MCPError as exc:
-            call.notes["outcome"] = "protocol_error"
-            return tool_error(f"{call.server} answered with an error: {exc.error.message}")
+            call.state.outcome = "protocol_error"
+            if call.kind == "tool":
+                return tool_error(f"{call.server} answered with an error: {exc.error.message}")
+            raise
 
     # ---- resources, prompts, completion, logging ---------------------------------------------
 
-    def _split(self, uri: str) -> tuple[str, str]:
+    def _resource(self, ctx: Ctx, info: RequestInfo, method: str, uri: str, **kw: Any) -> UpstreamCall:
         split = self.pool.catalog.split_uri(uri, self.pool.upstreams)
-        if split is None:
+        server, inner = split if split is not None else ("", uri)
+        call = self._call(ctx, info, method, "resource", uri, server, inner, **kw)
+        if split is None or not self.may_use(info.principal, uri, "resource"):
+            self._unknown(call, "hidden" if split is not None else "unknown")
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown resource: {uri}")
-        return split
+        return call
 
-    async def _upstream_call(self, server: str, op: Any, what: str) -> Any:
-        try:
-            return await self.pool.upstream(server).request(op, what=what)
-        except ToolcribError as exc:
-            raise MCPError(code=types.INTERNAL_ERROR, message=exc.message) from None
+    def _prompt(self, ctx: Ctx, info: RequestInfo, method: str, name: str, **kw: Any) -> UpstreamCall:
+        entry = self.pool.catalog.prompts.get(name)
+        call = self._call(
+            ctx, info, method, "prompt", name, entry.server if entry else "", entry.name if entry else name, **kw
+        )
+        if entry is None or not self.may_use(info.principal, name, "prompt"):
+            self._unknown(call, "hidden" if entry is not None else "unknown")
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {name}")
+        return call
 
     async def _list_resources(self, ctx: Ctx, params: Any) -> types.ListResourcesResult:
-        self._peer(ctx)
-        return types.ListResourcesResult(resources=[r for _, r in self.pool.catalog.resources])
+        p = self._peer(ctx).principal
+        items = [r for _, r in self.pool.catalog.resources if self.may_use(p, str(r.uri), "resource")]
+        return types.ListResourcesResult(resources=items)
 
     async def _list_templates(self, ctx: Ctx, params: Any) -> types.ListResourceTemplatesResult:
-        self._peer(ctx)
-        return types.ListResourceTemplatesResult(resource_templates=[t for _, t in self.pool.catalog.templates])
+        p = self._peer(ctx).principal
+        items = [t for _, t in self.pool.catalog.templates if self.may_use(p, t.uri_template, "resource")]
+        return types.ListResourceTemplatesResult(resource_templates=items)
+
+    async def _list_prompts(self, ctx: Ctx, params: Any) -> types.ListPromptsResult:
+        p = self._peer(ctx).principal
+        items = [e.prompt for k, e in self.pool.catalog.prompts.items() if self.may_use(p, k, "prompt")]
+        return types.ListPromptsResult(prompts=items)
 
     async def _read_resource(self, ctx: Ctx, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
-        self._peer(ctx)
-        uri = str(params.uri)
-        server, inner = self._split(uri)
-        result: types.ReadResourceResult = await self._upstream_call(
-            server, lambda c: c.read_resource(inner, cache_mode="bypass"), f"resources/read {inner}"
-        )
-        contents = [
-            c.model_copy(update={"uri": self.pool.catalog.resource_uri(server, str(c.uri))}) for c in result.contents
-        ]
-        return result.model_copy(update={"contents": contents})
+        call = self._resource(ctx, self._peer(ctx), "resources/read", str(params.uri))
+        result: types.ReadResourceResult = await self._run(ctx, call)
+        return result
 
     async def _subscribe(self, ctx: Ctx, params: types.SubscribeRequestParams) -> types.EmptyResult:
         info = self._peer(ctx)
-        server, inner = self._split(str(params.uri))
-        await self._subscribe_upstream(server, inner, True)
+        await self._run(ctx, self._resource(ctx, info, "resources/subscribe", str(params.uri)))
         info.peer.subscriptions.add(str(params.uri))
         return types.EmptyResult()
 
     async def _unsubscribe(self, ctx: Ctx, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
         info = self._peer(ctx)
-        info.peer.subscriptions.discard(str(params.uri))
-        server, inner = self._split(str(params.uri))
-        if not any(str(params.uri) in p.subscriptions for p in self.peers):
-            await self._subscribe_upstream(server, inner, False)
+        uri = str(params.uri)
+        info.peer.subscriptions.discard(uri)
+        if not any(uri in p.subscriptions for p in self.peers):
+            await self._run(ctx, self._resource(ctx, info, "resources/unsubscribe", uri))
         return types.EmptyResult()
 
-    async def _subscribe_upstream(self, server: str, uri: str, on: bool) -> None:
-        try:
-            await self.pool.upstream(server).subscribe(uri, on)
-        except ToolcribError as exc:
-            raise MCPError(code=types.INTERNAL_ERROR, message=exc.message) from None
-
-    async def _list_prompts(self, ctx: Ctx, params: Any) -> types.ListPromptsResult:
-        self._peer(ctx)
-        return types.ListPromptsResult(prompts=[p.prompt for p in self.pool.catalog.prompts.values()])
-
     async def _get_prompt(self, ctx: Ctx, params: types.GetPromptRequestParams) -> types.GetPromptResult:
-        self._peer(ctx)
-        entry = self.pool.catalog.prompts.get(params.name)
-        if entry is None:
-            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
         args = dict(params.arguments or {})
-        result: types.GetPromptResult = await self._upstream_call(
-            entry.server, lambda c: c.get_prompt(entry.name, args), f"prompts/get {entry.name}"
-        )
+        call = self._prompt(ctx, self._peer(ctx), "prompts/get", params.name, arguments=args)
+        result: types.GetPromptResult = await self._run(ctx, call)
         return result
 
     async def _complete(self, ctx: Ctx, params: types.CompleteRequestParams) -> types.CompleteResult:
-        self._peer(ctx)
+        info = self._peer(ctx)
         ref = params.ref
+        kw: dict[str, Any] = {
+            "arguments": {params.argument.name: params.argument.value},
+            "completion_context": dict(params.context.arguments or {}) if params.context else None,
+        }
         if isinstance(ref, types.PromptReference):
-            entry = self.pool.catalog.prompts.get(ref.name)
-            if entry is None:
-                raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {ref.name}")
-            server = entry.server
-            upstream_ref: Any = types.PromptReference(type="ref/prompt", name=entry.name)
+            call = self._prompt(ctx, info, "completion/complete", ref.name, **kw)
         else:
-            server, inner = self._split(ref.uri)
-            upstream_ref = types.ResourceTemplateReference(type="ref/resource", uri=inner)
-        argument = {"name": params.argument.name, "value": params.argument.value}
-        context = dict(params.context.arguments or {}) if params.context else None
-        result: types.CompleteResult = await self._upstream_call(
-            server, lambda c: c.complete(upstream_ref, argument, context), "completion/complete"
-        )
+            call = self._resource(ctx, info, "completion/complete", ref.uri, **kw)
+        result: types.CompleteResult = await self._run(ctx, call)
         return result
 
     async def _set_level(self, ctx: Ctx, params: types.SetLevelRequestParams) -> types.EmptyResult:
-        self._peer(ctx)
-        for up in self.pool.upstreams.values():
-            if up.state.status == "connected" and (up.state.protocol_version or "") < "2026":
-                with anyio.move_on_after(5):
-                    try:
-                        await up.request(lambda c: c.set_logging_level(params.level), what="logging/setLevel")
-                    except (ToolcribError, MCPError):
-                        log.debug("upstream %s refused logging/setLevel", up.name)
+        """Answered here, per client connection: upstreams are shared, so one client's level never
+        changes what another receives; relayed log messages below it are dropped for this client."""
+        self._peer(ctx).peer.log_level = params.level
         return types.EmptyResult()
 
     # ---- upstream changes --------------------------------------------------------------------
@@ -414,12 +389,11 @@ class Gateway:
     async def _upstream_changed(self, server: str, what: str) -> None:
         note: types.ServerNotification | None = None
         if what.startswith("resource_updated:"):
-            upstream_uri = what.split(":", 1)[1]
-            uri = self.pool.catalog.resource_uri(server, upstream_uri)
+            uri = self.pool.catalog.resource_uri(server, what.split(":", 1)[1])
             update = types.ResourceUpdatedNotification(params=types.ResourceUpdatedNotificationParams(uri=uri))
             for peer in list(self.peers):
-                if uri in peer.subscriptions:
-                    await _notify(peer, update)
+                if uri in peer.subscriptions and self.may_use(peer.principal, uri, "resource"):
+                    await notify(peer, update)
             return
         if what in ("tools_changed", "connected", "disconnected"):
             if self.mode == "passthrough" or self.config.gateway.always_expose:
@@ -430,37 +404,53 @@ class Gateway:
             note = types.PromptListChangedNotification()
         if note is not None:
             for peer in list(self.peers):
-                await _notify(peer, note)
+                await notify(peer, note)
 
 
-def _tool_call(
-    ctx: Ctx,
-    info: RequestInfo,
-    key: str,
-    server: str,
-    tool: str,
-    arguments: dict[str, Any],
-    via: str,
-    tool_hash: str | None = None,
-) -> ToolCall:
-    """The :class:`ToolCall` for a request of ``info``'s peer and principal."""
-    peer = info.peer
-    return ToolCall(
-        principal=info.principal,
-        key=key,
-        server=server,
-        tool=tool,
-        arguments=arguments,
-        via=via,
-        transport=peer.transport,
-        session_id=peer.id if peer.stateful else None,
-        client_name=peer.client_name,
-        request_id=ctx.request_id,
-        tool_hash=tool_hash,
-    )
+def call_level(peer: Peer) -> str | None:
+    return peer.log_level
 
 
-async def _notify(peer: Peer, note: Any) -> None:
+def refuse_upstream(call: UpstreamCall, kind: str, message: str) -> Any:
+    """An upstream failure (unavailable, timeout, crash) in the shape the method allows."""
+    call.state.outcome = kind
+    if call.kind == "tool":
+        return tool_error(message)
+    raise MCPError(code=types.INTERNAL_ERROR, message=message)
+
+
+async def forward_other(gateway: Gateway, call: UpstreamCall) -> Any:
+    """The upstream edge for everything but ``tools/call``."""
+    up = gateway.pool.upstream(call.server)
+    catalog = gateway.pool.catalog
+    if call.method == "resources/read":
+        result: types.ReadResourceResult = await up.request(
+            lambda c: c.read_resource(call.name, cache_mode="bypass"), what=f"resources/read {call.name}"
+        )
+        contents = [
+            c.model_copy(update={"uri": catalog.resource_uri(call.server, str(c.uri))}) for c in result.contents
+        ]
+        return result.model_copy(update={"contents": contents})
+    if call.method in ("resources/subscribe", "resources/unsubscribe"):
+        await up.subscribe(call.name, call.method == "resources/subscribe")
+        return types.EmptyResult()
+    if call.method == "prompts/get":
+        return await up.request(lambda c: c.get_prompt(call.name, call.arguments), what=f"prompts/get {call.name}")
+    if call.method == "completion/complete":
+        ((arg_name, value),) = call.arguments.items()
+        ref: Any = (
+            types.PromptReference(type="ref/prompt", name=call.name)
+            if call.kind == "prompt"
+            else types.ResourceTemplateReference(type="ref/resource", uri=call.name)
+        )
+        return await up.request(
+            lambda c: c.complete(ref, {"name": arg_name, "value": value}, call.completion_context),
+            what="completion/complete",
+        )
+    raise MCPError(code=types.METHOD_NOT_FOUND, message=f"{call.method} is not relayed")
+
+
+async def notify(peer: Peer, note: Any) -> None:
     if peer.outbound is None:
         return
     try:
@@ -468,3 +458,6 @@ async def _notify(peer: Peer, note: Any) -> None:
             await peer.outbound.send_notification(note)
     except Exception:
         log.debug("could not notify peer %s", peer.id, exc_info=True)
+
+
+__all__ = ["Gateway", "Peer", "RequestInfo", "ToolcribError", "notify"]

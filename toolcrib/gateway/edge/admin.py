@@ -1,10 +1,13 @@
-"""The operator's HTTP API beside ``/mcp``.
+"""The operator's HTTP API beside ``/mcp``, behind the guard like every route.
 
-``GET /healthz`` is open. Admin routes (``POST /admin/reindex``, ``GET /admin/audit``,
-``GET /admin/approvals``, ``POST /admin/approvals/{id}``) need: with ``auth = "none"``, a request
-from loopback; otherwise an authenticated principal in the ``admins`` group (or the operator).
-RFC 9728 protected-resource metadata is served at ``/.well-known/oauth-protected-resource[/mcp]``
-when OAuth is on.
+- ``GET /healthz`` (public): ``{"status": "ok" | "degraded"}`` (degraded when an upstream is not
+  connected); an operator gets per-upstream detail (state, protocol, tool count, last error).
+- Operator routes (a principal in the operators group, see :mod:`toolcrib.gateway.edge.guard`;
+  with ``auth = "none"`` the local operator from loopback; state changes need
+  ``Content-Type: application/json``): ``POST /admin/reindex``, ``GET /admin/audit``,
+  ``GET /admin/approvals``, ``POST /admin/approvals/{id}`` with ``{"decision": "approve" | "deny"}``.
+- RFC 9728 protected-resource metadata at ``/.well-known/oauth-protected-resource[/mcp]`` (public)
+  when OAuth is on, added by the composition root.
 """
 
 from __future__ import annotations
@@ -17,15 +20,13 @@ from typing import Any
 from aiohttp import web
 
 from toolcrib.config import Config
-from toolcrib.errors import AuthError, Forbidden, ToolcribError
+from toolcrib.errors import ToolcribError
 from toolcrib.gateway.audit.log import SqliteAuditLog
 from toolcrib.gateway.audit.writer import AuditWriter
-from toolcrib.gateway.trust.approvals import ApprovalStore
-from toolcrib.gateway.trust.identity import LOCAL_OPERATOR, OPERATORS_GROUP, Principal
-from toolcrib.gateway.trust.policy import is_loopback
+from toolcrib.gateway.edge.guard import BODY, PRINCIPAL, access
+from toolcrib.gateway.trust.approvals import AsyncApprovals
+from toolcrib.gateway.trust.matchers import loads_json
 from toolcrib.router.pool import Pool
-
-Authenticate = Callable[[web.Request], Awaitable[Principal]]
 
 
 class AdminApi:
@@ -37,8 +38,7 @@ class AdminApi:
         pool: Pool,
         audit: SqliteAuditLog,
         writer: AuditWriter,
-        approvals: ApprovalStore,
-        authenticate: Authenticate,
+        approvals: AsyncApprovals,
         reindex: Callable[[str | None, bool], Awaitable[Any]] | None = None,
     ) -> None:
         self.config = config
@@ -46,47 +46,33 @@ class AdminApi:
         self.audit = audit
         self.writer = writer
         self.approvals = approvals
-        self.authenticate = authenticate
         self.reindex = reindex
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_post("/admin/reindex", self.post_reindex)
-        app.router.add_get("/admin/audit", self.get_audit)
-        app.router.add_get("/admin/approvals", self.get_approvals)
-        app.router.add_post("/admin/approvals/{id}", self.post_approval)
-
-    async def _operator(self, request: web.Request) -> Principal | web.Response:
-        if self.config.gateway.auth == "none":
-            if not is_loopback(request.remote or ""):
-                return _error(403, "forbidden", "the admin API is loopback-only without auth")
-            return LOCAL_OPERATOR
-        try:
-            principal = await self.authenticate(request)
-        except AuthError as exc:
-            return _error(401, "unauthorized", exc.message)
-        except Forbidden as exc:
-            return _error(403, "forbidden", exc.message)
-        if not principal.is_operator:
-            return _error(403, "forbidden", f"{principal.id} is not in the {OPERATORS_GROUP!r} group")
-        return principal
+        app.router.add_get("/healthz", access("public", self.healthz))
+        app.router.add_post("/admin/reindex", access("operator", self.post_reindex))
+        app.router.add_get("/admin/audit", access("operator", self.get_audit))
+        app.router.add_get("/admin/approvals", access("operator", self.get_approvals))
+        app.router.add_post("/admin/approvals/{id}", access("operator", self.post_approval))
 
     async def healthz(self, request: web.Request) -> web.Response:
-        ups = {
+        ups = self.pool.upstreams
+        status = "ok" if all(up.state.status == "connected" for up in ups.values()) else "degraded"
+        who = request.get(PRINCIPAL)
+        if who is None or not who.is_operator:
+            return web.json_response({"status": status})
+        detail = {
             name: {
                 "status": up.state.status,
                 "protocol": up.state.protocol_version,
                 "tools": len(up.listing.tools),
                 "error": up.state.error,
             }
-            for name, up in self.pool.upstreams.items()
+            for name, up in ups.items()
         }
-        return web.json_response({"status": "ok", "upstreams": ups})
+        return web.json_response({"status": status, "upstreams": detail})
 
     async def post_reindex(self, request: web.Request) -> web.Response:
-        who = await self._operator(request)
-        if isinstance(who, web.Response):
-            return who
         if self.reindex is None:
             return _error(409, "not_available", 'no index in passthrough mode; set [gateway] mode = "dispatcher"')
         server = request.query.get("server")
@@ -98,9 +84,6 @@ class AdminApi:
         return web.json_response(dataclasses.asdict(report))
 
     async def get_audit(self, request: web.Request) -> web.Response:
-        who = await self._operator(request)
-        if isinstance(who, web.Response):
-            return who
         q = request.query
         try:
             since = float(q["since"]) if "since" in q else None
@@ -114,26 +97,22 @@ class AdminApi:
         return web.json_response({"events": rows})
 
     async def get_approvals(self, request: web.Request) -> web.Response:
-        who = await self._operator(request)
-        if isinstance(who, web.Response):
-            return who
-        items = [dataclasses.asdict(a) for a in self.approvals.list(request.query.get("status"))]
+        items = [dataclasses.asdict(a) for a in await self.approvals.list(request.query.get("status"))]
         return web.json_response({"approvals": items, "now": time.time()})
 
     async def post_approval(self, request: web.Request) -> web.Response:
-        who = await self._operator(request)
-        if isinstance(who, web.Response):
-            return who
+        who = request[PRINCIPAL]
         try:
-            body = await request.json()
-        except ValueError:
+            body = loads_json(request[BODY])
+        except (ValueError, RecursionError):
             body = {}
         decision = body.get("decision") if isinstance(body, dict) else None
-        if decision not in ("approve", "deny"):
-            return _error(400, "bad_request", 'send {"decision": "approve"} or {"decision": "deny"}')
+        note = body.get("note") if isinstance(body, dict) else None
+        if decision not in ("approve", "deny") or not isinstance(note, str | None):
+            return _error(400, "bad_request", 'send {"decision": "approve" | "deny", "note": "optional text"}')
         try:
             act = self.approvals.approve if decision == "approve" else self.approvals.deny
-            approval = act(request.match_info["id"], who.id)
+            approval = await act(request.match_info["id"], who.id, note=note)
         except ToolcribError as exc:
             return _error(409, "conflict", exc.message)
         return web.json_response(dataclasses.asdict(approval))

@@ -8,20 +8,18 @@
   there is, and upgrades to SSE as soon as anything else must be sent first.
 - 2026-07-28 clients are stateless: each POST carries its own envelope and is served on its own.
 
-Security: ``Host`` and ``Origin`` are checked before anything else (DNS-rebinding protection,
-403), bodies are capped (413), malformed JSON-RPC gets -32700/-32600 and never disturbs a session,
-and every request is authenticated (401/403) before it reaches the server.
+Security: every request has passed the guard (:mod:`toolcrib.gateway.edge.guard`: Host/Origin,
+the whole body read under a cap, authentication to a typed principal) before a handler here runs.
+Malformed JSON-RPC gets -32700/-32600 (HTTP 400) and never disturbs a session; a request naming a
+session that is gone, or racing its ``DELETE``, gets 404; nothing a client sends yields a 500.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
@@ -31,23 +29,19 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp.server.connection import Connection
 from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
-from mcp_types.jsonrpc import jsonrpc_message_adapter
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
-from pydantic import ValidationError
 
 from toolcrib.config import Config
-from toolcrib.errors import AuthError, Forbidden
+from toolcrib.gateway.edge.guard import BODY, PRINCIPAL, access
+from toolcrib.gateway.edge.jsonrpc import BadMessage, parse_message
 from toolcrib.gateway.edge.sessions import Exchange, HttpSession, SessionExchange, Standalone, answer
 from toolcrib.gateway.server import Gateway, Peer, RequestInfo
 from toolcrib.gateway.trust.identity import Principal
 
 log = logging.getLogger("toolcrib.http")
 
-Authenticate = Callable[[web.Request], Awaitable[Principal]]
-Challenge = Callable[[web.Request, Exception], dict[str, str]]
 SESSION_HEADER = "Mcp-Session-Id"
 SUPPORTED_VERSIONS = (*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS)
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -72,61 +66,28 @@ class HttpTransport:
         gateway: Gateway,
         config: Config,
         tg: anyio.abc.TaskGroup,
-        *,
-        authenticate: Authenticate,
-        challenge: Challenge | None = None,
     ) -> None:
         self.gateway = gateway
         self.cfg = config.gateway
         self.tg = tg
-        self.authenticate = authenticate
-        self.challenge = challenge or (lambda _r, _e: {})
         self.sessions: dict[str, HttpSession] = {}
         self.accepting = True
         self.inflight = 0
         self.idle = anyio.Event()
-        hosts = {self.cfg.host, *LOOPBACK_NAMES, *self.cfg.allowed_hosts}
-        self._hosts = {h.lower() for h in hosts}
-        self._origins = {o.rstrip("/").lower() for o in self.cfg.allowed_origins}
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_route("POST", "/mcp", self.post)
-        app.router.add_route("GET", "/mcp", self.get)
-        app.router.add_route("DELETE", "/mcp", self.delete)
+        app.router.add_route("POST", "/mcp", access("client", self.post))
+        app.router.add_route("GET", "/mcp", access("client", self.get))
+        app.router.add_route("DELETE", "/mcp", access("client", self.delete))
 
     # ---- checks ------------------------------------------------------------------------------
-
-    def _check_host_origin(self, request: web.Request) -> web.Response | None:
-        host = (request.headers.get("Host") or "").lower()
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        if host not in self._hosts and name not in self._hosts:
-            return web.Response(status=403, text="Forbidden: Host header not allowed (DNS-rebinding protection)\n")
-        origin = request.headers.get("Origin")
-        if origin is not None:
-            o = origin.rstrip("/").lower()
-            parts = urlsplit(o)
-            if o not in self._origins and (parts.hostname or "") not in ("localhost", "127.0.0.1", "::1"):
-                return web.Response(
-                    status=403, text="Forbidden: Origin not allowed; add it to [gateway] allowed_origins\n"
-                )
-        return None
-
-    async def _principal(self, request: web.Request) -> Principal | web.Response:
-        try:
-            return await self.authenticate(request)
-        except AuthError as exc:
-            headers = self.challenge(request, exc)
-            return web.json_response({"error": "unauthorized", "message": exc.message}, status=401, headers=headers)
-        except Forbidden as exc:
-            headers = self.challenge(request, exc)
-            return web.json_response({"error": "forbidden", "message": exc.message}, status=403, headers=headers)
 
     def _session(self, request: web.Request, principal: Principal) -> HttpSession | web.Response | None:
         sid = request.headers.get(SESSION_HEADER)
         if sid is None:
             return None
         sess = self.sessions.get(sid)
-        if sess is None:
+        if sess is None or sess.closed.is_set():
             return _rpc_error(-32001, "Session not found or expired; start a new session with initialize", status=404)
         if sess.peer.principal.id != principal.id:
             return web.Response(status=403, text="Forbidden: this session belongs to another principal\n")
@@ -136,33 +97,16 @@ class HttpTransport:
     # ---- POST --------------------------------------------------------------------------------
 
     async def post(self, request: web.Request) -> web.StreamResponse:
-        bad = self._check_host_origin(request)
-        if bad is not None:
-            return bad
         if not self.accepting:
             return web.Response(status=503, text="Service Unavailable: shutting down\n", headers={"Retry-After": "5"})
-        if request.content_length is not None and request.content_length > self.cfg.max_body_bytes:
-            return web.Response(status=413, text=f"Payload Too Large: limit is {self.cfg.max_body_bytes} bytes\n")
         ctype = request.headers.get("Content-Type", "")
         if not ctype.lower().startswith("application/json"):
             return web.Response(status=415, text="Unsupported Media Type: send Content-Type: application/json\n")
-        principal = await self._principal(request)
-        if isinstance(principal, web.Response):
-            return principal
-        try:
-            body = await request.content.read(self.cfg.max_body_bytes + 1)
-        except (ConnectionError, anyio.EndOfStream):
-            return web.Response(status=400)
-        if len(body) > self.cfg.max_body_bytes:
-            return web.Response(status=413, text=f"Payload Too Large: limit is {self.cfg.max_body_bytes} bytes\n")
-        try:
-            raw = json.loads(body)
-        except (ValueError, RecursionError):
-            return _rpc_error(types.PARSE_ERROR, "Parse error: body is not valid JSON")
-        try:
-            message = jsonrpc_message_adapter.validate_python(raw)
-        except ValidationError:
-            return _rpc_error(types.INVALID_REQUEST, "Invalid Request: expected one JSON-RPC 2.0 message object")
+        principal = request[PRINCIPAL]
+        parsed = parse_message(request[BODY])
+        if isinstance(parsed, BadMessage):
+            return _rpc_error(parsed.code, parsed.message)
+        raw, message = parsed
         version = request.headers.get("MCP-Protocol-Version")
         if version is not None and version not in SUPPORTED_VERSIONS:
             return _rpc_error(
@@ -203,7 +147,10 @@ class HttpTransport:
             if message.method == "notifications/initialized":
                 sess.initialized = True
             elif message.method == "notifications/cancelled":
-                scope = sess.direct.get((message.params or {}).get("requestId"))
+                rid = (message.params or {}).get("requestId")
+                if not isinstance(rid, str | int) or isinstance(rid, bool):
+                    return True  # not a request id: nothing to cancel, and never the SDK loop's problem
+                scope = sess.direct.get(rid)
                 if scope is not None:
                     scope.cancel()
                     return True
@@ -243,6 +190,7 @@ class HttpTransport:
                     out = await answer(self.gateway.server, dctx, message, connection)
             finally:
                 sess.direct.pop(rid, None)
+                sess.last_seen = time.monotonic()
                 with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                     send.send_nowait(out)
                 send.close()
@@ -257,8 +205,9 @@ class HttpTransport:
     async def _initialize(
         self, request: web.Request, principal: Principal, message: types.JSONRPCRequest
     ) -> web.StreamResponse:
-        if len(self.sessions) >= self.cfg.max_sessions:
-            return _rpc_error(-32000, "Too many sessions; retry later or raise [gateway] max_sessions", status=503)
+        full = self._make_room(principal)
+        if full is not None:
+            return _rpc_error(-32000, full, status=503)
         peer = Peer(transport="http", principal=principal)
         to_server, server_read = anyio.create_memory_object_stream[SessionMessage | Exception](64)
         server_write, from_server = anyio.create_memory_object_stream[SessionMessage](64)
@@ -306,6 +255,36 @@ class HttpTransport:
                 except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
                     log.debug("session %s: dropped a message for a closed stream", sess.peer.id)
 
+    def _make_room(self, principal: Principal) -> str | None:
+        """Enforce the session caps before a new session of ``principal``; a reason when it cannot have one.
+
+        Per principal (``max_sessions_per_principal``) and overall (``max_sessions``): when a cap is
+        reached the least recently used *idle* session (of this principal first) is closed to make
+        room, so one caller opening sessions in a loop only ever evicts its own.
+        """
+        mine = [s for s in self.sessions.values() if s.peer.principal.id == principal.id]
+        if len(mine) >= self.cfg.max_sessions_per_principal and not self._evict(mine):
+            return (
+                f"Too many sessions for {principal.id} (max_sessions_per_principal = "
+                f"{self.cfg.max_sessions_per_principal}), all busy; close one with DELETE or retry later"
+            )
+        if len(self.sessions) >= self.cfg.max_sessions and not (self._evict(mine) or self._evict(self.all())):
+            return "Too many sessions, all busy; retry later or raise [gateway] max_sessions"
+        return None
+
+    def all(self) -> list[HttpSession]:
+        return list(self.sessions.values())
+
+    def _evict(self, candidates: list[HttpSession]) -> bool:
+        idle = [s for s in candidates if s.idle]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda s: s.last_seen)
+        log.info("session %s closed to make room (least recently used, idle)", victim.peer.id[:8])
+        victim.scope.cancel()
+        self._drop(victim)
+        return True
+
     def _drop(self, sess: HttpSession) -> None:
         self.sessions.pop(sess.peer.id, None)
         sess.closed.set()
@@ -330,6 +309,7 @@ class HttpTransport:
         finally:
             self._done()
             sess.waiters.pop(rid, None)
+            sess.last_seen = time.monotonic()
             send.close()
             recv.close()
 
@@ -343,8 +323,8 @@ class HttpTransport:
         """JSON if the first thing ready is the response; otherwise SSE until the response is sent."""
         try:
             first = await recv.receive()
-        except anyio.EndOfStream:
-            return _rpc_error(-32000, "Session closed before the request was answered", rid, status=500)
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            return _rpc_error(-32001, "Session closed before the request was answered; start a new session", rid, 404)
         if _is_final(first, rid):
             return web.Response(text=_dump(first), content_type="application/json", headers=headers)
         resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
@@ -408,15 +388,9 @@ class HttpTransport:
     # ---- GET / DELETE ------------------------------------------------------------------------
 
     async def get(self, request: web.Request) -> web.StreamResponse:
-        bad = self._check_host_origin(request)
-        if bad is not None:
-            return bad
         if "text/event-stream" not in request.headers.get("Accept", ""):
             return web.Response(status=406, text="Not Acceptable: GET /mcp needs Accept: text/event-stream\n")
-        principal = await self._principal(request)
-        if isinstance(principal, web.Response):
-            return principal
-        sess = self._session(request, principal)
+        sess = self._session(request, request[PRINCIPAL])
         if sess is None:
             return web.Response(status=405, headers={"Allow": "POST"}, text="Method Not Allowed without a session\n")
         if isinstance(sess, web.Response):
@@ -444,13 +418,7 @@ class HttpTransport:
         return resp
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
-        bad = self._check_host_origin(request)
-        if bad is not None:
-            return bad
-        principal = await self._principal(request)
-        if isinstance(principal, web.Response):
-            return principal
-        sess = self._session(request, principal)
+        sess = self._session(request, request[PRINCIPAL])
         if sess is None:
             return web.Response(status=400, text=f"Bad Request: DELETE needs {SESSION_HEADER}\n")
         if isinstance(sess, web.Response):
@@ -469,7 +437,7 @@ class HttpTransport:
         """Close every session idle longer than ``session_ttl`` (none in flight, no GET stream open)."""
         now = time.monotonic()
         for sess in list(self.sessions.values()):
-            if now - sess.last_seen > self.cfg.session_ttl and not sess.waiters and sess.standalone is None:
+            if now - sess.last_seen > self.cfg.session_ttl and sess.idle:
                 log.info("session %s expired after %.0f s idle", sess.peer.id[:8], self.cfg.session_ttl)
                 sess.scope.cancel()
                 self._drop(sess)

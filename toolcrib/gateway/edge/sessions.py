@@ -46,6 +46,11 @@ class HttpSession:
     """Directly served calls in flight, by the client's request id (for notifications/cancelled)."""
     next_id: int = 0
 
+    @property
+    def idle(self) -> bool:
+        """No request in flight and no GET stream open: the session may expire or be evicted."""
+        return not self.waiters and not self.direct and self.standalone is None
+
 
 class Exchange:
     """Dispatch context for one stateless (2026-07-28) request: no back-channel, SSE sink for notifications."""

@@ -17,7 +17,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -328,3 +328,17 @@ def protected_resource_metadata(cfg: AuthConfig, base_url: str) -> dict[str, Any
     if scopes:
         doc["scopes_supported"] = scopes
     return doc
+
+
+def challenger(config: Config, base_url: Callable[[], str]) -> Callable[[Any, Exception], dict[str, str]]:
+    """The ``WWW-Authenticate`` header of a refused request (RFC 6750 section 3; RFC 9728 section 5.1
+    ``resource_metadata`` when OAuth is on). ``base_url`` is read per call: the port is known late."""
+
+    def challenge(_request: Any, exc: Exception) -> dict[str, str]:
+        if config.gateway.auth not in ("oauth", "keys+oauth"):
+            return {"WWW-Authenticate": 'Bearer realm="toolcrib"'}
+        scope = getattr(exc, "scope", None)
+        error = "insufficient_scope" if scope else "invalid_token"
+        return {"WWW-Authenticate": www_authenticate(resource_metadata_url(base_url()), error=error, scope=scope)}
+
+    return challenge

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from toolcrib.config import Config
 from toolcrib.errors import ToolcribError
@@ -33,12 +35,24 @@ class Trust:
         self._stamp: tuple[int, int] | None = None
         self._checked = 0.0
 
-    def may_use(self, principal: Principal, key: str) -> bool:
-        """Listable and callable for this principal: not quarantined, not denied by every rule."""
-        self._maybe_reload()
-        if key in self.quarantined:
-            return False
-        return policy.allowed(principal, key, self.rules, self.default)
+    def may_use(self, principal: Principal, target: str, kind: policy.Kind = "tool") -> bool:
+        """Listable and reachable for this principal: not quarantined (tools), not denied by every rule."""
+        if kind == "tool":
+            self._maybe_reload()
+            if target in self.quarantined:
+                return False
+        return policy.allowed(principal, target, self.rules, self.default, kind=kind)
+
+    def refusing_rule(
+        self, principal: Principal, target: str, arguments: Mapping[str, Any], kind: policy.Kind = "tool"
+    ) -> str:
+        """The id of what makes ``target`` unreachable for ``principal``: ``quarantine`` or a policy rule id."""
+        if kind == "tool" and target in self.quarantined:
+            return "quarantine"
+        decision = policy.decide(principal, target, arguments, self.rules, self.default, kind=kind)
+        if decision.action == "deny":
+            return decision.rule
+        return next((r.id for r in self.rules if r.action == "deny"), decision.rule)
 
     def is_quarantined(self, key: str) -> bool:
         self._maybe_reload()

@@ -14,21 +14,16 @@ When none has it, :class:`SecretError` names all three ways to provide it.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import os
 import re
 import stat
 import threading
 import tomllib
-import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import ahocorasick_rs
 import keyring
 import keyring.backends.fail
 import keyring.backends.null
@@ -47,8 +42,6 @@ ENV_PREFIX = "TOOLCRIB_SECRET_"
 _PART = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 REF_RE = re.compile(rf"secret:({_PART})/({_PART})")
 """A reference inside a string; the name ends at the first character outside ``[A-Za-z0-9_.-]``."""
-MIN_SECRET_LENGTH = 4
-"""Shorter secrets are not registered with the :class:`Redactor`: they would scrub ordinary text."""
 
 
 class CredentialStore(Protocol):
@@ -290,106 +283,6 @@ def delete_secret(ref: str, secrets_file: str | os.PathLike[str] | None = None) 
     return removed
 
 
-def secret_forms(secret: str) -> set[str]:
-    """The encodings of ``secret`` a leak is likely to take: raw, JSON-escaped, URL-encoded, hex,
-    and base64 (standard and URL-safe, padded and not, and at each of the three byte alignments it
-    can have inside a longer encoded string such as ``Basic base64(user:secret)``)."""
-    raw = secret.encode()
-    forms = {
-        secret,
-        json.dumps(secret)[1:-1],
-        json.dumps(secret, ensure_ascii=False)[1:-1],
-        urllib.parse.quote(secret, safe=""),
-        urllib.parse.quote_plus(secret, safe=""),
-        binascii.hexlify(raw).decode(),
-        binascii.hexlify(raw).decode().upper(),
-    }
-    for prefix_len in range(3):
-        encoded = base64.b64encode(b"\0" * prefix_len + raw).decode()
-        total_bits = 8 * (prefix_len + len(raw))
-        start = -(-8 * prefix_len // 6)
-        middle = encoded[start : total_bits // 6]
-        if prefix_len == 0:
-            forms.add(encoded)
-            forms.add(encoded.translate(_URLSAFE))
-        forms.add(middle)
-        forms.add(middle.translate(_URLSAFE))
-    return {form for form in forms if len(form) >= MIN_SECRET_LENGTH}
+from toolcrib.gateway.trust.redaction import MIN_SECRET_LENGTH, REDACTED, Redactor, secret_forms  # noqa: E402
 
-
-_URLSAFE = str.maketrans("+/", "-_")
-REDACTED = "[REDACTED]"
-
-
-class Redactor:
-    """Scrubs every registered secret, in each of :func:`secret_forms`, from text and JSON values.
-
-    One Aho-Corasick automaton over all forms is rebuilt on :meth:`add` and swapped atomically, so
-    :meth:`scrub` is one linear pass whatever the number of secrets; overlapping matches are merged,
-    so two secrets that overlap in the text are both removed whole. Secrets
-    shorter than :data:`MIN_SECRET_LENGTH` are not registered: they would match ordinary words.
-    """
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._forms: set[str] = set()
-        self._lock = threading.Lock()
-        self._automaton: ahocorasick_rs.AhoCorasick | None = None
-        for secret in secrets:
-            self.add(secret)
-
-    def add(self, secret: str) -> None:
-        """Register a secret value (idempotent)."""
-        if len(secret) < MIN_SECRET_LENGTH:
-            return
-        with self._lock:
-            new = secret_forms(secret) - self._forms
-            if not new:
-                return
-            self._forms |= new
-            self._automaton = ahocorasick_rs.AhoCorasick(sorted(self._forms))
-
-    def __len__(self) -> int:
-        return len(self._forms)
-
-    def scrub(self, text: str) -> str:
-        """``text`` with every occurrence of a registered form replaced by ``[REDACTED]``."""
-        automaton = self._automaton
-        if automaton is None or not text:
-            return text
-        matches = automaton.find_matches_as_indexes(text, overlapping=True)
-        if not matches:
-            return text
-        parts = []
-        last = 0
-        span_start, span_end = -1, -1
-        for _index, start, end in sorted(matches, key=lambda m: m[1]):
-            if start <= span_end:
-                span_end = max(span_end, end)
-                continue
-            if span_end >= 0:
-                parts += [text[last:span_start], REDACTED]
-                last = span_end
-            span_start, span_end = start, end
-        parts += [text[last:span_start], REDACTED, text[span_end:]]
-        return "".join(parts)
-
-    def scrub_json(self, obj: Any) -> Any:
-        """A JSON-like value with every string (keys included) scrubbed: ``obj`` itself when its
-        serialization holds no registered form (one pass), else a scrubbed deep copy."""
-        automaton = self._automaton
-        if automaton is None:
-            return obj
-        try:
-            text = json.dumps(obj, ensure_ascii=False, default=str)
-        except (TypeError, ValueError):
-            return self._walk(obj)
-        return self._walk(obj) if automaton.find_matches_as_indexes(text) else obj
-
-    def _walk(self, obj: Any) -> Any:
-        if isinstance(obj, str):
-            return self.scrub(obj)
-        if isinstance(obj, Mapping):
-            return {self.scrub(str(k)): self._walk(v) for k, v in obj.items()}
-        if isinstance(obj, list | tuple):
-            return [self._walk(v) for v in obj]
-        return obj
+__all__ = ["MIN_SECRET_LENGTH", "REDACTED", "Redactor", "secret_forms"]

@@ -1,0 +1,200 @@
+"""The guard: one aiohttp middleware in front of every HTTP route, present and future.
+
+Every request passes, in this order:
+
+1. **Host / Origin** (DNS-rebinding and cross-site protection): ``Host`` must name this gateway
+   (its bind address, a loopback name, or ``[gateway] allowed_hosts``); an ``Origin``, when sent,
+   must be loopback or in ``allowed_origins``. Else 403.
+2. **Body**: a declared ``Content-Length`` over ``max_body_bytes`` is refused before reading (413);
+   otherwise the WHOLE body is read, however it arrives (several TCP segments, chunked transfer
+   encoding), and kept under :data:`BODY`. A body that grows past the cap while read is 413.
+3. **Authentication** to a typed :class:`~toolcrib.gateway.trust.identity.Principal`, kept under
+   :data:`PRINCIPAL`. Failures get the status RFC 6750 assigns and a generic body that says what to
+   do and nothing about the gateway's internals: 400 ``invalid_request`` (credentials in the URL,
+   several or non-Bearer ``Authorization`` headers), 401 ``invalid_token`` (missing, unknown,
+   expired), 403 ``insufficient_scope``, 503 (the key store or the issuer's keys are unreadable:
+   fail closed). Every refusal is reported to ``on_refused`` (the audit log) with its detail.
+4. **Route access**, declared once per route when it is added, with :func:`access`:
+   ``"client"`` (``/mcp``: any authenticated principal), ``"operator"`` (``/admin/*``: a principal in
+   the operators group, and for state-changing methods ``Content-Type: application/json`` (415
+   otherwise), so no HTML form or CORS "simple request" can change anything), ``"public"``
+   (``/healthz``, OAuth metadata: credentials optional; an authenticated principal is still
+   attached when valid ones are sent). A route that declares nothing is treated as ``"operator"``.
+
+With ``auth = "none"`` (loopback binds only) ``/mcp`` clients are the anonymous principal, and
+operator and public routes see the local operator when the peer address is loopback (the Host check
+above is what keeps a DNS-rebinding page from being that peer).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Literal
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from toolcrib.config import Config
+from toolcrib.errors import AuthError, Forbidden
+from toolcrib.gateway.trust.identity import ANONYMOUS, LOCAL_OPERATOR, OPERATORS_GROUP, Principal
+from toolcrib.gateway.trust.policy import is_loopback
+
+log = logging.getLogger("toolcrib.guard")
+
+Access = Literal["client", "operator", "public"]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Authenticate = Callable[[Mapping[str, str], Mapping[str, str]], Awaitable[Principal]]
+Refused = Callable[[web.Request, str, int], None]
+"""``(request, detail, status)``: told of every refused authentication (for the audit log)."""
+Challenge = Callable[[web.Request, Exception], dict[str, str]]
+
+PRINCIPAL = web.RequestKey("toolcrib_principal", Principal)
+"""The authenticated caller of this request (``public`` routes: absent unless credentials were valid)."""
+BODY = web.RequestKey("toolcrib_body", bytes)
+"""The whole request body, read by the guard (empty for methods without one)."""
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
+_ACCESS_ATTR = "_toolcrib_access"
+_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_GENERIC = {
+    400: ("invalid_request", "send credentials only as one `Authorization: Bearer TOKEN` header, never in the URL"),
+    401: ("invalid_token", "authentication required: send a valid `Authorization: Bearer TOKEN` header"),
+    403: ("insufficient_scope", "the credentials are valid but lack the scope this endpoint needs"),
+    503: ("temporarily_unavailable", "authentication is temporarily unavailable; retry shortly"),
+}
+
+
+def access(level: Access, handler: Handler) -> Handler:
+    """``handler`` declared with an access level (see the module docstring); register the result."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        return await handler(request)
+
+    setattr(guarded, _ACCESS_ATTR, level)
+    return guarded
+
+
+def _level(request: web.Request) -> Access:
+    level: Access = getattr(request.match_info.handler, _ACCESS_ATTR, "operator")
+    return level
+
+
+def error_body(status: int, error: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    """The guard's JSON error shape: ``{"error": CODE, "message": ONE LINE}``."""
+    return web.json_response({"error": error, "message": message}, status=status, headers=headers)
+
+
+class Guard:
+    """Builds the middleware from the gateway config and the authenticator."""
+
+    def __init__(
+        self,
+        config: Config,
+        authenticate: Authenticate,
+        *,
+        on_refused: Refused | None = None,
+        challenge: Challenge | None = None,
+    ) -> None:
+        gw = config.gateway
+        self.auth_mode = gw.auth
+        self.max_body = gw.max_body_bytes
+        self._hosts = {h.lower() for h in (gw.host, *LOOPBACK_NAMES, *gw.allowed_hosts)}
+        self._origins = {o.rstrip("/").lower() for o in gw.allowed_origins}
+        self._authenticate = authenticate
+        self._on_refused = on_refused or (lambda _r, _d, _s: None)
+        self._challenge = challenge or (lambda _r, _e: {})
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        bad = self.check_host_origin(request)
+        if bad is not None:
+            return bad
+        if request.method in _UNSAFE:
+            body = await self._read_body(request)
+            if isinstance(body, web.Response):
+                return body
+            request[BODY] = body
+        else:
+            request[BODY] = b""
+        level = _level(request)
+        principal = await self._principal(request, level)
+        if isinstance(principal, web.Response):
+            return principal
+        if principal is not None:
+            request[PRINCIPAL] = principal
+        if level == "operator":
+            refused = self._operator_only(request, principal)
+            if refused is not None:
+                return refused
+        return await handler(request)
+
+    # ---- 1. Host / Origin ----------------------------------------------------------------------
+
+    def check_host_origin(self, request: web.Request) -> web.Response | None:
+        host = (request.headers.get("Host") or "").strip().lower()
+        name = host if host.endswith("]") else host.rsplit(":", 1)[0]
+        if not host or (host not in self._hosts and name not in self._hosts):
+            return web.Response(status=403, text="Forbidden: Host header not allowed (DNS-rebinding protection)\n")
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            o = origin.strip().rstrip("/").lower()
+            hostname = urlsplit(o).hostname or ""
+            if o not in self._origins and hostname not in ("localhost", "127.0.0.1", "::1"):
+                return web.Response(
+                    status=403, text="Forbidden: Origin not allowed; add it to [gateway] allowed_origins\n"
+                )
+        return None
+
+    # ---- 2. body -------------------------------------------------------------------------------
+
+    async def _read_body(self, request: web.Request) -> bytes | web.Response:
+        too_large = web.Response(status=413, text=f"Payload Too Large: the limit is {self.max_body} bytes\n")
+        if request.content_length is not None and request.content_length > self.max_body:
+            return too_large
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > self.max_body:
+                    return too_large
+                chunks.append(chunk)
+        except (ConnectionError, web.HTTPException):
+            return web.Response(status=400, text="Bad Request: the body could not be read\n")
+        return b"".join(chunks)
+
+    # ---- 3. authentication ---------------------------------------------------------------------
+
+    async def _principal(self, request: web.Request, level: Access) -> Principal | web.Response | None:
+        if self.auth_mode == "none":
+            if level == "client":
+                return ANONYMOUS
+            return LOCAL_OPERATOR if is_loopback(request.remote or "") else None
+        if level == "public" and "Authorization" not in request.headers:
+            return None
+        try:
+            return await self._authenticate(request.headers, request.query)
+        except (AuthError, Forbidden) as exc:
+            status = int(getattr(exc, "status", 401 if isinstance(exc, AuthError) else 403))
+            self._on_refused(request, exc.message, status)
+            log.info("refused %s %s from %s: %s", request.method, request.path, request.remote, exc.message)
+            if level == "public":
+                return None
+            error, message = _GENERIC.get(status, _GENERIC[401])
+            headers = self._challenge(request, exc) if status in (401, 403) else {}
+            if status == 503:
+                headers = {"Retry-After": "5"}
+            return error_body(status, error, message, headers)
+
+    # ---- 4. operator routes --------------------------------------------------------------------
+
+    def _operator_only(self, request: web.Request, principal: Principal | None) -> web.Response | None:
+        if principal is None:
+            return error_body(403, "forbidden", "the admin API answers only the local operator (loopback)")
+        if not principal.is_operator:
+            self._on_refused(request, f"{principal.id} is not an operator", 403)
+            return error_body(403, "forbidden", f"this needs a principal in the {OPERATORS_GROUP!r} group")
+        if request.method in _UNSAFE and request.content_type != "application/json":
+            return error_body(415, "unsupported_media_type", "send the request body as Content-Type: application/json")
+        return None

@@ -1,0 +1,87 @@
+"""The client side of one upstream-bound call: where upstream-to-client traffic for it goes.
+
+The router (:mod:`toolcrib.router.upstreams`) hands every server-to-client request (sampling,
+elicitation, roots) and every request-scoped notification (log messages, progress) that it can
+attribute to a call to that call's :class:`Relay`, and to nothing else. The relay scrubs known
+secrets from every message before it leaves, and sends it on the client request that caused the
+call (``related_request_id``), so it rides that request's own stream, never another client's.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import mcp_types as types
+from mcp.server.context import ServerRequestContext
+from mcp.shared.exceptions import MCPError
+from mcp.shared.message import ServerMessageMetadata
+
+from toolcrib.gateway.trust.secrets import Redactor
+
+log = logging.getLogger("toolcrib.relay")
+
+Ctx = ServerRequestContext[Any, Any]
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+"""RFC 5424 severities in MCP's order (``logging/setLevel``)."""
+
+
+class Relay:
+    """Relays upstream-initiated traffic of one call back to the client request that made it.
+
+    ``min_level`` is the client's ``logging/setLevel`` for its connection (``None``: everything).
+    """
+
+    def __init__(self, ctx: Ctx, redactor: Redactor, min_level: str | None = None) -> None:
+        self._ctx = ctx
+        self._redactor = redactor
+        self._min_level = LOG_LEVELS.index(min_level) if min_level in LOG_LEVELS else 0
+
+    def _scrub(self, params: Any) -> Any:
+        if not len(self._redactor):
+            return params
+        data = params.model_dump(by_alias=True, mode="json", exclude_none=True)
+        scrubbed = self._redactor.scrub_json(data)
+        return params if scrubbed == data else type(params).model_validate(scrubbed)
+
+    async def _send(self, request: Any, result_type: Any) -> dict[str, Any]:
+        session = self._ctx.session
+        if not session.can_send_request:
+            raise MCPError(code=types.INVALID_REQUEST, message="the client cannot take server requests here")
+        meta = ServerMessageMetadata(related_request_id=self._ctx.request_id)
+        result = await session.send_request(request, result_type, metadata=meta)
+        dumped: dict[str, Any] = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        return dumped
+
+    async def create_message(self, params: types.CreateMessageRequestParams) -> dict[str, Any]:
+        return await self._send(types.CreateMessageRequest(params=self._scrub(params)), types.CreateMessageResult)
+
+    async def elicit(self, params: types.ElicitRequestParams) -> dict[str, Any]:
+        return await self._send(types.ElicitRequest(params=self._scrub(params)), types.ElicitResult)
+
+    async def list_roots(self) -> dict[str, Any]:
+        return await self._send(types.ListRootsRequest(), types.ListRootsResult)
+
+    async def log_message(self, params: types.LoggingMessageNotificationParams) -> None:
+        level = LOG_LEVELS.index(params.level) if params.level in LOG_LEVELS else len(LOG_LEVELS) - 1
+        if level < self._min_level:
+            return
+        note = types.LoggingMessageNotification(params=self._scrub(params))
+        try:
+            await self._ctx.session.send_notification(note, related_request_id=self._ctx.request_id)
+        except Exception:
+            log.debug("dropped a relayed log message", exc_info=True)
+
+    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
+        token = self._ctx.meta.get("progress_token") if self._ctx.meta else None
+        if token is None:
+            return
+        if message is not None and len(self._redactor):
+            message = self._redactor.scrub(message)
+        await self._ctx.session.send_progress_notification(
+            token, progress, total, message, related_request_id=str(self._ctx.request_id)
+        )
+
+    @property
+    def wants_progress(self) -> bool:
+        return bool(self._ctx.meta and self._ctx.meta.get("progress_token") is not None)

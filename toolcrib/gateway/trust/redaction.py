@@ -1,0 +1,177 @@
+"""Redaction: known secret values never leave the gateway, whatever shape a leak takes.
+
+Every upstream secret resolved at the upstream edge is registered with the one :class:`Redactor`;
+every upstream-to-client message (results, errors, log and progress notifications, sampling and
+elicitation requests, resource contents, prompt messages, completion values), every audit row and
+every log record is scrubbed with it.
+
+Matching covers the encodings a leak is likely to take (:func:`secret_forms`: raw, JSON-escaped,
+URL-encoded, hex, base64 at each alignment) and, on top of each, **any letter case** and copies
+**split by invisible characters** (zero-width space/joiners, word joiner, BOM, soft hyphen...). A
+match is replaced whole by :data:`REDACTED`, the invisible characters inside it included.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+import threading
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import ahocorasick_rs
+
+MIN_SECRET_LENGTH = 4
+"""Shorter secrets are not registered with the :class:`Redactor`: they would scrub ordinary text."""
+REDACTED = "[REDACTED]"
+INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]"
+)
+"""Characters that render as nothing (Unicode default-ignorable format characters): a secret split by
+them still reads as the secret, so they are skipped when matching."""
+_URLSAFE = str.maketrans("+/", "-_")
+
+
+def secret_forms(secret: str) -> set[str]:
+    """The encodings of ``secret`` a leak is likely to take: raw, JSON-escaped, URL-encoded, hex,
+    and base64 (standard and URL-safe, padded and not, and at each of the three byte alignments it
+    can have inside a longer encoded string such as ``Basic base64(user:secret)``)."""
+    raw = secret.encode()
+    forms = {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret, safe=""),
+        binascii.hexlify(raw).decode(),
+    }
+    for prefix_len in range(3):
+        encoded = base64.b64encode(b"\0" * prefix_len + raw).decode()
+        total_bits = 8 * (prefix_len + len(raw))
+        start = -(-8 * prefix_len // 6)
+        middle = encoded[start : total_bits // 6]
+        if prefix_len == 0:
+            forms.add(encoded)
+            forms.add(encoded.translate(_URLSAFE))
+        forms.add(middle)
+        forms.add(middle.translate(_URLSAFE))
+    return {form for form in forms if len(form) >= MIN_SECRET_LENGTH}
+
+
+def _fold(text: str) -> str:
+    """Lower-case ``text`` keeping its length (characters whose lower case is longer stay as they are)."""
+    low = text.lower()
+    if len(low) == len(text):
+        return low
+    return "".join(c if len(lc := c.lower()) != 1 else lc for c in text)
+
+
+class Redactor:
+    """Scrubs every registered secret, in each of :func:`secret_forms`, any case, and split by invisible
+    characters, from text and JSON values.
+
+    One Aho-Corasick automaton over all (case-folded) forms is rebuilt on :meth:`add` and swapped
+    atomically, so :meth:`scrub` is one linear pass whatever the number of secrets; overlapping matches
+    are merged, so two secrets that overlap in the text are both removed whole. Secrets shorter than
+    :data:`MIN_SECRET_LENGTH` are not registered: they would match ordinary words.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._forms: set[str] = set()
+        self._lock = threading.Lock()
+        self._automaton: ahocorasick_rs.AhoCorasick | None = None
+        for secret in secrets:
+            self.add(secret)
+
+    def add(self, secret: str) -> None:
+        """Register a secret value (idempotent)."""
+        if len(INVISIBLE.sub("", secret)) < MIN_SECRET_LENGTH:
+            return
+        with self._lock:
+            new = {_fold(INVISIBLE.sub("", f)) for f in secret_forms(secret)} - self._forms
+            if not new:
+                return
+            self._forms |= new
+            self._automaton = ahocorasick_rs.AhoCorasick(sorted(self._forms))
+
+    def __len__(self) -> int:
+        return len(self._forms)
+
+    def _spans(self, text: str) -> list[tuple[int, int]]:
+        """Merged ``[start, end)`` spans of ``text`` holding a registered form."""
+        automaton = self._automaton
+        if automaton is None or not text:
+            return []
+        index: list[int] | None = None
+        view = text
+        if INVISIBLE.search(text):
+            index = [i for i, c in enumerate(text) if not INVISIBLE.fullmatch(c)]
+            view = "".join(text[i] for i in index)
+        matches = automaton.find_matches_as_indexes(_fold(view), overlapping=True)
+        spans: list[tuple[int, int]] = []
+        for _form, start, end in sorted(matches, key=lambda m: m[1]):
+            if index is not None:
+                start, end = index[start], index[end - 1] + 1
+            if spans and start <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], max(spans[-1][1], end))
+            else:
+                spans.append((start, end))
+        return spans
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every occurrence of a registered form replaced by ``[REDACTED]``."""
+        spans = self._spans(text)
+        if not spans:
+            return text
+        parts = []
+        last = 0
+        for start, end in spans:
+            parts += [text[last:start], REDACTED]
+            last = end
+        parts.append(text[last:])
+        return "".join(parts)
+
+    def scrub_json(self, obj: Any) -> Any:
+        """A JSON-like value with every string (keys included) scrubbed: ``obj`` itself when its
+        serialization holds no registered form (one pass), else a scrubbed deep copy."""
+        if self._automaton is None:
+            return obj
+        try:
+            text = json.dumps(obj, ensure_ascii=False, default=str)
+        except (TypeError, ValueError):
+            return self._walk(obj)
+        return self._walk(obj) if self._spans(text) else obj
+
+    def _walk(self, obj: Any) -> Any:
+        if isinstance(obj, str):
+            return self.scrub(obj)
+        if isinstance(obj, Mapping):
+            return {self.scrub(str(k)): self._walk(v) for k, v in obj.items()}
+        if isinstance(obj, list | tuple):
+            return [self._walk(v) for v in obj]
+        return obj
+
+
+class RedactingFilter(logging.Filter):
+    """Scrub known secret values from every log record before any handler sees it."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if len(self.redactor):
+            record.msg = self.redactor.scrub(record.getMessage())
+            record.args = None
+        return True
+
+
+def install_log_redaction(redactor: Redactor) -> None:
+    """Add a :class:`RedactingFilter` to every root handler (once)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter(redactor))
