@@ -11,7 +11,12 @@ What it implements of the transport's contract:
 - JSON and SSE answers; a JSON-RPC error in a non-2xx body is surfaced as is, other failures
   become a JSON-RPC error for that request so no caller waits forever;
 - a 2026-07-28 request is cancelled by aborting its POST (the server sees the stream close);
-- for 2025-11-25 sessions, the GET stream for server-initiated messages once initialized.
+- for 2025-11-25 sessions, the GET stream for server-initiated messages once initialized;
+- every message read from a request's own SSE stream carries
+  ``ServerMessageMetadata(related_request_id=<that request's id>)``: the spec has the server send
+  there only what relates to that request (basic/transports, "Sending Messages to the Server"),
+  which is how :mod:`toolcrib.router.backchannel` routes it to the call that caused it. Messages
+  from the GET stream carry no relation.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import anyio
 import anyio.abc
 import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from mcp.shared.message import ClientMessageMetadata, SessionMessage
+from mcp.shared.message import ClientMessageMetadata, ServerMessageMetadata, SessionMessage
 from mcp_types.jsonrpc import jsonrpc_message_adapter
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
@@ -61,7 +66,8 @@ class _Conn:
             h.update(extra)
         return h
 
-    async def deliver(self, raw: bytes | str, rid: Any = None) -> None:
+    async def deliver(self, raw: bytes | str, rid: Any = None, *, related: Any = None) -> None:
+        """Parse one message and hand it to the session; ``related`` is the request whose stream it came on."""
         try:
             message = jsonrpc_message_adapter.validate_json(raw, by_name=False)
         except ValidationError as exc:
@@ -70,7 +76,8 @@ class _Conn:
                 return
             await self.fail(rid, types.PARSE_ERROR, f"unparsable answer from the server: {exc.errors()[0]['msg']}")
             return
-        await self.read.send(SessionMessage(message))
+        meta = ServerMessageMetadata(related_request_id=related) if related is not None else None
+        await self.read.send(SessionMessage(message, metadata=meta))
 
     async def fail(self, rid: Any, code: int, message: str) -> None:
         err = types.JSONRPCError(jsonrpc="2.0", id=rid, error=types.ErrorData(code=code, message=message))
@@ -139,7 +146,7 @@ class _Conn:
             elif not line:
                 if data and event == "message":
                     text = "\n".join(data)
-                    await self.deliver(text)
+                    await self.deliver(text, related=rid)
                     if rid is not None and _answers(text, rid):
                         return
                 data, event = [], "message"

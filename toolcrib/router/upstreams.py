@@ -8,16 +8,14 @@ per-call deadline (expiry cancels the downstream request, which sends ``notifica
 and maps failures to :mod:`toolcrib.errors`.
 
 Server-to-client requests (sampling, elicitation, roots) and log messages from the upstream are
-relayed to the :class:`Caller` that made the call: the caller is carried in a context variable on
-the calling task, and for upstreams that send such requests out-of-band (2025-11-25 era) the
-upstream's in-flight callers are used instead.
+relayed only to the :class:`Caller` whose call caused them, or refused / dropped when that cannot
+be told: see :mod:`toolcrib.router.backchannel`.
 
 Credentials are resolved here, at the upstream edge, and nowhere else.
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import math
 import random
@@ -25,11 +23,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import mcp_types as types
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 from mcp import Client, StdioServerParameters
 from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
@@ -42,10 +40,10 @@ from mcp.client.subscriptions import (
     ToolsListChanged,
 )
 from mcp.shared.exceptions import MCPError
-from mcp.shared.message import SessionMessage
 
 from toolcrib.config import ServerConfig
 from toolcrib.errors import SecretError, ToolcribError, UpstreamCrashed, UpstreamTimeout, UpstreamUnavailable
+from toolcrib.router.backchannel import Backchannel, Caller, current_caller
 from toolcrib.router.http_transport import aiohttp_transport
 
 log = logging.getLogger("toolcrib.upstream")
@@ -57,16 +55,7 @@ CRASH_LOOP_WINDOW = 60.0
 CRASH_LOOP_PAUSE = 60.0
 
 
-class Caller(Protocol):
-    """The client-side party of a call in flight, to which upstream-initiated traffic is relayed."""
-
-    async def create_message(self, params: types.CreateMessageRequestParams) -> dict[str, Any]: ...
-    async def elicit(self, params: types.ElicitRequestParams) -> dict[str, Any]: ...
-    async def list_roots(self) -> dict[str, Any]: ...
-    async def log_message(self, params: types.LoggingMessageNotificationParams) -> None: ...
-
-
-current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("toolcrib_caller", default=None)
+__all__ = ["Caller", "Listing", "SecretExpander", "Upstream", "UpstreamState", "current_caller"]
 
 SecretExpander = Callable[[str], str]
 
@@ -152,12 +141,11 @@ class Upstream:
         self._on_change = on_change
         self._client: Client | None = None
         self._limiter = anyio.CapacityLimiter(cfg.max_concurrency)
-        self._inflight: dict[int, Caller] = {}
+        self._backchannel = Backchannel(name)
         self._stop = anyio.Event()
         self._closed = anyio.Event()
         self._refresh: set[str] = set()
         self._refresh_event = anyio.Event()
-        self._next_call = 0
         self._scope = anyio.CancelScope()
         self._resource_subs: set[str] = set()
         self._relisten = anyio.Event()
@@ -234,10 +222,9 @@ class Upstream:
                 await self._transport(stack),
                 mode="legacy" if self.cfg.kind == "sse" else "auto",
                 message_handler=self._on_message,
-                sampling_callback=self._sampling,
-                elicitation_callback=self._elicitation,
-                list_roots_callback=self._roots,
-                logging_callback=self._logging,
+                sampling_callback=self._backchannel.sampling,
+                elicitation_callback=self._backchannel.elicitation,
+                list_roots_callback=self._backchannel.roots,
                 client_info=types.Implementation(name="toolcrib", version="0.1.0"),
                 log_level="debug",
                 cache=None,
@@ -377,9 +364,13 @@ class Upstream:
         return self._watched(aiohttp_transport(cfg.url, headers, timeout=cfg.connect_timeout))
 
     @asynccontextmanager
-    async def _watched(self, transport: Any) -> AsyncIterator[tuple[Any, MemoryObjectSendStream[SessionMessage]]]:
-        async with transport as (read, write):
-            yield _ClosingStream(read, self._closed), write
+    async def _watched(self, transport: Any) -> AsyncIterator[tuple[Any, Any]]:
+        """The transport's streams, watched for EOF and routed by :class:`Backchannel`."""
+        async with (
+            transport as (read, write),
+            self._backchannel.attach(_ClosingStream(read, self._closed), write) as ends,
+        ):
+            yield ends
         self._closed.set()
 
     async def _fetch_listing(self, client: Client, kinds: set[str], old: Listing | None = None) -> Listing:
@@ -417,44 +408,6 @@ class Upstream:
         elif isinstance(root, types.ResourceUpdatedNotification):
             await self._notify("resource_updated:" + root.params.uri)
 
-    def _caller(self) -> Caller | None:
-        caller = current_caller.get()
-        if caller is not None:
-            return caller
-        if self._inflight:
-            return self._inflight[max(self._inflight)]
-        return None
-
-    async def _relay(self, what: str, ask: Callable[[Caller], Awaitable[dict[str, Any]]], result: Any) -> Any:
-        """Put an upstream's request to the client in flight and validate its answer."""
-        caller = self._caller()
-        if caller is None:
-            return types.ErrorData(code=types.INVALID_REQUEST, message=f"no client call in flight to {what}")
-        try:
-            return result.model_validate(await ask(caller))
-        except MCPError as exc:
-            return exc.error
-
-    async def _sampling(self, context: Any, params: types.CreateMessageRequestParams) -> Any:
-        return await self._relay("sample for", lambda c: c.create_message(params), types.CreateMessageResult)
-
-    async def _elicitation(self, context: Any, params: types.ElicitRequestParams) -> Any:
-        return await self._relay("elicit from", lambda c: c.elicit(params), types.ElicitResult)
-
-    async def _roots(self, context: Any) -> Any:
-        caller = self._caller()
-        if caller is None:
-            return types.ListRootsResult(roots=[])
-        try:
-            return types.ListRootsResult.model_validate(await caller.list_roots())
-        except MCPError as exc:
-            return exc.error
-
-    async def _logging(self, params: types.LoggingMessageNotificationParams) -> None:
-        caller = self._caller()
-        if caller is not None:
-            await caller.log_message(params)
-
     # ---- calls -------------------------------------------------------------------------------
 
     async def request(self, op: Callable[[Client], Awaitable[T]], *, what: str) -> T:
@@ -467,15 +420,10 @@ class Upstream:
         if client is None:
             raise UpstreamUnavailable(self._unavailable_reason())
         deadline = self.cfg.timeout
-        caller = current_caller.get()
-        self._next_call += 1
-        token = self._next_call
-        if caller is not None:
-            self._inflight[token] = caller
         try:
-            with anyio.fail_after(deadline):
+            with self._backchannel.call() as call, anyio.fail_after(deadline):
                 async with self._limiter:
-                    return await op(client)
+                    result = await op(client)
         except TimeoutError:
             raise UpstreamTimeout(
                 f"{self.name}: {what} exceeded the {deadline:g} s deadline and was cancelled; "
@@ -489,8 +437,8 @@ class Upstream:
                     "toolcrib is restarting it, retry shortly"
                 ) from None
             raise
-        finally:
-            self._inflight.pop(token, None)
+        await call.flushed()
+        return result
 
     def _unavailable_reason(self) -> str:
         st = self.state

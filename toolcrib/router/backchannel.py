@@ -1,0 +1,335 @@
+"""The back channel: upstream-initiated traffic delivered only to the client call that caused it.
+
+While a call is in flight an upstream may send its client log lines (``notifications/message``)
+and requests (``sampling/createMessage``, ``elicitation/create``, ``roots/list``). Each must reach
+the client whose call caused it and nobody else: another principal's client must never see its
+log lines (they may carry secrets) nor answer its questions.
+
+One :class:`Backchannel` per upstream sits between the SDK session and the transport streams:
+
+- **write side** (:class:`_RecordedWrite`): the SDK writes a request in the task that makes the
+  call, where :data:`current_call` (set by :meth:`Backchannel.call`) names the call; the request's
+  JSON-RPC id is recorded as that call's, and forgotten when its response is read or the call ends.
+- **read side** (:class:`_RoutedRead`): a message the transport marks as related to one of our
+  requests (``ServerMessageMetadata.related_request_id``; toolcrib's Streamable HTTP transport
+  marks every message read from a request's own SSE stream, which the spec says relates to that
+  request: basic/transports, "Sending Messages to the Server") belongs to the call that sent it.
+  A message with no relation (stdio, legacy HTTP+SSE, the 2025-11-25 GET stream) is attributed
+  only when exactly one call is in flight on this upstream: no other call exists that could have
+  caused it. With none or several in flight, a log line is **dropped** and a request **refused**
+  (JSON-RPC error ``-32600`` to the upstream), with one rate-limited warning each. A relation to a
+  request that no client call in flight made (a finished call, the gateway's own listing) is
+  treated the same way. Never another principal's call.
+- Log lines are queued per call (in order, without blocking the read loop) and delivered before
+  the call's result is returned. Server requests are noted by their id, and the SDK's sampling,
+  elicitation and roots callbacks (which get only that id) look the call up here. 2026-07-28
+  input requests (``InputRequiredResult``) are answered by the SDK inside the calling task, so
+  :data:`current_call` names the call directly. Progress is matched by the SDK's progress tokens.
+
+The client side of a call is the :class:`Caller` the gateway puts in ``current_caller``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Protocol, Self
+
+import anyio
+import anyio.abc
+import mcp_types as types
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp.shared.exceptions import MCPError
+from mcp.shared.message import ServerMessageMetadata, SessionMessage
+from pydantic import ValidationError
+
+log = logging.getLogger("toolcrib.upstream.backchannel")
+
+RELAYED = frozenset({"sampling/createMessage", "elicitation/create", "roots/list"})
+LOG_QUEUE = 256
+"""Log lines buffered per call before further ones are dropped."""
+LOG_FLUSH_TIMEOUT = 5.0
+"""Seconds a finished call waits for its queued log lines to reach its client."""
+WARN_EVERY = 10.0
+"""Seconds between two warnings of the same kind for one upstream."""
+
+RequestId = int | str
+
+
+class Caller(Protocol):
+    """The client-side party of a call in flight, to which upstream-initiated traffic is relayed."""
+
+    async def create_message(self, params: types.CreateMessageRequestParams) -> dict[str, Any]: ...
+    async def elicit(self, params: types.ElicitRequestParams) -> dict[str, Any]: ...
+    async def list_roots(self) -> dict[str, Any]: ...
+    async def log_message(self, params: types.LoggingMessageNotificationParams) -> None: ...
+
+
+current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("toolcrib_caller", default=None)
+"""Set by the gateway around a client's call; read once when the call reaches an upstream."""
+
+
+class Call:
+    """One call in flight on an upstream: its caller (None for the gateway's own requests), the
+    JSON-RPC ids of the requests it sent, and its queue of log lines for the caller."""
+
+    def __init__(self, caller: Caller | None) -> None:
+        self.caller = caller
+        self.ids: set[RequestId] = set()
+        self._logs: MemoryObjectSendStream[types.LoggingMessageNotificationParams] | None = None
+        self._flushed = anyio.Event()
+
+    async def flushed(self, timeout: float = LOG_FLUSH_TIMEOUT) -> None:
+        """Wait (at most ``timeout`` seconds) until the log lines queued for the caller were delivered."""
+        if self._logs is not None:
+            with anyio.move_on_after(timeout):
+                await self._flushed.wait()
+
+
+current_call: contextvars.ContextVar[Call | None] = contextvars.ContextVar("toolcrib_upstream_call", default=None)
+"""The upstream call the current task is making (set by :meth:`Backchannel.call`)."""
+
+
+class Backchannel:
+    """Routes one upstream's back-channel traffic; see the module docstring for the rules."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self._calls: set[Call] = set()
+        self._outbound: dict[RequestId, Call] = {}
+        self._inbound: dict[RequestId, Call | None] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._warned: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    # ---- calls -------------------------------------------------------------------------------
+
+    @contextmanager
+    def call(self) -> Iterator[Call]:
+        """Register a call by the current task's :data:`current_caller` for the duration of the block."""
+        call = Call(current_caller.get())
+        self._calls.add(call)
+        token = current_call.set(call)
+        try:
+            yield call
+        finally:
+            current_call.reset(token)
+            self._calls.discard(call)
+            for rid in call.ids:
+                if self._outbound.get(rid) is call:
+                    del self._outbound[rid]
+            call.ids.clear()
+            if call._logs is not None:
+                call._logs.close()
+
+    @asynccontextmanager
+    async def attach(self, read: Any, write: Any) -> AsyncIterator[tuple[_RoutedRead, _RecordedWrite]]:
+        """Wrap one connection's (read, write) transport streams; ids start afresh per connection."""
+        self._outbound.clear()
+        self._inbound.clear()
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                yield _RoutedRead(self, read), _RecordedWrite(self, write)
+            finally:
+                self._tg = None
+                tg.cancel_scope.cancel()
+
+    # ---- write side --------------------------------------------------------------------------
+
+    def sent(self, message: Any) -> None:
+        """Note one message the SDK writes: a request is the current call's; an answer ends a server request."""
+        if isinstance(message, types.JSONRPCRequest):
+            call = current_call.get()
+            if call is not None and call in self._calls:
+                self._outbound[message.id] = call
+                call.ids.add(message.id)
+        elif isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and message.id is not None:
+            self._inbound.pop(message.id, None)
+
+    # ---- read side ---------------------------------------------------------------------------
+
+    def received(self, item: SessionMessage) -> bool:
+        """Note one message from the upstream; False if it was consumed here (a log line)."""
+        message = item.message
+        related = item.metadata.related_request_id if isinstance(item.metadata, ServerMessageMetadata) else None
+        if isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
+            call = self._outbound.pop(message.id, None) if message.id is not None else None
+            if call is not None:
+                call.ids.discard(message.id)
+        elif isinstance(message, types.JSONRPCRequest) and message.method in RELAYED:
+            call, why = self._origin(related)
+            if call is not None and call.caller is None:
+                call, why = None, "the call it belongs to was made by the gateway itself, not a client"
+            self._inbound[message.id] = call
+            if call is None:
+                self._warn(
+                    "refused",
+                    f"upstream {self.upstream}: refused its {message.method}: {why}; "
+                    "send it on the stream of the request it serves",
+                )
+        elif isinstance(message, types.JSONRPCNotification):
+            if message.method == "notifications/message":
+                self._log(message.params, related)
+                return False
+            target = (message.params or {}).get("requestId")
+            if message.method == "notifications/cancelled" and isinstance(target, int | str):
+                self._inbound.pop(target, None)
+        return True
+
+    def _origin(self, related: RequestId | None) -> tuple[Call | None, str]:
+        """The call a message belongs to, or None and why not."""
+        if related is not None:
+            call = self._outbound.get(related)
+            if call is None:
+                return None, f"it relates to request {related!r}, which no client call in flight made"
+            return call, ""
+        if len(self._calls) == 1:
+            # Nothing names the request, but only one call is in flight: it is the only possible cause.
+            return next(iter(self._calls)), ""
+        return None, f"it names no request and {len(self._calls)} calls are in flight"
+
+    def _log(self, params: Any, related: RequestId | None) -> None:
+        call, why = self._origin(related)
+        if call is None or call.caller is None:
+            if related is None:  # ambiguous: worth telling the operator
+                self._warn("dropped", f"upstream {self.upstream}: dropped a log message: {why or 'no client call'}")
+            else:  # it belongs to a finished call or to the gateway's own request: nobody to tell
+                log.debug("upstream %s: dropped a log message of request %r", self.upstream, related)
+            return
+        try:
+            line = types.LoggingMessageNotificationParams.model_validate(params or {})
+        except ValidationError:
+            self._warn("dropped", f"upstream {self.upstream}: dropped a malformed log message")
+            return
+        if call._logs is None:
+            if self._tg is None:
+                return
+            send, receive = anyio.create_memory_object_stream[types.LoggingMessageNotificationParams](LOG_QUEUE)
+            call._logs = send
+            self._tg.start_soon(_pump, call.caller, receive, call._flushed)
+        try:
+            call._logs.send_nowait(line)
+        except anyio.WouldBlock:
+            self._warn("dropped", f"upstream {self.upstream}: dropped log messages: {LOG_QUEUE} already queued")
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # the call ended in the meantime
+
+    def _warn(self, kind: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(kind, -WARN_EVERY) < WARN_EVERY:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        self._warned[kind] = now
+        more = self._suppressed.pop(kind, 0)
+        log.warning("%s%s", message, f" (and {more} more like it since the last report)" if more else "")
+
+    # ---- the SDK's callbacks -----------------------------------------------------------------
+
+    def caller_for(self, request_id: RequestId) -> Caller | None:
+        """The caller to ask for a server request (the SDK's ``ClientRequestContext.request_id``)."""
+        if request_id in self._inbound:
+            noted = self._inbound[request_id]
+            return noted.caller if noted is not None else None
+        call = current_call.get()  # a 2026-07-28 input request, answered in the calling task
+        return call.caller if call is not None else None
+
+    async def _relay(
+        self, context: Any, what: str, ask: Callable[[Caller], Awaitable[dict[str, Any]]], result: Any
+    ) -> Any:
+        caller = self.caller_for(context.request_id)
+        if caller is None:
+            return types.ErrorData(
+                code=types.INVALID_REQUEST,
+                message=f"toolcrib cannot tell which client call this {what} belongs to; "
+                "send it on the stream of the request it serves",
+            )
+        try:
+            return result.model_validate(await ask(caller))
+        except MCPError as exc:
+            return exc.error
+
+    async def sampling(self, context: Any, params: types.CreateMessageRequestParams) -> Any:
+        """SDK ``sampling_callback``: ask the call's client; an ``ErrorData`` if there is none."""
+        return await self._relay(
+            context, "sampling request", lambda c: c.create_message(params), types.CreateMessageResult
+        )
+
+    async def elicitation(self, context: Any, params: types.ElicitRequestParams) -> Any:
+        """SDK ``elicitation_callback``: ask the call's client; an ``ErrorData`` if there is none."""
+        return await self._relay(context, "elicitation", lambda c: c.elicit(params), types.ElicitResult)
+
+    async def roots(self, context: Any) -> Any:
+        """SDK ``list_roots_callback``: ask the call's client; an ``ErrorData`` if there is none."""
+        return await self._relay(context, "roots request", lambda c: c.list_roots(), types.ListRootsResult)
+
+
+async def _pump(
+    caller: Caller, receive: MemoryObjectReceiveStream[types.LoggingMessageNotificationParams], done: anyio.Event
+) -> None:
+    """Deliver one call's log lines in order; ends when the call closed its queue and it is empty."""
+    try:
+        async with receive:
+            async for line in receive:
+                try:
+                    await caller.log_message(line)
+                except Exception:
+                    log.debug("could not relay a log message", exc_info=True)
+    finally:
+        done.set()
+
+
+class _RoutedRead:
+    """The transport's read stream as the SDK sees it, minus log lines (delivered here)."""
+
+    def __init__(self, backchannel: Backchannel, inner: Any) -> None:
+        self._bc = backchannel
+        self._inner = inner
+
+    async def receive(self) -> SessionMessage | Exception:
+        while True:
+            item: SessionMessage | Exception = await self._inner.receive()
+            if not isinstance(item, SessionMessage) or self._bc.received(item):
+                return item
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class _RecordedWrite:
+    """The transport's write stream, noting which call sent each request."""
+
+    def __init__(self, backchannel: Backchannel, inner: Any) -> None:
+        self._bc = backchannel
+        self._inner = inner
+
+    async def send(self, item: SessionMessage, /) -> None:
+        self._bc.sent(item.message)
+        await self._inner.send(item)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
