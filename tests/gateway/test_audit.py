@@ -272,8 +272,13 @@ def test_anchor_problems(log: SqliteAuditLog) -> None:
     assert any("after the anchored head" in p for p in report.problems)
     anchor.unlink()
     assert any("anchor file" in p for p in log.verify().problems)
-    fill(log, 1)
-    assert log.verify().ok
+    fill(log, 1)  # the writer notices the lost anchor and says so in the chain, for ever
+    report = log.verify()
+    assert report.anchor_seq == 36
+    assert [p for p in report.problems if "no keyed anchor" in p] == [
+        "row 35: no keyed anchor for a log with rows up to 33 (deleted, rewritten or forged); "
+        "re-anchored here: rows cut before this one cannot be ruled out"
+    ]
 
 
 def test_two_writers_on_one_file_keep_one_chain(tmp_path: Path) -> None:

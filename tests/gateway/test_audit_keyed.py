@@ -248,10 +248,55 @@ def test_a_version_1_log_is_migrated_and_keeps_verifying(tmp_path: Path) -> None
     log = SqliteAuditLog(path, hmac_key=KEY)  # the server's open adopts the unkeyed anchor and checkpoint
     report = log.verify()
     assert report.ok, report.problems
-    assert report.first_seq == 3 and report.checkpoint_seq == 2 and report.anchor_seq == 5
+    assert report.first_seq == 3 and report.checkpoint_seq == 2 and report.anchor_seq == 6
+    [note] = log.query(kind="anchor")
+    assert note["seq"] == 6 and note["rule"] == "adopt-unkeyed" and "rows up to 5" in note["error"]
+    assert any(line.startswith("Rows before row 6 were written before the log was keyed") for line in report.limits)
     log.append(AuditEvent(kind="auth", outcome="denied", remote="127.0.0.1:1", error="bad key"))
     assert log.verify().ok
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+    log.close()
+    SqliteAuditLog(path, hmac_key=KEY).close()  # a later start adopts nothing
+    assert len(SqliteAuditLog(path, create=False).query(kind="anchor")) == 1
+
+
+def test_wiped_anchor_and_cut_tail_are_detected_after_a_restart(tmp_path: Path) -> None:
+    build(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
+    db.execute("DROP TRIGGER events_prune_only")
+    db.execute("DELETE FROM events WHERE seq > 30")
+    digest = row_hash_of(db, 30)
+    db.close()
+    unkeyed_anchor(tmp_path / "audit.db.anchor", 30, digest)
+    log = build(tmp_path, rows=1)  # the server starts again and keeps appending
+    assert any("row 31: no keyed anchor for a log with rows up to 30" in p for p in log.verify().problems)
+    log.close()
+
+
+def test_wiped_anchor_and_cut_tail_while_the_writer_runs_are_detected(tmp_path: Path) -> None:
+    log = build(tmp_path)
+    db = sqlite3.connect(log.path, isolation_level=None)
+    db.execute("DROP TRIGGER events_prune_only")
+    db.execute("DELETE FROM events WHERE seq > 30")
+    db.close()
+    Path(f"{log.path}.anchor").unlink()
+    log.append(AuditEvent(kind="search", query="after"))
+    assert any("row 32: no keyed anchor for a log with rows up to 30" in p for p in log.verify().problems)
+    log.close()
+
+
+def test_a_faked_version_1_log_is_not_adopted(tmp_path: Path) -> None:
+    build(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
+    db.execute("DROP TRIGGER events_prune_only")
+    db.execute("DELETE FROM events WHERE seq > 30")
+    digest = row_hash_of(db, 30)
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+    unkeyed_anchor(tmp_path / "audit.db.anchor", 30, digest)
+    log = SqliteAuditLog(tmp_path / "audit.db", hmac_key=KEY)
+    assert [r["rule"] for r in log.query(kind="anchor")] == ["reset"]
+    assert not log.verify().ok
     log.close()
 
 

@@ -87,8 +87,10 @@ class Anchor:
         head = max((s.seq for s in slots if s.keyed), default=-1)
         return sorted(s.seq for s in slots if s.keyed is False and s.seq > head)
 
-    def write(self, seq: int, digest: str) -> None:
-        """Record a new head unless the file already holds a later one."""
+    def write(self, seq: int, digest: str) -> bool:
+        """Record a new head unless the file already holds a later one. Returns True when the file,
+        read back because another process (or someone) changed it, held no valid head: the caller
+        decides whether that is a fresh file or a lost anchor."""
         st = os.fstat(self._fd) if self._fd is not None else None
         if st is not None and st.st_nlink == 0:
             self.close()
@@ -100,13 +102,15 @@ class Anchor:
             current = self.read(os.pread(self._fd, 2 * self.SLOT, 0))
         else:
             current = (self._mine[1], "")
+        lost = current is None
         if current is not None and current[0] > seq:
-            return
+            return False
         record: dict[str, object] = {"seq": seq, "hash": digest, "check": self._check(seq, digest)}
         if self._key is not None:
             record["mac"] = self._mac(seq, digest)
         os.pwrite(self._fd, json.dumps(record).encode().ljust(self.SLOT - 1) + b"\n", (seq % 2) * self.SLOT)
         self._mine = (os.fstat(self._fd).st_mtime_ns, seq)
+        return lost
 
     def close(self) -> None:
         if self._fd is not None:

@@ -12,7 +12,10 @@ Rows (``kind``):
   ``tool_error``, ``protocol_error``, ``timeout``, ``cancelled``, ``upstream_crash``, ``denied`` or
   ``pending``, with the ``approver``, latency and response bytes. Every attempt gets an outcome;
 * ``auth``: a refused authentication (:func:`auth_refused`): ``outcome = "denied"``, the client's
-  ``remote`` address, the reason in ``error``, ``principal`` when one was claimed.
+  ``remote`` address, the reason in ``error``, ``principal`` when one was claimed;
+* ``anchor``: written by the log itself when a writer found no keyed anchor for a log that has rows
+  (``rule = "reset"``: deleted, rewritten or forged; :meth:`verify` reports it for ever) or adopted
+  the unkeyed anchor and checkpoints of a version-1 log on upgrade (``rule = "adopt-unkeyed"``).
 
 Each row stores ``prev_hash`` (the previous row's ``hash``) and ``hash``, the SHA-256 of the
 canonical JSON of its other columns (:func:`~toolcrib.gateway.audit.schema.row_hash`). The head is
@@ -33,12 +36,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Any
 
 from toolcrib.errors import AuditError
 from toolcrib.gateway.audit.anchor import Anchor
+from toolcrib.gateway.audit.events import AuditEvent, AuditSink, Kind, Outcome, auth_refused
 from toolcrib.gateway.audit.keys import (
     CHECKPOINT_LABEL,
     HMAC_KEY_REF,
@@ -54,9 +57,11 @@ from toolcrib.gateway.audit.schema import (
     GENESIS,
     HEAD,
     INSERT,
+    VERSION,
     canonical_json,
     migrate,
     row_hash,
+    version,
 )
 from toolcrib.gateway.audit.verify import VerifyReport, verify
 
@@ -69,6 +74,8 @@ __all__ = [
     "HMAC_KEY_REF",
     "AuditEvent",
     "AuditSink",
+    "Kind",
+    "Outcome",
     "SqliteAuditLog",
     "VerifyReport",
     "auth_refused",
@@ -79,77 +86,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["search", "attempt", "outcome", "auth"]
-Outcome = Literal["ok", "tool_error", "protocol_error", "timeout", "cancelled", "upstream_crash", "denied", "pending"]
 MAX_ARGUMENT_CHARS = 65536
 """Redacted arguments longer than this are truncated in the row (the HMAC covers the originals)."""
-
-
-@dataclass(frozen=True)
-class AuditEvent:
-    """One thing to record. ``arguments`` are the originals: the sink redacts them and HMACs them.
-
-    ``method`` takes any MCP method string; ``tool`` is a namespaced tool key, ``target`` whatever
-    else a request names (resource URI, prompt name, completion reference); ``remote`` is the
-    client's address (``host:port``). ``error``, ``query`` and ``target`` are redacted too.
-    """
-
-    kind: Kind
-    request_id: str | int | None = None
-    principal: str | None = None
-    client_name: str | None = None
-    session: str | None = None
-    transport: str | None = None
-    method: str | None = None
-    server: str | None = None
-    tool: str | None = None
-    tool_hash: str | None = None
-    target: str | None = None
-    arguments: Mapping[str, Any] | None = None
-    query: str | None = None
-    results: Sequence[str] | None = None
-    decision: str | None = None
-    rule: str | None = None
-    approver: str | None = None
-    outcome: Outcome | None = None
-    error: str | None = None
-    latency_ms: float | None = None
-    bytes: int | None = None
-    attempt_seq: int | None = None
-    remote: str | None = None
-    ts: float | None = None
-
-
-def auth_refused(
-    reason: str,
-    *,
-    remote: str | None,
-    transport: str | None = "http",
-    method: str | None = None,
-    principal: str | None = None,
-    rule: str | None = None,
-) -> AuditEvent:
-    """The row for a refused authentication: ``kind="auth"``, ``outcome="denied"``, ``reason`` in
-    ``error`` (never the credential itself), ``method`` e.g. ``"POST /mcp"`` or ``"GET /admin/audit"``."""
-    return AuditEvent(
-        kind="auth",
-        outcome="denied",
-        decision="deny",
-        error=reason,
-        remote=remote,
-        transport=transport,
-        method=method,
-        principal=principal,
-        rule=rule,
-    )
-
-
-class AuditSink(Protocol):
-    """Where audit events go. ``append`` returns the event's sequence number."""
-
-    def append(self, event: AuditEvent) -> int: ...
-
-    def close(self) -> None: ...
 
 
 class SqliteAuditLog:
@@ -189,33 +127,46 @@ class SqliteAuditLog:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute("PRAGMA wal_autocheckpoint=10000")
-            migrate(self._db)
-            self._db.execute("SELECT count(*) FROM checkpoints").fetchone()  # opens the WAL and SHM
+            upgraded = migrate(self._db) if create else False
+            self.schema = version(self._db)
+            self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens the WAL and SHM
         except sqlite3.Error as exc:
             raise AuditError(f"cannot open the audit log {self.path} ({exc}); check the path and disk") from None
         make_private(self.path, f"{self.path}-wal", f"{self.path}-shm", self._anchor.path)
         if create and hmac_key is not None:
-            self._adopt_unkeyed()
+            with self._lock:
+                self._check_anchor(upgraded)
 
-    def _adopt_unkeyed(self) -> None:
-        """Upgrade from an unkeyed version, trusting what is there on first use: sign checkpoints the
-        old checkpoint file confirms, and key the anchor if its unkeyed head is the database's head."""
-        legacy = Path(f"{self._anchor.path}.checkpoint")
-        with self._lock, contextlib.suppress(OSError, ValueError, KeyError, TypeError, sqlite3.Error):
+    def _check_anchor(self, upgraded: bool) -> None:
+        """A writer never blesses a head it cannot authenticate: with no keyed anchor for a log that
+        has rows, it records an ``anchor`` row (in the chain, so it cannot be removed unseen) before
+        anchoring again. On the upgrade of a genuine version-1 log it signs the existing checkpoints
+        and adopts the unkeyed anchor (trust on first use), and says so in that row."""
+        head = self._head()
+        if self._anchor.read() is not None or head[0] == 0:
+            return
+        if upgraded:
             unsigned = self._db.execute("SELECT seq, hash FROM checkpoints WHERE mac IS NULL").fetchall()
-            if unsigned:
-                saved = json.loads(legacy.read_text())
-                confirmed = (int(saved["seq"]), str(saved["hash"]))
-                if confirmed in [(int(s), str(h)) for s, h in unsigned]:
-                    for seq, digest in unsigned:
-                        if seq <= confirmed[0]:
-                            self._db.execute(
-                                "UPDATE checkpoints SET mac = ? WHERE seq = ?", (self._checkpoint_mac(seq, digest), seq)
-                            )
-            if self._anchor.read() is None:
-                head = self._head()
-                if head[0] and self._anchor.read(authenticated=False) == head:
-                    self._anchor.write(*head)
+            for seq, digest in unsigned:
+                self._db.execute(
+                    "UPDATE checkpoints SET mac = ? WHERE seq = ?", (self._checkpoint_mac(seq, digest), seq)
+                )
+            old = self._anchor.read(authenticated=False)
+            note = (
+                f"upgrade to a keyed audit log: adopted the unkeyed anchor (row {old[0] if old else 'none'}) "
+                f"and {len(unsigned)} unsigned checkpoints as found, with rows up to {head[0]}"
+            )
+            self._append_locked([AuditEvent(kind="anchor", rule="adopt-unkeyed", error=note)], anchor_note=True)
+        else:
+            self._record_lost_anchor(head[0])
+
+    def _record_lost_anchor(self, last: int) -> None:
+        note = (
+            f"no keyed anchor for a log with rows up to {last} (deleted, rewritten or forged); re-anchored here: "
+            "rows cut before this one cannot be ruled out"
+        )
+        log.error("audit: %s; run `toolcrib audit verify`", note)
+        self._append_locked([AuditEvent(kind="anchor", rule="reset", error=note)], anchor_note=True)
 
     def args_hmac(self, arguments: Mapping[str, Any]) -> str:
         """HMAC-SHA256 (hex) of the canonical JSON of ``arguments`` under this log's key."""
@@ -238,22 +189,31 @@ class SqliteAuditLog:
         if not rows:
             return []
         with self._lock:
+            return self._append_locked(events, rows)
+
+    def _append_locked(
+        self, events: Sequence[AuditEvent], rows: list[dict[str, Any]] | None = None, *, anchor_note: bool = False
+    ) -> list[int]:
+        rows = rows if rows is not None else [self._row(event) for event in events]
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    seq, prev = self._head()
-                    for row in rows:
-                        seq += 1
-                        row["seq"], row["prev_hash"] = seq, prev
-                        row["hash"] = prev = row_hash(row)
-                    self._db.executemany(INSERT, [[row[c] for c in COLUMNS] for row in rows])
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise AuditError(f"cannot write the audit log {self.path} ({exc}); check the disk") from None
-            self._anchor.write(rows[-1]["seq"], rows[-1]["hash"])
+                start = self._head()
+                seq, prev = start
+                for row in rows:
+                    seq += 1
+                    row["seq"], row["prev_hash"] = seq, prev
+                    row["hash"] = prev = row_hash(row)
+                self._db.executemany(INSERT, [[row[c] for c in COLUMNS] for row in rows])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise AuditError(f"cannot write the audit log {self.path} ({exc}); check the disk") from None
+        lost = self._anchor.write(rows[-1]["seq"], rows[-1]["hash"])
+        if lost and start[0] and self._hmac_key is not None and not anchor_note:
+            self._record_lost_anchor(start[0])
         return [int(row["seq"]) for row in rows]
 
     def _row(self, event: AuditEvent) -> dict[str, Any]:
@@ -361,6 +321,8 @@ class SqliteAuditLog:
     def prune(self, before_ts: float) -> int:
         """Delete rows older than ``before_ts`` behind a keyed checkpoint; return how many were
         deleted. Raises :class:`AuditError` without the audit key."""
+        if self.schema < VERSION:
+            raise AuditError("this audit log predates keyed checkpoints; start `toolcrib serve` once to upgrade it")
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -384,7 +346,7 @@ class SqliteAuditLog:
     def verify(self) -> VerifyReport:
         """Check the chain, the checkpoints, the anchor and ``args_hmac``; see
         :func:`toolcrib.gateway.audit.verify.verify` for what is detected and what cannot be."""
-        return verify(self._db, self._lock, self._anchor, self._hmac_key, self.path)
+        return verify(self._db, self._lock, self._anchor, self._hmac_key, self.path, self.schema)
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:

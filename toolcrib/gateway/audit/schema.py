@@ -59,21 +59,31 @@ HEAD = "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
 CHECKPOINT = "SELECT seq, hash, ts, mac FROM checkpoints ORDER BY seq DESC LIMIT 1"
 
 
-def migrate(db: sqlite3.Connection) -> None:
+def version(db: sqlite3.Connection) -> int:
+    """The schema version of an open database (0 for a new file)."""
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(db: sqlite3.Connection) -> bool:
     """Create the tables or bring them to :data:`VERSION`, in one write transaction (safe when
-    several processes open the file at once). Raises :class:`sqlite3.Error`."""
-    if db.execute("PRAGMA user_version").fetchone()[0] >= VERSION:
-        return
+    several processes open the file at once). Returns True when a genuine version-1 log was
+    upgraded (its tables existed without any version-2 column): only then may its unkeyed anchor
+    and checkpoints be adopted. Raises :class:`sqlite3.Error`."""
+    if version(db) >= VERSION:
+        return False
     db.execute("BEGIN IMMEDIATE")
     try:
-        if db.execute("PRAGMA user_version").fetchone()[0] < VERSION:
+        genuine_v1 = False
+        if version(db) < VERSION:
+            have = {r[1] for r in db.execute("PRAGMA table_info(events)")}
+            signed = "mac" in {r[1] for r in db.execute("PRAGMA table_info(checkpoints)")}
+            genuine_v1 = bool(have) and not signed and not have.intersection(V2_COLUMNS)
             for statement in _V1_SCHEMA:
                 db.execute(statement)
-            have = {r[1] for r in db.execute("PRAGMA table_info(events)")}
             for column in V2_COLUMNS:
                 if column not in have:
                     db.execute(f"ALTER TABLE events ADD COLUMN {column} TEXT")
-            if "mac" not in {r[1] for r in db.execute("PRAGMA table_info(checkpoints)")}:
+            if not signed:
                 db.execute("ALTER TABLE checkpoints ADD COLUMN mac TEXT")
             for statement in _V2_TRIGGERS:
                 db.execute(statement)
@@ -82,6 +92,7 @@ def migrate(db: sqlite3.Connection) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
+    return genuine_v1
 
 
 def canonical_json(value: Any) -> str:

@@ -9,6 +9,8 @@ Detected (with the audit key):
 * rows deleted from the front without a keyed checkpoint, and a checkpoint inserted or altered by
   hand (its HMAC is wrong);
 * an anchor slot forged or written with another key (its HMAC is wrong);
+* an anchor deleted or replaced while rows existed, even after a writer anchored again: the writer
+  records an ``anchor`` row (``rule = "reset"``) in the chain, reported here for ever;
 * arguments edited in a row stored in full (``args_hmac`` recomputed from them does not match).
 
 Not detectable, listed in :attr:`VerifyReport.limits` every time: see :func:`limits`.
@@ -26,7 +28,7 @@ from typing import Any
 
 from toolcrib.gateway.audit.anchor import Anchor
 from toolcrib.gateway.audit.keys import CHECKPOINT_LABEL, derive, mac
-from toolcrib.gateway.audit.schema import GENESIS, row_hash
+from toolcrib.gateway.audit.schema import GENESIS, VERSION, row_hash
 
 
 @dataclass
@@ -82,7 +84,7 @@ def limits(key: bool, anchor_beside_db: bool) -> list[str]:
 
 
 def verify(
-    db: sqlite3.Connection, lock: threading.Lock, anchor: Anchor, key: bytes | None, db_path: Path
+    db: sqlite3.Connection, lock: threading.Lock, anchor: Anchor, key: bytes | None, db_path: Path, schema: int
 ) -> VerifyReport:
     """Re-hash the chain, check every checkpoint's and anchor slot's HMAC and every recomputable
     ``args_hmac``; report each finding as one sentence.
@@ -92,6 +94,8 @@ def verify(
     """
     report = VerifyReport(keyed=key is not None)
     problems = report.problems
+    if schema < VERSION and key is not None:
+        problems.append("this log predates the keyed anchor and checkpoints; start `toolcrib serve` once to upgrade it")
     try:
         data: bytes | None = anchor.path.read_bytes()
     except FileNotFoundError:
@@ -136,7 +140,9 @@ def verify(
 
 
 def _checkpoints(db: sqlite3.Connection, report: VerifyReport, key: bytes | None) -> None:
-    rows = db.execute("SELECT seq, hash, mac FROM checkpoints ORDER BY seq").fetchall()
+    cursor = db.execute("SELECT * FROM checkpoints ORDER BY seq")
+    names = [d[0] for d in cursor.description]
+    rows = [(r[0], r[1], dict(zip(names, r, strict=True)).get("mac")) for r in cursor]
     if not rows:
         return
     report.checkpoint_seq = int(rows[-1][0])
@@ -169,8 +175,10 @@ def _scan(db: sqlite3.Connection, report: VerifyReport, head: tuple[int, str] | 
             problems.append(f"row {seq} does not link to row {prev_seq} (a row was replaced or moved)")
         if row_hash(row) != row["hash"]:
             problems.append(f"row {seq} does not match its hash (edited)")
-        if row["args_hmac"] is not None:
+        if row.get("args_hmac") is not None:
             _check_args(row, report, key)
+        if row["kind"] == "anchor":
+            _anchor_row(row, report)
         prev_seq, prev_hash = seq, str(row["hash"])
         if head and head[0] == seq:
             anchored_hash = prev_hash
@@ -182,6 +190,19 @@ def _scan(db: sqlite3.Connection, report: VerifyReport, head: tuple[int, str] | 
     report.checked.append(f"the hash chain of {report.rows} rows ({span}) from {start}: each hash and each link")
     if report.args_checked:
         report.checked.append(f"args_hmac recomputed for {report.args_checked} rows whose arguments are stored in full")
+
+
+def _anchor_row(row: dict[str, Any], report: VerifyReport) -> None:
+    """A writer's note about the anchor: one upgrade adoption is a limit, anything else a problem."""
+    adopted = row["rule"] == "adopt-unkeyed"
+    if adopted and not any(line.startswith("Rows before row") for line in report.limits):
+        report.limits.append(
+            f"Rows before row {row['seq']} were written before the log was keyed: at the upgrade their unkeyed "
+            "anchor and checkpoints were adopted as found, so tampering before it cannot be ruled out."
+        )
+    else:
+        again = "a second upgrade adoption, which only tampering explains: " if adopted else ""
+        report.problems.append(f"row {row['seq']}: {again}{row['error']}")
 
 
 def _check_args(row: dict[str, Any], report: VerifyReport, key: bytes | None) -> None:
