@@ -111,7 +111,12 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
             trust.refresh()
 
     pool.subscribe(on_change)  # before the gateway and the index: quarantine is settled first
-    audit = SqliteAuditLog(config.audit.path, hmac_key=load_hmac_key(config.audit.path, store), redactor=redactor)
+    audit = SqliteAuditLog(
+        config.audit.path,
+        hmac_key=load_hmac_key(config.audit.path, store),
+        redactor=redactor,
+        anchor_path=config.audit.anchor_path,
+    )
     writer = AuditWriter(audit)
     approvals = AsyncApprovals(ApprovalStore(config.policy.approvals_path, redactor=redactor))
 

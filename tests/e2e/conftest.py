@@ -56,16 +56,44 @@ def gateway(tmp_path: Path) -> GatewayFactory:
     return start
 
 
-def child_pids(pattern: str) -> list[int]:
-    """PIDs of processes whose command line contains ``pattern`` (for real kill -9 faults)."""
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def child_pids(pattern: str, root: int | None = None) -> list[int]:
+    """PIDs of the descendants of ``root`` (default: this test process) whose command line contains
+    ``pattern``: never another process on the machine that happens to match."""
+    root = os.getpid() if root is None else root
     pids = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == root:
             continue
         try:
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if pattern in cmd and int(entry.name) != os.getpid():
-            pids.append(int(entry.name))
+        if pattern not in cmd:
+            continue
+        pid, seen = int(entry.name), 0
+        while pid not in (0, 1) and seen < 64:
+            parent = _parent(pid)
+            if parent is None:
+                break
+            if parent == root:
+                pids.append(int(entry.name))
+                break
+            pid, seen = parent, seen + 1
     return pids
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

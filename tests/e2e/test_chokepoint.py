@@ -84,6 +84,7 @@ async def test_policy_governs_resources_prompts_completion_and_subscribe(
     with SqliteAuditLog(rt.config.audit.path) as audit:
         refused = [r for r in audit.query(principal="key:bob", limit=100) if r["outcome"] == "denied"]
     methods = {r["method"] for r in refused}
+    assert any(r["target"] == "echo+echo://env/ECHO_TOKEN" for r in refused)
     assert {"resources/read", "prompts/get", "completion/complete"} <= methods
     assert all(r["rule"] == "default" for r in refused)  # the rule that decided, never "hidden"
 

@@ -148,11 +148,23 @@ async def test_unsupported_protocol_version_header_is_400(gateway: GatewayFactor
 
 
 async def test_session_cap(gateway: GatewayFactory) -> None:
+    """At the cap the least recently used idle session makes room; when every session is busy, 503."""
     async with gateway(TIME, max_sessions=2) as rt, aiohttp.ClientSession() as s:
-        await _init(s, rt.url)
-        await _init(s, rt.url)
-        status, _, text = await _post(s, rt.url, INIT)
-        assert status == 503 and "max_sessions" in text
+        first = await _init(s, rt.url)
+        second = await _init(s, rt.url)
+        third = await _init(s, rt.url)
+        ping = {"jsonrpc": "2.0", "id": 5, "method": "ping"}
+        assert (await _post(s, rt.url, ping, **{"Mcp-Session-Id": first}))[0] == 404
+        streams = [
+            await s.get(rt.url, headers={"Accept": "text/event-stream", "Mcp-Session-Id": sid})
+            for sid in (second, third)
+        ]
+        try:
+            status, _, text = await _post(s, rt.url, INIT)
+            assert status == 503 and "max_sessions" in text
+        finally:
+            for stream in streams:
+                stream.close()
 
 
 async def test_idle_sessions_expire(gateway: GatewayFactory) -> None:

@@ -17,7 +17,7 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
-from tests.e2e.conftest import child_pids
+from tests.e2e.conftest import alive, child_pids
 from tests.e2e.test_http import INIT, JSON_HEADERS
 
 pytestmark = pytest.mark.anyio
@@ -75,20 +75,11 @@ async def test_serve_reports_and_stops_cleanly_on_sigterm(tmp_path: Path) -> Non
         async with Client(url) as c:
             result = await c.call_tool("time__get_current_time", {"timezone": "UTC"})
             assert not result.is_error
-        assert child_pids("mcp_server_time")
+        children = child_pids("mcp_server_time", proc.pid)
+        assert children
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
-        assert not child_pids(f"{tmp_path}") and not [
-            p for p in child_pids("mcp_server_time") if _child_of(p, proc.pid)
-        ]
-
-
-def _child_of(pid: int, parent: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return int(stat.rsplit(")", 1)[1].split()[1]) == parent
+        assert not [pid for pid in children if alive(pid)]  # no orphan left behind
 
 
 async def test_stdio_mode(tmp_path: Path) -> None:

@@ -153,7 +153,8 @@ def call_fields(call: UpstreamCall) -> dict[str, Any]:
         "transport": call.transport,
         "method": f"tools/call:{call.via}" if call.kind == "tool" else call.method,
         "server": call.server or None,
-        "tool": call.target,
+        "tool": call.target if call.kind == "tool" else None,
+        "target": None if call.kind == "tool" else call.target,
         "tool_hash": call.tool_hash,
     }
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from toolcrib.gateway.audit.events import auth_refused
 from toolcrib.gateway.audit.log import AuditEvent
 
 if TYPE_CHECKING:
@@ -48,9 +49,4 @@ def refused_call_event(call: UpstreamCall, rule: str, reason: str) -> AuditEvent
 
 
 def refused_auth_event(request: web.Request, detail: str, status: int) -> AuditEvent:
-    fields: dict[str, Any] = {
-        "transport": "http",
-        "method": f"{request.method} {request.path}",
-        "error": f"HTTP {status} from {request.remote or '?'}: {detail}",
-    }
-    return AuditEvent(kind="auth", outcome="denied", **fields)
+    return auth_refused(f"HTTP {status}: {detail}", remote=request.remote, method=f"{request.method} {request.path}")
