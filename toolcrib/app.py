@@ -26,6 +26,7 @@ from toolcrib.gateway.audit.rows import refused_auth_event, refused_call_event, 
 from toolcrib.gateway.audit.writer import AuditWriter
 from toolcrib.gateway.edge.admin import AdminApi
 from toolcrib.gateway.edge.guard import Guard, access
+from toolcrib.gateway.edge.slowclients import apply_client_timeouts
 from toolcrib.gateway.edge.http import HttpTransport
 from toolcrib.gateway.edge.stdio import serve_stdio
 from toolcrib.gateway.pipeline import (
@@ -242,6 +243,9 @@ async def _start_http(
             log.error("initial index build failed: %s", exc.message)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
     await runner.setup()
+    apply_client_timeouts(
+        runner, header_timeout=config.gateway.header_timeout, idle_timeout=config.gateway.idle_timeout
+    )
     site = web.TCPSite(runner, config.gateway.host, config.gateway.port, reuse_address=True)
     await site.start()
     port = _bound_port(runner, config.gateway.port)

@@ -135,3 +135,76 @@ async def test_admin_api(tmp_path: Path) -> None:
             assert r.status == 400
         async with s.get(f"{base}/healthz") as r:
             assert (await r.json())["upstreams"]["echo"]["status"] == "connected"
+
+
+async def test_a_jwt_subject_never_uses_a_key_session_of_the_same_name(
+    tmp_path: Path, jwks: JwksServer, keys: Keys
+) -> None:
+    """Identity is kind + subject: key ``agent`` and an OAuth token with ``sub = "agent"`` are two callers."""
+    cfg = make_config(
+        {"echo": stdio_server(ECHO)}, tmp_path, {"default": "allow"}, mode="passthrough", auth="keys+oauth"
+    )
+    auth = {"issuer": ISSUER, "jwks_url": jwks.url, "audience": AUDIENCE, "keys_path": str(tmp_path / "keys.json")}
+    cfg = cfg.model_copy(update={"auth": cfg.auth.model_copy(update=auth)})
+    api_key = ApiKeyStore(cfg.auth.keys_path).add("agent")
+    token = sign(keys, sub="agent")
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    async with running_gateway(cfg, connect_wait=20) as rt, aiohttp.ClientSession() as s:
+        async with s.post(
+            rt.url, data=json.dumps(init), headers={**headers, "Authorization": f"Bearer {api_key}"}
+        ) as r:
+            assert r.status == 200
+            sid = r.headers["Mcp-Session-Id"]
+        ping = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "ping"})
+        as_jwt = {**headers, "Authorization": f"Bearer {token}", "Mcp-Session-Id": sid}
+        async with s.post(rt.url, data=ping, headers=as_jwt) as r:
+            assert r.status == 403
+        async with s.post(rt.url, data=ping, headers={**as_jwt, "Authorization": f"Bearer {api_key}"}) as r:
+            assert r.status == 200
+
+
+async def test_arguments_are_validated_before_an_approval_is_requested(tmp_path: Path) -> None:
+    rules = [{"id": "adds-need-a-human", "tools": ["echo__add"], "action": "approve"}]
+    policy = {"rules": rules, "default": "allow", "approval_mode": "pending"}
+    cfg = make_config({"echo": stdio_server(ECHO)}, tmp_path, policy, mode="passthrough")
+    async with running_gateway(cfg, connect_wait=20) as rt, Client(rt.url) as c:
+        bad = await c.call_tool("echo__add", {"a": "not a number", "b": 2})
+        assert bad.is_error and "approval" not in _text(bad)
+        assert await rt.parts.approvals.list() == []
+        held = await c.call_tool("echo__add", {"a": 1, "b": 2})
+        assert held.is_error and "approval" in _text(held)
+        assert len(await rt.parts.approvals.list()) == 1
+
+
+async def test_a_session_never_expires_while_a_call_runs_in_it(tmp_path: Path) -> None:
+    cfg = make_config({"echo": stdio_server(ECHO)}, tmp_path, {"default": "allow"}, mode="passthrough", session_ttl=0.2)
+    async with running_gateway(cfg, connect_wait=20) as rt, Client(rt.url, mode="legacy") as c:
+        done: list[types.CallToolResult] = []
+
+        async def slow() -> None:
+            done.append(await c.call_tool("echo__sleep", {"seconds": 2}))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow)
+            await anyio.sleep(1.0)
+            rt.http.expire_idle()
+            assert len(rt.http.sessions) == 1  # the call is still running in it
+        assert done and not done[0].is_error
+        (sess,) = rt.http.sessions.values()
+        assert not sess.direct and not sess.waiters  # idle again: only its GET stream keeps it open
+
+
+async def test_invoking_a_tool_that_does_not_exist_is_audited(tmp_path: Path) -> None:
+    cfg = make_config({"echo": stdio_server(ECHO)}, tmp_path, {"default": "allow"}, mode="dispatcher")
+    async with running_gateway(cfg, connect_wait=20, embedder=HashingEmbedder()) as rt, Client(rt.url) as c:
+        result = await c.call_tool("invoke", {"tool": "echo__nope", "arguments": {}})
+        assert result.is_error and "unknown tool" in _text(result)
+        await rt.parts.writer.flush()
+        rows = rt.parts.audit.query(tool="echo__nope", limit=10)
+    assert [(r["outcome"], r["rule"]) for r in rows] == [("denied", "unknown")]
