@@ -26,8 +26,8 @@ from toolcrib.gateway.audit.rows import refused_auth_event, refused_call_event, 
 from toolcrib.gateway.audit.writer import AuditWriter
 from toolcrib.gateway.edge.admin import AdminApi
 from toolcrib.gateway.edge.guard import Guard, access
-from toolcrib.gateway.edge.slowclients import apply_client_timeouts
 from toolcrib.gateway.edge.http import HttpTransport
+from toolcrib.gateway.edge.slowclients import apply_client_timeouts
 from toolcrib.gateway.edge.stdio import serve_stdio
 from toolcrib.gateway.pipeline import (
     approval_layer,
@@ -251,7 +251,7 @@ async def _start_http(
     port = _bound_port(runner, config.gateway.port)
     host = config.gateway.host if ":" not in config.gateway.host else f"[{config.gateway.host}]"
     base["url"] = f"http://{host}:{port}"
-    tg.start_soon(transport.reap)
+    tg.start_soon(transport.table.reap)
 
     async def shutdown() -> None:
         with anyio.CancelScope(shield=True):
@@ -259,7 +259,7 @@ async def _start_http(
             if transport.inflight:
                 with anyio.move_on_after(config.gateway.drain_timeout):
                     await transport.idle.wait()
-            transport.close_all()
+            transport.table.close_all()
             await runner.cleanup()
 
     stack.push_async_callback(shutdown)

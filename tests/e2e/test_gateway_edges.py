@@ -193,7 +193,7 @@ async def test_a_session_never_expires_while_a_call_runs_in_it(tmp_path: Path) -
         async with anyio.create_task_group() as tg:
             tg.start_soon(slow)
             await anyio.sleep(1.0)
-            rt.http.expire_idle()
+            rt.http.table.expire_idle()
             assert len(rt.http.sessions) == 1  # the call is still running in it
         assert done and not done[0].is_error
         (sess,) = rt.http.sessions.values()

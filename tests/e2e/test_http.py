@@ -172,7 +172,7 @@ async def test_idle_sessions_expire(gateway: GatewayFactory) -> None:
         sid = await _init(s, rt.url)
         assert rt.http is not None
         await anyio.sleep(1.0)
-        rt.http.expire_idle()
+        rt.http.table.expire_idle()
         status, _, _ = await _post(
             s, rt.url, {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, **{"Mcp-Session-Id": sid}
         )

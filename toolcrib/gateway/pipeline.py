@@ -34,7 +34,7 @@ from toolcrib.gateway.audit.writer import AuditWriter
 from toolcrib.gateway.trust.approvals import AsyncApprovals
 from toolcrib.gateway.trust.identity import Principal
 from toolcrib.gateway.trust.policy import Decision, Kind, decide
-from toolcrib.gateway.trust.secrets import Redactor
+from toolcrib.gateway.trust.redaction import Redactor
 from toolcrib.router.validation import validate_arguments
 
 TargetKind = Kind

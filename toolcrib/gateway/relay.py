@@ -17,7 +17,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
 
-from toolcrib.gateway.trust.secrets import Redactor
+from toolcrib.gateway.trust.redaction import Redactor
 
 log = logging.getLogger("toolcrib.relay")
 

@@ -34,12 +34,13 @@ from mcp.shared.exceptions import MCPError
 
 from toolcrib import __version__
 from toolcrib.config import Config
-from toolcrib.errors import InvalidArguments, ToolcribError, UpstreamError
+from toolcrib.errors import InvalidArguments
+from toolcrib.gateway.forward import Forwarder
 from toolcrib.gateway.pipeline import Layer, Pipeline, TargetKind, UpstreamCall, tool_error
 from toolcrib.gateway.relay import Relay
 from toolcrib.gateway.trust.identity import Principal
 from toolcrib.gateway.trust.quarantine import Trust
-from toolcrib.gateway.trust.secrets import Redactor
+from toolcrib.gateway.trust.redaction import Redactor
 from toolcrib.router import dispatcher as disp
 from toolcrib.router.pool import Pool
 from toolcrib.router.upstreams import current_caller
@@ -101,7 +102,7 @@ class Gateway:
         self._on_search = on_search
         self._on_refused = on_refused
         self._search_slots: anyio.CapacityLimiter | None = None
-        self.pipeline = Pipeline(layers, self._forward)
+        self.pipeline = Pipeline(layers, Forwarder(pool))
         self.peers: weakref.WeakSet[Peer] = weakref.WeakSet()
         pool.subscribe(self._upstream_changed)
         with warnings.catch_warnings():
@@ -184,7 +185,7 @@ class Gateway:
         self._on_refused(call, rule, reason)
 
     async def _run(self, ctx: Ctx, call: UpstreamCall) -> Any:
-        relay = Relay(ctx, self.redactor, call_level(self.info(ctx).peer))
+        relay = Relay(ctx, self.redactor, self.info(ctx).peer.log_level)
         call.relay = relay
         token = current_caller.set(relay)
         try:
@@ -281,27 +282,6 @@ class Gateway:
             peer.loaded.popitem(last=False)
         if list(peer.loaded) != before:
             await notify(peer, types.ToolListChangedNotification())
-
-    async def _forward(self, call: UpstreamCall) -> Any:
-        """The terminal of the pipeline: the upstream edge (bulkhead, deadline, progress relay)."""
-        up = self.pool.upstream(call.server)
-        try:
-            if call.kind == "tool":
-                relay: Relay | None = call.relay
-                progress = relay.progress if relay is not None and relay.wants_progress else None
-                return await up.request(
-                    lambda c: c.call_tool(call.name, call.arguments, progress_callback=progress),
-                    what=f"tools/call {call.name}",
-                )
-            return await forward_other(self, call)
-        except UpstreamError as exc:
-            call.state.error = exc.message
-            return refuse_upstream(call, type(exc).__name__, exc.message)
-        except MCPError as exc:
-            call.state.outcome = "protocol_error"
-            if call.kind == "tool":
-                return tool_error(f"{call.server} answered with an error: {exc.error.message}")
-            raise
 
     # ---- resources, prompts, completion, logging ---------------------------------------------
 
@@ -407,49 +387,6 @@ class Gateway:
                 await notify(peer, note)
 
 
-def call_level(peer: Peer) -> str | None:
-    return peer.log_level
-
-
-def refuse_upstream(call: UpstreamCall, kind: str, message: str) -> Any:
-    """An upstream failure (unavailable, timeout, crash) in the shape the method allows."""
-    call.state.outcome = kind
-    if call.kind == "tool":
-        return tool_error(message)
-    raise MCPError(code=types.INTERNAL_ERROR, message=message)
-
-
-async def forward_other(gateway: Gateway, call: UpstreamCall) -> Any:
-    """The upstream edge for everything but ``tools/call``."""
-    up = gateway.pool.upstream(call.server)
-    catalog = gateway.pool.catalog
-    if call.method == "resources/read":
-        result: types.ReadResourceResult = await up.request(
-            lambda c: c.read_resource(call.name, cache_mode="bypass"), what=f"resources/read {call.name}"
-        )
-        contents = [
-            c.model_copy(update={"uri": catalog.resource_uri(call.server, str(c.uri))}) for c in result.contents
-        ]
-        return result.model_copy(update={"contents": contents})
-    if call.method in ("resources/subscribe", "resources/unsubscribe"):
-        await up.subscribe(call.name, call.method == "resources/subscribe")
-        return types.EmptyResult()
-    if call.method == "prompts/get":
-        return await up.request(lambda c: c.get_prompt(call.name, call.arguments), what=f"prompts/get {call.name}")
-    if call.method == "completion/complete":
-        ((arg_name, value),) = call.arguments.items()
-        ref: Any = (
-            types.PromptReference(type="ref/prompt", name=call.name)
-            if call.kind == "prompt"
-            else types.ResourceTemplateReference(type="ref/resource", uri=call.name)
-        )
-        return await up.request(
-            lambda c: c.complete(ref, {"name": arg_name, "value": value}, call.completion_context),
-            what="completion/complete",
-        )
-    raise MCPError(code=types.METHOD_NOT_FOUND, message=f"{call.method} is not relayed")
-
-
 async def notify(peer: Peer, note: Any) -> None:
     if peer.outbound is None:
         return
@@ -458,6 +395,3 @@ async def notify(peer: Peer, note: Any) -> None:
             await peer.outbound.send_notification(note)
     except Exception:
         log.debug("could not notify peer %s", peer.id, exc_info=True)
-
-
-__all__ = ["Gateway", "Peer", "RequestInfo", "ToolcribError", "notify"]

@@ -45,6 +45,7 @@ from toolcrib.config import ServerConfig
 from toolcrib.errors import SecretError, ToolcribError, UpstreamCrashed, UpstreamTimeout, UpstreamUnavailable
 from toolcrib.router.backchannel import Backchannel, Caller, current_caller
 from toolcrib.router.http_transport import aiohttp_transport
+from toolcrib.router.listing import Listing, fetch_listing
 
 log = logging.getLogger("toolcrib.upstream")
 T = TypeVar("T")
@@ -74,16 +75,6 @@ class UpstreamState:
     error: str | None = None
     connects: int = 0
     crashes: list[float] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Listing:
-    """A snapshot of an upstream's catalog."""
-
-    tools: tuple[types.Tool, ...] = ()
-    resources: tuple[types.Resource, ...] = ()
-    templates: tuple[types.ResourceTemplate, ...] = ()
-    prompts: tuple[types.Prompt, ...] = ()
 
 
 class _ClosingStream:
@@ -232,7 +223,7 @@ class Upstream:
             with anyio.CancelScope() as connecting:
                 connecting.deadline = anyio.current_time() + self.cfg.connect_timeout
                 async with client:
-                    self.listing = await self._fetch_listing(client, {"tools", "resources", "prompts"})
+                    self.listing = await fetch_listing(client, {"tools", "resources", "prompts"})
                     connecting.deadline = math.inf
                     await self._serve(client)
             if connecting.cancelled_caught and not self._stop.is_set():
@@ -263,7 +254,7 @@ class Upstream:
                 kinds, self._refresh = self._refresh, set()
                 self._refresh_event = anyio.Event()
                 with anyio.fail_after(self.cfg.connect_timeout):
-                    self.listing = await self._fetch_listing(client, kinds, self.listing)
+                    self.listing = await fetch_listing(client, kinds, self.listing)
                 for kind in sorted(kinds):
                     await self._notify(f"{kind}_changed")
         self._client = None
@@ -373,26 +364,6 @@ class Upstream:
             yield ends
         self._closed.set()
 
-    async def _fetch_listing(self, client: Client, kinds: set[str], old: Listing | None = None) -> Listing:
-        caps = client.server_capabilities
-        old = old or Listing()
-        tools, resources, templates, prompts = old.tools, old.resources, old.templates, old.prompts
-        if "tools" in kinds and caps.tools is not None:
-            tools = tuple(await _all_pages(lambda c: client.list_tools(cursor=c, cache_mode="bypass"), "tools"))
-        if "resources" in kinds and caps.resources is not None:
-            resources = tuple(
-                await _all_pages(lambda c: client.list_resources(cursor=c, cache_mode="bypass"), "resources")
-            )
-            templates = tuple(
-                await _all_pages(
-                    lambda c: client.list_resource_templates(cursor=c, cache_mode="bypass"),
-                    "resource_templates",
-                )
-            )
-        if "prompts" in kinds and caps.prompts is not None:
-            prompts = tuple(await _all_pages(lambda c: client.list_prompts(cursor=c, cache_mode="bypass"), "prompts"))
-        return Listing(tools, resources, templates, prompts)
-
     # ---- upstream-initiated traffic ----------------------------------------------------------
 
     async def _on_message(self, message: Any) -> None:
@@ -444,18 +415,6 @@ class Upstream:
         st = self.state
         detail = f" ({st.error})" if st.error else ""
         return f"{self.name}: server is {st.status}{detail}; check `toolcrib serve` output and retry"
-
-
-async def _all_pages(fetch: Callable[[str | None], Awaitable[Any]], attr: str, cap: int = 100) -> list[Any]:
-    items: list[Any] = []
-    cursor: str | None = None
-    for _ in range(cap):
-        page = await fetch(cursor)
-        items.extend(getattr(page, attr))
-        cursor = page.next_cursor
-        if not cursor:
-            break
-    return items
 
 
 def _describe(exc: BaseException) -> str:

@@ -34,7 +34,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERS
 from toolcrib.config import Config
 from toolcrib.gateway.edge.guard import BODY, PRINCIPAL, access
 from toolcrib.gateway.edge.jsonrpc import BadMessage, parse_message
-from toolcrib.gateway.edge.sessions import Exchange, HttpSession, SessionExchange, Standalone, answer
+from toolcrib.gateway.edge.sessions import Exchange, HttpSession, SessionExchange, SessionTable, Standalone, answer
 from toolcrib.gateway.server import Gateway, Peer, RequestInfo
 from toolcrib.gateway.trust.identity import Principal
 
@@ -70,7 +70,8 @@ class HttpTransport:
         self.gateway = gateway
         self.cfg = config.gateway
         self.tg = tg
-        self.sessions: dict[str, HttpSession] = {}
+        self.table = SessionTable(self.cfg)
+        self.sessions = self.table.by_id
         self.accepting = True
         self.inflight = 0
         self.idle = anyio.Event()
@@ -205,7 +206,7 @@ class HttpTransport:
     async def _initialize(
         self, request: web.Request, principal: Principal, message: types.JSONRPCRequest
     ) -> web.StreamResponse:
-        full = self._make_room(principal)
+        full = self.table.make_room(principal)
         if full is not None:
             return _rpc_error(-32000, full, status=503)
         peer = Peer(transport="http", principal=principal)
@@ -231,7 +232,7 @@ class HttpTransport:
                     await self.gateway.server.run(server_read, server_write, self.gateway.init_options)
                 finally:
                     tg.cancel_scope.cancel()
-        self._drop(sess)
+        self.table.drop(sess)
 
     async def _route(self, sess: HttpSession, from_server: MemoryObjectReceiveStream[SessionMessage]) -> None:
         async with from_server:
@@ -254,43 +255,6 @@ class HttpTransport:
                     target.send_nowait(msg)
                 except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
                     log.debug("session %s: dropped a message for a closed stream", sess.peer.id)
-
-    def _make_room(self, principal: Principal) -> str | None:
-        """Enforce the session caps before a new session of ``principal``; a reason when it cannot have one.
-
-        Per principal (``max_sessions_per_principal``) and overall (``max_sessions``): when a cap is
-        reached the least recently used *idle* session (of this principal first) is closed to make
-        room, so one caller opening sessions in a loop only ever evicts its own.
-        """
-        mine = [s for s in self.sessions.values() if s.peer.principal.id == principal.id]
-        if len(mine) >= self.cfg.max_sessions_per_principal and not self._evict(mine):
-            return (
-                f"Too many sessions for {principal.id} (max_sessions_per_principal = "
-                f"{self.cfg.max_sessions_per_principal}), all busy; close one with DELETE or retry later"
-            )
-        if len(self.sessions) >= self.cfg.max_sessions and not (self._evict(mine) or self._evict(self.all())):
-            return "Too many sessions, all busy; retry later or raise [gateway] max_sessions"
-        return None
-
-    def all(self) -> list[HttpSession]:
-        return list(self.sessions.values())
-
-    def _evict(self, candidates: list[HttpSession]) -> bool:
-        idle = [s for s in candidates if s.idle]
-        if not idle:
-            return False
-        victim = min(idle, key=lambda s: s.last_seen)
-        log.info("session %s closed to make room (least recently used, idle)", victim.peer.id[:8])
-        victim.scope.cancel()
-        self._drop(victim)
-        return True
-
-    def _drop(self, sess: HttpSession) -> None:
-        self.sessions.pop(sess.peer.id, None)
-        sess.closed.set()
-        sess.to_server.close()
-        for w in sess.waiters.values():
-            w.close()
 
     async def _exchange(
         self, request: web.Request, sess: HttpSession, message: types.JSONRPCRequest, info: RequestInfo
@@ -424,28 +388,8 @@ class HttpTransport:
         if isinstance(sess, web.Response):
             return sess
         sess.scope.cancel()
-        self._drop(sess)
+        self.table.drop(sess)
         return web.Response(status=204)
-
-    async def reap(self) -> None:
-        """Close sessions idle longer than ``session_ttl``; runs until cancelled."""
-        while True:
-            await anyio.sleep(min(30.0, self.cfg.session_ttl / 2))
-            self.expire_idle()
-
-    def expire_idle(self) -> None:
-        """Close every session idle longer than ``session_ttl`` (none in flight, no GET stream open)."""
-        now = time.monotonic()
-        for sess in list(self.sessions.values()):
-            if now - sess.last_seen > self.cfg.session_ttl and sess.idle:
-                log.info("session %s expired after %.0f s idle", sess.peer.id[:8], self.cfg.session_ttl)
-                sess.scope.cancel()
-                self._drop(sess)
-
-    def close_all(self) -> None:
-        for sess in list(self.sessions.values()):
-            sess.scope.cancel()
-            self._drop(sess)
 
 
 def _is_final(msg: types.JSONRPCMessage, rid: Any) -> bool:

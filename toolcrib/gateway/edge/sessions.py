@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,11 @@ from mcp.shared.exceptions import MCPError, NoBackChannelError
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from mcp.shared.transport_context import TransportContext
 
+from toolcrib.config import GatewayConfig
 from toolcrib.gateway.server import Peer, RequestInfo
+from toolcrib.gateway.trust.identity import Principal
+
+log = logging.getLogger("toolcrib.http")
 
 
 @dataclass(eq=False)
@@ -50,6 +55,68 @@ class HttpSession:
     def idle(self) -> bool:
         """No request in flight and no GET stream open: the session may expire or be evicted."""
         return not self.waiters and not self.direct and self.standalone is None
+
+
+class SessionTable:
+    """The open 2025-11-25 sessions by id: caps with idle eviction, idle expiry, shutdown."""
+
+    def __init__(self, cfg: GatewayConfig) -> None:
+        self.cfg = cfg
+        self.by_id: dict[str, HttpSession] = {}
+
+    def make_room(self, principal: Principal) -> str | None:
+        """Enforce the session caps before a new session of ``principal``; a reason when it cannot have one.
+
+        Per principal (``max_sessions_per_principal``) and overall (``max_sessions``): when a cap is
+        reached the least recently used *idle* session (of this principal first) is closed to make
+        room, so one caller opening sessions in a loop only ever evicts its own.
+        """
+        mine = [s for s in self.by_id.values() if s.peer.principal.id == principal.id]
+        if len(mine) >= self.cfg.max_sessions_per_principal and not self.evict(mine):
+            return (
+                f"Too many sessions for {principal.id} (max_sessions_per_principal = "
+                f"{self.cfg.max_sessions_per_principal}), all busy; close one with DELETE or retry later"
+            )
+        if len(self.by_id) >= self.cfg.max_sessions and not (self.evict(mine) or self.evict(list(self.by_id.values()))):
+            return "Too many sessions, all busy; retry later or raise [gateway] max_sessions"
+        return None
+
+    def evict(self, candidates: list[HttpSession]) -> bool:
+        idle = [s for s in candidates if s.idle]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda s: s.last_seen)
+        log.info("session %s closed to make room (least recently used, idle)", victim.peer.id[:8])
+        victim.scope.cancel()
+        self.drop(victim)
+        return True
+
+    def drop(self, sess: HttpSession) -> None:
+        self.by_id.pop(sess.peer.id, None)
+        sess.closed.set()
+        sess.to_server.close()
+        for w in sess.waiters.values():
+            w.close()
+
+    async def reap(self) -> None:
+        """Close sessions idle longer than ``session_ttl``; runs until cancelled."""
+        while True:
+            await anyio.sleep(min(30.0, self.cfg.session_ttl / 2))
+            self.expire_idle()
+
+    def expire_idle(self) -> None:
+        """Close every session idle longer than ``session_ttl`` (none in flight, no GET stream open)."""
+        now = time.monotonic()
+        for sess in list(self.by_id.values()):
+            if now - sess.last_seen > self.cfg.session_ttl and sess.idle:
+                log.info("session %s expired after %.0f s idle", sess.peer.id[:8], self.cfg.session_ttl)
+                sess.scope.cancel()
+                self.drop(sess)
+
+    def close_all(self) -> None:
+        for sess in list(self.by_id.values()):
+            sess.scope.cancel()
+            self.drop(sess)
 
 
 class Exchange:
