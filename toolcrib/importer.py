@@ -75,7 +75,8 @@ def convert(data: dict[str, Any], source: str) -> tuple[dict[str, Any], list[tup
     for raw_name, spec in servers.items():
         if not isinstance(spec, dict):
             raise ConfigError(f"{source}: server {raw_name!r} is not an object; fix the JSON")
-        name = raw_name if SERVER_NAME_RE.match(raw_name) and "__" not in raw_name else _server_name(raw_name, taken)
+        keep = SERVER_NAME_RE.match(raw_name) and "__" not in raw_name and raw_name not in taken
+        name = raw_name if keep else _server_name(raw_name, taken)
         taken.add(name)
         entry: dict[str, Any] = {}
         kind = str(spec.get("type", spec.get("transport", ""))).lower()
@@ -121,6 +122,12 @@ def import_client_config(path: Path, output: Path | None, *, force: bool = False
         raise ConfigError(f"{path}: cannot read it ({exc}); check the path and permissions") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}); fix it first") from None
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"{path}: holds an unpaired surrogate escape (like \\ud800) that TOML cannot store; fix it"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object with `mcpServers`")
     doc, moved = convert(data, str(path))

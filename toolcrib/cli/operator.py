@@ -32,21 +32,28 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_time(text: str, now: float | None = None) -> float:
-    """``30m``/``12h``/``7d``/``2w`` ago, an ISO date or datetime, or epoch seconds -> epoch seconds."""
+    """``30m``/``12h``/``7d``/``2w`` ago, an ISO date or datetime, or epoch seconds -> epoch seconds.
+
+    Raises :class:`ToolcribError` for anything else, including non-finite numbers (``nan``, ``1e400``)
+    and times outside what a datetime can show (years 1-9999).
+    """
     now = time.time() if now is None else now
-    if m := _DURATION.fullmatch(text.strip()):
-        return now - float(m.group(1)) * _UNITS[m.group(2)]
+    hint = f"cannot read time {text[:40]!r}; use 7d, 12h, 30m, 2026-01-31 or 2026-01-31T12:00"
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        parsed = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ToolcribError(f"cannot read time {text!r}; use 7d, 12h, 30m, 2026-01-31 or 2026-01-31T12:00") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.astimezone()
-    return parsed.timestamp()
+        if m := _DURATION.fullmatch(text.strip()):
+            value = now - float(m.group(1)) * _UNITS[m.group(2)]
+        else:
+            try:
+                value = float(text)
+            except ValueError:
+                parsed = dt.datetime.fromisoformat(text)
+                if parsed.tzinfo is None:
+                    parsed = parsed.astimezone()
+                value = parsed.timestamp()
+        dt.datetime.fromtimestamp(value, dt.UTC)  # finite and showable, or ValueError/OverflowError
+    except (ValueError, OverflowError, OSError):
+        raise ToolcribError(hint) from None
+    return value
 
 
 def _iso(ts: float | None) -> str:
