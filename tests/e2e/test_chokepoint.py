@@ -135,7 +135,7 @@ async def test_auth_failures_get_their_status_and_a_generic_body(
     async with two_servers(tmp_path, monkeypatch) as (rt, tokens), aiohttp.ClientSession() as s:
         cases = [
             ({}, rt.url + "?access_token=" + tokens["bob"], 400),
-            ({"Authorization": "Basic dXNlcjpwYXNz"}, rt.url, 400),
+            ({"Authorization": "Basic dXNlcjpwYXNz"}, rt.url, 401),
             ({}, rt.url, 401),
             ({"Authorization": "Bearer tcb_nope"}, rt.url, 401),
         ]

@@ -11,7 +11,7 @@ Every request passes, in this order:
 3. **Authentication** to a typed :class:`~toolcrib.gateway.trust.identity.Principal`, kept under
    :data:`PRINCIPAL`. Failures get the status RFC 6750 assigns and a generic body that says what to
    do and nothing about the gateway's internals: 400 ``invalid_request`` (credentials in the URL,
-   several or non-Bearer ``Authorization`` headers), 401 ``invalid_token`` (missing, unknown,
+   several ``Authorization`` headers), 401 ``invalid_token`` (missing, not Bearer, unknown,
    expired), 403 ``insufficient_scope``, 503 (the key store or the issuer's keys are unreadable:
    fail closed). Every refusal is reported to ``on_refused`` (the audit log) with its detail.
 4. **Route access**, declared once per route when it is added, with :func:`access`:

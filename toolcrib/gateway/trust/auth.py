@@ -53,7 +53,7 @@ class InvalidToken(AuthError):
 
 
 class InvalidRequest(InvalidToken):
-    """Credentials sent the wrong way: in the query string, in several headers, not Bearer (400)."""
+    """Credentials sent the wrong way: in the query string, or in several headers (400)."""
 
     status = 400
     error = "invalid_request"
@@ -91,7 +91,7 @@ def bearer_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str:
     scheme, _, token = values[0].strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer":
-        raise InvalidRequest("the Authorization scheme must be Bearer")
+        raise InvalidToken("the Authorization scheme must be Bearer")  # no bearer credentials: 401 (RFC 6750 s3)
     if not token or len(token) > MAX_TOKEN_LENGTH or not _B64TOKEN.fullmatch(token):
         raise InvalidToken("the bearer token is empty, too long or has characters a token cannot have")
     return token
