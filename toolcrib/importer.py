@@ -82,8 +82,11 @@ def convert(data: dict[str, Any], source: str) -> tuple[dict[str, Any], list[tup
         kind = str(spec.get("type", spec.get("transport", ""))).lower()
         if "command" in spec:
             entry["command"] = str(spec["command"])
-            if spec.get("args"):
-                entry["args"] = [str(a) for a in spec["args"]]
+            args = spec.get("args") or []
+            if not isinstance(args, list):
+                raise ConfigError(f"{source}: server {raw_name!r}: `args` must be an array of strings; fix the JSON")
+            if args:
+                entry["args"] = [str(a) for a in args]
             if spec.get("cwd"):
                 entry["cwd"] = str(spec["cwd"])
             secrets_field, values = "env", spec.get("env") or {}
@@ -94,6 +97,8 @@ def convert(data: dict[str, Any], source: str) -> tuple[dict[str, Any], list[tup
             secrets_field, values = "headers", spec.get("headers") or {}
         else:
             raise ConfigError(f"{source}: server {raw_name!r} has neither `command` nor `url`; fix or remove it")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: server {raw_name!r}: `{secrets_field}` must be an object; fix the JSON")
         cleaned: dict[str, str] = {}
         for key, value in values.items():
             value = str(value)

@@ -81,8 +81,13 @@ class Catalog:
         base = _short(f"{server}{self.separator}{_INVALID.sub('_', name)}", MAX_NAME)
         if base not in taken:
             return base
-        digest = hashlib.sha256(f"{server}\0{name}".encode()).hexdigest()[:8]
-        return f"{base[: MAX_NAME - 9]}_{digest}"
+        salt = 0
+        while True:  # a clash key can itself be taken (a tool named like it): try the next salt
+            digest = hashlib.sha256((f"{server}\0{name}" + "\0" * salt).encode()).hexdigest()[:8]
+            key = f"{base[: MAX_NAME - 9]}_{digest}"
+            if key not in taken:
+                return key
+            salt += 1
 
     def resource_uri(self, server: str, uri: str) -> str:
         if self.keep_names:

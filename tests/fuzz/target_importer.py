@@ -1,0 +1,88 @@
+"""The client-config importer (``toolcrib import``): any JSON file becomes a valid config or a ConfigError.
+
+Properties: ``import_client_config`` raises nothing but :class:`ConfigError`; on success the TOML it
+wrote loads, validates as a toolcrib config, keeps every server of the input (renamed if needed,
+none lost to a clash) and holds no literal secret it reported as moved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from hypothesis import strategies as st
+
+from tests.fuzz.engine import Target
+from tests.fuzz.strategies import json_values
+from toolcrib.config import parse_config
+from toolcrib.errors import ConfigError
+from toolcrib.importer import import_client_config
+
+tokens = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", min_size=20, max_size=40)
+SECRET_KEYS = ["API_KEY", "GITHUB_TOKEN", "password", "Authorization", "X-Api-Key"]
+secret_keys = st.sampled_from([*SECRET_KEYS, "HOME", "PATH"])
+values = st.text(max_size=20) | tokens | tokens.map(lambda t: "Bearer " + t) | st.just("secret:a/b") | json_values
+names = st.text(max_size=20) | st.sampled_from(["a", "a!", "a__b", "a_b", "-a", "_", "a" * 60, "time", "time!", ""])
+spec = st.fixed_dictionaries(
+    {},
+    optional={
+        "command": st.text(max_size=10) | json_values,
+        "args": st.lists(st.text(max_size=10)) | json_values,
+        "cwd": st.text(max_size=10) | json_values,
+        "env": st.dictionaries(secret_keys | st.text(max_size=8), values, max_size=4) | json_values,
+        "url": st.sampled_from(["http://127.0.0.1:9/mcp", "https://x.example/sse"])
+        | st.text(max_size=10)
+        | json_values,
+        "serverUrl": st.text(max_size=10),
+        "type": st.sampled_from(["stdio", "sse", "http", "streamable-http"]) | json_values,
+        "headers": st.dictionaries(secret_keys | st.text(max_size=8), values, max_size=4) | json_values,
+        "disabled": st.booleans() | json_values,
+    },
+)
+servers = st.dictionaries(names, spec | json_values, max_size=5)
+documents = st.one_of(
+    servers.map(lambda s: {"mcpServers": s}),
+    servers.map(lambda s: {"servers": s}),
+    servers.map(lambda s: {"mcp": {"servers": s}}),
+    st.dictionaries(st.sampled_from(["mcpServers", "servers", "mcp", "x"]), json_values, max_size=3),
+    json_values,
+)
+
+
+def check(document: Any) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="toolcrib-fuzz-"))
+    try:
+        source, out = tmp / "client.json", tmp / "toolcrib.toml"
+        source.write_text(json.dumps(document), encoding="utf-8")
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                import_client_config(source, out, force=True)
+        except ConfigError:
+            return
+        text = out.read_text(encoding="utf-8")
+        doc = tomllib.loads(text)
+        parse_config(doc, out)
+        raw = document.get("mcpServers", document.get("servers"))
+        if raw is None:
+            raw = document["mcp"]["servers"]
+        assert len(doc["servers"]) == len(raw), f"servers lost: {sorted(raw)} -> {sorted(doc['servers'])}"
+        assert err.getvalue().startswith("wrote "), err.getvalue()[:200]
+        for spec_ in raw.values():
+            for field in ("env", "headers"):
+                table = spec_.get(field)
+                for key, value in table.items() if isinstance(table, dict) else ():
+                    literal = value.removeprefix("Bearer ") if isinstance(value, str) else ""
+                    if key in SECRET_KEYS and len(literal) >= 12 and not literal.startswith(("secret:", "${")):
+                        assert literal not in text, f"literal secret of {key} left in the TOML"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+TARGET = Target("importer", documents, check)
