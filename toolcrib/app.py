@@ -35,6 +35,7 @@ from toolcrib.gateway.pipeline import (
     policy_layer,
     quarantine_layer,
     redact_layer,
+    redact_model,
     validation_layer,
 )
 from toolcrib.gateway.server import Gateway
@@ -103,7 +104,7 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
     """Wire credentials, pool, index, audit, policy, approvals, pins and the dispatch pipeline."""
     store = ChainStore(config.secrets.file)
     redactor = Redactor()
-    pool = Pool(config, expand_secret=expander(store, redactor))
+    pool = Pool(config, expand_secret=expander(store, redactor), scrub=lambda model: redact_model(redactor, model))
     install_log_redaction(redactor)
     trust = Trust(config, pool)
 

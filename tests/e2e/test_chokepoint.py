@@ -248,3 +248,13 @@ async def test_one_principal_cannot_exhaust_sessions(tmp_path: Path) -> None:
             rt.url, data=json.dumps(INIT), headers={**JSON_HEADERS, "Authorization": f"Bearer {other}"}
         ) as r:
             assert r.status == 200
+
+
+async def test_listings_are_redacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that puts its secret in a tool description (it is upstream-to-client text too)."""
+    monkeypatch.setenv("TOOLCRIB_SECRET_ECHO_TOKEN", CANARY)
+    env = {"ECHO_TOKEN": "secret:echo/token", "FIXTURE_ECHO_DESCRIPTION": "uses secret:echo/token"}
+    cfg = make_config({"echo": stdio_server(ECHO, env=env)}, tmp_path, {"default": "allow"}, mode="passthrough")
+    async with running_gateway(cfg, connect_wait=20) as rt, Client(rt.url) as c:
+        listed = (await c.list_tools()).model_dump_json()
+    assert CANARY not in listed and "uses [REDACTED]" in listed

@@ -223,6 +223,8 @@ def redact_layer(redactor: Redactor) -> Layer:
 
 def redact_model(redactor: Redactor, model: Any) -> Any:
     """``model`` (a pydantic result) with every secret scrubbed; the same object when it holds none."""
+    if not len(redactor):
+        return model
     data = model.model_dump(by_alias=True, mode="json", exclude_none=True)
     scrubbed = redactor.scrub_json(data)
     return model if scrubbed is data or scrubbed == data else type(model).model_validate(scrubbed)

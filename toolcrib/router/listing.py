@@ -20,6 +20,11 @@ class Listing:
     prompts: tuple[types.Prompt, ...] = ()
 
 
+def astuple_shallow(listing: Listing) -> tuple[tuple[Any, ...], ...]:
+    """``(tools, resources, templates, prompts)``, in :class:`Listing`'s field order."""
+    return (listing.tools, listing.resources, listing.templates, listing.prompts)
+
+
 async def fetch_listing(client: Client, kinds: set[str], old: Listing | None = None) -> Listing:
     """Re-list ``kinds`` (tools, resources (with templates), prompts) the server declares; keep the rest of ``old``."""
     caps = client.server_capabilities

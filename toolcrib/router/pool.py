@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 
 from toolcrib.config import Config
 from toolcrib.errors import ToolNotFound, UpstreamUnavailable
 from toolcrib.router.catalog import Catalog, Entry
+from toolcrib.router.listing import Listing, astuple_shallow
 from toolcrib.router.upstreams import SecretExpander, Upstream, _identity
 
 log = logging.getLogger("toolcrib.pool")
@@ -29,8 +31,13 @@ prompts_changed, resource_updated:URI."""
 class Pool:
     """All upstreams and the aggregated catalog."""
 
-    def __init__(self, config: Config, *, expand_secret: SecretExpander = _identity) -> None:
+    def __init__(
+        self, config: Config, *, expand_secret: SecretExpander = _identity, scrub: Callable[[Any], Any] | None = None
+    ) -> None:
+        """``scrub`` (a pydantic model -> the same model with known secrets removed) is applied to every
+        listed tool, prompt, resource and template before clients can see it."""
         self.config = config
+        self._scrub = scrub
         self.upstreams: dict[str, Upstream] = {
             name: Upstream(name, cfg, expand_secret=expand_secret, on_change=self._changed)
             for name, cfg in config.enabled_servers.items()
@@ -86,8 +93,12 @@ class Pool:
         for name, up in self.upstreams.items():
             if up.state.status != "connected" and not up.listing.tools:
                 continue
-            listings[name] = (up.cfg, up.listing.tools, up.listing.prompts)
-            resources[name] = (up.listing.resources, up.listing.templates)
+            listing = up.listing
+            if self._scrub is not None:
+                scrub = self._scrub
+                listing = Listing(*(tuple(scrub(item) for item in items) for items in astuple_shallow(listing)))
+            listings[name] = (up.cfg, listing.tools, listing.prompts)
+            resources[name] = (listing.resources, listing.templates)
         self.catalog = Catalog.build(
             listings,
             resources,
