@@ -68,15 +68,15 @@ def test_creds(config: Path, memory_keyring: MemoryKeyring, monkeypatch: pytest.
 
 def test_approvals(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = ApprovalStore(tmp_path / "approvals.db")
-    a = store.request("alice", "git__git_push", {"branch": "main"}, ttl=60)
-    b = store.request("alice", "git__git_push", {"branch": "dev"}, ttl=60)
+    a = store.request("key:alice", "git__git_push", {"branch": "main"}, ttl=60)
+    b = store.request("key:alice", "git__git_push", {"branch": "dev"}, ttl=60)
     assert run(config, "approvals", "list", "--json") == 0
     assert {x["id"] for x in json.loads(capsys.readouterr().out)} == {a.id, b.id}
     assert run(config, "approvals", "approve", a.id, "--as", "carol") == 0
     assert run(config, "approvals", "deny", b.id) == 0
     assert run(config, "approvals", "approve", b.id) == 1
     assert store.get(a.id).approver == "carol" and store.get(b.id).status == "denied"
-    assert store.consume("alice", "git__git_push", {"branch": "main"}) is not None
+    assert store.consume("key:alice", "git__git_push", {"branch": "main"}) is not None
     store.close()
 
 
