@@ -126,14 +126,17 @@ class Backchannel:
                 call._logs.close()
 
     @asynccontextmanager
-    async def attach(self, read: Any, write: Any) -> AsyncIterator[tuple[_RoutedRead, _RecordedWrite]]:
-        """Wrap one connection's (read, write) transport streams; ids start afresh per connection."""
+    async def attach(
+        self, read: Any, write: Any, closed: anyio.Event
+    ) -> AsyncIterator[tuple[_RoutedRead, _RecordedWrite]]:
+        """Wrap one connection's (read, write) transport streams; ids start afresh per connection.
+        ``closed`` is set when the read stream ends, so a dead server is noticed at once."""
         self._outbound.clear()
         self._inbound.clear()
         async with anyio.create_task_group() as tg:
             self._tg = tg
             try:
-                yield _RoutedRead(self, read), _RecordedWrite(self, write)
+                yield _RoutedRead(self, read, closed), _RecordedWrite(self, write)
             finally:
                 self._tg = None
                 tg.cancel_scope.cancel()
@@ -283,15 +286,21 @@ async def _pump(
 
 
 class _RoutedRead:
-    """The transport's read stream as the SDK sees it, minus log lines (delivered here)."""
+    """The transport's read stream as the SDK sees it, minus log lines (delivered here); sets
+    ``closed`` at end of stream."""
 
-    def __init__(self, backchannel: Backchannel, inner: Any) -> None:
+    def __init__(self, backchannel: Backchannel, inner: Any, closed: anyio.Event) -> None:
         self._bc = backchannel
         self._inner = inner
+        self._closed = closed
 
     async def receive(self) -> SessionMessage | Exception:
         while True:
-            item: SessionMessage | Exception = await self._inner.receive()
+            try:
+                item: SessionMessage | Exception = await self._inner.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._closed.set()
+                raise
             if not isinstance(item, SessionMessage) or self._bc.received(item):
                 return item
 

@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 
 import anyio
 import mcp_types as types
-from anyio.streams.memory import MemoryObjectReceiveStream
 from mcp import Client, StdioServerParameters
 from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
@@ -75,42 +74,6 @@ class UpstreamState:
     error: str | None = None
     connects: int = 0
     crashes: list[float] = field(default_factory=list)
-
-
-class _ClosingStream:
-    """Wraps the transport's read stream and fires an event at EOF, so a dead server is noticed at once."""
-
-    def __init__(self, inner: MemoryObjectReceiveStream[Any], closed: anyio.Event) -> None:
-        self._inner = inner
-        self._closed = closed
-
-    async def receive(self) -> Any:
-        try:
-            return await self._inner.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self._closed.set()
-            raise
-
-    def __aiter__(self) -> _ClosingStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            return await self.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise StopAsyncIteration from None
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> _ClosingStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 class Upstream:
@@ -359,7 +322,7 @@ class Upstream:
         """The transport's streams, watched for EOF and routed by :class:`Backchannel`."""
         async with (
             transport as (read, write),
-            self._backchannel.attach(_ClosingStream(read, self._closed), write) as ends,
+            self._backchannel.attach(read, write, self._closed) as ends,
         ):
             yield ends
         self._closed.set()
