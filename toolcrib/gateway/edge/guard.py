@@ -5,9 +5,7 @@ Every request passes, in this order:
 1. **Host / Origin** (DNS-rebinding and cross-site protection): ``Host`` must name this gateway
    (its bind address, a loopback name, or ``[gateway] allowed_hosts``); an ``Origin``, when sent,
    must be loopback or in ``allowed_origins``. Else 403.
-2. **Body**: a declared ``Content-Length`` over ``max_body_bytes`` is refused before reading (413);
-   otherwise the WHOLE body is read, however it arrives (several TCP segments, chunked transfer
-   encoding), and kept under :data:`BODY`. A body that grows past the cap while read is 413.
+2. **Declared size**: a ``Content-Length`` over ``max_body_bytes`` is refused at once (413).
 3. **Authentication** to a typed :class:`~toolcrib.gateway.trust.identity.Principal`, kept under
    :data:`PRINCIPAL`. Failures get the status RFC 6750 assigns and a generic body that says what to
    do and nothing about the gateway's internals: 400 ``invalid_request`` (credentials in the URL,
@@ -20,6 +18,9 @@ Every request passes, in this order:
    otherwise), so no HTML form or CORS "simple request" can change anything), ``"public"``
    (``/healthz``, OAuth metadata: credentials optional; an authenticated principal is still
    attached when valid ones are sent). A route that declares nothing is treated as ``"operator"``.
+5. **Body**, only for a caller that got this far: the WHOLE body is read, however it arrives
+   (several TCP segments, chunked transfer encoding), and kept under :data:`BODY`; a body that
+   grows past the cap while read is 413.
 
 With ``auth = "none"`` (loopback binds only) ``/mcp`` clients are the anonymous principal, and
 operator and public routes see the local operator when the peer address is loopback (the Host check
@@ -110,13 +111,8 @@ class Guard:
         bad = self.check_host_origin(request)
         if bad is not None:
             return bad
-        if request.method in _UNSAFE:
-            body = await self._read_body(request)
-            if isinstance(body, web.Response):
-                return body
-            request[BODY] = body
-        else:
-            request[BODY] = b""
+        if request.content_length is not None and request.content_length > self.max_body:
+            return self._too_large()
         level = _level(request)
         principal = await self._principal(request, level)
         if isinstance(principal, web.Response):
@@ -127,6 +123,12 @@ class Guard:
             refused = self._operator_only(request, principal)
             if refused is not None:
                 return refused
+        request[BODY] = b""
+        if request.method in _UNSAFE:
+            body = await self._read_body(request)
+            if isinstance(body, web.Response):
+                return body
+            request[BODY] = body
         return await handler(request)
 
     # ---- 1. Host / Origin ----------------------------------------------------------------------
@@ -148,17 +150,17 @@ class Guard:
 
     # ---- 2. body -------------------------------------------------------------------------------
 
+    def _too_large(self) -> web.Response:
+        return web.Response(status=413, text=f"Payload Too Large: the limit is {self.max_body} bytes\n")
+
     async def _read_body(self, request: web.Request) -> bytes | web.Response:
-        too_large = web.Response(status=413, text=f"Payload Too Large: the limit is {self.max_body} bytes\n")
-        if request.content_length is not None and request.content_length > self.max_body:
-            return too_large
         chunks: list[bytes] = []
         size = 0
         try:
             async for chunk in request.content.iter_any():
                 size += len(chunk)
                 if size > self.max_body:
-                    return too_large
+                    return self._too_large()
                 chunks.append(chunk)
         except (ConnectionError, web.HTTPException):
             return web.Response(status=400, text="Bad Request: the body could not be read\n")
