@@ -6,8 +6,10 @@ an ephemeral port.
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -174,12 +176,60 @@ def check_bind(config: Config) -> None:
         )
 
 
+class StartupInterrupted(ToolcribError):
+    """A stop signal arrived before the gateway was listening; everything started so far was stopped."""
+
+    exit_code = 130
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise :class:`ConfigError` (one line) when ``host:port`` cannot be bound, e.g. another toolcrib
+    already listens there. Port 0 (pick a free one) is always fine. Called before any upstream starts
+    or the index is built, so a busy port costs nothing."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"cannot resolve bind address {host!r} ({exc.strerror}); fix [gateway] host or --host"
+        ) from None
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp does: TIME_WAIT is no conflict
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                raise _bind_error(host, port, exc) from None
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(
+            f"port {port} on {host} is already in use (another toolcrib or `make run`?); stop it, "
+            "or pass --port N (0 picks a free port) or set [gateway] port"
+        )
+    if exc.errno == errno.EACCES:
+        return ConfigError(f"no permission to listen on {host}:{port}; use a port above 1023 (--port N)")
+    return ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); fix [gateway] host/port or pass --port N")
+
+
 @asynccontextmanager
 async def running_gateway(
-    config: Config, *, connect_wait: float = 10.0, embedder: Embedder | None = None
+    config: Config,
+    *,
+    connect_wait: float = 10.0,
+    embedder: Embedder | None = None,
+    abort: anyio.Event | None = None,
 ) -> AsyncIterator[Running]:
-    """Start upstreams and the HTTP endpoint; on exit, drain and stop everything."""
+    """Start upstreams and the HTTP endpoint; on exit, drain and stop everything.
+
+    Raises :class:`ConfigError` before starting anything when the bind is refused (see
+    :func:`check_bind`) or the port is busy (:func:`check_port_free`). Setting ``abort`` before the
+    endpoint listens stops the waiting for upstreams and the first index build, stops every upstream
+    started so far and raises :class:`StartupInterrupted`."""
     check_bind(config)
+    check_port_free(config.gateway.host, config.gateway.port)
     authenticator = build_authenticator(config)
     parts = build(config, embedder=embedder)
     try:
@@ -187,7 +237,7 @@ async def running_gateway(
             if hasattr(authenticator, "__aenter__"):
                 await stack.enter_async_context(authenticator)  # type: ignore[arg-type]
             tg = await stack.enter_async_context(_serving(parts.pool))
-            yield await _start_http(config, parts, authenticator, tg, stack, connect_wait)
+            yield await _start_http(config, parts, authenticator, tg, stack, connect_wait, abort or anyio.Event())
     finally:
         parts.close()
 
@@ -208,6 +258,7 @@ async def _start_http(
     tg: anyio.abc.TaskGroup,
     stack: AsyncExitStack,
     connect_wait: float,
+    abort: anyio.Event,
 ) -> Running:
     pool = parts.pool
     base: dict[str, str] = {}
@@ -235,12 +286,14 @@ async def _start_http(
         app.router.add_get("/.well-known/oauth-protected-resource/mcp", metadata)
     # Listen only once every upstream had its first attempt and the first index is built, so the
     # first client sees the whole catalog (an upstream still connecting after connect_wait joins later).
-    await pool.wait_ready(connect_wait)  # the catalog and quarantine follow each connection by themselves
+    await _unless(abort, lambda: pool.wait_ready(connect_wait))  # catalog and quarantine follow by themselves
     if parts.reindexer is not None:
         connected = {name for name, up in pool.upstreams.items() if up.state.status == "connected"}
         try:
-            await parts.reindexer.sync(connected)
+            await _unless(abort, lambda: _sync(parts.reindexer, connected))
         except ToolcribError as exc:
+            if isinstance(exc, StartupInterrupted):
+                raise
             log.error("initial index build failed: %s", exc.message)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
     await runner.setup()
@@ -248,7 +301,11 @@ async def _start_http(
         runner, header_timeout=config.gateway.header_timeout, idle_timeout=config.gateway.idle_timeout
     )
     site = web.TCPSite(runner, config.gateway.host, config.gateway.port, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:  # taken while we were starting up
+        await runner.cleanup()
+        raise _bind_error(config.gateway.host, config.gateway.port, exc) from None
     port = _bound_port(runner, config.gateway.port)
     host = config.gateway.host if ":" not in config.gateway.host else f"[{config.gateway.host}]"
     base["url"] = f"http://{host}:{port}"
@@ -266,6 +323,28 @@ async def _start_http(
     stack.push_async_callback(shutdown)
     tg.start_soon(_audit_upkeep, parts.audit, config.audit.retention_days)
     return Running(config, parts, transport, f"{base['url']}/mcp", port)
+
+
+async def _sync(reindexer: Reindexer | None, servers: set[str]) -> None:
+    if reindexer is not None:
+        await reindexer.sync(servers)
+
+
+async def _unless(abort: anyio.Event, step: Callable[[], Any]) -> None:
+    """Run the start-up ``step`` unless ``abort`` is (or becomes) set; then raise :class:`StartupInterrupted`.
+    Only the step is cancelled: upstreams keep running until the caller's exit stack stops them in order."""
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            await abort.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        if not abort.is_set():
+            await step()
+        tg.cancel_scope.cancel()
+    if abort.is_set():
+        raise StartupInterrupted("interrupted during start-up: stopped every upstream started so far; nothing listens")
 
 
 async def _audit_upkeep(audit: SqliteAuditLog, retention_days: int) -> None:
@@ -295,32 +374,53 @@ def _bound_port(runner: web.AppRunner, default: int) -> int:
     return default
 
 
-def describe_upstreams(pool: Pool) -> list[str]:
+def describe_upstreams(pool: Pool, trust: Trust | None = None) -> list[str]:
+    """One start-up line per upstream: ``  NAME: connected, N tools[, Q quarantined ...], protocol V``
+    or ``  NAME: STATUS (error)``. With ``trust``, quarantined tools (not callable until approved) are counted."""
+    quarantined = trust.quarantined if trust is not None else {}
     lines = []
     for name, up in sorted(pool.upstreams.items()):
         st = up.state
         if st.status == "connected":
-            lines.append(f"  {name}: connected, {len(up.listing.tools)} tools, protocol {st.protocol_version}")
+            held = sum(1 for key in quarantined if (e := pool.catalog.tools.get(key)) is not None and e.server == name)
+            note = f", {held} quarantined (see `toolcrib tools list`)" if held else ""
+            lines.append(f"  {name}: connected, {len(up.listing.tools)} tools{note}, protocol {st.protocol_version}")
         else:
             lines.append(f"  {name}: {st.status}" + (f" ({st.error})" if st.error else " (still connecting)"))
     return lines
 
 
-async def _wait_for_signal() -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
-            return
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+"""Each drains in-flight calls and stops (SIGHUP does not reload the config)."""
 
 
 async def serve(config: Config, *, out: TextIO = sys.stderr) -> None:
-    """``toolcrib serve``: run until SIGTERM/SIGINT, then shut down gracefully."""
-    async with running_gateway(config) as rt:
-        print(f"toolcrib {config.gateway.mode} mode: connect clients to {rt.url}", file=out)
-        for line in describe_upstreams(rt.pool):
-            print(line, file=out)
-        out.flush()
-        await _wait_for_signal()
-        print("toolcrib: shutting down (draining in-flight calls)", file=out)
+    """``toolcrib serve``: run until SIGTERM, SIGINT or SIGHUP, then drain and shut down gracefully.
+
+    A signal during start-up (upstreams connecting, the index building) aborts it: children are
+    stopped, state files are closed, and :class:`StartupInterrupted` is raised (the CLI exits 130).
+    """
+    stopping = anyio.Event()
+    with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                async for signum in signals:
+                    received.append(signum)
+                    stopping.set()
+                    return
+
+            received: list[int] = []
+            tg.start_soon(watch)
+            async with running_gateway(config, abort=stopping) as rt:
+                print(f"toolcrib {config.gateway.mode} mode: connect clients to {rt.url}", file=out)
+                for line in describe_upstreams(rt.pool, rt.parts.trust):
+                    print(line, file=out)
+                out.flush()
+                await stopping.wait()
+                name = signal.Signals(received[0]).name if received else "signal"
+                print(f"toolcrib: {name}: shutting down (draining in-flight calls)", file=out)
+            tg.cancel_scope.cancel()
 
 
 async def serve_stdio_mode(config: Config) -> None:
@@ -330,7 +430,7 @@ async def serve_stdio_mode(config: Config) -> None:
     try:
         async with pool.running():
             await pool.wait_ready(10.0)
-            for line in describe_upstreams(pool):
+            for line in describe_upstreams(pool, parts.trust):
                 print(line, file=sys.stderr)
             await serve_stdio(gateway)
     finally:

@@ -4,6 +4,9 @@ Secrets never live in this file: values may contain ``secret:NAMESPACE/NAME`` re
 are resolved only at the upstream edge (see :mod:`toolcrib.gateway.trust.secrets`).
 
 Lookup order for the file: ``--config PATH``, then ``$TOOLCRIB_CONFIG``, then ``./toolcrib.toml``.
+Relative state paths in the file (``[index] path``, ``[audit] path``/``anchor_path``, ``[auth] keys_path``,
+``[policy] approvals_path``/``pins_path``, ``[secrets] file``, a server's ``cwd``) are resolved against
+the directory of the config file by :func:`load_config`, never against the process's working directory.
 """
 
 from __future__ import annotations
@@ -290,4 +293,46 @@ def load_config(path: str | os.PathLike[str] | None = None) -> tuple[Config, Pat
         raise ConfigError(f"{p}: not UTF-8 text; save the file as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: invalid TOML: {exc}; fix the syntax and run `toolcrib check`") from None
-    return parse_config(data, p), p.resolve()
+    resolved = p.resolve()
+    return resolve_paths(parse_config(data, p), resolved.parent), resolved
+
+
+def _anchor(value: str, base: Path) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else base / path)
+
+
+def resolve_paths(config: Config, base: Path) -> Config:
+    """``config`` with every relative state path made absolute against ``base`` (the config file's
+    directory); ``~`` is expanded. Absolute paths are kept. A config built without a file (tests,
+    :meth:`Config.model_validate`) is left as it is unless this is called."""
+
+    def section(model: _Model, *fields: str) -> Any:
+        updates = {f: _anchor(v, base) for f in fields if isinstance(v := getattr(model, f), str)}
+        return model.model_copy(update=updates)
+
+    servers = {
+        name: s.model_copy(update={"cwd": _anchor(s.cwd, base)}) if s.cwd else s for name, s in config.servers.items()
+    }
+    return config.model_copy(
+        update={
+            "index": section(config.index, "path"),
+            "audit": section(config.audit, "path", "anchor_path"),
+            "auth": section(config.auth, "keys_path"),
+            "policy": section(config.policy, "approvals_path", "pins_path"),
+            "secrets": section(config.secrets, "file"),
+            "servers": servers,
+        }
+    )
+
+
+STATE_PATHS = (
+    ("index", "path"),
+    ("audit", "path"),
+    ("audit", "anchor_path"),
+    ("auth", "keys_path"),
+    ("policy", "approvals_path"),
+    ("policy", "pins_path"),
+    ("secrets", "file"),
+)
+"""``(section, key)`` of every state path :func:`resolve_paths` anchors to the config's directory."""

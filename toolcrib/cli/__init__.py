@@ -38,33 +38,15 @@ def _cmd_serve(args: argparse.Namespace, config: Config) -> int:
         anyio.run(runtime.serve_stdio_mode, config)
     else:
         runtime.check_bind(config)
+        runtime.check_port_free(config.gateway.host, config.gateway.port)  # before any upstream starts
         anyio.run(runtime.serve, config)
     return 0
 
 
 def _cmd_check(args: argparse.Namespace, config: Config) -> int:
-    from toolcrib.app import check_bind
+    from toolcrib.cli.check import run_check
 
-    check_bind(config)
-    servers = config.enabled_servers
-    print(f"{args.config_path}: ok ({len(servers)} enabled servers, {config.gateway.mode} mode)")
-    from toolcrib.gateway.trust.secrets import ChainStore, server_refs
-
-    store = ChainStore(config.secrets.file)
-    missing = 0
-    for name, s in sorted(config.servers.items()):
-        target = s.command + " " + " ".join(s.args) if s.command else s.url
-        state = "" if s.enabled else " [disabled]"
-        print(f"  {name}: {s.kind} {target}{state}")
-        for ref in server_refs(s) if s.enabled else []:
-            source = store.source(ref)
-            if source is None:
-                missing += 1
-                ns, _, key = ref.partition("/")
-                print(f"    secret:{ref}: NOT SET; run `toolcrib creds set {ns} {key}`", file=sys.stderr)
-            else:
-                print(f"    secret:{ref}: set ({source})")
-    return 1 if missing else 0
+    return run_check(args, config)
 
 
 def _cmd_import(args: argparse.Namespace, config: Config | None) -> int:
@@ -74,9 +56,12 @@ def _cmd_import(args: argparse.Namespace, config: Config | None) -> int:
 
 
 def _cmd_client_config(args: argparse.Namespace, config: Config) -> int:
-    from toolcrib.importer import client_snippet
+    from toolcrib.cli.clients import snippet
 
-    print(client_snippet(args.client, config, args.config_path, stdio=args.stdio))
+    text, notes = snippet(args.client, config, args.config_path, stdio=args.stdio)
+    print(text)
+    for note in notes:
+        print(f"# {note}", file=sys.stderr)
     return 0
 
 
@@ -107,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_import, no_config=True)
 
     p = sub.add_parser("client-config", help="print the snippet that points a client at toolcrib")
-    p.add_argument("client", choices=["claude", "claude-code", "cursor", "vscode"])
+    p.add_argument(
+        "client",
+        choices=["claude-desktop", "claude", "claude-code", "cursor", "vscode", "codex"],
+        help="claude-desktop (alias: claude) = the Claude Desktop app; claude-code = the `claude` CLI",
+    )
     p.add_argument("--stdio", action="store_true", help="have the client launch `toolcrib serve --stdio`")
     p.set_defaults(func=_cmd_client_config)
 
@@ -155,11 +144,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ToolcribError as exc:
         print(f"toolcrib: {exc.message}", file=sys.stderr)
         return exc.exit_code
+    except BaseExceptionGroup as group:  # a task group wrapped a user error: still one line
+        user = _user_error(group)
+        if user is None:
+            raise
+        print(f"toolcrib: {user.message}", file=sys.stderr)
+        return user.exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+
+
+def _user_error(group: BaseExceptionGroup[Any]) -> ToolcribError | None:
+    """The first :class:`ToolcribError` in ``group`` when every leaf is one (or a cancellation)."""
+    errors = group.subgroup(lambda e: isinstance(e, ToolcribError))
+    rest = group.subgroup(lambda e: not isinstance(e, (ToolcribError, BaseExceptionGroup)))
+    if errors is None or rest is not None:
+        return None
+    leaf: BaseException = errors
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf if isinstance(leaf, ToolcribError) else None
 
 
 if __name__ == "__main__":

@@ -70,8 +70,15 @@ def _cmd_index(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_search(args: argparse.Namespace, config: Config) -> int:
+    from toolcrib.router.dispatcher import MAX_LIMIT
     from toolcrib.router.reindex import open_index
 
+    if not args.query.strip():
+        raise ConfigError('the search query is empty; describe the tool you need, e.g. toolcrib search "current time"')
+    if not 1 <= args.limit <= MAX_LIMIT:
+        raise ConfigError(f"--limit must be from 1 to {MAX_LIMIT} (as for search_tools), not {args.limit}")
+    if args.server and args.server not in config.servers:
+        raise ConfigError(f"no server named {args.server!r}; see `toolcrib check` for the list")
     index = open_index(config)
     if len(index) == 0:
         raise IndexError_(f"the index at {config.index.path} is empty; run `toolcrib index` first")
@@ -108,7 +115,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("search", help="search the persisted tool index like search_tools does")
     p.add_argument("query")
-    p.add_argument("--limit", type=int, default=5)
+    p.add_argument("--limit", type=int, default=5, help="number of results, 1 to 20 (as search_tools)")
     p.add_argument("--server", help="only tools of this server")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_search)

@@ -73,6 +73,32 @@ def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) ->
     Console().print(table)
 
 
+def confirm(args: argparse.Namespace, what: str) -> None:
+    """Ask ``what? [y/N]`` on a terminal unless ``--yes``; without a terminal and without ``--yes``,
+    refuse. Raises :class:`ToolcribError` (exit 1, nothing changed) when not confirmed."""
+    if getattr(args, "yes", False):
+        return
+    if not sys.stdin.isatty():
+        raise ToolcribError(f"refusing to {what} without confirmation; rerun with --yes (no terminal to ask on)")
+    try:
+        answer = input(f"{what}? [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() not in ("y", "yes"):
+        raise ToolcribError("cancelled; nothing was changed")
+
+
+def principal_ids(text: str) -> list[str]:
+    """``KIND:SUBJECT`` as given, or, for a bare ``SUBJECT``, that subject under every principal kind
+    (``key:``, ``oauth:``, ``operator:``, ``anonymous:``) plus the bare text (rows written before ids were typed)."""
+    from toolcrib.gateway.trust.identity import KINDS
+
+    kind, sep, _ = text.partition(":")
+    if sep and kind in KINDS:
+        return [text]
+    return [text, *(f"{k}:{text}" for k in sorted(KINDS))]
+
+
 def _operator() -> str:
     try:
         return f"operator:{getpass.getuser()}"
@@ -108,6 +134,9 @@ def _keys(args: argparse.Namespace, config: Config) -> int:
                 [(k.name, ", ".join(k.groups), _iso(k.created), k.prefix + "…") for k in keys],
             )
     else:
+        if args.name not in {k.name for k in store.list()}:
+            raise ToolcribError(f"no API key named {args.name!r}; see `toolcrib keys list`")
+        confirm(args, f"revoke API key {args.name!r} (clients using it get 401 from the next request)")
         store.revoke(args.name)
         print(f"revoked {args.name!r}; requests with its key are refused from now on", file=sys.stderr)
     return 0
@@ -138,6 +167,7 @@ def _creds(args: argparse.Namespace, config: Config) -> int:
     ref = f"{args.server}/{args.name}"
     creds.parse_ref(ref)
     if args.action == "delete":
+        confirm(args, f"delete secret:{ref} from the OS keyring and the secrets file")
         removed = creds.delete_secret(ref, secrets_file)
         print(f"secret:{ref} removed from {', '.join(removed) or 'nowhere (it was not stored)'}", file=sys.stderr)
         return 0
@@ -213,11 +243,7 @@ def _audit(args: argparse.Namespace, config: Config) -> int:
         if args.action == "verify":
             return _audit_verify(log, args.json)
         if args.action == "prune":
-            deleted = log.prune(parse_time(args.before))
-            print(
-                f"pruned {deleted} rows older than {_iso(parse_time(args.before))}; checkpoint written", file=sys.stderr
-            )
-            return 0
+            return _audit_prune(log, args)
         if args.action == "export":
             out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
             try:
@@ -231,15 +257,21 @@ def _audit(args: argparse.Namespace, config: Config) -> int:
             rows = log.tail(args.n)
         else:
             since = parse_time(args.since) if args.since else None
-            rows = log.query(
-                principal=args.principal,
-                tool=args.tool,
-                since=since,
-                outcome=args.outcome,
-                kind=args.kind,
-                method=args.method,
-                limit=args.limit,
-            )
+            if args.limit < 1:
+                raise ToolcribError(f"--limit must be at least 1, not {args.limit}")
+            found: dict[int, dict[str, Any]] = {}
+            for principal in principal_ids(args.principal) if args.principal else [None]:
+                for row in log.query(
+                    principal=principal,
+                    tool=args.tool,
+                    since=since,
+                    outcome=args.outcome,
+                    kind=args.kind,
+                    method=args.method,
+                    limit=args.limit,
+                ):
+                    found[row["seq"]] = row
+            rows = [found[seq] for seq in sorted(found)][-args.limit :]
         if args.json:
             _print_json(rows)
         else:
@@ -264,6 +296,31 @@ def _audit(args: argparse.Namespace, config: Config) -> int:
         return 0
     finally:
         log.close()
+
+
+def _audit_prune(log: SqliteAuditLog, args: argparse.Namespace) -> int:
+    """Refuse a cut-off in the future; count with ``--dry-run``; otherwise confirm, then prune."""
+    before = parse_time(args.before)
+    if before > time.time():
+        raise ToolcribError(
+            f"--before {args.before} is in the future ({_iso(before)}) and would delete every row; "
+            "give a past time such as 90d or 2026-01-31"
+        )
+    count = next(
+        log._rows(  # the rows prune deletes: everything up to the newest row older than the cut-off
+            "SELECT COUNT(*) AS n FROM events WHERE seq <= (SELECT MAX(seq) FROM events WHERE ts < ?)", (before,)
+        )
+    )["n"]
+    if args.dry_run:
+        print(f"would prune {count} rows older than {_iso(before)} (dry run: nothing deleted)")
+        return 0
+    if count == 0:
+        print(f"no rows older than {_iso(before)}; nothing to prune", file=sys.stderr)
+        return 0
+    confirm(args, f"delete {count} audit rows older than {_iso(before)}")
+    deleted = log.prune(before)
+    print(f"pruned {deleted} rows older than {_iso(before)}; checkpoint written", file=sys.stderr)
+    return 0
 
 
 def _audit_verify(log: SqliteAuditLog, as_json: bool) -> int:
@@ -313,6 +370,7 @@ def _tools(args: argparse.Namespace, config: Config) -> int:
     elif args.action == "diff":
         diff = pins.diff(args.key)
         print(diff or f"{args.key}: the current definition is the pinned one")
+        return 1 if diff else 0  # like diff(1): 1 when they differ
     elif args.server:
         approved = pins.approve_server(args.key)
         print(f"approved {len(approved)} tools of {args.key}: {', '.join(approved) or '-'}", file=sys.stderr)
@@ -343,7 +401,9 @@ def register(sub: Any) -> None:
     p.add_argument("name")
     p.add_argument("--groups", help="comma-separated groups for policy rules")
     action(acts, "list", "list keys (never the keys themselves)", json_flag=True)
-    action(acts, "revoke", "delete a key; takes effect on the next request").add_argument("name")
+    p = action(acts, "revoke", "delete a key; takes effect on the next request (asks first unless --yes)")
+    p.add_argument("name")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
 
     acts = verb("creds", "downstream secrets in the OS keyring", _creds)
     for name, text in (
@@ -352,7 +412,9 @@ def register(sub: Any) -> None:
     ):
         p = action(acts, name, text)
         p.add_argument("server", help="the namespace, usually the server's name")
-        p.add_argument("name")
+        p.add_argument("name", help="the secret's name: secret:SERVER/NAME")
+        if name == "delete":
+            p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     action(acts, "list", "every secret reference in the config and where it resolves from", json_flag=True)
 
     acts = verb("approvals", "calls waiting for an operator", _approvals)
@@ -368,7 +430,7 @@ def register(sub: Any) -> None:
     acts = verb("audit", "the tamper-evident log of searches and calls", _audit)
     action(acts, "tail", "the last N rows", json_flag=True).add_argument("-n", type=int, default=20)
     p = action(acts, "query", "rows matching filters", json_flag=True)
-    p.add_argument("--principal")
+    p.add_argument("--principal", help="KIND:SUBJECT (key:ci), or a bare SUBJECT to match it under any kind")
     p.add_argument("--tool", help="glob over namespaced tool names, e.g. 'git__*'")
     p.add_argument("--since", help="7d, 12h, 30m, or an ISO date/time")
     p.add_argument(
@@ -387,13 +449,14 @@ def register(sub: Any) -> None:
         "check the chain, keyed checkpoints and anchor, args_hmac; list what it cannot detect",
         json_flag=True,
     )
-    action(acts, "prune", "delete rows older than --before, keeping verify working").add_argument(
-        "--before", required=True, help="7d, 12h, or an ISO date/time"
-    )
+    p = action(acts, "prune", "delete rows older than --before, keeping verify working (asks first unless --yes)")
+    p.add_argument("--before", required=True, help="7d, 12h, or an ISO date/time; never in the future")
+    p.add_argument("--dry-run", action="store_true", help="only print how many rows would be deleted")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
 
     acts = verb("tools", "pinned tool definitions (rug-pull defence)", _tools)
     action(acts, "list", "pinned and quarantined tools", json_flag=True)
-    action(acts, "diff", "what changed since the tool was pinned").add_argument("key")
+    action(acts, "diff", "what changed since the tool was pinned (exit 1 when it differs)").add_argument("key")
     p = action(acts, "approve", "trust a quarantined tool's current definition")
     p.add_argument("key", help="namespaced tool (server__tool), or a server name with --server")
     p.add_argument("--server", action="store_true", help="approve every quarantined tool of server KEY")

@@ -1,0 +1,148 @@
+"""``toolcrib check``: validate the config file and report what would go wrong, without starting anything.
+
+Problems (exit 1): an enabled stdio server's command that cannot be found, a malformed ``secret:``
+reference, a ``secret:`` reference that is not stored anywhere, a bind refused by :func:`check_bind`
+(raised as a one-line error). Warnings (exit 0): no enabled servers, a number or boolean written as a
+string (pydantic accepts ``port = "8765"``; the file should say ``port = 8765``), a literal that looks
+like an API key or password in a server's ``env`` or ``headers``. The last line is the summary, and it
+agrees with the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import shutil
+import sys
+import tomllib
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from toolcrib.config import STATE_PATHS, Config, ServerConfig
+
+_SECRET_NAME = re.compile(r"(token|secret|passw|api[_-]?key|apikey|auth|credential|private|access[_-]?key)", re.I)
+_TOKEN_PREFIX = re.compile(
+    r"^(Bearer\s+|Basic\s+|Token\s+)?(sk-|sk_|ghp_|gho_|ghs_|github_pat_|xox[abpr]-|glpat-|AKIA)"
+)
+
+
+def _entropy(value: str) -> float:
+    counts = Counter(value)
+    return -sum(c / len(value) * math.log2(c / len(value)) for c in counts.values())
+
+
+def looks_like_literal_secret(key: str, value: str) -> bool:
+    """True for a literal credential: a well-known token prefix, a credential-like key name with a
+    literal value, or a long high-entropy word. ``secret:`` references and ``${VAR}`` are not literals."""
+    if not value or "secret:" in value or value.startswith("${"):
+        return False
+    if _TOKEN_PREFIX.match(value):
+        return True
+    if _SECRET_NAME.search(key):
+        return True
+    return len(value) >= 20 and " " not in value and "/" not in value and _entropy(value) > 3.5
+
+
+def malformed_refs(value: str) -> list[str]:
+    """Each ``secret:...`` occurrence in ``value`` that is not a valid ``secret:NS/NAME`` reference."""
+    from toolcrib.gateway.trust.secrets import REF_RE
+
+    bad = []
+    for m in re.finditer(r"secret:", value):
+        if REF_RE.match(value, m.start()) is None:
+            bad.append(value[m.start() : m.start() + 40].split()[0] if value[m.start() :].strip() else "secret:")
+    return bad
+
+
+def _stringly(raw: Any, model: Any, where: str) -> Iterator[str]:
+    """Keys whose TOML value is a string but whose validated value is a number or boolean."""
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            if isinstance(model, BaseModel):
+                sub = getattr(model, key, None)
+            elif isinstance(model, dict):
+                sub = model.get(key)
+            else:
+                continue
+            yield from _stringly(value, sub, f"{where}.{key}" if where else str(key))
+    elif isinstance(raw, str) and isinstance(model, (int, float, bool)):
+        yield f"{where} = {raw!r} is a string; write it without quotes: {where.rsplit('.', 1)[-1]} = {raw}"
+
+
+def _command_problem(name: str, s: ServerConfig, base: Path) -> str | None:
+    assert s.command is not None
+    command = os.path.expanduser(s.command)
+    if os.sep in command:
+        path = Path(command)
+        if not path.is_absolute():
+            path = Path(s.cwd or base) / path
+        if path.is_file() and os.access(path, os.X_OK):
+            return None
+        return f"{name}: command {s.command!r} not found or not executable at {path}; fix `command` (or `cwd`)"
+    if shutil.which(command) is None:
+        return f"{name}: command {s.command!r} is not on PATH; install it or write its absolute path in `command`"
+    return None
+
+
+def run_check(args: argparse.Namespace, config: Config) -> int:
+    """Print the report described in the module docstring; return 1 when there are problems."""
+    from toolcrib.app import check_bind
+    from toolcrib.gateway.trust.secrets import ChainStore, server_refs
+
+    path = Path(args.config_path)
+    check_bind(config)
+    servers = config.enabled_servers
+    problems: list[str] = []
+    warnings: list[str] = []
+    print(f"{path}: {len(servers)} enabled servers, {config.gateway.mode} mode, auth = {config.gateway.auth!r}")
+    print(f"  state files (relative paths resolve against {path.parent}):")
+    for section, key in STATE_PATHS:
+        value = getattr(getattr(config, section), key)
+        if value is not None:
+            print(f"    [{section}] {key}: {value}")
+    if not servers:
+        warnings.append("no enabled servers: clients will see no tools; add a [servers.NAME] table")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        raw = {}
+    warnings.extend(_stringly(raw, config, ""))
+    store = ChainStore(config.secrets.file)
+    for name, s in sorted(config.servers.items()):
+        target = s.command + " " + " ".join(s.args) if s.command else s.url
+        print(f"  {name}: {s.kind} {target}{'' if s.enabled else ' [disabled]'}")
+        if not s.enabled:
+            continue
+        if s.command is not None and (problem := _command_problem(name, s, path.parent)):
+            problems.append(problem)
+        for field, values in (("env", s.env), ("headers", s.headers)):
+            for key, value in values.items():
+                for bad in malformed_refs(value):
+                    problems.append(f"{name}: {field}.{key}: {bad!r} is not a reference; write secret:NAMESPACE/NAME")
+                if looks_like_literal_secret(key, value):
+                    warnings.append(
+                        f"{name}: {field}.{key} looks like a literal secret; store it with "
+                        f"`toolcrib creds set {name} {key.lower()}` and write secret:{name}/{key.lower()}"
+                    )
+        for ref in server_refs(s):
+            source = store.source(ref)
+            if source is None:
+                ns, _, key = ref.partition("/")
+                problems.append(f"{name}: secret:{ref}: NOT SET; run `toolcrib creds set {ns} {key}`")
+            else:
+                print(f"    secret:{ref}: set ({source})")
+    for line in problems:
+        print(f"  PROBLEM {line}", file=sys.stderr)
+    for line in warnings:
+        print(f"  warning {line}", file=sys.stderr)
+    if problems:
+        print(f"{path}: {len(problems)} problems, {len(warnings)} warnings: fix the problems above (exit 1)")
+        return 1
+    print(f"{path}: ok" + (f" with {len(warnings)} warnings (see above)" if warnings else ""))
+    return 0
