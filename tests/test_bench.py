@@ -21,7 +21,7 @@ def make_catalog(servers: dict[str, int]) -> Catalog:
     for server, n in servers.items():
         for i in range(n):
             name = f"tool_{i}"
-            key = cat.tool_key(server, name, cat.tools)
+            key = cat.tool_key(server, name)
             tool = types.Tool(
                 name=key,
                 description=f"Does thing number {i} on {server}: reads, writes and lists widgets in detail.",

@@ -22,7 +22,7 @@ from toolcrib.cli.operator import parse_time
 from toolcrib.config import SERVER_NAME_RE, ServerConfig, parse_config
 from toolcrib.errors import ConfigError, ToolcribError
 from toolcrib.importer import import_client_config
-from toolcrib.router.catalog import Catalog
+from toolcrib.router.catalog import Catalog, exposed_name
 
 PROPS = settings(max_examples=1000, deadline=None, database=None)
 STRICT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -34,12 +34,6 @@ SERVERS = st.from_regex(SERVER_NAME_RE, fullmatch=True) | st.sampled_from(["a", 
 TOOL_NAMES = st.text(max_size=70) | st.sampled_from(["a.b", "a_b", "a b", "_b__x", "", "é", "a" * 64, "a" * 65])
 
 
-def _clash_key(cat: Catalog, server: str, name: str, taken: dict[str, Any]) -> str:
-    """The key ``name`` would get if its plain key were taken: used to name an adversarial tool after it."""
-    plain = cat.tool_key(server, name, {})
-    return cat.tool_key(server, name, {plain: None, **taken})
-
-
 @st.composite
 def catalogs(draw: st.DrawFn) -> tuple[str, dict[str, list[str]]]:
     sep = draw(SEPARATORS)
@@ -47,9 +41,9 @@ def catalogs(draw: st.DrawFn) -> tuple[str, dict[str, list[str]]]:
     listing: dict[str, list[str]] = {}
     for server in servers:
         names = draw(st.lists(TOOL_NAMES, max_size=6, unique=True))
-        if names and draw(st.booleans()):  # a tool named after another's clash key, listed first
+        if names and draw(st.booleans()):  # a tool named after another's hashed key, listed first
             victim = draw(st.sampled_from(names))
-            clash = _clash_key(Catalog(sep), server, victim, {})
+            clash = exposed_name(server, victim, sep)
             names = list(dict.fromkeys([clash[len(server) + len(sep) :], *names, victim + "."]))
         listing[server] = names
     return sep, listing
@@ -77,7 +71,7 @@ def test_catalog_names_are_strict_injective_and_stable(case: tuple[str, dict[str
         assert {(e.server, e.name) for e in entries.values()} == wanted, "a distinct tool was shadowed"
         for key, entry in entries.items():
             assert STRICT_NAME.fullmatch(key), key
-            assert entry.key == key
+            assert entry.key == key == exposed_name(entry.server, entry.name, sep), "not a function of (server, name)"
     shuffled = list(listing)
     rnd.shuffle(shuffled)
     again = _build(sep, listing, shuffled)

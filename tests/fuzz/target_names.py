@@ -2,14 +2,13 @@
 
 Properties: a key is at most 64 characters of ``[A-Za-z0-9_-]`` plus the separator's own characters;
 ``Catalog.build`` gives every distinct ``(server, tool)`` its own key (no tool is ever shadowed, also
-when an upstream names a tool after another one's rewritten key), and every entry maps back to its
-server and upstream name; ``split_uri`` inverts ``resource_uri``.
+when an upstream names a tool after another one's rewritten key), that key is ``exposed_name(server,
+name)`` whatever else is listed, and every entry maps back to its server and upstream name;
+``split_uri`` inverts ``resource_uri``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from typing import Any
 
 import mcp_types as types
@@ -17,7 +16,7 @@ from hypothesis import strategies as st
 
 from tests.fuzz.engine import Target
 from toolcrib.config import SERVER_NAME_RE, ServerConfig
-from toolcrib.router.catalog import MAX_NAME, Catalog
+from toolcrib.router.catalog import MAX_NAME, Catalog, exposed_name
 
 separators = st.sampled_from(["__", "_", "-", ".", "--", "__x"]) | st.from_regex(r"[A-Za-z0-9_.-]{1,4}", fullmatch=True)
 server_names = st.from_regex(SERVER_NAME_RE, fullmatch=True) | st.sampled_from(["a", "a-b", "srv", "s" * 48])
@@ -29,12 +28,8 @@ tool_names = st.one_of(
 
 
 def rewritten(server: str, name: str, sep: str) -> str:
-    """The upstream tool name whose plain key equals ``name``'s hashed (clash) key: an adversarial name."""
-    base = f"{server}{sep}{re.sub(r'[^A-Za-z0-9_-]', '_', name)}"
-    if len(base) > MAX_NAME:
-        base = f"{base[: MAX_NAME - 9]}_{hashlib.sha256(base.encode()).hexdigest()[:8]}"
-    digest = hashlib.sha256(f"{server}\0{name}".encode()).hexdigest()[:8]
-    return f"{base[: MAX_NAME - 9]}_{digest}"[len(server) + len(sep) :]
+    """The upstream tool name that spells ``name``'s hashed key after the prefix: an adversarial name."""
+    return exposed_name(server, name, sep)[len(server) + len(sep) :]
 
 
 @st.composite
@@ -72,9 +67,10 @@ def check(case: tuple[tuple[str, dict[str, list[str]]], str, str]) -> None:
         for key, entry in kind.items():
             assert 1 <= len(key) <= MAX_NAME and set(key) <= allowed, key
             assert key.startswith(entry.server + sep) or len(entry.server + sep) > MAX_NAME - 9, key
+            assert key == exposed_name(entry.server, entry.name, sep), "a key must depend only on (server, name)"
     server = next(iter(tools))
     one = Catalog(sep)
-    assert set(one.tool_key(server, key_name, {})) <= allowed
+    assert set(one.tool_key(server, key_name)) <= allowed
     assert one.split_uri(one.resource_uri(server, uri), list(tools)) == (server, uri)
 
 

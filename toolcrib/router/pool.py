@@ -104,6 +104,7 @@ class Pool:
             resources,
             separator=self.config.gateway.separator,
             keep_names=self.config.gateway.keep_names,
+            previous=self.catalog,  # renames are logged once, when a server's tools first appear
         )
         return self.catalog
 
