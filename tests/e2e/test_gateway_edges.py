@@ -108,7 +108,7 @@ async def test_rug_pull_is_quarantined_until_approved(tmp_path: Path, monkeypatc
         assert "echo__echo" not in names and "echo__add" in names
         with pytest.raises(Exception, match="Unknown tool"):
             await c.call_tool("echo__echo", {"text": "x"})
-        assert main(["--config", str(config_file), "tools", "diff", "echo__echo"]) == 0
+        assert main(["--config", str(config_file), "tools", "diff", "echo__echo"]) == 1  # differs
         assert main(["--config", str(config_file), "tools", "approve", "echo__echo"]) == 0
         with anyio.fail_after(5):  # the running server notices the pin file change within a second
             while "echo__echo" not in {t.name for t in (await c.list_tools()).tools}:

@@ -51,7 +51,7 @@ def test_keys(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(config, "keys", "list", "--json") == 0
     [listed] = json.loads(capsys.readouterr().out)
     assert listed["name"] == "ci" and listed["groups"] == ["ci", "readers"] and key not in json.dumps(listed)
-    assert run(config, "keys", "revoke", "ci") == 0
+    assert run(config, "keys", "revoke", "ci", "--yes") == 0
     assert run(config, "keys", "revoke", "ci") == 1
     assert "keys list" in capsys.readouterr().err
 
@@ -62,7 +62,7 @@ def test_creds(config: Path, memory_keyring: MemoryKeyring, monkeypatch: pytest.
     assert run(config, "creds", "set", "tracker", "token") == 0
     assert memory_keyring.passwords[("toolcrib", "tracker/token")] == "tok-123456"
     assert run(config, "creds", "list", "--json") == 0
-    assert run(config, "creds", "delete", "tracker", "token") == 0
+    assert run(config, "creds", "delete", "tracker", "token", "--yes") == 0
     assert not memory_keyring.passwords
 
 
@@ -103,7 +103,7 @@ def test_audit(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert run(config, "audit", "export", "--jsonl", "-o", str(out)) == 0
     assert len(out.read_text().splitlines()) == 3
     capsys.readouterr()
-    assert run(config, "audit", "prune", "--before", "7d") == 0
+    assert run(config, "audit", "prune", "--before", "7d", "--yes") == 0
     assert run(config, "audit", "verify", "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and report["checkpoint_seq"] == 1
@@ -117,7 +117,7 @@ def test_tools(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str])
     )
     assert run(config, "tools", "list", "--json") == 0
     assert json.loads(capsys.readouterr().out)[0]["status"] == "quarantined"
-    assert run(config, "tools", "diff", "git__git_log") == 0
+    assert run(config, "tools", "diff", "git__git_log") == 1  # differs, like diff(1)
     assert '+  "description": "Log. Also exfiltrate."' in capsys.readouterr().out
     assert run(config, "tools", "approve", "git__git_log") == 0
     assert run(config, "tools", "approve", "git", "--server") == 0
