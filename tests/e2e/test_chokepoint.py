@@ -8,7 +8,7 @@ import json
 import urllib.parse
 import warnings
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,15 +71,20 @@ async def test_policy_governs_resources_prompts_completion_and_subscribe(
             bob.get_prompt("echo__greet", {"name": "x"}),
             bob.complete(types.PromptReference(type="ref/prompt", name="echo__greet"), {"name": "name", "value": "a"}),
         ]
-        if mode == "legacy":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                probes.append(bob.subscribe_resource("echo+echo://info"))
-        for probe in probes:
-            with pytest.raises(MCPError) as err, warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # resources/subscribe: removed in 2026-07-28, live in 2025-11-25
-                await probe
-            assert CANARY not in str(err.value) and "Unknown" in err.value.error.message
+        async with AsyncExitStack() as stack:
+            if mode == "legacy":
+                alice = await stack.enter_async_context(client_as(rt, tokens["alice"], mode))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # resources/subscribe: removed in 2026-07-28, live in 2025-11-25
+                    await alice.subscribe_resource("echo+echo://info")
+                    probes.append(bob.subscribe_resource("echo+echo://info"))
+                    # alice's subscription must not turn bob's unsubscribe into a success (an oracle)
+                    probes.append(bob.unsubscribe_resource("echo+echo://info"))
+            for probe in probes:
+                with pytest.raises(MCPError) as err, warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    await probe
+                assert CANARY not in str(err.value) and "Unknown" in err.value.error.message
         assert (await bob.call_tool("time__t_echo", {"text": "ok"})).is_error is False
     with SqliteAuditLog(rt.config.audit.path) as audit:
         refused = [r for r in audit.query(principal="key:bob", limit=100) if r["outcome"] == "denied"]
@@ -211,6 +216,14 @@ async def test_malformed_and_racing_requests_never_500(tmp_path: Path) -> None:
             note = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": rid}}
             status, _ = await post(note, **session)
             assert status == 202, rid
+        for meta in ("abc", [1], 5):  # _meta that is not an object carries no progress token; never a 500
+            call = {"jsonrpc": "2.0", "id": 11, "method": "tools/call"}
+            call["params"] = {"name": "echo__echo", "arguments": {"text": "x"}, "_meta": meta}
+            status, _ = await post(call, **session)
+            assert status in (200, 400), meta
+        for origin in ("http://[evil", "http://[zz]", "http://evil]", "http://[::1"):
+            status, _ = await post({"jsonrpc": "2.0", "id": 12, "method": "ping"}, Origin=origin, **session)
+            assert status == 403, origin
         for bad in (b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"x":NaN}}', b"[1e400]", b"[-Infinity]"):
             status, text = await post(bad, **session)
             assert status == 400 and "-32700" in text, bad

@@ -333,9 +333,10 @@ class Gateway:
     async def _unsubscribe(self, ctx: Ctx, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
         info = self._peer(ctx)
         uri = str(params.uri)
+        call = self._resource(ctx, info, "resources/unsubscribe", uri)  # unknown unless reachable, first
         info.peer.subscriptions.discard(uri)
         if not any(uri in p.subscriptions for p in self.peers):
-            await self._run(ctx, self._resource(ctx, info, "resources/unsubscribe", uri))
+            await self._run(ctx, call)
         return types.EmptyResult()
 
     async def _get_prompt(self, ctx: Ctx, params: types.GetPromptRequestParams) -> types.GetPromptResult:

@@ -141,7 +141,10 @@ class Guard:
         origin = request.headers.get("Origin")
         if origin is not None:
             o = origin.strip().rstrip("/").lower()
-            hostname = urlsplit(o).hostname or ""
+            try:
+                hostname = urlsplit(o).hostname or ""
+            except ValueError:  # not a URL (e.g. "http://[evil"): never an allowed origin
+                hostname = ""
             if o not in self._origins and hostname not in ("localhost", "127.0.0.1", "::1"):
                 return web.Response(
                     status=403, text="Forbidden: Origin not allowed; add it to [gateway] allowed_origins\n"

@@ -174,7 +174,7 @@ class HttpTransport:
         connection = Connection.from_envelope(
             version, init.get("clientInfo"), init.get("capabilities"), outbound=Standalone(sess)
         )
-        token = ((message.params or {}).get("_meta") or {}).get("progressToken")
+        token = _progress_token(message.params)
         dctx = SessionExchange(sess, rid, request.headers, info, token)
         send, recv = anyio.create_memory_object_stream[types.JSONRPCMessage](256)
         dctx.sink = send
@@ -319,7 +319,7 @@ class HttpTransport:
         peer = Peer(transport="http", principal=principal, stateful=False)
         info = RequestInfo(peer, principal)
         params = message.params or {}
-        token = (params.get("_meta") or {}).get("progressToken")
+        token = _progress_token(params)
         dctx = Exchange(message.id, request.headers, info, token)
         connection = Connection.from_envelope(
             verdict.protocol_version, verdict.client_info, verdict.client_capabilities
@@ -390,6 +390,12 @@ class HttpTransport:
         sess.scope.cancel()
         self.table.drop(sess)
         return web.Response(status=204)
+
+
+def _progress_token(params: dict[str, Any] | None) -> Any:
+    """``params._meta.progressToken`` when ``_meta`` is an object (anything else carries no token)."""
+    meta = (params or {}).get("_meta")
+    return meta.get("progressToken") if isinstance(meta, dict) else None
 
 
 def _is_final(msg: types.JSONRPCMessage, rid: Any) -> bool:

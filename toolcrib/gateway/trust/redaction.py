@@ -20,7 +20,7 @@ import logging
 import re
 import threading
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import ahocorasick_rs
@@ -29,10 +29,11 @@ MIN_SECRET_LENGTH = 4
 """Shorter secrets are not registered with the :class:`Redactor`: they would scrub ordinary text."""
 REDACTED = "[REDACTED]"
 INVISIBLE = re.compile(
-    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]"
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f"
+    "\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
 )
-"""Characters that render as nothing (Unicode default-ignorable format characters): a secret split by
-them still reads as the secret, so they are skipped when matching."""
+"""Every Unicode ``Default_Ignorable_Code_Point`` (DerivedCoreProperties.txt): characters that render
+as nothing, so a secret split by them still reads as the secret; they are skipped when matching."""
 _URLSAFE = str.maketrans("+/", "-_")
 
 
@@ -46,7 +47,9 @@ def secret_forms(secret: str) -> set[str]:
         json.dumps(secret)[1:-1],
         json.dumps(secret, ensure_ascii=False)[1:-1],
         urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote(secret),  # the common default, which leaves "/" as is
         urllib.parse.quote_plus(secret, safe=""),
+        urllib.parse.quote_plus(secret),
         binascii.hexlify(raw).decode(),
     }
     for prefix_len in range(3):
@@ -140,10 +143,7 @@ class Redactor:
         serialization holds no registered form (one pass), else a scrubbed deep copy."""
         if self._automaton is None:
             return obj
-        try:
-            text = json.dumps(obj, ensure_ascii=False, default=str)
-        except (TypeError, ValueError):
-            return self._walk(obj)
+        text = "\x00".join(_strings(obj))  # the strings as they are, not JSON-escaped a second time
         return self._walk(obj) if self._spans(text) else obj
 
     def _walk(self, obj: Any) -> Any:
@@ -154,6 +154,19 @@ class Redactor:
         if isinstance(obj, list | tuple):
             return [self._walk(v) for v in obj]
         return obj
+
+
+def _strings(obj: Any) -> Iterator[str]:
+    """Every string in a JSON-like value, keys included, depth first."""
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, Mapping):
+        for key, value in obj.items():
+            yield str(key)
+            yield from _strings(value)
+    elif isinstance(obj, list | tuple):
+        for value in obj:
+            yield from _strings(value)
 
 
 class RedactingFilter(logging.Filter):

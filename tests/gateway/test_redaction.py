@@ -1,0 +1,70 @@
+"""The Redactor against the shapes a leak takes (the attack benchmark's findings are regression cases)."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from toolcrib.gateway.trust.redaction import INVISIBLE, REDACTED, Redactor
+
+SECRET = 'p@ss/W0rd+"Q"~9z'
+IGNORABLE = [
+    "\u00ad",
+    "\u200b",
+    "\u2060",
+    "\u3164",
+    "\ufe0f",
+    "\ufeff",
+    "\uffa0",
+    "\U0001bca1",
+    "\U0001d175",
+    "\U000e0041",
+]
+
+
+def test_every_default_ignorable_range_is_skipped() -> None:
+    r = Redactor([SECRET])
+    for ch in IGNORABLE:
+        assert INVISIBLE.fullmatch(ch)
+        split = SECRET[:3] + ch + SECRET[3:]
+        assert r.scrub(f"<{split}>") == f"<{REDACTED}>", repr(ch)
+
+
+def test_json_escaped_copies_inside_values_are_scrubbed() -> None:
+    r = Redactor([SECRET])
+    escaped = json.dumps(SECRET)[1:-1]  # p@ss/W0rd+\"Q\"~9z as text inside a value
+    out = r.scrub_json({"content": [{"type": "text", "text": f"x {escaped} y"}], escaped: 1})
+    assert SECRET not in json.dumps(out) and escaped not in json.dumps(out, ensure_ascii=False)
+
+
+def test_url_encodings_with_and_without_safe_slash() -> None:
+    r = Redactor([SECRET])
+    for form in (urllib.parse.quote(SECRET), urllib.parse.quote(SECRET, safe=""), urllib.parse.quote_plus(SECRET)):
+        assert r.scrub(f"?t={form}&") == f"?t={REDACTED}&", form
+        assert r.scrub(f"?t={form.lower()}&") == f"?t={REDACTED}&", form
+
+
+@settings(max_examples=1000)
+@given(
+    st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=6, max_size=24),
+    st.lists(st.tuples(st.integers(0, 30), st.sampled_from(IGNORABLE)), max_size=4),
+    st.sampled_from([str.upper, str.lower, str.swapcase, lambda s: s]),
+    st.text(max_size=10),
+    st.text(max_size=10),
+)
+def test_a_secret_in_any_case_split_by_invisibles_never_survives(
+    secret: str, inserts: list[tuple[int, str]], case: object, before: str, after: str
+) -> None:
+    r = Redactor([secret])
+    leaked = case(secret)  # type: ignore[operator]
+    for pos, ch in sorted(inserts, reverse=True):
+        pos = min(pos, len(leaked))
+        leaked = leaked[:pos] + ch + leaked[pos:]
+    out = r.scrub(before + leaked + after)
+    assert REDACTED in out
+    visible = INVISIBLE.sub("", out).lower()
+    assert secret.lower() not in visible
+    assert r.scrub_json({"k": [before + leaked + after]}) == {"k": [out]}
