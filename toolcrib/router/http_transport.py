@@ -11,7 +11,10 @@ What it implements of the transport's contract:
 - JSON and SSE answers; a JSON-RPC error in a non-2xx body is surfaced as is, other failures
   become a JSON-RPC error for that request so no caller waits forever;
 - a 2026-07-28 request is cancelled by aborting its POST (the server sees the stream close);
-- for 2025-11-25 sessions, the GET stream for server-initiated messages once initialized;
+- for 2025-11-25 sessions, the GET stream for server-initiated messages once initialized (reopened
+  when it ends);
+- a 404 to a request carrying the session id (the session expired or the server restarted) fails
+  that request with ``CONNECTION_CLOSED`` and ends the read stream, so the supervisor re-initializes;
 - every message read from a request's own SSE stream carries
   ``ServerMessageMetadata(related_request_id=<that request's id>)``: the spec has the server send
   there only what relates to that request (basic/transports, "Sending Messages to the Server"),
@@ -43,6 +46,8 @@ log = logging.getLogger("toolcrib.upstream.http")
 SESSION = "Mcp-Session-Id"
 VERSION = "mcp-protocol-version"
 MAX_EVENT_BYTES = 64 * 1024 * 1024
+SESSION_GONE = "the server ended the session (HTTP 404)"
+"""Prefix of the ``CONNECTION_CLOSED`` error for a request the server refused with 404: it was not processed."""
 Streams = tuple[MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]]
 
 
@@ -55,6 +60,7 @@ class _Conn:
         self.version: str | None = None
         self.posts: dict[Any, anyio.CancelScope] = {}
         self.get_started = False
+        self.session_lost = False
 
     def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         h = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -77,7 +83,8 @@ class _Conn:
             await self.fail(rid, types.PARSE_ERROR, f"unparsable answer from the server: {exc.errors()[0]['msg']}")
             return
         meta = ServerMessageMetadata(related_request_id=related) if related is not None else None
-        await self.read.send(SessionMessage(message, metadata=meta))
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self.read.send(SessionMessage(message, metadata=meta))
 
     async def fail(self, rid: Any, code: int, message: str) -> None:
         err = types.JSONRPCError(jsonrpc="2.0", id=rid, error=types.ErrorData(code=code, message=message))
@@ -112,6 +119,12 @@ class _Conn:
         ctype = resp.headers.get("Content-Type", "").lower()
         if resp.status == 202:
             await self.fail(rid, types.INVALID_REQUEST, "server answered a request with 202 Accepted")
+        elif resp.status == 404 and self.session_id is not None:
+            # basic/transports, "Session Management": a 404 to a request carrying a session id means
+            # the session is gone (server restarted or expired it); the client must re-initialize.
+            await resp.read()
+            await self.fail(rid, types.CONNECTION_CLOSED, f"{SESSION_GONE}; reconnecting")
+            self.gone()
         elif resp.status >= 400:
             body = await resp.read()
             if ctype.startswith("application/json"):
@@ -121,9 +134,7 @@ class _Conn:
                         parsed = types.JSONRPCError(jsonrpc="2.0", id=rid, error=parsed.error)
                         await self.read.send(SessionMessage(parsed))
                         return
-            if resp.status == 404 and self.session_id is not None:
-                await self.fail(rid, types.CONNECTION_CLOSED, "the server ended the session (404)")
-            elif resp.status == 404:
+            if resp.status == 404:
                 await self.fail(rid, types.METHOD_NOT_FOUND, "Not Found")
             else:
                 await self.fail(rid, types.INTERNAL_ERROR, f"server returned HTTP {resp.status}")
@@ -153,16 +164,38 @@ class _Conn:
         if rid is not None:
             await self.fail(rid, types.CONNECTION_CLOSED, "the server closed the SSE stream before answering")
 
+    def gone(self) -> None:
+        """The connection is lost for good (session ended): end the read stream, so the supervisor
+        notices at once and reconnects with a fresh ``initialize``."""
+        self.session_lost = True
+        self.read.close()
+
     async def listen(self) -> None:
-        """The 2025-11-25 GET stream: server-initiated requests and notifications."""
-        try:
-            headers = self.headers()
-            headers["Accept"] = "text/event-stream"
-            async with self.http.get(self.url, headers=headers, timeout=aiohttp.ClientTimeout()) as resp:
-                if resp.status == 200:
+        """The 2025-11-25 GET stream: server-initiated requests and notifications.
+
+        A stream that ends is reopened (with backoff, 0.5 s doubling to 5 s), which is also how a
+        restarted server is noticed while idle: its 404 to the old session id ends the connection.
+        A 405 means the server offers no GET stream; nothing more is tried.
+        """
+        delay = 0.5
+        while not self.session_lost:
+            try:
+                headers = self.headers()
+                headers["Accept"] = "text/event-stream"
+                async with self.http.get(self.url, headers=headers, timeout=aiohttp.ClientTimeout()) as resp:
+                    if resp.status == 404 and self.session_id is not None:
+                        log.info("%s ended the session (HTTP 404 on the GET stream); reconnecting", self.url)
+                        self.gone()
+                        return
+                    if resp.status != 200:
+                        log.debug("GET stream of %s refused: HTTP %d", self.url, resp.status)
+                        return
+                    delay = 0.5
                     await self.events(resp)
-        except (aiohttp.ClientError, OSError) as exc:
-            log.debug("GET stream of %s ended: %s", self.url, exc)
+            except (aiohttp.ClientError, OSError) as exc:
+                log.debug("GET stream of %s ended: %s", self.url, exc)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 import mcp_types as types
 from mcp import Client, StdioServerParameters
 from mcp.client.sse import sse_client
@@ -43,7 +44,7 @@ from mcp.shared.exceptions import MCPError
 from toolcrib.config import ServerConfig
 from toolcrib.errors import SecretError, ToolcribError, UpstreamCrashed, UpstreamTimeout, UpstreamUnavailable
 from toolcrib.router.backchannel import Backchannel, Caller, current_caller
-from toolcrib.router.http_transport import aiohttp_transport
+from toolcrib.router.http_transport import SESSION_GONE, aiohttp_transport
 from toolcrib.router.listing import Listing, fetch_listing
 
 log = logging.getLogger("toolcrib.upstream")
@@ -53,6 +54,8 @@ MAX_BACKOFF = 30.0
 CRASH_LOOP_LIMIT = 5
 CRASH_LOOP_WINDOW = 60.0
 CRASH_LOOP_PAUSE = 60.0
+RECONNECT_GRACE = 10.0
+"""Seconds a call waits for a reconnection in progress after a connection that worked was lost."""
 
 
 __all__ = ["Caller", "Listing", "SecretExpander", "Upstream", "UpstreamState", "current_caller"]
@@ -103,6 +106,8 @@ class Upstream:
         self._scope = anyio.CancelScope()
         self._resource_subs: set[str] = set()
         self._relisten = anyio.Event()
+        self._connected = anyio.Event()
+        self._lost_at = -math.inf
         self.finished = anyio.Event()
         self.attempted = anyio.Event()
         """Set once the first connection attempt has succeeded or failed."""
@@ -126,6 +131,9 @@ class Upstream:
                 self.state.error = error
                 permanent = isinstance(exc, SecretError | FileNotFoundError | PermissionError)
             finally:
+                if self._connected.is_set():
+                    self._lost_at = time.monotonic()
+                    self._connected = anyio.Event()
                 self._client = None
                 self._scope = anyio.CancelScope()
                 self.attempted.set()
@@ -200,6 +208,7 @@ class Upstream:
         self.state.error = None
         self.state.connects += 1
         self._client = client
+        self._connected.set()
         self.attempted.set()
         log.info(
             "upstream %s connected (%s, %d tools)",
@@ -309,13 +318,15 @@ class Upstream:
         if cfg.kind == "stdio":
             assert cfg.command is not None
             env = {k: self._expand(v) for k, v in cfg.env.items()}
-            params = StdioServerParameters(command=cfg.command, args=list(cfg.args), env=env or None, cwd=cfg.cwd)
+            args = [self._expand(a) for a in cfg.args]  # `secret:` references in args, e.g. from `toolcrib import`
+            params = StdioServerParameters(command=cfg.command, args=args, env=env or None, cwd=cfg.cwd)
             return self._watched(stdio_client(params))
         assert cfg.url is not None
         headers = {k: self._expand(v) for k, v in cfg.headers.items()}
+        url = self._expand(cfg.url)  # a `secret:` reference may stand for a URL password or query token
         if cfg.kind == "sse":
-            return self._watched(sse_client(cfg.url, headers=headers, timeout=cfg.connect_timeout))
-        return self._watched(aiohttp_transport(cfg.url, headers, timeout=cfg.connect_timeout))
+            return self._watched(sse_client(url, headers=headers, timeout=cfg.connect_timeout))
+        return self._watched(aiohttp_transport(url, headers, timeout=cfg.connect_timeout))
 
     @asynccontextmanager
     async def _watched(self, transport: Any) -> AsyncIterator[tuple[Any, Any]]:
@@ -350,14 +361,23 @@ class Upstream:
         Raises :class:`UpstreamUnavailable`, :class:`UpstreamTimeout` or :class:`UpstreamCrashed`;
         an :class:`MCPError` from the server itself propagates unchanged.
         """
-        client = self._client
-        if client is None:
-            raise UpstreamUnavailable(self._unavailable_reason())
         deadline = self.cfg.timeout
+        end = anyio.current_time() + deadline
         try:
             with self._backchannel.call() as call, anyio.fail_after(deadline):
+                client = self._client or await self._reconnected(end)
                 async with self._limiter:
-                    result = await op(client)
+                    try:
+                        result = await op(client)
+                    except MCPError as exc:
+                        if exc.error.code != types.CONNECTION_CLOSED or not exc.error.message.startswith(SESSION_GONE):
+                            raise
+                        # The server refused the session before processing the request (basic/transports,
+                        # "Session Management"): nothing ran, so it is sent again once re-initialized.
+                        self._closed.set()
+                        log.info("upstream %s: session ended by the server; re-initializing", self.name)
+                        await anyio.lowlevel.checkpoint()
+                        result = await op(await self._reconnected(end, force=True))
         except TimeoutError:
             raise UpstreamTimeout(
                 f"{self.name}: {what} exceeded the {deadline:g} s deadline and was cancelled; "
@@ -373,6 +393,20 @@ class Upstream:
             raise
         await call.flushed()
         return result
+
+    async def _reconnected(self, end: float, *, force: bool = False) -> Client:
+        """The live client, waiting for a reconnection in progress (the connection was lost less than
+        :data:`RECONNECT_GRACE` seconds ago, or ``force``) until ``end``; else :class:`UpstreamUnavailable`."""
+        recent = time.monotonic() - self._lost_at < RECONNECT_GRACE
+        if (force or recent) and not self._stop.is_set():
+            with anyio.move_on_after(min(end - anyio.current_time(), RECONNECT_GRACE)):
+                while self._client is None or self._closed.is_set():
+                    await self._connected.wait()
+                    if self._closed.is_set():
+                        await anyio.sleep(0.05)
+        if self._client is None or self._closed.is_set():
+            raise UpstreamUnavailable(self._unavailable_reason())
+        return self._client
 
     def _unavailable_reason(self) -> str:
         st = self.state

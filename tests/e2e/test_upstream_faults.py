@@ -1,0 +1,110 @@
+"""Upstreams that misbehave (issue 9): restarts, stripped environments, failing optional
+listings, noisy stdout, remote ``$ref`` schemas, unreachable URLs. Real processes throughout."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp import Client
+
+from tests.e2e.conftest import GatewayFactory
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _text(result: types.CallToolResult) -> str:
+    return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_http(port: int, *args: str) -> subprocess.Popen[bytes]:
+    """``python -m tests.servers.echo --http PORT``, once it announced it listens; stop it with :func:`_stop`."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.servers.echo", *args, "--http", str(port)],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 20
+    line = b""
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([proc.stdout], [], [], max(deadline - time.monotonic(), 0))
+        if not ready or not (chunk := os.read(proc.stdout.fileno(), 4096)):
+            _stop(proc)
+            raise AssertionError("the fixture did not announce its port")
+        line += chunk
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Kill one process we started, by its PID (idempotent)."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+async def _call_until_ok(c: Client, tool: str, args: dict[str, object], expect: str, within: float) -> int:
+    """Call ``tool`` until its text is ``expect``; return how many calls failed before that."""
+    failures = 0
+    with anyio.fail_after(within):
+        while True:
+            result = await c.call_tool(tool, args)
+            if not result.is_error and _text(result) == expect:
+                return failures
+            failures += 1
+            await anyio.sleep(0.5)
+
+
+# ---- 1: a session-based HTTP upstream that restarts -------------------------------------------
+
+
+async def test_restarted_session_http_upstream_is_reinitialized(gateway: GatewayFactory) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    first = _start_http(port, "--legacy")
+    try:
+        async with gateway({"echo": {"url": url}}) as rt, Client(rt.url) as c:
+            up = rt.pool.upstreams["echo"]
+            assert up.state.protocol_version == "2025-11-25"
+            assert _text(await c.call_tool("echo__echo", {"text": "before"})) == "before"
+            first_connects = up.state.connects
+            # killed and restarted on the same port while idle: the reopened GET stream's 404 is noticed
+            _stop(first)
+            second = _start_http(port, "--legacy")
+            try:
+                with anyio.fail_after(30):
+                    while up.state.connects == first_connects or up.state.status != "connected":
+                        await anyio.sleep(0.2)
+                assert _text(await c.call_tool("echo__echo", {"text": "idle"})) == "idle"
+            finally:
+                _stop(second)
+            # restarted and called at once: the refused call is re-sent after re-initializing
+            third = _start_http(port, "--legacy")
+            try:
+                failures = await _call_until_ok(c, "echo__echo", {"text": "after"}, "after", within=30)
+                assert failures <= 1  # the issue's bound: at most the call in flight fails
+                assert up.state.connects > first_connects + 1
+            finally:
+                _stop(third)
+    finally:
+        _stop(first)
