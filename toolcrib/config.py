@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from toolcrib.errors import ConfigError
 from toolcrib.gateway.trust.matchers import validate_when
+from toolcrib.router.stdio_env import check_inherit_pattern
 
 DEFAULT_CONFIG_NAME = "toolcrib.toml"
 SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
@@ -121,6 +122,15 @@ class ServerConfig(_Model):
     enabled: bool = True
     include: list[str] = []
     exclude: list[str] = []
+    inherit_env: list[str] = []
+    """stdio only: more variables a child inherits (``NAME`` or ``PREFIX_*``); see :mod:`toolcrib.router.stdio_env`."""
+
+    @field_validator("inherit_env")
+    @classmethod
+    def _inherit_env(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            check_inherit_pattern(pattern)
+        return patterns
 
     @model_validator(mode="after")
     def _one_transport(self) -> ServerConfig:
@@ -133,8 +143,8 @@ class ServerConfig(_Model):
                 raise ValueError('`transport` must be "http" or "sse" for a server with `url`')
             if not self.url.startswith(("http://", "https://")):
                 raise ValueError("`url` must start with http:// or https://")
-            if self.args or self.env or self.cwd:
-                raise ValueError("`args`, `env` and `cwd` apply only to stdio servers (with `command`)")
+            if self.args or self.env or self.cwd or self.inherit_env:
+                raise ValueError("`args`, `env`, `inherit_env` and `cwd` apply only to stdio servers (with `command`)")
         return self
 
     @property

@@ -8,15 +8,18 @@ import select
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import anyio
+import certifi
 import mcp_types as types
 import pytest
 from mcp import Client
 
-from tests.e2e.conftest import GatewayFactory
+from tests.e2e.conftest import GatewayFactory, stdio_server
+from toolcrib.config import ServerConfig
 
 pytestmark = pytest.mark.anyio
 
@@ -108,3 +111,44 @@ async def test_restarted_session_http_upstream_is_reinitialized(gateway: Gateway
                 _stop(third)
     finally:
         _stop(first)
+
+
+# ---- 2: what a stdio child inherits -------------------------------------------------------------
+
+INHERITED = {
+    "LANG": "de_DE.UTF-8",
+    "LC_ALL": "de_DE.UTF-8",
+    "TZ": "Europe/Berlin",
+    "TMPDIR": tempfile.gettempdir(),
+    "HTTPS_PROXY": "http://proxy.example:3128",
+    "no_proxy": "localhost,127.0.0.1",
+    "SSL_CERT_FILE": certifi.where(),  # a real bundle: the test's own client reads it too
+    "NODE_EXTRA_CA_CERTS": "/etc/ssl/corp.pem",
+    "XDG_CONFIG_HOME": "/tmp/xdg-config",
+    "ACME_REGION": "eu-1",  # via inherit_env = ["ACME_*"]
+    "EXTRA_ONE": "1",  # via inherit_env = ["EXTRA_ONE"]
+}
+NOT_INHERITED = {"ACMEX": "no", "EXTRA_ONE_MORE": "no", "UNRELATED_VAR": "no", "TOOLCRIB_SECRET_DEMO_TOKEN": "s3cr3t"}
+
+
+async def test_stdio_child_environment(gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {**INHERITED, **NOT_INHERITED}.items():
+        monkeypatch.setenv(name, value)
+    server = stdio_server("tests.servers.echo", inherit_env=["ACME_*", "EXTRA_ONE"], env={"SET_BY_CONFIG": "yes"})
+    async with gateway({"echo": server}) as rt, Client(rt.url) as c:
+        assert rt.pool.upstreams["echo"].state.status == "connected"
+        for name, value in {**INHERITED, "SET_BY_CONFIG": "yes"}.items():
+            assert _text(await c.call_tool("echo__env", {"name": name})) == value, name
+        for name in NOT_INHERITED:
+            assert _text(await c.call_tool("echo__env", {"name": name})) == "<unset>", name
+        assert _text(await c.call_tool("echo__env", {"name": "PATH"})) == os.environ["PATH"]
+
+
+@pytest.mark.parametrize(
+    "pattern", ["TOOLCRIB_SECRET_DEMO_TOKEN", "TOOLCRIB_*", "TOOL*", "toolcrib_secret_x", "*", "A B"]
+)
+def test_inherit_env_refuses_toolcrib_secrets_and_bad_patterns(pattern: str) -> None:
+    with pytest.raises(ValueError, match=r"inherit_env entry") as err:
+        ServerConfig.model_validate({"command": "x", "inherit_env": [pattern]})
+    line = str(err.value).splitlines()[2]
+    assert "\n" not in line and ("TOOLCRIB_" in line or "prefix ending in *" in line)

@@ -46,6 +46,7 @@ from toolcrib.errors import SecretError, ToolcribError, UpstreamCrashed, Upstrea
 from toolcrib.router.backchannel import Backchannel, Caller, current_caller
 from toolcrib.router.http_transport import SESSION_GONE, aiohttp_transport
 from toolcrib.router.listing import Listing, fetch_listing
+from toolcrib.router.stdio_env import child_environment
 
 log = logging.getLogger("toolcrib.upstream")
 T = TypeVar("T")
@@ -317,9 +318,9 @@ class Upstream:
         cfg = self.cfg
         if cfg.kind == "stdio":
             assert cfg.command is not None
-            env = {k: self._expand(v) for k, v in cfg.env.items()}
+            env = child_environment(cfg.inherit_env) | {k: self._expand(v) for k, v in cfg.env.items()}
             args = [self._expand(a) for a in cfg.args]  # `secret:` references in args, e.g. from `toolcrib import`
-            params = StdioServerParameters(command=cfg.command, args=args, env=env or None, cwd=cfg.cwd)
+            params = StdioServerParameters(command=cfg.command, args=args, env=env, cwd=cfg.cwd)
             return self._watched(stdio_client(params))
         assert cfg.url is not None
         headers = {k: self._expand(v) for k, v in cfg.headers.items()}
