@@ -22,6 +22,12 @@ Every request passes, in this order:
    (several TCP segments, chunked transfer encoding), and kept under :data:`BODY`; a body that
    grows past the cap while read is 413.
 
+Every ``/mcp`` request is logged on ``toolcrib.requests`` at INFO (``toolcrib -v``), one line when it
+ends: HTTP method, JSON-RPC method, target (tool, prompt or resource URI; for ``invoke`` the tool it
+calls), principal id, HTTP status, outcome (``ok``, ``tool_error``, ``error CODE``) and duration in
+ms; never arguments, headers or credentials. The fields are also on the record as ``request`` (a
+dict) for ``--log-json``.
+
 With ``auth = "none"`` (loopback binds only) ``/mcp`` clients are the anonymous principal, and
 operator and public routes see the local operator when the peer address is loopback (the Host check
 above is what keeps a DNS-rebinding page from being that peer).
@@ -30,6 +36,7 @@ above is what keeps a DNS-rebinding page from being that peer).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Literal
 from urllib.parse import urlsplit
@@ -42,6 +49,7 @@ from toolcrib.gateway.trust.identity import ANONYMOUS, LOCAL_OPERATOR, OPERATORS
 from toolcrib.gateway.trust.policy import is_loopback
 
 log = logging.getLogger("toolcrib.guard")
+request_log = logging.getLogger("toolcrib.requests")
 
 Access = Literal["client", "operator", "public"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -54,6 +62,8 @@ PRINCIPAL = web.RequestKey("toolcrib_principal", Principal)
 """The authenticated caller of this request (``public`` routes: absent unless credentials were valid)."""
 BODY = web.RequestKey("toolcrib_body", bytes)
 """The whole request body, read by the guard (empty for methods without one)."""
+NOTE = web.RequestKey[dict[str, str]]("toolcrib_note", dict)
+"""What handlers add to the request log line (``method``, ``target``, ``outcome``); present only when it is logged."""
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
 _ACCESS_ATTR = "_toolcrib_access"
@@ -108,6 +118,37 @@ class Guard:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path != "/mcp" or not request_log.isEnabledFor(logging.INFO):
+            return await self._guard(request, handler)
+        start = time.monotonic()
+        note: dict[str, str] = {}
+        request[NOTE] = note
+        status = 500
+        try:
+            resp = await self._guard(request, handler)
+            status = resp.status
+            return resp
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            principal = request.get(PRINCIPAL)
+            fields = {
+                "http": request.method,
+                "method": note.get("method", "-"),
+                "target": note.get("target", "-"),
+                "principal": principal.id if principal is not None else "-",
+                "status": status,
+                "outcome": note.get("outcome", "-"),
+                "ms": round((time.monotonic() - start) * 1000, 1),
+            }
+            request_log.info(
+                "%(http)s /mcp %(method)s %(target)s principal=%(principal)s status=%(status)s %(outcome)s %(ms).1f ms",
+                fields,
+                extra={"request": fields},
+            )
+
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         bad = self.check_host_origin(request)
         if bad is not None:
             return bad

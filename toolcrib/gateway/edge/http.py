@@ -4,8 +4,9 @@
   ``Mcp-Session-Id``. Each session runs the SDK server loop over anyio memory streams; messages
   the loop writes are routed back by JSON-RPC id (responses) or ``related_request_id``
   (request-scoped notifications and server-to-client requests) to the POST that caused them, and
-  everything else to the session's GET stream. A POST answers with JSON when the response is all
-  there is, and upgrades to SSE as soon as anything else must be sent first.
+  everything else to the session's GET stream. A POST answers in a type its ``Accept`` allows
+  (:mod:`toolcrib.gateway.edge.accept`): by default JSON when the response is all there is,
+  upgraded to SSE as soon as anything else must be sent first; 406 when it accepts neither.
 - 2026-07-28 clients are stateless: each POST carries its own envelope and is served on its own.
 
 Security: every request has passed the guard (:mod:`toolcrib.gateway.edge.guard`: Host/Origin,
@@ -32,8 +33,10 @@ from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 
 from toolcrib.config import Config
+from toolcrib.gateway.edge.accept import NOT_ACCEPTABLE, accepted, response_mode
 from toolcrib.gateway.edge.guard import BODY, PRINCIPAL, access
 from toolcrib.gateway.edge.jsonrpc import BadMessage, parse_message
+from toolcrib.gateway.edge.replies import divert, dump, is_final, note_outcome, note_request, rpc_error, sse
 from toolcrib.gateway.edge.sessions import Exchange, HttpSession, SessionExchange, SessionTable, Standalone, answer
 from toolcrib.gateway.server import Gateway, Peer, RequestInfo
 from toolcrib.gateway.trust.identity import Principal
@@ -43,19 +46,6 @@ log = logging.getLogger("toolcrib.http")
 SESSION_HEADER = "Mcp-Session-Id"
 SUPPORTED_VERSIONS = (*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS)
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def _rpc_error(code: int, message: str, rid: Any = None, status: int = 400) -> web.Response:
-    body = {"jsonrpc": "2.0", "id": rid, "error": {"code": code, "message": message}}
-    return web.json_response(body, status=status)
-
-
-def _dump(message: types.JSONRPCMessage) -> str:
-    return message.model_dump_json(by_alias=True, exclude_none=True)
-
-
-def _sse(data: str) -> bytes:
-    return f"event: message\ndata: {data}\n\n".encode()
 
 
 class HttpTransport:
@@ -89,7 +79,7 @@ class HttpTransport:
             return None
         sess = self.sessions.get(sid)
         if sess is None or sess.closed.is_set():
-            return _rpc_error(-32001, "Session not found or expired; start a new session with initialize", status=404)
+            return rpc_error(-32001, "Session not found or expired; start a new session with initialize", status=404)
         if sess.peer.principal.id != principal.id:
             return web.Response(status=403, text="Forbidden: this session belongs to another principal\n")
         sess.last_seen = time.monotonic()
@@ -106,11 +96,15 @@ class HttpTransport:
         principal = request[PRINCIPAL]
         parsed = parse_message(request[BODY])
         if isinstance(parsed, BadMessage):
-            return _rpc_error(parsed.code, parsed.message)
+            return rpc_error(parsed.code, parsed.message)
         raw, message = parsed
+        if isinstance(message, types.JSONRPCRequest):
+            note_request(request, message)
+            if response_mode(request.headers.get("Accept")) == "none":
+                return web.Response(status=406, text=NOT_ACCEPTABLE)
         version = request.headers.get("MCP-Protocol-Version")
         if version is not None and version not in SUPPORTED_VERSIONS:
-            return _rpc_error(
+            return rpc_error(
                 types.INVALID_REQUEST,
                 f"Bad Request: MCP-Protocol-Version {version!r} is not supported; use {', '.join(SUPPORTED_VERSIONS)}",
                 getattr(message, "id", None),
@@ -125,7 +119,7 @@ class HttpTransport:
                 return await self._stateless(request, principal, message, raw)
             if isinstance(message, types.JSONRPCNotification):
                 return web.Response(status=202)
-            return _rpc_error(types.INVALID_REQUEST, f"Bad Request: missing {SESSION_HEADER} header")
+            return rpc_error(types.INVALID_REQUEST, f"Bad Request: missing {SESSION_HEADER} header")
         info = RequestInfo(sess.peer, principal)
         if not isinstance(message, types.JSONRPCRequest):
             if self._intercept(sess, message):
@@ -167,7 +161,7 @@ class HttpTransport:
         """
         rid = message.id
         if rid in sess.direct or rid in sess.waiters:
-            return _rpc_error(types.INVALID_REQUEST, f"Invalid Request: id {rid!r} is already in flight", rid)
+            return rpc_error(types.INVALID_REQUEST, f"Invalid Request: id {rid!r} is already in flight", rid)
         init = sess.init or {}
         requested = init.get("protocolVersion")
         version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
@@ -199,7 +193,7 @@ class HttpTransport:
 
         self.tg.start_soon(run)
         try:
-            return await self._respond(request, recv, rid, headers={SESSION_HEADER: sess.peer.id})
+            return await self._respond(request, recv, rid, {SESSION_HEADER: sess.peer.id}, sess)
         finally:
             recv.close()
 
@@ -208,7 +202,7 @@ class HttpTransport:
     ) -> web.StreamResponse:
         full = self.table.make_room(principal)
         if full is not None:
-            return _rpc_error(-32000, full, status=503)
+            return rpc_error(-32000, full, status=503)
         peer = Peer(transport="http", principal=principal)
         to_server, server_read = anyio.create_memory_object_stream[SessionMessage | Exception](64)
         server_write, from_server = anyio.create_memory_object_stream[SessionMessage](64)
@@ -261,15 +255,15 @@ class HttpTransport:
     ) -> web.StreamResponse:
         rid = message.id
         if rid in sess.waiters:
-            return _rpc_error(types.INVALID_REQUEST, f"Invalid Request: id {rid!r} is already in flight", rid)
+            return rpc_error(types.INVALID_REQUEST, f"Invalid Request: id {rid!r} is already in flight", rid)
         send, recv = anyio.create_memory_object_stream[types.JSONRPCMessage](256)
         sess.waiters[rid] = send
         self.inflight += 1
         try:
             await sess.to_server.send(SessionMessage(message, ServerMessageMetadata(request_context=info)))
-            return await self._respond(request, recv, rid, headers={SESSION_HEADER: sess.peer.id})
+            return await self._respond(request, recv, rid, {SESSION_HEADER: sess.peer.id}, sess)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            return _rpc_error(-32000, "Session closed; start a new session with initialize", rid, status=404)
+            return rpc_error(-32000, "Session closed; start a new session with initialize", rid, status=404)
         finally:
             self._done()
             sess.waiters.pop(rid, None)
@@ -283,21 +277,33 @@ class HttpTransport:
         recv: MemoryObjectReceiveStream[types.JSONRPCMessage],
         rid: Any,
         headers: dict[str, str],
+        sess: HttpSession | None = None,
     ) -> web.StreamResponse:
-        """JSON if the first thing ready is the response; otherwise SSE until the response is sent."""
+        """Answer as ``Accept`` allows (see :mod:`toolcrib.gateway.edge.accept`): JSON when the first
+        thing ready is the response (or the client takes only JSON: what comes before the response is
+        then diverted, see :func:`divert`); otherwise SSE until the response is sent."""
+        mode = response_mode(request.headers.get("Accept"))
         try:
             first = await recv.receive()
+            while mode == "json" and not is_final(first, rid):
+                divert(sess, first)
+                first = await recv.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
-            return _rpc_error(-32001, "Session closed before the request was answered; start a new session", rid, 404)
-        if _is_final(first, rid):
-            return web.Response(text=_dump(first), content_type="application/json", headers=headers)
+            return rpc_error(-32001, "Session closed before the request was answered; start a new session", rid, 404)
+        if is_final(first, rid) and mode != "sse":
+            note_outcome(request, first)
+            return web.Response(text=dump(first), content_type="application/json", headers=headers)
         resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
         await resp.prepare(request)
-        await resp.write(_sse(_dump(first)))
-        async for msg in recv:
-            await resp.write(_sse(_dump(msg)))
-            if _is_final(msg, rid):
-                break
+        await resp.write(sse(dump(first)))
+        if is_final(first, rid):
+            note_outcome(request, first)
+        else:
+            async for msg in recv:
+                await resp.write(sse(dump(msg)))
+                if is_final(msg, rid):
+                    note_outcome(request, msg)
+                    break
         await resp.write_eof()
         return resp
 
@@ -307,7 +313,7 @@ class HttpTransport:
         verdict = classify_inbound_request(raw, headers={k.lower(): v for k, v in request.headers.items()})
         if isinstance(verdict, InboundLadderRejection):
             if message.method != "initialize" and "_meta" not in (raw.get("params") or {}):
-                return _rpc_error(
+                return rpc_error(
                     types.INVALID_REQUEST,
                     f"Bad Request: missing {SESSION_HEADER}; call initialize first",
                     message.id,
@@ -352,7 +358,7 @@ class HttpTransport:
     # ---- GET / DELETE ------------------------------------------------------------------------
 
     async def get(self, request: web.Request) -> web.StreamResponse:
-        if "text/event-stream" not in request.headers.get("Accept", ""):
+        if not accepted(request.headers.get("Accept"))[1]:
             return web.Response(status=406, text="Not Acceptable: GET /mcp needs Accept: text/event-stream\n")
         sess = self._session(request, request[PRINCIPAL])
         if sess is None:
@@ -369,7 +375,7 @@ class HttpTransport:
             while not sess.closed.is_set():
                 with anyio.move_on_after(15) as timer:
                     msg = await recv.receive()
-                    await resp.write(_sse(_dump(msg)))
+                    await resp.write(sse(dump(msg)))
                 if timer.cancelled_caught:
                     await resp.write(b": keepalive\n\n")
         except (anyio.EndOfStream, ConnectionResetError):
@@ -396,7 +402,3 @@ def _progress_token(params: dict[str, Any] | None) -> Any:
     """``params._meta.progressToken`` when ``_meta`` is an object (anything else carries no token)."""
     meta = (params or {}).get("_meta")
     return meta.get("progressToken") if isinstance(meta, dict) else None
-
-
-def _is_final(msg: types.JSONRPCMessage, rid: Any) -> bool:
-    return isinstance(msg, types.JSONRPCResponse | types.JSONRPCError) and msg.id == rid
