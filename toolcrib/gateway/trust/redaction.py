@@ -50,6 +50,7 @@ def secret_forms(secret: str) -> set[str]:
         urllib.parse.quote(secret),  # the common default, which leaves "/" as is
         urllib.parse.quote_plus(secret, safe=""),
         urllib.parse.quote_plus(secret),
+        "".join(f"%{b:02X}" for b in raw),  # every byte percent-encoded, as some encoders do
         binascii.hexlify(raw).decode(),
     }
     for prefix_len in range(3):
