@@ -1,0 +1,163 @@
+"""`toolcrib serve` against operator mistakes, as a real process: a busy port, Ctrl-C during start-up,
+SIGHUP, and a config whose relative state paths must not follow the working directory (issue 9)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+
+from tests.e2e.conftest import ROOT, alive, child_pids
+from tests.e2e.test_http import INIT, JSON_HEADERS
+
+pytestmark = pytest.mark.anyio
+
+TOOLCRIB = str(Path(sys.executable).with_name("toolcrib"))
+
+
+def _write(path: Path, port: int, servers: str, extra: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'[gateway]\nport = {port}\nmode = "passthrough"\n{extra}\n{servers}')
+    return path
+
+
+HANG_AT_INIT = f"""
+[servers.hang]
+command = "{sys.executable}"
+args = ["-m", "tests.servers.hang", "--hang-at", "initialize"]
+cwd = "{ROOT}"
+connect_timeout = 120
+"""
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_busy_port_is_one_line_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = _write(tmp_path / "toolcrib.toml", port, HANG_AT_INIT, '[audit]\npath = "state/audit.db"\n')
+        out = subprocess.run(
+            [TOOLCRIB, "--config", str(cfg), "serve"], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in out.stderr and "--port" in out.stderr
+    assert not (tmp_path / "state").exists()  # nothing was built: no audit database, no index
+
+
+def test_ctrl_c_during_startup_stops_children_and_exits_130(tmp_path: Path) -> None:
+    cfg = _write(tmp_path / "toolcrib.toml", 0, HANG_AT_INIT, f'[audit]\npath = "{tmp_path / "audit.db"}"\n')
+    proc = subprocess.Popen([TOOLCRIB, "--config", str(cfg), "serve"], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+
+        def started() -> bool:
+            assert proc.poll() is None, f"serve exited early: {proc.stderr.read() if proc.stderr else ''}"
+            return bool(child_pids("tests.servers.hang", proc.pid))
+
+        _wait_for(started, 120, "the upstream child to start")
+        children = child_pids("tests.servers.hang", proc.pid)
+        proc.send_signal(signal.SIGINT)  # the upstream never answers initialize: we are mid start-up
+        assert proc.wait(timeout=60) == 130
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert "interrupted during start-up" in err and "Traceback" not in err
+    assert "connect clients to" not in err  # it never listened
+    assert not [pid for pid in children if alive(pid)]
+
+
+async def test_sighup_drains_the_call_in_flight_like_sigterm(tmp_path: Path) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    servers = f"""
+[servers.echo]
+command = "{sys.executable}"
+args = ["-m", "tests.servers.echo"]
+cwd = "{ROOT}"
+env = {{ FIXTURE_MARKER_DIR = "{markers}" }}
+"""
+    cfg = _write(tmp_path / "toolcrib.toml", 0, servers, f'drain_timeout = 30\n[audit]\npath = "{tmp_path / "a.db"}"\n')
+    proc = subprocess.Popen([TOOLCRIB, "--config", str(cfg), "serve"], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert proc.stderr is not None
+        line = ""
+        while "connect clients to" not in line:
+            line = proc.stderr.readline()
+            assert line, "serve exited before announcing its endpoint"
+        url = line.split("connect clients to ", 1)[1].split()[0]
+        children = child_pids("tests.servers.echo", proc.pid)
+        headers = dict(JSON_HEADERS)
+        call = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "echo__sleep", "arguments": {"seconds": 2, "tag": "hup"}},
+        }
+        answer: dict[str, Any] = {}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(url, json=INIT, headers=headers) as r:
+                headers["Mcp-Session-Id"] = r.headers["Mcp-Session-Id"]
+            async with s.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers):
+                pass
+
+            async def slow() -> None:
+                async with s.post(url, json=call, headers=headers) as r:
+                    answer.update(await r.json())
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(slow)
+                with anyio.fail_after(30):
+                    while not (markers / "sleep-hup.started").exists():
+                        await anyio.sleep(0.05)
+                proc.send_signal(signal.SIGHUP)
+        assert "slept" in answer["result"]["content"][0]["text"]
+        assert proc.wait(timeout=30) == 0
+        rest = proc.stderr.read()
+        assert "SIGHUP: shutting down" in rest and "Traceback" not in rest
+        assert not [pid for pid in children if alive(pid)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def test_stdio_serve_from_another_cwd_keeps_state_next_to_the_config(tmp_path: Path) -> None:
+    """A client launching `toolcrib serve --stdio` from elsewhere (here: a scratch dir) must not create
+    `.toolcrib/` there: the default relative paths resolve against the config file's directory."""
+    conf = tmp_path / "conf"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cfg = _write(conf / "toolcrib.toml", 0, "")
+    proc = subprocess.run(
+        [TOOLCRIB, "--config", str(cfg), "serve", "--stdio"],
+        input="",  # the client goes away at once: serve starts, opens its state, and stops
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=elsewhere,
+    )
+    assert "Traceback" not in proc.stderr
+    assert (conf / ".toolcrib" / "audit.db").exists()
+    assert not (elsewhere / ".toolcrib").exists()
