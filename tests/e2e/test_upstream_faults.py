@@ -3,6 +3,7 @@ listings, noisy stdout, remote ``$ref`` schemas, unreachable URLs. Real processe
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import socket
@@ -152,3 +153,56 @@ def test_inherit_env_refuses_toolcrib_secrets_and_bad_patterns(pattern: str) -> 
         ServerConfig.model_validate({"command": "x", "inherit_env": [pattern]})
     line = str(err.value).splitlines()[2]
     assert "\n" not in line and ("TOOLCRIB_" in line or "prefix ending in *" in line)
+
+
+# ---- 3: optional listings that fail, and listings that page badly -------------------------------
+
+
+def _warnings(caplog: pytest.LogCaptureFixture, needle: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and needle in r.getMessage()]
+
+
+async def test_failing_optional_listings_degrade_only_themselves(
+    gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = stdio_server("tests.servers.flaky_lists", "--mode", "no-templates")
+    async with gateway({"flaky": server}) as rt, Client(rt.url) as c:
+        up = rt.pool.upstreams["flaky"]
+        assert up.state.status == "connected"
+        assert {"flaky__echo", "flaky__other"} <= {t.name for t in (await c.list_tools()).tools}
+        assert _text(await c.call_tool("flaky__echo", {"text": "still works"})) == "still works"
+        assert [str(r.uri) for r in up.listing.resources] == ["flaky://one"]
+        assert up.listing.templates == () and up.listing.prompts == ()
+        assert len(_warnings(caplog, "upstream flaky: listing resource templates failed (error -32601")) == 1
+        assert len(_warnings(caplog, "upstream flaky: listing prompts failed (error -32603")) == 1
+        assert up.state.connects == 1
+
+
+async def test_unanswered_optional_listing_times_out_and_degrades(
+    gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = stdio_server("tests.servers.flaky_lists", "--mode", "hang-prompts", connect_timeout=6.0)
+    async with gateway({"flaky": server}) as rt, Client(rt.url) as c:
+        assert rt.pool.upstreams["flaky"].state.status == "connected"
+        assert _text(await c.call_tool("flaky__echo", {"text": "ok"})) == "ok"
+        assert len(_warnings(caplog, "upstream flaky: listing prompts failed (no answer within 2 s)")) == 1
+        assert len(_warnings(caplog, "listing resource templates failed (no answer")) == 1
+
+
+@pytest.mark.parametrize("mode", ["loop-cursor", "duplicates"])
+async def test_bad_paging_never_hangs_loops_or_multiplies_tools(
+    gateway: GatewayFactory, caplog: pytest.LogCaptureFixture, mode: str
+) -> None:
+    server = stdio_server("tests.servers.flaky_lists", "--mode", mode)
+    async with gateway({"flaky": server}) as rt, Client(rt.url) as c:
+        up = rt.pool.upstreams["flaky"]
+        assert up.state.status == "connected"
+        names = [t.name for t in (await c.list_tools()).tools if t.name.startswith("flaky__")]
+        assert sorted(names) == ["flaky__echo", "flaky__other"]
+        assert [t.name for t in up.listing.tools] == ["echo", "other"]
+        if mode == "loop-cursor":
+            assert _warnings(caplog, "tools listing repeated the cursor 'again'")
+            assert len(up.listing.resources) == 100  # MAX_PAGES fresh cursors, then it stops
+            assert _warnings(caplog, "resources listing had more than 100 pages")
+        else:
+            assert _warnings(caplog, "tools listing repeated 2 name(s)")

@@ -108,6 +108,7 @@ class Upstream:
         self._resource_subs: set[str] = set()
         self._relisten = anyio.Event()
         self._connected = anyio.Event()
+        self._warned: set[str] = set()
         self._lost_at = -math.inf
         self.finished = anyio.Event()
         self.attempted = anyio.Event()
@@ -195,11 +196,17 @@ class Upstream:
             with anyio.CancelScope() as connecting:
                 connecting.deadline = anyio.current_time() + self.cfg.connect_timeout
                 async with client:
-                    self.listing = await fetch_listing(client, {"tools", "resources", "prompts"})
+                    self.listing = await fetch_listing(
+                        client, {"tools", "resources", "prompts"}, **self._listing_opts()
+                    )
                     connecting.deadline = math.inf
                     await self._serve(client)
             if connecting.cancelled_caught and not self._stop.is_set():
                 raise TimeoutError
+
+    def _listing_opts(self) -> dict[str, Any]:
+        """Optional listings get a third of the connect deadline; warnings are once per server."""
+        return {"server": self.name, "warned": self._warned, "optional_timeout": self.cfg.connect_timeout / 3}
 
     async def _serve(self, client: Client) -> None:
         info = client.server_info
@@ -227,7 +234,7 @@ class Upstream:
                 kinds, self._refresh = self._refresh, set()
                 self._refresh_event = anyio.Event()
                 with anyio.fail_after(self.cfg.connect_timeout):
-                    self.listing = await fetch_listing(client, kinds, self.listing)
+                    self.listing = await fetch_listing(client, kinds, self.listing, **self._listing_opts())
                 for kind in sorted(kinds):
                     await self._notify(f"{kind}_changed")
         self._client = None
