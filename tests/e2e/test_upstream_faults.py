@@ -206,3 +206,22 @@ async def test_bad_paging_never_hangs_loops_or_multiplies_tools(
             assert _warnings(caplog, "resources listing had more than 100 pages")
         else:
             assert _warnings(caplog, "tools listing repeated 2 name(s)")
+
+
+# ---- 4: non-JSON lines on a stdio server's stdout ----------------------------------------------
+
+
+async def test_non_json_stdout_lines_give_one_warning_naming_the_server(
+    gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with gateway({"noisy": stdio_server("tests.servers.noisy")}) as rt, Client(rt.url) as c:
+        assert rt.pool.upstreams["noisy"].state.status == "connected"
+        for i in range(5):
+            assert _text(await c.call_tool("noisy__echo", {"text": f"n{i}"})) == f"n{i}"
+    noise = [r for r in caplog.records if "non-JSON line" in r.getMessage()]
+    assert len(noise) == 1 and noise[0].levelno == logging.WARNING
+    assert noise[0].getMessage().startswith("upstream noisy wrote ")
+    assert "Starting noisy server" in noise[0].getMessage()
+    assert not [r for r in caplog.records if r.name == "mcp.client.stdio" and r.levelno >= logging.ERROR]
+    assert not [r for r in caplog.records if r.exc_info and "JSONRPC" in r.getMessage()]

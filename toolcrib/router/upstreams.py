@@ -47,8 +47,10 @@ from toolcrib.router.backchannel import Backchannel, Caller, current_caller
 from toolcrib.router.http_transport import SESSION_GONE, aiohttp_transport
 from toolcrib.router.listing import Listing, fetch_listing
 from toolcrib.router.stdio_env import child_environment
+from toolcrib.router.stdio_noise import current_upstream, install
 
 log = logging.getLogger("toolcrib.upstream")
+install()
 T = TypeVar("T")
 
 MAX_BACKOFF = 30.0
@@ -118,6 +120,7 @@ class Upstream:
 
     async def run(self) -> None:
         """Supervise the connection until :meth:`stop`; never raises."""
+        current_upstream.set(self.name)  # names this server in the stdio transport's log records
         attempt = 0
         while not self._stop.is_set():
             started = time.monotonic()

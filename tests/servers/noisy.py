@@ -1,0 +1,35 @@
+"""A raw stdio server that works but also writes non-JSON lines to stdout (a banner at start and
+a chatty line before every answer), as servers that log with print() do.
+
+    python -m tests.servers.noisy
+
+Tool: ``echo(text)``.
+"""
+
+from __future__ import annotations
+
+from tests.servers import _raw
+
+CAPABILITIES = {"tools": {}}
+TOOL = {"name": "echo", "description": "Echo the text", "inputSchema": {"type": "object"}}
+
+
+def main() -> None:
+    _raw.write_bytes(b"Starting noisy server v1.0 ...\n")
+    for _raw_line, message in _raw.messages():
+        _raw.write_bytes(b"[info] handling a message\n")
+        if _raw.handshake(message, "toolcrib-noisy", CAPABILITIES) or not isinstance(message, dict):
+            continue
+        if "id" not in message:
+            continue
+        if message.get("method") == "tools/list":
+            _raw.result(message["id"], {"tools": [TOOL]})
+        elif message.get("method") == "tools/call":
+            text = str((message.get("params", {}).get("arguments") or {}).get("text", ""))
+            _raw.result(message["id"], {"content": [{"type": "text", "text": text}], "isError": False})
+        else:
+            _raw.error(message["id"], -32601, "Method not found")
+
+
+if __name__ == "__main__":
+    main()
