@@ -95,7 +95,8 @@ def test_check_reports_each_mistake_and_fails(tmp_path: Path, capsys: pytest.Cap
         '[servers.rel]\ncommand = "./bin/server.sh"\n'
         f'[servers.api]\ncommand = "{sys.executable}"\ntimeout = "30"\n'
         'env = { GITHUB_TOKEN = "secret:github", OPENAI_API_KEY = "sk-abcdefghijklmnopqrstuvwx", LANG = "C" }\n'
-        '[servers.web]\nurl = "https://example.com/mcp"\nheaders = { X-Api = "ghp_0123456789abcdefABCDEF0123456789abcd" }\n',
+        '[servers.web]\nurl = "https://example.com/mcp"\n'
+        'headers = { X-Api = "ghp_0123456789abcdefABCDEF0123456789abcd" }\n',
     )
     assert main(["--config", str(cfg), "check"]) == 1
     captured = capsys.readouterr()
