@@ -225,3 +225,24 @@ async def test_non_json_stdout_lines_give_one_warning_naming_the_server(
     assert "Starting noisy server" in noise[0].getMessage()
     assert not [r for r in caplog.records if r.name == "mcp.client.stdio" and r.levelno >= logging.ERROR]
     assert not [r for r in caplog.records if r.exc_info and "JSONRPC" in r.getMessage()]
+
+
+# ---- 5: a tool whose input schema has a remote $ref ---------------------------------------------
+
+
+async def test_tool_with_remote_ref_schema_is_called_and_nothing_is_fetched(gateway: GatewayFactory) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        port = str(listener.getsockname()[1])
+        server = stdio_server("tests.servers.remote_ref", "--ref-port", port)
+        async with gateway({"refs": server}) as rt, Client(rt.url) as c:
+            assert rt.pool.upstreams["refs"].state.status == "connected"
+            ok = await c.call_tool("refs__lookup", {"item": {"sku": "A-1"}, "count": 2})
+            assert not ok.is_error, _text(ok)
+            assert '"sku": "A-1"' in _text(ok)
+            bad = await c.call_tool("refs__lookup", {"item": "x", "count": 0})
+            assert bad.is_error and "count" in _text(bad)
+        with pytest.raises(BlockingIOError):
+            listener.accept()

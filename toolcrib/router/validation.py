@@ -1,13 +1,20 @@
 """Argument validation against a tool's input schema, before anything is forwarded.
 
 Validators are compiled once per schema (cached by the schema's canonical JSON). References are
-resolved only inside the schema itself: a ``$ref`` to a network location is never fetched and
-makes the schema unusable rather than reaching out.
+resolved only inside the schema itself and nothing is ever fetched: the 2026-07-28 specification
+says clients must not dereference network ``$ref`` s (server/tools, "Input schema"). What can be
+validated locally is; the rest is left to the upstream:
+
+- a ``$ref`` that is not a local JSON pointer (``#...``), e.g. ``https://...``, ``http://...``,
+  ``other.json`` or ``urn:...``, accepts anything (its sibling keywords still apply);
+- a local ``$ref`` that leads nowhere, or a schema that is not a valid JSON Schema, skips
+  validation for that tool (the upstream validates).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -18,12 +25,31 @@ import referencing.exceptions
 
 from toolcrib.errors import InvalidArguments
 
+log = logging.getLogger("toolcrib.validation")
 _REGISTRY: referencing.Registry[Any] = referencing.Registry()  # its default retrieve refuses every URI
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
+"""Keywords whose values are instance data, not schemas: a ``"$ref"`` key inside them is data."""
+
+
+def local_only(schema: Any) -> Any:
+    """``schema`` with every non-local ``$ref`` (one not starting with ``#``) removed; other keys kept.
+
+    Shape: JSON in, JSON out (a new object; the input is not modified)."""
+    if isinstance(schema, list):
+        return [local_only(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "$ref" and isinstance(value, str) and not value.startswith("#"):
+            continue
+        out[key] = value if key in _DATA_KEYWORDS else local_only(value)
+    return out
 
 
 @lru_cache(maxsize=4096)
 def _validator(schema_json: str) -> Any:
-    schema = json.loads(schema_json)
+    schema = local_only(json.loads(schema_json))
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
         cls.check_schema(schema)
@@ -42,7 +68,8 @@ def validate_arguments(tool: str, schema: Mapping[str, Any] | None, arguments: M
     try:
         errors = sorted(validator.iter_errors(dict(arguments)), key=lambda e: list(e.path))
     except referencing.exceptions.Unresolvable as exc:
-        raise InvalidArguments(f"{tool}: its input schema has an unresolvable $ref ({exc}); not called") from None
+        log.debug("%s: input schema has an unresolvable $ref (%s); arguments left to the server", tool, exc)
+        return
     if errors:
         parts = []
         for err in errors[:5]:
