@@ -6,7 +6,6 @@ Errors a user can fix print one line and exit non-zero; tracebacks are for bugs 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -16,6 +15,7 @@ from typing import Any
 import anyio
 
 from toolcrib import __version__
+from toolcrib.cli.logs import setup_logging
 from toolcrib.config import Config, load_config
 from toolcrib.errors import ToolcribError
 
@@ -72,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"toolcrib {__version__}")
     parser.add_argument("--config", metavar="PATH", help="config file (default: $TOOLCRIB_CONFIG or ./toolcrib.toml)")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="-v: a log line per request; -vv: debug, libraries too"
+    )
+    parser.add_argument("--log-json", action="store_true", help="write log lines as JSON objects (one per line)")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     p = sub.add_parser("serve", help="run the gateway (Streamable HTTP on 127.0.0.1, or --stdio)")
@@ -130,11 +133,7 @@ def _register_optional(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if args.verbose < 2:
-        for noisy in ("mcp", "httpx2", "httpcore", "aiohttp.access", "bm25s"):
-            logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    setup_logging(args.verbose, args.log_json)
     try:
         config: Config | None = None
         if not getattr(args, "no_config", False):
