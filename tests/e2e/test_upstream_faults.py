@@ -246,3 +246,33 @@ async def test_tool_with_remote_ref_schema_is_called_and_nothing_is_fetched(gate
             assert bad.is_error and "count" in _text(bad)
         with pytest.raises(BlockingIOError):
             listener.accept()
+
+
+# ---- 8: an unreachable URL upstream --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("transport", "host", "reason"),
+    [
+        ("http", "127.0.0.1:{port}", "connection refused"),
+        ("sse", "127.0.0.1:{port}", "connection refused"),
+        ("http", "no-such-host.invalid", "host name not found"),
+    ],
+)
+async def test_unreachable_url_says_cannot_connect(
+    gateway: GatewayFactory, caplog: pytest.LogCaptureFixture, transport: str, host: str, reason: str
+) -> None:
+    url = f"http://{host.format(port=_free_port())}/mcp"
+    expected = f"cannot connect to {url} ({reason})"
+    async with gateway({"dead": {"url": url, "transport": transport, "connect_timeout": 5.0}}) as rt:
+        up = rt.pool.upstreams["dead"]
+        assert up.state.status != "connected"
+        assert up.state.error == expected
+        assert any(r.getMessage() == f"upstream dead: {expected}" for r in caplog.records)
+
+
+def test_cannot_connect_hides_credentials_in_the_url() -> None:
+    from toolcrib.router.http_transport import cannot_connect
+
+    line = cannot_connect("https://user:pw@example.com:8443/mcp?token=abc", "timed out")
+    assert line == "cannot connect to https://example.com:8443/mcp (timed out)"

@@ -27,6 +27,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import socket
+import ssl
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -113,7 +117,11 @@ class _Conn:
                 await self._answer(resp, rid)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             if rid is not None:
-                await self.fail(rid, types.CONNECTION_CLOSED, f"HTTP request to the server failed: {exc}")
+                reason = connect_reason(exc)
+                text = (
+                    f"HTTP request to the server failed: {exc}" if reason is None else cannot_connect(self.url, reason)
+                )
+                await self.fail(rid, types.CONNECTION_CLOSED, text)
 
     async def _answer(self, resp: aiohttp.ClientResponse, rid: Any) -> None:
         ctype = resp.headers.get("Content-Type", "").lower()
@@ -196,6 +204,49 @@ class _Conn:
                 log.debug("GET stream of %s ended: %s", self.url, exc)
             await anyio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def cannot_connect(url: str, reason: str) -> str:
+    """``cannot connect to URL (reason)``, the one line an operator sees for an unreachable upstream;
+    the URL is shown without user info or query (they may hold credentials)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return f"cannot connect to {urllib.parse.urlunsplit((parts.scheme, host, parts.path, '', ''))} ({reason})"
+
+
+def connect_reason(exc: BaseException) -> str | None:
+    """Why a connection could not be made (``connection refused``, ``host name not found``,
+    ``TLS certificate not trusted``, ``timed out``, ...), or None if ``exc`` is not a failure to connect.
+
+    Knows aiohttp's connector errors and httpx's ``ConnectError`` / ``ConnectTimeout`` (by name, as the
+    SDK's SSE client may use either httpx package), and looks through their causes for the OS error.
+    """
+    is_connect = isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError) or type(
+        exc
+    ).__name__ in ("ConnectError", "ConnectTimeout")
+    if not is_connect:
+        return None
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, aiohttp.ClientConnectorCertificateError | ssl.SSLCertVerificationError):
+            return "TLS certificate not trusted"
+        if isinstance(current, aiohttp.ClientConnectorSSLError | ssl.SSLError):
+            return "TLS handshake failed"
+        if isinstance(current, aiohttp.ClientConnectorDNSError | socket.gaierror):
+            return "host name not found"
+        if (
+            isinstance(current, TimeoutError | aiohttp.ConnectionTimeoutError)
+            or type(current).__name__ == "ConnectTimeout"
+        ):
+            return "timed out"
+        if isinstance(current, aiohttp.ClientConnectorError) and current.os_error.errno:
+            return os.strerror(current.os_error.errno).lower()
+        if isinstance(current, OSError) and current.errno:
+            return os.strerror(current.errno).lower()
+        current = current.__cause__ or current.__context__
+    return "connection failed"
 
 
 async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:

@@ -44,7 +44,7 @@ from mcp.shared.exceptions import MCPError
 from toolcrib.config import ServerConfig
 from toolcrib.errors import SecretError, ToolcribError, UpstreamCrashed, UpstreamTimeout, UpstreamUnavailable
 from toolcrib.router.backchannel import Backchannel, Caller, current_caller
-from toolcrib.router.http_transport import SESSION_GONE, aiohttp_transport
+from toolcrib.router.http_transport import SESSION_GONE, aiohttp_transport, cannot_connect, connect_reason
 from toolcrib.router.listing import Listing, fetch_listing
 from toolcrib.router.stdio_env import child_environment
 from toolcrib.router.stdio_noise import current_upstream, install
@@ -129,7 +129,7 @@ class Upstream:
                 with self._scope:
                     await self._connect_once()
             except Exception as exc:  # a failing upstream must never take the others down
-                error = _describe(exc)
+                error = _describe(exc, self.cfg.url)
                 # The same failure again is logged once; a setup problem (missing secret or
                 # command) will not fix itself in seconds, so it is retried at the slowest pace.
                 (log.warning if error != self.state.error else log.debug)("upstream %s: %s", self.name, error)
@@ -425,7 +425,11 @@ class Upstream:
         return f"{self.name}: server is {st.status}{detail}; check `toolcrib serve` output and retry"
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, url: str | None = None) -> str:
+    """One line for the operator; an unreachable URL reads ``cannot connect to URL (reason)``."""
+    reason = connect_reason(exc) if url is not None else None
+    if reason is not None and url is not None:
+        return cannot_connect(url, reason)
     if isinstance(exc, ToolcribError):
         return exc.message
     if isinstance(exc, TimeoutError):
@@ -434,7 +438,9 @@ def _describe(exc: BaseException) -> str:
         return f"command not found: {exc.filename}"
     if isinstance(exc, BaseExceptionGroup):
         inner = exc.exceptions[0] if exc.exceptions else exc
-        return _describe(inner)
+        return _describe(inner, url)
+    if isinstance(exc, MCPError) and exc.error.code == types.CONNECTION_CLOSED:
+        return exc.error.message
     if isinstance(exc, MCPError):
         return f"protocol error: {exc.error.message}"
     text = str(exc) or type(exc).__name__
