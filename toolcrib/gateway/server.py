@@ -247,6 +247,11 @@ class Gateway:
             self._unknown(call, "hidden" if entry is not None else "unknown")
             if via == "invoke":
                 return tool_error(f"unknown tool {name!r}; call search_tools to find the exact name")
+            if entry is not None and not info.peer.stateful and self.may_use(info.principal, name):
+                hint = (
+                    f'; a stateless client calls a found tool with invoke: {{"tool": "{name}", "arguments": {{...}}}}'
+                )
+                raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}{hint}")
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}")
         result: types.CallToolResult = await self._run(ctx, call)
         return result

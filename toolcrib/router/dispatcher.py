@@ -166,7 +166,11 @@ def compact_schema(schema: Any) -> Any:
 
 
 def render_results(results: Sequence[tuple[Entry, float]]) -> types.CallToolResult:
-    """Compact JSON a model can read: name, description, input schema, score."""
+    """Compact JSON a model can read: ``[{"name", "description", "inputSchema"?, "outputSchema"?, "score"}]``.
+
+    Schema keys are spelled as in MCP's ``Tool`` (2025-11-25 schema: ``inputSchema``, ``outputSchema``);
+    ``inputSchema`` is left out when the tool takes no parameters, ``outputSchema`` when it declares none.
+    """
     items = []
     for entry, score in results:
         description = entry.tool.description or ""
@@ -175,7 +179,9 @@ def render_results(results: Sequence[tuple[Entry, float]]) -> types.CallToolResu
         item: dict[str, Any] = {"name": entry.key, "description": description}
         schema = entry.tool.input_schema
         if schema and schema.get("properties"):
-            item["input_schema"] = compact_schema(schema)
+            item["inputSchema"] = compact_schema(schema)
+        if entry.tool.output_schema:
+            item["outputSchema"] = compact_schema(entry.tool.output_schema)
         item["score"] = round(score, 3)
         items.append(item)
     text = json.dumps(items, ensure_ascii=False, separators=(",", ":"))
