@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import mcp_types as types
 import pytest
 from mcp import Client
 
-from tests.e2e.conftest import GatewayFactory, stdio_server
+from tests.e2e.conftest import GatewayFactory, child_pids, stdio_server
 from toolcrib.config import ServerConfig
 
 pytestmark = pytest.mark.anyio
@@ -37,10 +38,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_http(port: int, *args: str) -> subprocess.Popen[bytes]:
-    """``python -m tests.servers.echo --http PORT``, once it announced it listens; stop it with :func:`_stop`."""
+def _start_http(port: int, *args: str, flag: str = "--http") -> subprocess.Popen[bytes]:
+    """``python -m tests.servers.echo --http PORT`` (or ``flag="--sse"``), once it announced it listens;
+    stop it with :func:`_stop`."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.servers.echo", *args, "--http", str(port)],
+        [sys.executable, "-m", "tests.servers.echo", *args, flag, str(port)],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -112,6 +114,39 @@ async def test_restarted_session_http_upstream_is_reinitialized(gateway: Gateway
                 _stop(third)
     finally:
         _stop(first)
+
+
+@pytest.mark.parametrize(("flag", "path", "version"), [("--http", "/mcp", "2026-07-28"), ("--sse", "/sse", None)])
+async def test_restarted_http_and_sse_upstreams_recover(
+    gateway: GatewayFactory, flag: str, path: str, version: str | None
+) -> None:
+    """The rest of the family: a stateless 2026-07-28 server and a legacy SSE server (its stream drops)."""
+    port = _free_port()
+    server = {"url": f"http://127.0.0.1:{port}{path}"} | ({"transport": "sse"} if flag == "--sse" else {})
+    first = _start_http(port, flag=flag)
+    try:
+        async with gateway({"echo": server}) as rt, Client(rt.url) as c:
+            up = rt.pool.upstreams["echo"]
+            assert version is None or up.state.protocol_version == version
+            assert _text(await c.call_tool("echo__echo", {"text": "before"})) == "before"
+            _stop(first)
+            second = _start_http(port, flag=flag)
+            try:
+                await _call_until_ok(c, "echo__echo", {"text": "after"}, "after", within=45)
+            finally:
+                _stop(second)
+    finally:
+        _stop(first)
+
+
+async def test_killed_stdio_child_recovers(gateway: GatewayFactory) -> None:
+    async with gateway({"echo": stdio_server("tests.servers.echo")}) as rt, Client(rt.url) as c:
+        assert _text(await c.call_tool("echo__echo", {"text": "before"})) == "before"
+        pids = child_pids("-m tests.servers.echo")
+        assert len(pids) == 1
+        os.kill(pids[0], signal.SIGKILL)
+        await _call_until_ok(c, "echo__echo", {"text": "after"}, "after", within=45)
+        assert rt.pool.upstreams["echo"].state.connects >= 2
 
 
 # ---- 2: what a stdio child inherits -------------------------------------------------------------
