@@ -136,8 +136,6 @@ class Catalog:
             del taken[key]
         if not self.keep_names and key != f"{server}{self.separator}{name}":
             self.renamed[(kind, server, name)] = key
-            if seen.get((kind, server, name)) != key:
-                log.info("%s %r of server %r is exposed as %r (sanitised name)", kind, name, server, key)
         return key
 
     def _refuse(
@@ -161,6 +159,18 @@ class Catalog:
                 winner[1],
                 winner[0],
             )
+
+    def _report(self, seen: Mapping[tuple[str, str, str], str]) -> None:
+        """One warning per server for the renames not in ``seen`` (the previous snapshot's)."""
+        fresh: dict[str, list[str]] = {}
+        for (kind, server, name), key in sorted(self.renamed.items()):
+            if not kind.startswith("refused-") and seen.get((kind, server, name)) != key:
+                fresh.setdefault(server, []).append(f"{kind} {name!r} as {key!r}")
+        for server, items in fresh.items():
+            log.warning(
+                "server %r: %d name(s) changed for clients (write policy rules with the new names): %s",
+                server, len(items), ", ".join(items),
+            )  # fmt: skip
 
     @classmethod
     def build(
@@ -188,6 +198,7 @@ class Catalog:
                 key = cat._claim("prompt", cat.prompts, server, prompt.name, seen)
                 if key is not None:
                     cat.prompts[key] = PromptEntry(key, server, prompt.name, prompt.model_copy(update={"name": key}))
+        cat._report(seen)
         for server in sorted(resources):
             res, tmpl = resources[server]
             for r in res:
