@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from toolcrib.cli import main
+from toolcrib.cli.audit import principal_ids
 from toolcrib.cli.check import looks_like_literal_secret, malformed_refs
-from toolcrib.cli.operator import principal_ids
 from toolcrib.config import Config, load_config
 from toolcrib.gateway.audit.log import AuditEvent, SqliteAuditLog, load_hmac_key
 from toolcrib.gateway.trust.identity import KINDS
