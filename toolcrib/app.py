@@ -6,16 +6,12 @@ an ephemeral port.
 
 from __future__ import annotations
 
-import errno
 import logging
-import signal
-import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -30,7 +26,6 @@ from toolcrib.gateway.edge.admin import AdminApi
 from toolcrib.gateway.edge.guard import Guard, access
 from toolcrib.gateway.edge.http import HttpTransport
 from toolcrib.gateway.edge.slowclients import apply_client_timeouts
-from toolcrib.gateway.edge.stdio import serve_stdio
 from toolcrib.gateway.pipeline import (
     approval_layer,
     audit_layer,
@@ -54,6 +49,7 @@ from toolcrib.gateway.trust.quarantine import Trust
 from toolcrib.gateway.trust.redaction import Redactor, install_log_redaction
 from toolcrib.gateway.trust.secrets import ChainStore, expander
 from toolcrib.router.pool import Pool
+from toolcrib.startup import StartupInterrupted, bind_error, check_port_free, unless
 
 if TYPE_CHECKING:
     from toolcrib.index.embedder import Embedder
@@ -176,44 +172,6 @@ def check_bind(config: Config) -> None:
         )
 
 
-class StartupInterrupted(ToolcribError):
-    """A stop signal arrived before the gateway was listening; everything started so far was stopped."""
-
-    exit_code = 130
-
-
-def check_port_free(host: str, port: int) -> None:
-    """Raise :class:`ConfigError` (one line) when ``host:port`` cannot be bound, e.g. another toolcrib
-    already listens there. Port 0 (pick a free one) is always fine. Called before any upstream starts
-    or the index is built, so a busy port costs nothing."""
-    if port == 0:
-        return
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise ConfigError(
-            f"cannot resolve bind address {host!r} ({exc.strerror}); fix [gateway] host or --host"
-        ) from None
-    for family, kind, proto, _, addr in infos:
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp does: TIME_WAIT is no conflict
-            try:
-                sock.bind(addr)
-            except OSError as exc:
-                raise _bind_error(host, port, exc) from None
-
-
-def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
-    if exc.errno == errno.EADDRINUSE:
-        return ConfigError(
-            f"port {port} on {host} is already in use (another toolcrib or `make run`?); stop it, "
-            "or pass --port N (0 picks a free port) or set [gateway] port"
-        )
-    if exc.errno == errno.EACCES:
-        return ConfigError(f"no permission to listen on {host}:{port}; use a port above 1023 (--port N)")
-    return ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); fix [gateway] host/port or pass --port N")
-
-
 @asynccontextmanager
 async def running_gateway(
     config: Config,
@@ -286,11 +244,11 @@ async def _start_http(
         app.router.add_get("/.well-known/oauth-protected-resource/mcp", metadata)
     # Listen only once every upstream had its first attempt and the first index is built, so the
     # first client sees the whole catalog (an upstream still connecting after connect_wait joins later).
-    await _unless(abort, lambda: pool.wait_ready(connect_wait))  # catalog and quarantine follow by themselves
+    await unless(abort, lambda: pool.wait_ready(connect_wait))  # catalog and quarantine follow by themselves
     if parts.reindexer is not None:
         connected = {name for name, up in pool.upstreams.items() if up.state.status == "connected"}
         try:
-            await _unless(abort, lambda: _sync(parts.reindexer, connected))
+            await unless(abort, lambda: _sync(parts.reindexer, connected))
         except ToolcribError as exc:
             if isinstance(exc, StartupInterrupted):
                 raise
@@ -305,7 +263,7 @@ async def _start_http(
         await site.start()
     except OSError as exc:  # taken while we were starting up
         await runner.cleanup()
-        raise _bind_error(config.gateway.host, config.gateway.port, exc) from None
+        raise bind_error(config.gateway.host, config.gateway.port, exc) from None
     port = _bound_port(runner, config.gateway.port)
     host = config.gateway.host if ":" not in config.gateway.host else f"[{config.gateway.host}]"
     base["url"] = f"http://{host}:{port}"
@@ -328,23 +286,6 @@ async def _start_http(
 async def _sync(reindexer: Reindexer | None, servers: set[str]) -> None:
     if reindexer is not None:
         await reindexer.sync(servers)
-
-
-async def _unless(abort: anyio.Event, step: Callable[[], Any]) -> None:
-    """Run the start-up ``step`` unless ``abort`` is (or becomes) set; then raise :class:`StartupInterrupted`.
-    Only the step is cancelled: upstreams keep running until the caller's exit stack stops them in order."""
-    async with anyio.create_task_group() as tg:
-
-        async def watch() -> None:
-            await abort.wait()
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(watch)
-        if not abort.is_set():
-            await step()
-        tg.cancel_scope.cancel()
-    if abort.is_set():
-        raise StartupInterrupted("interrupted during start-up: stopped every upstream started so far; nothing listens")
 
 
 async def _audit_upkeep(audit: SqliteAuditLog, retention_days: int) -> None:
@@ -374,67 +315,4 @@ def _bound_port(runner: web.AppRunner, default: int) -> int:
     return default
 
 
-def describe_upstreams(pool: Pool, trust: Trust | None = None) -> list[str]:
-    """One start-up line per upstream: ``  NAME: connected, N tools[, Q quarantined ...], protocol V``
-    or ``  NAME: STATUS (error)``. With ``trust``, quarantined tools (not callable until approved) are counted."""
-    quarantined = trust.quarantined if trust is not None else {}
-    lines = []
-    for name, up in sorted(pool.upstreams.items()):
-        st = up.state
-        if st.status == "connected":
-            held = sum(1 for key in quarantined if (e := pool.catalog.tools.get(key)) is not None and e.server == name)
-            note = f", {held} quarantined (see `toolcrib tools list`)" if held else ""
-            lines.append(f"  {name}: connected, {len(up.listing.tools)} tools{note}, protocol {st.protocol_version}")
-        else:
-            lines.append(f"  {name}: {st.status}" + (f" ({st.error})" if st.error else " (still connecting)"))
-    return lines
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-"""Each drains in-flight calls and stops (SIGHUP does not reload the config)."""
-
-
-async def serve(config: Config, *, out: TextIO = sys.stderr) -> None:
-    """``toolcrib serve``: run until SIGTERM, SIGINT or SIGHUP, then drain and shut down gracefully.
-
-    A signal during start-up (upstreams connecting, the index building) aborts it: children are
-    stopped, state files are closed, and :class:`StartupInterrupted` is raised (the CLI exits 130).
-    """
-    stopping = anyio.Event()
-    with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
-        async with anyio.create_task_group() as tg:
-
-            async def watch() -> None:
-                async for signum in signals:
-                    received.append(signum)
-                    stopping.set()
-                    return
-
-            received: list[int] = []
-            tg.start_soon(watch)
-            async with running_gateway(config, abort=stopping) as rt:
-                print(f"toolcrib {config.gateway.mode} mode: connect clients to {rt.url}", file=out)
-                for line in describe_upstreams(rt.pool, rt.parts.trust):
-                    print(line, file=out)
-                out.flush()
-                await stopping.wait()
-                name = signal.Signals(received[0]).name if received else "signal"
-                print(f"toolcrib: {name}: shutting down (draining in-flight calls)", file=out)
-            tg.cancel_scope.cancel()
-
-
-async def serve_stdio_mode(config: Config) -> None:
-    """``toolcrib serve --stdio``: one client on stdin/stdout, as the local operator."""
-    parts = build(config)
-    pool, gateway = parts.pool, parts.gateway
-    try:
-        async with pool.running():
-            await pool.wait_ready(10.0)
-            for line in describe_upstreams(pool, parts.trust):
-                print(line, file=sys.stderr)
-            await serve_stdio(gateway)
-    finally:
-        parts.close()
-
-
-__all__ = ["LOCAL_OPERATOR", "Running", "running_gateway", "serve", "serve_stdio_mode"]
+__all__ = ["LOCAL_OPERATOR", "Running", "build", "check_bind", "running_gateway"]

@@ -17,7 +17,7 @@ import pytest
 
 from tests.e2e.conftest import ROOT, GatewayFactory, alive, child_pids, stdio_server
 from tests.e2e.test_http import INIT, JSON_HEADERS
-from toolcrib.app import describe_upstreams
+from toolcrib.serve import describe_upstreams
 
 pytestmark = pytest.mark.anyio
 

@@ -23,7 +23,9 @@ Handler = Callable[[argparse.Namespace, Config], int]
 
 
 def _cmd_serve(args: argparse.Namespace, config: Config) -> int:
-    from toolcrib import app as runtime
+    from toolcrib import serve as runtime
+    from toolcrib.app import check_bind
+    from toolcrib.startup import check_port_free
 
     updates: dict[str, Any] = {}
     if args.host:
@@ -37,8 +39,8 @@ def _cmd_serve(args: argparse.Namespace, config: Config) -> int:
     if args.stdio:
         anyio.run(runtime.serve_stdio_mode, config)
     else:
-        runtime.check_bind(config)
-        runtime.check_port_free(config.gateway.host, config.gateway.port)  # before any upstream starts
+        check_bind(config)
+        check_port_free(config.gateway.host, config.gateway.port)  # before any upstream starts
         anyio.run(runtime.serve, config)
     return 0
 
