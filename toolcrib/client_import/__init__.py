@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
+from pydantic import ValidationError
 
 from toolcrib.client_import.read import Format, load
 from toolcrib.client_import.report import Report
 from toolcrib.client_import.scan import ServerScan, looks_secret
 from toolcrib.client_import.servers import Skip, convert_codex, convert_json, vscode_inputs
-from toolcrib.config import SERVER_NAME_RE, parse_config
+from toolcrib.config import SERVER_NAME_RE, ServerConfig, parse_config
 from toolcrib.errors import ConfigError
 
 __all__ = ["Report", "convert", "import_client_config", "looks_secret"]
@@ -66,6 +67,19 @@ def _entries(fmt: Format, data: dict[str, Any], source: str) -> list[tuple[str, 
     return found
 
 
+def _validate(entry: dict[str, Any], raw: str, source: str) -> None:
+    """Raise a one-line :class:`ConfigError` naming the client's server when its entry is not a valid server."""
+    try:
+        ServerConfig.model_validate(entry)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        msg = str(first["msg"]).removeprefix("Value error, ").replace("\n", " ")
+        raise ConfigError(
+            f"{source}: server {raw!r} cannot be converted ({where + ': ' if where else ''}{msg}); fix or remove it"
+        ) from None
+
+
 def _workspace(path: Path) -> Path:
     """What VS Code calls ``${workspaceFolder}`` for this file: the parent of ``.vscode/``, else its folder."""
     folder = path.resolve().parent
@@ -107,6 +121,7 @@ def convert(fmt: Format, data: dict[str, Any], path: Path) -> tuple[dict[str, An
             del report.secrets[mark[0] :], report.notes[mark[1] :]
             report.skipped.append((label, str(exc)))
             continue
+        _validate(entry, raw, source)
         taken.add(name)
         seen[raw, repr(spec)] = name
         if why:

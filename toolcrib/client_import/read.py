@@ -35,7 +35,7 @@ def load(path: Path) -> tuple[Format, dict[str, Any]]:
         data: Any = json.loads(text)
     except json.JSONDecodeError as exc:
         try:
-            data = json5.loads(text)
+            data = _join_surrogates(json5.loads(text))
         except ValueError as exc5:
             try:
                 return "codex", _toml(path, text, strict=False)
@@ -56,6 +56,20 @@ def load(path: Path) -> tuple[Format, dict[str, Any]]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object with `mcpServers`, `servers` or `projects`")
     return "json", data
+
+
+def _join_surrogates(value: Any) -> Any:
+    """json5 decodes an escaped astral character (``"\\ud800\\udc00"``) as two lone surrogates; join them."""
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+        except UnicodeDecodeError:
+            return value  # a truly unpaired surrogate: refused below with its own message
+    if isinstance(value, list):
+        return [_join_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_join_surrogates(k): _join_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def _json5_where(exc: ValueError) -> str:

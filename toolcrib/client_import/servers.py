@@ -153,7 +153,10 @@ def convert_codex(spec: dict[str, Any], raw: str, scan: ServerScan, source: str)
         if spec.get("cwd"):
             entry["cwd"] = str(spec["cwd"])
         env = scan.table(_str_map(spec, "env", source, raw), "env")
-        for var in spec.get("env_vars") or []:
+        env_vars = spec.get("env_vars") or []
+        if not isinstance(env_vars, list):
+            raise _fail(source, raw, "`env_vars` must be an array of variable names")
+        for var in env_vars:
             env.setdefault(str(var), _env_ref(scan, str(var), f"env.{var}", "forwarded by Codex"))
         if env:
             entry["env"] = env
