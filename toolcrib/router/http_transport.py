@@ -183,7 +183,7 @@ class _Conn:
 
         A stream that ends is reopened (with backoff, 0.5 s doubling to 5 s), which is also how a
         restarted server is noticed while idle: its 404 to the old session id ends the connection.
-        A 405 means the server offers no GET stream; nothing more is tried.
+        Any other refusal (405: the server offers no GET stream) ends the attempts.
         """
         delay = 0.5
         while not self.session_lost:
@@ -192,14 +192,16 @@ class _Conn:
                 headers["Accept"] = "text/event-stream"
                 async with self.http.get(self.url, headers=headers, timeout=aiohttp.ClientTimeout()) as resp:
                     if resp.status == 404 and self.session_id is not None:
-                        log.info("%s ended the session (HTTP 404 on the GET stream); reconnecting", self.url)
+                        log.info("%s ended the session (HTTP 404 on the GET stream); reconnecting", safe_url(self.url))
                         self.gone()
                         return
                     if resp.status != 200:
                         log.debug("GET stream of %s refused: HTTP %d", self.url, resp.status)
                         return
-                    delay = 0.5
+                    opened = anyio.current_time()
                     await self.events(resp)
+                    if anyio.current_time() - opened > 30:
+                        delay = 0.5  # a stream that lasted is a healthy one: reopen it promptly
             except (aiohttp.ClientError, OSError) as exc:
                 log.debug("GET stream of %s ended: %s", self.url, exc)
             await anyio.sleep(delay)
@@ -209,9 +211,13 @@ class _Conn:
 def cannot_connect(url: str, reason: str) -> str:
     """``cannot connect to URL (reason)``, the one line an operator sees for an unreachable upstream;
     the URL is shown without user info or query (they may hold credentials)."""
+    return f"cannot connect to {safe_url(url)} ({reason})"
+
+
+def safe_url(url: str) -> str:
+    """``url`` without user info, query or fragment, for logs."""
     parts = urllib.parse.urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return f"cannot connect to {urllib.parse.urlunsplit((parts.scheme, host, parts.path, '', ''))} ({reason})"
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 def connect_reason(exc: BaseException) -> str | None:

@@ -411,7 +411,7 @@ class Upstream:
         recent = time.monotonic() - self._lost_at < RECONNECT_GRACE
         if (force or recent) and not self._stop.is_set():
             with anyio.move_on_after(min(end - anyio.current_time(), RECONNECT_GRACE)):
-                while self._client is None or self._closed.is_set():
+                while (self._client is None or self._closed.is_set()) and not self._stop.is_set():
                     await self._connected.wait()
                     if self._closed.is_set():
                         await anyio.sleep(0.05)
