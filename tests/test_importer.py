@@ -339,3 +339,51 @@ def test_import_cli_end_to_end(tmp_path: Path) -> None:
     assert set(doc["servers"]) == {"perplexity", "nofile"}
     assert "converted perplexity (stdio)" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("2 converted, ")
+
+
+def test_import_env_variables_in_both_syntaxes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`${env:X}` (VS Code), `${X}` and `${X:-default}` (Claude Code): a reference where a secret goes, the
+    current value (or default) where a plain setting goes; unknown variables are kept and reported."""
+    monkeypatch.setenv("DATA_DIR", "/srv/data")
+    monkeypatch.delenv("LOG_DIR", raising=False)
+    src = tmp_path / "settings.json"  # VS Code user settings: servers and inputs under "mcp"
+    src.write_text(
+        """{
+  "editor.fontSize": 14,
+  "mcp": {
+    "inputs": [{"type": "promptString", "id": "tok", "description": "Tracker token"}],
+    "servers": {
+      "tracker": {
+        "url": "https://tracker.example/mcp",
+        "headers": {"Authorization": "Bearer ${input:tok}", "X-Team": "${TEAM_ID}"},
+      },
+      "files": {
+        "command": "files-mcp",
+        "args": ["${env:DATA_DIR}", "${LOG_DIR:-/tmp/logs}", "${API_KEY}", "${command:pickFolder}"],
+        "env": {"API_KEY": "${API_KEY}"},
+      },
+    },
+  },
+}"""
+    )
+    doc, _, err = _import(src, capsys)
+    tracker, files = doc["servers"]["tracker"], doc["servers"]["files"]
+    assert tracker["headers"] == {"Authorization": "Bearer secret:tracker/tok", "X-Team": "secret:tracker/team_id"}
+    assert "VS Code input 'tok' (Tracker token)" in err
+    assert files["args"] == ["/srv/data", "/tmp/logs", "secret:files/api_key", "${command:pickFolder}"]
+    assert files["env"] == {"API_KEY": "secret:files/api_key"}  # the same variable, the same reference
+    assert "${env:DATA_DIR} -> its current value '/srv/data'" in err
+    assert "${LOG_DIR:-/tmp/logs} -> its default '/tmp/logs'" in err
+    assert "${command:pickFolder} has no toolcrib equivalent; kept, edit it by hand" in err
+
+
+def test_import_unconvertible_server_is_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "mcp.json"
+    src.write_text(json.dumps({"mcpServers": {"ok": {"command": "x"}, "bad": {"url": "ftp://files.example/"}}}))
+    assert main(["import", str(src), "-o", str(tmp_path / "out.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "server 'bad' cannot be converted (`url` must start with http:// or https://)" in err
+    assert not (tmp_path / "out.toml").exists()

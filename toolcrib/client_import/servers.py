@@ -203,8 +203,8 @@ def _env_ref(scan: ServerScan, var: str, where: str, why: str) -> str:
 
 
 def vscode_inputs(data: dict[str, Any]) -> dict[str, str]:
-    """VS Code ``inputs``: ``{id: description}``."""
-    inputs = data.get("inputs")
+    """VS Code ``inputs`` (top level of ``mcp.json``, or ``mcp.inputs`` in ``settings.json``): ``{id: description}``."""
+    inputs = data.get("inputs", data["mcp"].get("inputs") if isinstance(data.get("mcp"), dict) else None)
     if not isinstance(inputs, list):
         return {}
     return {
