@@ -27,6 +27,10 @@ from toolcrib.gateway.edge.guard import Guard, access
 from toolcrib.gateway.edge.http import HttpTransport
 from toolcrib.gateway.edge.slowclients import apply_client_timeouts
 from toolcrib.gateway.pipeline import (
+    Layer,
+    Next,
+    Result,
+    UpstreamCall,
     approval_layer,
     audit_layer,
     policy_layer,
@@ -124,7 +128,7 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
         audit_layer(writer),
         redact_layer(redactor),
         quarantine_layer(trust.is_quarantined),
-        policy_layer(trust.rules, trust.default),
+        _live_policy(trust),
         validation_layer(lambda key: e.tool.input_schema if (e := pool.catalog.tools.get(key)) else None),
         approval_layer(approvals, mode=config.policy.approval_mode, timeout=config.policy.approval_timeout),
     ]
@@ -151,6 +155,16 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
     if reindexer is not None:
         _reindex_on_change(pool, reindexer)
     return Parts(pool, gateway, reindexer, audit, writer, approvals, redactor, trust)
+
+
+def _live_policy(trust: Trust) -> Layer:
+    """The policy layer over ``trust.rules`` and ``trust.default`` as they are at each call, so a
+    reload (``toolcrib serve`` on SIGHUP) takes effect on the next call without a restart."""
+
+    async def layer(call: UpstreamCall, nxt: Next) -> Result:
+        return await policy_layer(trust.rules, trust.default)(call, nxt)
+
+    return layer
 
 
 def _reindex_on_change(pool: Pool, reindexer: Reindexer) -> None:

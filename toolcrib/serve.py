@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 from typing import TextIO
 
 import anyio
 
-from toolcrib.app import build, running_gateway
-from toolcrib.config import Config
+from toolcrib.app import build, check_bind, running_gateway
+from toolcrib.config import Config, load_config
+from toolcrib.errors import ToolcribError
 from toolcrib.gateway.edge.stdio import serve_stdio
+from toolcrib.gateway.trust import policy
 from toolcrib.gateway.trust.quarantine import Trust
 from toolcrib.router.pool import Pool
 
@@ -31,32 +34,74 @@ def describe_upstreams(pool: Pool, trust: Trust | None = None) -> list[str]:
     return lines
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-"""Each drains in-flight calls and stops (SIGHUP does not reload the config)."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+"""Each drains in-flight calls and stops. SIGHUP reloads the policy (see :func:`reload_policy`); when
+``serve`` has no config file to read again it stops like these."""
+_SECTIONS = ("gateway", "index", "audit", "auth", "secrets", "servers")
 
 
-async def serve(config: Config, *, out: TextIO = sys.stderr) -> None:
-    """``toolcrib serve``: run until SIGTERM, SIGINT or SIGHUP, then drain and shut down gracefully.
+def reload_policy(trust: Trust, running: Config, path: Path) -> str:
+    """Read ``path`` again and apply its ``[[policy.rules]]`` and ``[policy] default`` to ``trust``
+    (effective from the next call and listing; sessions stay open). Other changes are not applied:
+    the returned one-line report names them ("restart to apply"). Raises :class:`ConfigError` (and
+    changes nothing) when the file no longer validates."""
+    new, _ = load_config(path)
+    check_bind(new)
+    trust.rules = new.policy.rules
+    trust.default = policy.effective_default(new.policy, running.gateway)
+    pending = [name for name in _SECTIONS if getattr(new, name) != getattr(running, name)]
+    kept = {"rules", "default"}
+    if new.policy.model_dump(exclude=kept) != running.policy.model_dump(exclude=kept):
+        pending.append("policy (other than rules and default)")
+    report = f"reloaded policy from {path}: {len(new.policy.rules)} rules, default {trust.default}"
+    if pending:
+        report += f"; not applied until restart: {', '.join(pending)}"
+    return report
 
-    A signal during start-up (upstreams connecting, the index building) aborts it: children are
+
+async def serve(config: Config, *, out: TextIO = sys.stderr, config_path: Path | None = None) -> None:
+    """``toolcrib serve``: run until SIGTERM or SIGINT, then drain and shut down gracefully. SIGHUP
+    reloads the policy from ``config_path`` (:func:`reload_policy`); without one it stops too.
+
+    A stop signal during start-up (upstreams connecting, the index building) aborts it: children are
     stopped, state files are closed, and :class:`StartupInterrupted` is raised (the CLI exits 130).
+    A SIGHUP during start-up is applied once the gateway listens.
     """
     stopping = anyio.Event()
-    with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+    reload_wanted = anyio.Event()
+    trust: list[Trust] = []
+    received: list[int] = []
+
+    def reload() -> None:
+        if not trust or config_path is None:
+            return
+        try:
+            print(f"toolcrib: SIGHUP: {reload_policy(trust[0], config, config_path)}", file=out)
+        except ToolcribError as exc:
+            print(f"toolcrib: SIGHUP: reload failed, the running policy is kept: {exc.message}", file=out)
+        out.flush()
+
+    with anyio.open_signal_receiver(*STOP_SIGNALS, signal.SIGHUP) as signals:
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:
                 async for signum in signals:
+                    if signum == signal.SIGHUP and config_path is not None:
+                        reload_wanted.set()
+                        reload()
+                        continue
                     received.append(signum)
                     stopping.set()
                     return
 
-            received: list[int] = []
             tg.start_soon(watch)
             async with running_gateway(config, abort=stopping) as rt:
                 print(f"toolcrib {config.gateway.mode} mode: connect clients to {rt.url}", file=out)
                 for line in describe_upstreams(rt.pool, rt.parts.trust):
                     print(line, file=out)
+                trust.append(rt.parts.trust)
+                if reload_wanted.is_set():
+                    reload()
                 out.flush()
                 await stopping.wait()
                 name = signal.Signals(received[0]).name if received else "signal"

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def _cmd_serve(args: argparse.Namespace, config: Config) -> int:
     else:
         check_bind(config)
         check_port_free(config.gateway.host, config.gateway.port)  # before any upstream starts
-        anyio.run(runtime.serve, config)
+        anyio.run(partial(runtime.serve, config, config_path=Path(args.config_path)))
     return 0
 
 
