@@ -5,8 +5,9 @@ are resolved only at the upstream edge (see :mod:`toolcrib.gateway.trust.secrets
 
 Lookup order for the file: ``--config PATH``, then ``$TOOLCRIB_CONFIG``, then ``./toolcrib.toml``.
 Relative state paths in the file (``[index] path``, ``[audit] path``/``anchor_path``, ``[auth] keys_path``,
-``[policy] approvals_path``/``pins_path``, ``[secrets] file``, a server's ``cwd``) are resolved against
-the directory of the config file by :func:`load_config`, never against the process's working directory.
+``[policy] approvals_path``/``pins_path``, ``[secrets] file``, a server's ``cwd``, and a server's
+``command`` with a directory part when it has no ``cwd``) are resolved against the directory of the
+config file by :func:`load_config`, never against the process's working directory.
 """
 
 from __future__ import annotations
@@ -312,6 +313,19 @@ def _anchor(value: str, base: Path) -> str:
     return str(path if path.is_absolute() else base / path)
 
 
+def _server_paths(server: ServerConfig, base: Path) -> ServerConfig:
+    """A relative ``cwd`` is anchored at ``base``; so is a relative ``command`` with a directory part
+    (``./bin/server``) when there is no ``cwd`` (with one, the command is relative to it, as when
+    the child is started). A bare command name (``npx``) is looked up on ``PATH`` and kept."""
+    updates: dict[str, str] = {}
+    if server.cwd:
+        updates["cwd"] = _anchor(server.cwd, base)
+    command = server.command
+    if command and not server.cwd and ("/" in command or command.startswith("~")):
+        updates["command"] = _anchor(command, base)
+    return server.model_copy(update=updates) if updates else server
+
+
 def resolve_paths(config: Config, base: Path) -> Config:
     """``config`` with every relative state path made absolute against ``base`` (the config file's
     directory); ``~`` is expanded. Absolute paths are kept. A config built without a file (tests,
@@ -321,9 +335,7 @@ def resolve_paths(config: Config, base: Path) -> Config:
         updates = {f: _anchor(v, base) for f in fields if isinstance(v := getattr(model, f), str)}
         return model.model_copy(update=updates)
 
-    servers = {
-        name: s.model_copy(update={"cwd": _anchor(s.cwd, base)}) if s.cwd else s for name, s in config.servers.items()
-    }
+    servers = {name: _server_paths(s, base) for name, s in config.servers.items()}
     return config.model_copy(
         update={
             "index": section(config.index, "path"),

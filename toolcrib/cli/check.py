@@ -80,11 +80,14 @@ def _command_problem(name: str, s: ServerConfig, base: Path) -> str | None:
     command = os.path.expanduser(s.command)
     if os.sep in command:
         path = Path(command)
-        if not path.is_absolute():
+        if not path.is_absolute():  # load_config anchored it unless `cwd` is set: then it is relative to cwd
             path = Path(s.cwd or base) / path
         if path.is_file() and os.access(path, os.X_OK):
             return None
-        return f"{name}: command {s.command!r} not found or not executable at {path}; fix `command` (or `cwd`)"
+        return (
+            f"{name}: command {str(path)!r} not found or not executable; fix `command` "
+            "(a relative path starts at the config file's directory, or at `cwd` when set)"
+        )
     if shutil.which(command) is None:
         return f"{name}: command {s.command!r} is not on PATH; install it or write its absolute path in `command`"
     return None
