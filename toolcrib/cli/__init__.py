@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate the config file without starting anything")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("import", help="convert a client's mcpServers JSON into toolcrib TOML")
-    p.add_argument("path", help="Claude Desktop / Cursor / VS Code / Claude Code config JSON")
+    p = sub.add_parser("import", help="convert a client's MCP config into toolcrib TOML, with a report")
+    p.add_argument("path", help="Claude Desktop / Cursor / Claude Code JSON, VS Code JSONC, or Codex config.toml")
     p.add_argument("-o", "--output", help="write TOML here (default: print to stdout)")
     p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     p.set_defaults(func=_cmd_import, no_config=True)

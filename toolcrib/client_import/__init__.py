@@ -81,9 +81,9 @@ def _validate(entry: dict[str, Any], raw: str, source: str) -> None:
 
 
 def _workspace(path: Path) -> Path:
-    """What VS Code calls ``${workspaceFolder}`` for this file: the parent of ``.vscode/``, else its folder."""
+    """``${workspaceFolder}`` for this file: the parent of ``.vscode/`` or ``.cursor/``, else the file's folder."""
     folder = path.resolve().parent
-    return folder.parent if folder.name == ".vscode" else folder
+    return folder.parent if folder.name in (".vscode", ".cursor") else folder
 
 
 def convert(fmt: Format, data: dict[str, Any], path: Path) -> tuple[dict[str, Any], Report]:
