@@ -117,6 +117,28 @@ def test_check_reports_each_mistake_and_fails(tmp_path: Path, capsys: pytest.Cap
     assert captured.out.splitlines()[-1] == f"{cfg}: 3 problems, 4 warnings: fix the problems above (exit 1)"
 
 
+def test_check_warns_for_literal_secrets_in_args_and_urls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOOLCRIB_SECRET_DB_KEY", "stored")
+    cfg = _write(
+        tmp_path / "t.toml",
+        f'[servers.db]\ncommand = "{sys.executable}"\n'
+        'args = ["-m", "x", "--api-key", "abc123", "--token=zzz", "postgres://u:hunter2@db/x", "--name", "db", '
+        '"--key", "secret:db/key", "postgres://u@db/x"]\n'
+        '[servers.web]\nurl = "https://e.example/mcp?api_key=abc&region=eu"\n',
+    )
+    assert main(["--config", str(cfg), "check"]) == 0
+    captured = capsys.readouterr()
+    for where in ("db: args[3]", "db: args[4]", "db: args[5]", "web: url query parameter 'api_key'"):
+        assert f"warning {where} looks like a literal secret" in captured.err
+    assert "args[7]" not in captured.err and "args[9]" not in captured.err and "args[10]" not in captured.err
+    for literal in ("hunter2", "abc123", "zzz", "api_key=abc"):
+        assert literal not in captured.out + captured.err  # masked in the printed command line too
+    assert "--api-key *** --token=*** *** --name db" in captured.out
+    assert captured.out.splitlines()[-1] == f"{cfg}: ok with 4 warnings (see above)"
+
+
 def test_check_header_does_not_say_ok_when_a_secret_is_missing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -60,6 +60,48 @@ def malformed_refs(value: str) -> list[str]:
     return bad
 
 
+_DSN_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]+:([^@\s]+)@")
+_QUERY_SECRET = re.compile(r"[?&]([^=&#]*(?:key|token|secret|passw|auth|sig)[^=&#]*)=([^&#]+)", re.I)
+
+
+def _literal_secrets_in_args_and_url(s: ServerConfig) -> Iterator[str]:
+    """Where a server's ``args`` or ``url`` hold a literal credential: a token-like argument (also the
+    value after ``--api-key``-style flags), a password in a DSN, a key-like URL query parameter."""
+    previous = ""
+    for i, arg in enumerate(s.args):
+        if "secret:" not in arg:
+            flag_value = previous.startswith("-") and bool(_SECRET_NAME.search(previous))
+            value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
+            named = arg.startswith("-") and "=" in arg and bool(_SECRET_NAME.search(arg.split("=", 1)[0]))
+            dsn = _DSN_PASSWORD.match(arg)
+            if (
+                _TOKEN_PREFIX.match(value)
+                or (flag_value and value)
+                or (named and value)
+                or (dsn and not dsn.group(1).startswith("$"))
+            ):
+                yield f"args[{i}]"
+        previous = arg
+    if s.url and "secret:" not in s.url:
+        for m in _QUERY_SECRET.finditer(s.url):
+            yield f"url query parameter {m.group(1)!r}"
+
+
+def _shown(s: ServerConfig, flagged: list[str]) -> str:
+    """The server's command line or URL as printed by ``check``, flagged literal secrets masked."""
+    if s.command is None:
+        url = s.url or ""
+        if any(w.startswith("url ") for w in flagged):
+            url = _QUERY_SECRET.sub(lambda m: m.group(0).split("=", 1)[0] + "=***", url)
+        return url
+    args = list(s.args)
+    for where in flagged:
+        if where.startswith("args["):
+            i = int(where[5:-1])
+            args[i] = args[i].split("=", 1)[0] + "=***" if args[i].startswith("-") and "=" in args[i] else "***"
+    return " ".join([s.command, *args])
+
+
 def _stringly(raw: Any, model: Any, where: str) -> Iterator[str]:
     """Keys whose TOML value is a string but whose validated value is a number or boolean."""
     if isinstance(raw, dict):
@@ -118,7 +160,8 @@ def run_check(args: argparse.Namespace, config: Config) -> int:
     warnings.extend(_stringly(raw, config, ""))
     store = ChainStore(config.secrets.file)
     for name, s in sorted(config.servers.items()):
-        target = s.command + " " + " ".join(s.args) if s.command else s.url
+        flagged = list(_literal_secrets_in_args_and_url(s))
+        target = _shown(s, flagged)
         print(f"  {name}: {s.kind} {target}{'' if s.enabled else ' [disabled]'}")
         if not s.enabled:
             continue
@@ -133,6 +176,8 @@ def run_check(args: argparse.Namespace, config: Config) -> int:
                         f"{name}: {field}.{key} looks like a literal secret; store it with "
                         f"`toolcrib creds set {name} {key.lower()}` and write secret:{name}/{key.lower()}"
                     )
+        for where in flagged:
+            warnings.append(f"{name}: {where} looks like a literal secret; move it into a secret: reference")
         for ref in server_refs(s):
             source = store.source(ref)
             if source is None:
