@@ -4,8 +4,8 @@ Problems (exit 1): an enabled stdio server's command that cannot be found, a mal
 reference, a ``secret:`` reference that is not stored anywhere, a bind refused by :func:`check_bind`
 (raised as a one-line error). Warnings (exit 0): no enabled servers, a number or boolean written as a
 string (pydantic accepts ``port = "8765"``; the file should say ``port = 8765``), a literal that looks
-like an API key or password in a server's ``env`` or ``headers``. The last line is the summary, and it
-agrees with the exit code.
+like an API key or password in a server's ``env``, ``headers``, ``args`` or URL query (masked when the
+command line is printed). The last line is the summary, and it agrees with the exit code.
 """
 
 from __future__ import annotations
