@@ -155,8 +155,9 @@ class Upstream:
                 self.state.status = "crash-looping"
                 delay = CRASH_LOOP_PAUSE
                 log.error(
-                    "upstream %s crashed %d times in %.0f s; pausing restarts for %.0f s",
+                    "upstream %s %s %d times in %.0f s; pausing restarts for %.0f s",
                     self.name,
+                    "could not connect" if (self.state.error or "").startswith("cannot connect") else "crashed",
                     len(self.state.crashes),
                     CRASH_LOOP_WINDOW,
                     delay,
