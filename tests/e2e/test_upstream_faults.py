@@ -311,3 +311,30 @@ def test_cannot_connect_hides_credentials_in_the_url() -> None:
 
     line = cannot_connect("https://user:pw@example.com:8443/mcp?token=abc", "timed out")
     assert line == "cannot connect to https://example.com:8443/mcp (timed out)"
+
+
+def test_serve_reports_an_unreachable_url_in_one_line(tmp_path: Path) -> None:
+    url = f"https://127.0.0.1:{_free_port()}/mcp"
+    cfg = tmp_path / "toolcrib.toml"
+    cfg.write_text(
+        f'[gateway]\nport = 0\n[audit]\npath = "{tmp_path / "audit.db"}"\n[index]\npath = "{tmp_path / "index"}"\n'
+        f'[servers.dead]\nurl = "{url}"\nconnect_timeout = 5\n'
+    )
+    toolcrib = str(Path(sys.executable).with_name("toolcrib"))
+    proc = subprocess.Popen(
+        [toolcrib, "--config", str(cfg), "serve"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path
+    )
+    try:
+        assert proc.stdout is not None
+        seen = b""
+        deadline = time.monotonic() + 60
+        while b"dead: reconnecting" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 1)
+            if ready and not (chunk := os.read(proc.stdout.fileno(), 4096)):
+                break
+            seen += chunk if ready else b""
+        text = seen.decode()
+        assert f"dead: reconnecting (cannot connect to {url} (connection refused))" in text, text
+        assert "protocol error" not in text and "ssl:default" not in text and "Traceback" not in text
+    finally:
+        _stop(proc)
