@@ -19,7 +19,7 @@ from typing import Any
 
 from tests.servers import _raw
 
-CAPABILITIES = {"tools": {}, "resources": {}, "prompts": {}}
+CAPABILITIES: dict[str, dict[str, object]] = {"tools": {}, "resources": {}, "prompts": {}}
 SCHEMA = {"type": "object", "properties": {"text": {"type": "string"}}}
 ECHO = {"name": "echo", "description": "Echo the text", "inputSchema": SCHEMA}
 OTHER = {"name": "other", "description": "Another tool", "inputSchema": SCHEMA}

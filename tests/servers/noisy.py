@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tests.servers import _raw
 
-CAPABILITIES = {"tools": {}}
+CAPABILITIES: dict[str, dict[str, object]] = {"tools": {}}
 TOOL = {"name": "echo", "description": "Echo the text", "inputSchema": {"type": "object"}}
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from tests.servers import _raw
 
-CAPABILITIES = {"tools": {}}
+CAPABILITIES: dict[str, dict[str, object]] = {"tools": {}}
 
 
 def tool(port: int) -> dict[str, object]:
