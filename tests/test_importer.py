@@ -168,10 +168,10 @@ def test_import_literal_secrets_in_args_and_urls(tmp_path: Path, capsys: pytest.
     for literal in ("Pa55word-xyz", "sk-live0123", "tok0123456789", "ghp_0123", "r00tpass", "k3y-0123456789", "t0k"):
         assert literal not in text, literal
     args = doc["servers"]["db"]["args"]
-    assert args[2] == "postgresql://app:secret:db/password@db.internal:5432/prod"
+    assert args[2] == "postgresql://app:secret:db/db.internal-password@db.internal:5432/prod"
     assert args[3:] == ["--api-key", "secret:db/api-key", "--token=secret:db/token", "--verbose", "secret:db/arg7"]
     assert doc["servers"]["db"]["env"] == {
-        "DATABASE_URL": "mysql://root:secret:db/password-2@localhost/db",
+        "DATABASE_URL": "mysql://root:secret:db/localhost-password@localhost/db",
         "MODE": "ro",
     }
     assert doc["servers"]["search"]["url"] == (
@@ -387,3 +387,42 @@ def test_import_unconvertible_server_is_one_line_naming_it(tmp_path: Path, capsy
     assert err.count("\n") == 1
     assert "server 'bad' cannot be converted (`url` must start with http:// or https://)" in err
     assert not (tmp_path / "out.toml").exists()
+
+
+def test_import_mcp_remote_header_args(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`mcp-remote --header "Authorization: Bearer X"`: the literal moves out; `${AUTH_HEADER}` set by the
+    server's own env becomes that env value, itself moved out to a reference."""
+    src = tmp_path / "claude_desktop_config.json"
+    src.write_text(
+        json.dumps(
+            {
+                "mcpServers": {
+                    "viaenv": {
+                        "command": "npx",
+                        "args": ["mcp-remote", "https://r.example/sse", "--header", "Authorization:${AUTH_HEADER}"],
+                        "env": {"AUTH_HEADER": "Bearer tok_abcdef0123456789"},
+                    },
+                    "literal": {
+                        "command": "npx",
+                        "args": [
+                            *["mcp-remote", "https://r.example/mcp", "--header", "Authorization: Bearer abc0123456789"],
+                            *["--header", "X-Api-Key:k-123456", "--header", "X-Trace:on"],
+                        ],
+                    },
+                }
+            }
+        )
+    )
+    doc, text, err = _import(src, capsys)
+    assert "tok_abcdef" not in text and "abc0123456789" not in text and "k-123456" not in text
+    viaenv, literal = doc["servers"]["viaenv"], doc["servers"]["literal"]
+    assert viaenv["args"][-1] == "Authorization:Bearer secret:viaenv/auth_header"
+    assert viaenv["env"] == {"AUTH_HEADER": "Bearer secret:viaenv/auth_header"}
+    assert "${AUTH_HEADER} -> the server's env value of AUTH_HEADER" in err
+    assert literal["args"][3:] == [
+        "Authorization: Bearer secret:literal/authorization",
+        "--header",
+        "X-Api-Key:secret:literal/x-api-key",
+        "--header",
+        "X-Trace:on",
+    ]

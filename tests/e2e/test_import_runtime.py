@@ -61,8 +61,8 @@ async def test_secret_in_url_reaches_the_upstream(
     with http_server("echo") as url:
         authed = url.replace("http://", "http://alice:Pa55word-xyz@", 1)
         servers = _imported(tmp_path, {"web": {"type": "http", "url": authed}})
-        assert "Pa55word" not in servers["web"]["url"] and "secret:web/password@" in servers["web"]["url"]
-        monkeypatch.setenv("TOOLCRIB_SECRET_WEB_PASSWORD", "Pa55word-xyz")
+        assert "Pa55word" not in servers["web"]["url"] and "secret:web/127.0.0.1-password@" in servers["web"]["url"]
+        monkeypatch.setenv("TOOLCRIB_SECRET_WEB_127_0_0_1_PASSWORD", "Pa55word-xyz")
         async with gateway(servers) as rt, Client(rt.url) as c:
             headers = json.loads(_text(await c.call_tool("web__headers", {})))
     auth = {k.lower(): v for k, v in headers.items()}["authorization"]

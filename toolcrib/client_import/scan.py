@@ -10,8 +10,12 @@ Rules (each replacement is reported; see :mod:`toolcrib.client_import.report`):
   the home folder. Any other ``${...}`` is kept and reported for a hand edit.
 * In ``args``: the value of a secret-named flag (``--api-key X``, ``--token=X``), the password of a URL
   (``postgres://user:PASS@host``), a secret-named query parameter (``?api_key=X``) and a well-known token
-  shape (``sk-...``, ``ghp_...``, ``xoxb-...``, ``AKIA...``) -> references. URLs and ``env``/``headers``
-  values get the same URL treatment.
+  shape (``sk-...``, ``ghp_...``, ``xoxb-...``, ``AKIA...``) -> references, and so does the value of a
+  header-shaped argument with a secret name (``Authorization: Bearer X``, as ``mcp-remote --header`` takes).
+  ``${KEY}`` in ``args`` where ``KEY`` is in the server's own ``env`` becomes that (cleaned) env value,
+  which is what ``mcp-remote`` (expanding from its env) and Claude Code (from its own) both pass.
+  URLs and ``env``/``headers`` values get the same URL treatment (a password's reference is named
+  ``HOST-password``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ _TOKEN_SHAPES = re.compile(
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+")
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:@/?#\s]*):([^@/?#\s]+)@")
 _QUERY_PARAM = re.compile(r"([?&;])([^=&#;\s]+)=([^&#;\s]*)")
+_HEADER_ARG = re.compile(r"^([A-Za-z][A-Za-z0-9-]*):(\s*(?:(?:Bearer|Basic|Token)\s+)?)(\S+)$", re.I)
 _FLAG = re.compile(r"^(--?[A-Za-z][A-Za-z0-9_.-]*)(?:=(.*))?$", re.S)
 _VAR = re.compile(r"\$\{([^{}]*)\}")
 _PLAIN_VAR = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.S)
@@ -81,8 +86,16 @@ def ref_name(key: str) -> str:
 class ServerScan:
     """Secret extraction for one server: references are ``secret:SERVER/NAME``, unique per distinct value."""
 
-    def __init__(self, server: str, report: Report, workspace: Path, inputs: dict[str, str]) -> None:
+    def __init__(
+        self,
+        server: str,
+        report: Report,
+        workspace: Path,
+        inputs: dict[str, str],
+        own_env: dict[str, str] | None = None,
+    ) -> None:
         self.server, self.report, self.workspace, self.inputs = server, report, workspace, inputs
+        self.own_env = own_env or {}  # the server's own `env`, already cleaned: what ${KEY} in its args means
         self._by_value: dict[str, str] = {}
         self._names: set[str] = set()
 
@@ -130,6 +143,11 @@ class ServerScan:
                 self.report.note(self.server, f"{where}: ${{{body}}} has no toolcrib equivalent; kept, edit it by hand")
                 return match.group(0)
             var, default = plain.group(1), plain.group(2)
+            if where.startswith("args") and not body.startswith("env:") and var in self.own_env:
+                # mcp-remote expands it from its env, Claude Code from its own: either way, this value
+                self.report.note(self.server, f"{where}: ${{{body}}} -> the server's env value of {var}")
+                made_ref = made_ref or "secret:" in self.own_env[var]
+                return self.own_env[var]
             if not secret_context and not SECRET_KEY.search(var):
                 current = os.environ.get(var)
                 if current is not None or default is not None:
@@ -156,7 +174,9 @@ class ServerScan:
             url = url_match.group(0)
             userinfo = _USERINFO.match(url)
             if userinfo and not userinfo.group(2).startswith(("secret:", "${")):
-                ref = self.move(userinfo.group(2), "password", where, "a URL password")
+                host = re.match(r"[^:/?#\s]*", url[userinfo.end() :])
+                hint = f"{host.group(0) if host and host.group(0) else 'url'}-password"
+                ref = self.move(userinfo.group(2), hint, where, "a URL password")
                 url = f"{userinfo.group(1)}:{ref}@{url[userinfo.end() :]}"
             head, sep, query = url.partition("?")
             if not sep:
@@ -184,6 +204,14 @@ class ServerScan:
                 if arg and not arg.startswith("-") and not made_ref and not arg.startswith(("/", ".", "~")):
                     out.append(self.move(arg, flag.lstrip("-"), where, f"the value of {flag}"))
                     continue
+            header = _HEADER_ARG.match(arg)
+            if header and not made_ref and SECRET_KEY.search(header.group(1)):
+                value = header.group(3)
+                if not value.startswith(("secret:", "${")):
+                    ref = self.move(value, header.group(1), where, f"the {header.group(1)} header value")
+                    arg = f"{header.group(1)}:{header.group(2)}{ref}"
+                out.append(arg)
+                continue
             flag_match = _FLAG.match(arg)
             if (
                 flag_match

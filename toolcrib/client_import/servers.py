@@ -91,12 +91,13 @@ def convert_json(
         args = spec.get("args") or []
         if not isinstance(args, list):
             raise _fail(source, raw, "`args` must be an array of strings")
+        env = _env_file(spec, scan, workspace)
+        env.update(scan.table(_str_map(spec, "env", source, raw), "env"))
+        scan.own_env = env
         if args:
             entry["args"] = scan.args([str(a) for a in args])
         if spec.get("cwd"):
             entry["cwd"] = scan.variables(str(spec["cwd"]), "cwd", secret_context=False)[0]
-        env = _env_file(spec, scan, workspace)
-        env.update(scan.table(_str_map(spec, "env", source, raw), "env"))
         if env:
             entry["env"] = env
     elif url is not None:
