@@ -22,7 +22,6 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
@@ -42,12 +41,13 @@ from mcp.client.subscriptions import (
 from mcp.shared.exceptions import MCPError
 
 from toolcrib.config import ServerConfig
-from toolcrib.errors import SecretError, ToolcribError, UpstreamCrashed, UpstreamTimeout, UpstreamUnavailable
+from toolcrib.errors import SecretError, UpstreamCrashed, UpstreamTimeout, UpstreamUnavailable
 from toolcrib.router.backchannel import Backchannel, Caller, current_caller
-from toolcrib.router.http_transport import SESSION_GONE, aiohttp_transport, cannot_connect, connect_reason
+from toolcrib.router.http_transport import SESSION_GONE, aiohttp_transport
 from toolcrib.router.listing import Listing, fetch_listing
 from toolcrib.router.stdio_env import child_environment
 from toolcrib.router.stdio_noise import current_upstream, install
+from toolcrib.router.upstream_state import UpstreamState, describe
 
 log = logging.getLogger("toolcrib.upstream")
 install()
@@ -68,18 +68,6 @@ SecretExpander = Callable[[str], str]
 
 def _identity(value: str) -> str:
     return value
-
-
-@dataclass
-class UpstreamState:
-    """What the operator sees about an upstream (``toolcrib serve`` output, ``/healthz``)."""
-
-    status: str = "starting"  # starting | connected | reconnecting | crash-looping | stopped
-    protocol_version: str | None = None
-    server_name: str | None = None
-    error: str | None = None
-    connects: int = 0
-    crashes: list[float] = field(default_factory=list)
 
 
 class Upstream:
@@ -129,7 +117,7 @@ class Upstream:
                 with self._scope:
                     await self._connect_once()
             except Exception as exc:  # a failing upstream must never take the others down
-                error = _describe(exc, self.cfg.url)
+                error = describe(exc, self.cfg.url)
                 # The same failure again is logged once; a setup problem (missing secret or
                 # command) will not fix itself in seconds, so it is retried at the slowest pace.
                 (log.warning if error != self.state.error else log.debug)("upstream %s: %s", self.name, error)
@@ -424,25 +412,3 @@ class Upstream:
         st = self.state
         detail = f" ({st.error})" if st.error else ""
         return f"{self.name}: server is {st.status}{detail}; check `toolcrib serve` output and retry"
-
-
-def _describe(exc: BaseException, url: str | None = None) -> str:
-    """One line for the operator; an unreachable URL reads ``cannot connect to URL (reason)``."""
-    reason = connect_reason(exc) if url is not None else None
-    if reason is not None and url is not None:
-        return cannot_connect(url, reason)
-    if isinstance(exc, ToolcribError):
-        return exc.message
-    if isinstance(exc, TimeoutError):
-        return "did not finish connecting within connect_timeout"
-    if isinstance(exc, FileNotFoundError):
-        return f"command not found: {exc.filename}"
-    if isinstance(exc, BaseExceptionGroup):
-        inner = exc.exceptions[0] if exc.exceptions else exc
-        return _describe(inner, url)
-    if isinstance(exc, MCPError) and exc.error.code == types.CONNECTION_CLOSED:
-        return exc.error.message
-    if isinstance(exc, MCPError):
-        return f"protocol error: {exc.error.message}"
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:300]
