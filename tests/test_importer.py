@@ -314,7 +314,8 @@ def test_import_codex_toml(tmp_path: Path, filename: str, capsys: pytest.Capture
     assert (figma["connect_timeout"], figma["exclude"]) == (5, ["delete"])
     assert off["enabled"] is False
     assert "sk-abcdefghijklmnop" not in text
-    assert "$FIGMA_OAUTH_TOKEN (bearer_token_env_var)" in err and "TOOLCRIB_SECRET_FIGMA_FIGMA_OAUTH_TOKEN" in err
+    assert "$FIGMA_OAUTH_TOKEN (bearer_token_env_var)" in err
+    assert 'export TOOLCRIB_SECRET_FIGMA_FIGMA_OAUTH_TOKEN="$FIGMA_OAUTH_TOKEN"' in err
 
 
 def test_import_codex_toml_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,6 +8,7 @@ equivalent, a unit converted, a variable expanded) is a ``note``. No entry holds
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from toolcrib.gateway.trust.secrets import env_var_name
@@ -21,8 +22,11 @@ class MovedSecret:
     origin: str  # "a literal", "VS Code input 'x'", "$GITHUB_TOKEN", ...
 
     def how(self) -> str:
+        """How to store it; a secret the client read from ``$VAR`` maps to ``TOOLCRIB_SECRET_NS_NAME="$VAR"``."""
         ns_name = self.ref.split(":", 1)[1]
-        return f"`toolcrib creds set {ns_name.replace('/', ' ')}` or export {env_var_name(self.ref)}"
+        from_env = re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)", self.origin)
+        value = f'="${from_env.group(1)}"' if from_env else ""
+        return f"`toolcrib creds set {ns_name.replace('/', ' ')}` or export {env_var_name(self.ref)}{value}"
 
 
 @dataclass
