@@ -1,5 +1,9 @@
 """Finding secrets and client-side variables in one server's strings, and turning them into references.
 
+Variable syntaxes: VS Code's ``mcp.json`` (``${input:ID}``, ``${env:X}``, ``${workspaceFolder}``; see
+https://code.visualstudio.com/docs/reference/variables-reference) and Claude Code's ``.mcp.json``
+(``${X}``, ``${X:-default}``; "Environment variable expansion in .mcp.json" in the Claude Code MCP docs).
+
 Rules (each replacement is reported; see :mod:`toolcrib.client_import.report`):
 
 * ``${input:ID}`` (VS Code prompts) -> ``secret:SERVER/ID``.
