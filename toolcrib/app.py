@@ -280,7 +280,8 @@ async def _start_http(
         raise bind_error(config.gateway.host, config.gateway.port, exc) from None
     port = _bound_port(runner, config.gateway.port)
     host = config.gateway.host if ":" not in config.gateway.host else f"[{config.gateway.host}]"
-    base["url"] = f"http://{host}:{port}"
+    local = f"http://{host}:{port}"
+    base["url"] = config.gateway.public_url or local  # what challenges and RFC 9728 metadata advertise
     tg.start_soon(transport.table.reap)
 
     async def shutdown() -> None:
@@ -294,7 +295,7 @@ async def _start_http(
 
     stack.push_async_callback(shutdown)
     tg.start_soon(_audit_upkeep, parts.audit, config.audit.retention_days)
-    return Running(config, parts, transport, f"{base['url']}/mcp", port)
+    return Running(config, parts, transport, f"{local}/mcp", port)
 
 
 async def _sync(reindexer: Reindexer | None, servers: set[str]) -> None:

@@ -59,6 +59,20 @@ class GatewayConfig(_Model):
     """Seconds an idle keep-alive connection stays open."""
     loaded_tools_max: Annotated[int, Field(ge=0, le=200)] = 20
     """Dispatcher mode: how many tools ``search_tools`` may load into one session's ``tools/list``."""
+    public_url: str | None = None
+    """The origin clients use to reach this gateway when it sits behind a TLS proxy
+    (``https://mcp.example.com``): the RFC 9728 ``resource_metadata`` URL in 401/403 challenges and the
+    metadata's ``resource`` default are built on it. Unset: ``http://HOST:PORT`` of the bind address."""
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        m = re.fullmatch(r"(https?)://([^/?#@\s]+)/?", value.strip())
+        if m is None:
+            raise ValueError("public_url must be an origin such as https://mcp.example.com (no path, query or user)")
+        return f"{m.group(1)}://{m.group(2)}"
 
 
 class IndexConfig(_Model):
