@@ -9,7 +9,7 @@ from typing import TextIO
 
 import anyio
 
-from toolcrib.app import build, check_bind, running_gateway
+from toolcrib.app import Running, build, check_bind, running_gateway
 from toolcrib.config import Config, load_config
 from toolcrib.errors import ToolcribError
 from toolcrib.gateway.edge.stdio import serve_stdio
@@ -35,33 +35,45 @@ def describe_upstreams(pool: Pool, trust: Trust | None = None) -> list[str]:
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-"""Each drains in-flight calls and stops. SIGHUP reloads the policy (see :func:`reload_policy`); when
-``serve`` has no config file to read again it stops like these."""
-_SECTIONS = ("gateway", "index", "audit", "auth", "secrets", "servers")
+"""Each drains in-flight calls and stops. SIGHUP reloads the servers and the policy (see
+:func:`reload_config`); when ``serve`` has no config file to read again it stops like these."""
+_SECTIONS = ("gateway", "index", "audit", "auth", "secrets")
 
 
-def reload_policy(trust: Trust, running: Config, path: Path) -> str:
-    """Read ``path`` again and apply its ``[[policy.rules]]`` and ``[policy] default`` to ``trust``
-    (effective from the next call and listing; sessions stay open). Other changes are not applied:
-    the returned one-line report names them ("restart to apply"). Raises :class:`ConfigError` (and
-    changes nothing) when the file no longer validates."""
+async def reload_config(trust: Trust, pool: Pool, running: Config, path: Path) -> tuple[str, Config]:
+    """Read ``path`` again and apply, without dropping a session: its ``[servers]`` to ``pool``
+    (:meth:`Pool.reconfigure`: removed stopped, added started, changed restarted, unchanged untouched;
+    pins and quarantine follow) and its ``[[policy.rules]]`` and ``[policy] default`` to ``trust``
+    (effective from the next call and listing). Other changes are not applied: the returned one-line
+    report names them ("not applied until restart"). Returns ``(report, the config now running)``.
+    Raises :class:`ConfigError` (and changes nothing) when the file no longer validates."""
     new, _ = load_config(path)
     check_bind(new)
     trust.rules = new.policy.rules
     trust.default = policy.effective_default(new.policy, running.gateway)
+    servers = await pool.reconfigure(new)
+    trust.refresh()
     pending = [name for name in _SECTIONS if getattr(new, name) != getattr(running, name)]
     kept = {"rules", "default"}
     if new.policy.model_dump(exclude=kept) != running.policy.model_dump(exclude=kept):
         pending.append("policy (other than rules and default)")
-    report = f"reloaded policy from {path}: {len(new.policy.rules)} rules, default {trust.default}"
+    applied = running.model_copy(
+        update={
+            "servers": new.servers,
+            "policy": running.policy.model_copy(update={"rules": new.policy.rules, "default": new.policy.default}),
+        }
+    )
+    rules = f"{len(new.policy.rules)} rules, default {trust.default}"
+    report = f"reloaded policy ({rules}) and {servers.describe()} from {path}"
     if pending:
         report += f"; not applied until restart: {', '.join(pending)}"
-    return report
+    return report, applied
 
 
 async def serve(config: Config, *, out: TextIO = sys.stderr, config_path: Path | None = None) -> None:
     """``toolcrib serve``: run until SIGTERM or SIGINT, then drain and shut down gracefully. SIGHUP
-    reloads the policy from ``config_path`` (:func:`reload_policy`); without one it stops too.
+    reloads the servers and the policy from ``config_path`` (:func:`reload_config`); without one it
+    stops too.
 
     A stop signal during start-up (upstreams connecting, the index building) aborts it: children are
     stopped, state files are closed, and :class:`StartupInterrupted` is raised (the CLI exits 130).
@@ -69,16 +81,22 @@ async def serve(config: Config, *, out: TextIO = sys.stderr, config_path: Path |
     """
     stopping = anyio.Event()
     reload_wanted = anyio.Event()
-    trust: list[Trust] = []
+    live: list[Running] = []
+    current = [config]
     received: list[int] = []
 
-    def reload() -> None:
-        if not trust or config_path is None:
+    async def reload() -> None:
+        if not live or config_path is None:
             return
+        rt = live[0]
         try:
-            print(f"toolcrib: SIGHUP: {reload_policy(trust[0], config, config_path)}", file=out)
+            report, current[0] = await reload_config(rt.parts.trust, rt.pool, current[0], config_path)
+            print(f"toolcrib: SIGHUP: {report}", file=out)
         except ToolcribError as exc:
-            print(f"toolcrib: SIGHUP: reload failed, the running policy is kept: {exc.message}", file=out)
+            print(
+                f"toolcrib: SIGHUP: reload failed, the running policy is kept and so are the servers: {exc.message}",
+                file=out,
+            )
         out.flush()
 
     with anyio.open_signal_receiver(*STOP_SIGNALS, signal.SIGHUP) as signals:
@@ -88,7 +106,7 @@ async def serve(config: Config, *, out: TextIO = sys.stderr, config_path: Path |
                 async for signum in signals:
                     if signum == signal.SIGHUP and config_path is not None:
                         reload_wanted.set()
-                        reload()
+                        await reload()
                         continue
                     received.append(signum)
                     stopping.set()
@@ -99,9 +117,9 @@ async def serve(config: Config, *, out: TextIO = sys.stderr, config_path: Path |
                 print(f"toolcrib {config.gateway.mode} mode: connect clients to {rt.url}", file=out)
                 for line in describe_upstreams(rt.pool, rt.parts.trust):
                     print(line, file=out)
-                trust.append(rt.parts.trust)
+                live.append(rt)
                 if reload_wanted.is_set():
-                    reload()
+                    await reload()
                 out.flush()
                 await stopping.wait()
                 name = signal.Signals(received[0]).name if received else "signal"

@@ -117,7 +117,7 @@ cwd = "{ROOT}"
             proc.send_signal(signal.SIGHUP)
             report = line_with("SIGHUP")
             assert "reloaded policy" in report and "0 rules" in report
-            assert "not applied until restart: servers" in report
+            assert "~echo (restarted)" in report and "not applied until restart" not in report
             assert "echo__echo" in {t.name for t in (await c.list_tools()).tools}
             allowed = await c.call_tool("echo__echo", {"text": "x"})  # same session, new policy
             assert not allowed.is_error

@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from toolcrib.config import Config
 from toolcrib.errors import ToolNotFound, UpstreamUnavailable
@@ -28,6 +30,24 @@ Listener = Callable[[str, str], Awaitable[None]]
 prompts_changed, resource_updated:URI."""
 
 
+@dataclass(frozen=True)
+class ReloadReport:
+    """What :meth:`Pool.reconfigure` did: server names (sorted) per kind of change."""
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """``servers: +a, -b, ~c (restarted), N unchanged`` or ``servers unchanged``."""
+        parts = [f"+{n}" for n in self.added] + [f"-{n}" for n in self.removed]
+        parts += [f"~{n} (restarted)" for n in self.changed]
+        if not parts:
+            return "servers unchanged"
+        return f"servers: {', '.join(parts)}, {len(self.unchanged)} unchanged"
+
+
 class Pool:
     """All upstreams and the aggregated catalog."""
 
@@ -38,12 +58,15 @@ class Pool:
         listed tool, prompt, resource and template before clients can see it."""
         self.config = config
         self._scrub = scrub
-        self.upstreams: dict[str, Upstream] = {
-            name: Upstream(name, cfg, expand_secret=expand_secret, on_change=self._changed)
-            for name, cfg in config.enabled_servers.items()
-        }
+        self._expand = expand_secret
+        self.upstreams: dict[str, Upstream] = {name: self._new(name) for name in config.enabled_servers}
         self.catalog = Catalog(config.gateway.separator, config.gateway.keep_names)
         self._listeners: list[Listener] = []
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._reconfiguring = anyio.Lock()
+
+    def _new(self, name: str) -> Upstream:
+        return Upstream(name, self.config.servers[name], expand_secret=self._expand, on_change=self._changed)
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -56,6 +79,7 @@ class Pool:
         yielding; upstreams that are not ready keep connecting in the background.
         """
         async with anyio.create_task_group() as tg:
+            self._tg = tg
             for up in self.upstreams.values():
                 tg.start_soon(up.run, name=f"upstream:{up.name}")
             if wait > 0:
@@ -65,6 +89,7 @@ class Pool:
             try:
                 yield self
             finally:
+                self._tg = None
                 with anyio.CancelScope(shield=True):
                     for up in self.upstreams.values():
                         await up.stop()
@@ -72,14 +97,66 @@ class Pool:
                         for up in self.upstreams.values():
                             await up.finished.wait()
 
+    async def reconfigure(
+        self, config: Config, *, stop_timeout: float = 10.0, ready_timeout: float = 10.0
+    ) -> ReloadReport:
+        """Apply ``config``'s ``[servers]`` to the running pool without touching unchanged upstreams.
+
+        A removed server's upstream is stopped (child terminated) and its tools, prompts and
+        resources leave the catalog; an added one is started and joins when it connects; a changed
+        one (any field of its table, or enabled toggled) is stopped and started again with the new
+        settings. Listeners hear ``tools_changed``, ``resources_changed`` and ``prompts_changed`` for
+        each server that left (so clients get ``list_changed`` and the index drops its tools) and
+        ``connected`` when a new upstream connects. Only ``[servers]`` is taken from ``config``; the
+        pool keeps its ``[gateway]`` naming settings. Waits up to ``stop_timeout`` seconds per
+        stopped upstream, then up to ``ready_timeout`` seconds for the started ones' first attempt
+        (one still connecting joins later). Raises :class:`RuntimeError` when the pool is not running."""
+        async with self._reconfiguring:
+            if self._tg is None:
+                raise RuntimeError("the pool is not running")
+            old, new = self.config.enabled_servers, config.enabled_servers
+            report = ReloadReport(
+                added=sorted(new.keys() - old.keys()),
+                removed=sorted(old.keys() - new.keys()),
+                changed=sorted(n for n in old.keys() & new.keys() if old[n] != new[n]),
+                unchanged=sorted(n for n in old.keys() & new.keys() if old[n] == new[n]),
+            )
+            self.config = self.config.model_copy(update={"servers": config.servers})
+            gone = [self.upstreams.pop(name) for name in report.removed + report.changed]
+            for up in gone:
+                await up.stop()
+            with anyio.move_on_after(stop_timeout * max(1, len(gone))):
+                for up in gone:
+                    await up.finished.wait()
+            if gone:
+                self.rebuild()
+                for up in gone:
+                    for what in ("tools_changed", "resources_changed", "prompts_changed"):
+                        await self._tell(up.name, what)
+            started = [self._new(name) for name in report.added + report.changed]
+            for up in started:
+                self.upstreams[up.name] = up
+                self._tg.start_soon(up.run, name=f"upstream:{up.name}")
+            if started:
+                async with anyio.create_task_group() as waiters:
+                    for up in started:
+                        waiters.start_soon(up.wait_ready, ready_timeout)
+                self.rebuild()
+            return report
+
     async def _changed(self, upstream: Upstream, what: str) -> None:
+        if self.upstreams.get(upstream.name) is not upstream:
+            return  # an upstream removed or replaced by reconfigure(): its last words are stale
         if not what.startswith("resource_updated:"):
             self.rebuild()
+        await self._tell(upstream.name, what)
+
+    async def _tell(self, server: str, what: str) -> None:
         for listener in list(self._listeners):
             try:
-                await listener(upstream.name, what)
+                await listener(server, what)
             except Exception:
-                log.exception("listener failed on %s %s", upstream.name, what)
+                log.exception("listener failed on %s %s", server, what)
 
     async def wait_ready(self, timeout: float) -> None:
         """Wait until every upstream has connected once, or ``timeout`` seconds."""
