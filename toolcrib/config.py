@@ -74,6 +74,15 @@ class GatewayConfig(_Model):
             raise ValueError("public_url must be an origin such as https://mcp.example.com (no path, query or user)")
         return f"{m.group(1)}://{m.group(2)}"
 
+    @model_validator(mode="after")
+    def _public_needs_auth(self) -> GatewayConfig:
+        if self.public_url is not None and self.auth == "none":
+            raise ValueError(
+                "public_url means remote clients reach toolcrib through a proxy, whose loopback peer address would "
+                'make every caller the local operator: set auth = "oauth" (or "keys", "keys+oauth")'
+            )
+        return self
+
 
 class IndexConfig(_Model):
     """``[index]``: the tool-description index behind ``search_tools``."""

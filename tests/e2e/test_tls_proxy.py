@@ -321,7 +321,7 @@ async def test_sse_streams_through_the_proxy(behind_tls: tuple[Running, Proxy], 
     ],
 )
 async def test_public_url_is_an_origin(given: str, stored: str) -> None:
-    assert make_config({}, public_url=given).gateway.public_url == stored
+    assert make_config({}, public_url=given, auth="oauth").gateway.public_url == stored
 
 
 @pytest.mark.parametrize(
@@ -329,4 +329,10 @@ async def test_public_url_is_an_origin(given: str, stored: str) -> None:
 )
 async def test_public_url_refuses_anything_but_an_origin(bad: str) -> None:
     with pytest.raises(Exception, match="public_url must be an origin"):
-        make_config({}, public_url=bad)
+        make_config({}, public_url=bad, auth="oauth")
+
+
+async def test_public_url_without_auth_is_refused() -> None:
+    # behind a proxy every peer is 127.0.0.1: with auth = "none" the whole internet would be the local operator
+    with pytest.raises(Exception, match='set auth = "oauth"'):
+        make_config({}, public_url="https://mcp.example.com")
