@@ -380,13 +380,83 @@ def test_import_env_variables_in_both_syntaxes(
     assert "${command:pickFolder} has no toolcrib equivalent; kept, edit it by hand" in err
 
 
-def test_import_unconvertible_server_is_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+BAD_JSON_SERVERS: dict[str, Any] = {
+    "files": {"url": "ftp://files.example/"},
+    "nothing": {"description": "neither command nor url", "env": {"API_KEY": "sk-live-0123456789abcdef"}},
+    "cmd-list": {"command": ["npx", "-y", "x"]},
+    "args-text": {"command": "npx", "args": "-y x", "env": {"API_KEY": "sk-live-0123456789abcdef"}},
+    "env-list": {"command": "npx", "env": ["A=1"]},
+    "env-object": {"command": "npx", "env": {"DEPTH": {"max": 3}}},
+    "url-number": {"url": 8080},
+    "grpc": {"type": "grpc", "url": "https://g.example/"},
+    "type-list": {"type": ["http"], "url": "https://g.example/"},
+    "headers-null": {"url": "https://h.example/mcp", "headers": {"X-Key": None}},
+    "string": "npx -y x",
+}
+BAD_JSON_REASONS = {
+    "files": "URL has scheme 'ftp', not http:// or https:// (give the server's http(s) MCP endpoint or remove it)",
+    "nothing": 'neither `command` nor `url` (add `"command"` (stdio) or `"url"` (HTTP/SSE), or remove it)',
+    "cmd-list": "`command` is list, not a string (fix the entry",
+    "args-text": "`args` must be an array of strings (fix the entry",
+    "env-list": "`env` must be an object of strings (fix the entry",
+    "env-object": "`env` 'DEPTH' is dict, not a string (fix the entry",
+    "url-number": "`url` is int, not a string (fix the entry",
+    "grpc": "`type` 'grpc' is not stdio, sse or http (set it to one of those, or remove it)",
+    "type-list": "`type` is list, not a string (fix the entry",
+    "headers-null": "`headers` 'X-Key' is NoneType, not a string (fix the entry",
+    "string": "is str, not an object (fix the entry",
+}
+
+
+def test_import_bad_servers_are_skipped_with_a_reason_and_the_rest_imported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ftp://, neither command nor url, wrong types: each one `skipped NAME: reason (what to do)`, the good
+    servers around them imported, and no secret of a skipped server reported or written."""
     src = tmp_path / "mcp.json"
-    src.write_text(json.dumps({"mcpServers": {"ok": {"command": "x"}, "bad": {"url": "ftp://files.example/"}}}))
+    good = {
+        "ok": {"command": "uvx", "args": ["mcp-server-time", "--port", 8080]},
+        "web": {"url": "https://w.example/mcp"},
+    }
+    src.write_text(json.dumps({"mcpServers": {"ok": good["ok"], **BAD_JSON_SERVERS, "web": good["web"]}}))
+    doc, text, err = _import(src, capsys)
+    assert set(doc["servers"]) == {"ok", "web"}
+    assert doc["servers"]["ok"]["args"] == ["mcp-server-time", "--port", "8080"]
+    header = text.split("\n\n", 1)[0]
+    for name, reason in BAD_JSON_REASONS.items():
+        assert f"skipped {name!r}: {reason}" in err, name
+        assert f"# skipped {name!r}: {reason}" in header, name
+    assert err.count("skipped '") == len(BAD_JSON_SERVERS) and "2 converted" in err
+    assert "sk-live" not in text + err and "\nmoved " not in err
+
+
+def test_import_bad_codex_tables_are_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "config.toml"
+    src.write_text(
+        'model = "o4"\n[mcp_servers.good]\ncommand = "npx"\n'
+        '[mcp_servers.files]\nurl = "ftp://files.example/"\n'
+        "[mcp_servers.empty]\nstartup_timeout_sec = 5\n"
+        '[mcp_servers.args]\ncommand = "npx"\nargs = "-y x"\n'
+        '[mcp_servers.vars]\ncommand = "npx"\nenv_vars = "TOKEN"\n'
+        '[mcp_servers.bearer]\nurl = "https://b.example/mcp"\nbearer_token_env_var = 7\n'
+    )
+    doc, _text, err = _import(src, capsys)
+    assert set(doc["servers"]) == {"good"}
+    assert "skipped 'files': URL has scheme 'ftp'" in err
+    assert "skipped 'empty': neither `command` nor `url` (add `command` (stdio) or `url` (HTTP/SSE)" in err
+    assert "skipped 'args': `args` must be an array of strings (" in err
+    assert "skipped 'vars': `env_vars` must be an array of strings (" in err
+    assert "skipped 'bearer': `bearer_token_env_var` is int, not a string (" in err
+    assert "\nmoved " not in err  # the skipped servers' references are not reported
+
+
+def test_import_nothing_importable_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "mcp.json"
+    src.write_text(json.dumps({"mcpServers": BAD_JSON_SERVERS}))
     assert main(["import", str(src), "-o", str(tmp_path / "out.toml")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1
-    assert "server 'bad' cannot be converted (`url` must start with http:// or https://)" in err
+    assert err.count("\n") == 1 and "no server could be imported" in err and "nothing written" in err
+    assert "'files': URL has scheme 'ftp'" in err and f"and {len(BAD_JSON_SERVERS) - 3} more" in err
     assert not (tmp_path / "out.toml").exists()
 
 

@@ -162,10 +162,21 @@ CODEX_SPEC = st.fixed_dictionaries(
 NAMES = TEXT | st.sampled_from(["a", "a.b", "a__b", "docs", "-"])
 
 
+WHOLE_FILE_ERRORS = ("no server could be imported", "no [mcp_servers.NAME] tables found", "no `mcpServers`")
+
+
 def _accounted(doc: dict[str, Any], report: Report, total: int) -> None:
+    """Every input server is converted, skipped with ``reason (what to do)``, or a project's duplicate."""
     duplicates = sum(1 for _, text in report.notes if text.endswith("is the same server; imported once"))
     assert len(doc["servers"]) + len(report.skipped) + duplicates == total
     assert len(report.converted) == len(doc["servers"])
+    for raw, why in report.skipped:
+        assert re.fullmatch(r"[^\n]+ \([^\n]+\)", why), (raw, why)
+
+
+def _whole_file_error(exc: ConfigError) -> None:
+    """The only errors left: one line about the whole file, never about one server."""
+    assert "\n" not in str(exc) and any(e in str(exc) for e in WHOLE_FILE_ERRORS), str(exc)
 
 
 @PROPS
@@ -175,11 +186,15 @@ def test_codex_files_convert_or_fail_in_one_line(workdir: Path, servers: dict[st
     src.write_text(tomli_w.dumps({"model": "o4", "mcp_servers": servers}), encoding="utf-8")
     try:
         fmt, data = load(src)
-        doc, report = convert(fmt, data, src)
-        parse_config(tomllib.loads(tomli_w.dumps(doc)), workdir / "toolcrib.toml")
-    except ConfigError as exc:
+    except ConfigError as exc:  # e.g. Infinity, which JSON allows and TOML cannot hold
         assert "\n" not in str(exc)
         return
+    try:
+        doc, report = convert(fmt, data, src)
+    except ConfigError as exc:
+        _whole_file_error(exc)
+        return
+    parse_config(tomllib.loads(tomli_w.dumps(doc)), workdir / "toolcrib.toml")
     _accounted(doc, report, len(servers))
     assert "--api-key=" not in json.dumps(doc).replace("--api-key=secret:", "")
 
@@ -209,9 +224,13 @@ def test_claude_code_files_account_for_every_server(
     total = len(top) + sum(len(s) for s in projects.values())
     try:
         fmt, data = load(src)
-        doc, report = convert(fmt, data, src)
-        parse_config(doc, workdir / "toolcrib.toml")
-    except ConfigError as exc:
+    except ConfigError as exc:  # e.g. Infinity, which JSON allows and TOML cannot hold
         assert "\n" not in str(exc)
         return
+    try:
+        doc, report = convert(fmt, data, src)
+    except ConfigError as exc:
+        _whole_file_error(exc)
+        return
+    parse_config(doc, workdir / "toolcrib.toml")
     _accounted(doc, report, total)

@@ -5,7 +5,11 @@ Inputs: Claude Desktop / Cursor / Claude Code ``mcpServers`` JSON (with Claude C
 ``inputs``, ``envFile``), and Codex ``config.toml`` ``[mcp_servers.NAME]`` tables. The TOML never holds a
 secret: literals and client-side variables become ``secret:SERVER/NAME`` references. The report (on
 stderr, and as comments at the top of the TOML) lists every server converted, secret moved, server
-renamed or skipped, and every note. Errors are :class:`ConfigError` with one line.
+renamed or skipped, and every note. One bad server never loses the others: a server that cannot be
+converted (websocket or non-http(s) URL, neither ``command`` nor ``url``, a field of the wrong type, an
+entry toolcrib's config rejects) is listed as ``skipped NAME: reason (what to do)`` and the rest are
+imported. Errors are :class:`ConfigError` with one line: an unreadable file, no servers in it, or no
+server that could be imported.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pydantic import ValidationError
 from toolcrib.client_import.read import Format, load
 from toolcrib.client_import.report import Report
 from toolcrib.client_import.scan import ServerScan, looks_secret
-from toolcrib.client_import.servers import Skip, convert_codex, convert_json, vscode_inputs
+from toolcrib.client_import.servers import FIX_ENTRY, Skip, convert_codex, convert_json, vscode_inputs
 from toolcrib.config import SERVER_NAME_RE, ServerConfig, parse_config
 from toolcrib.errors import ConfigError
 
@@ -67,17 +71,15 @@ def _entries(fmt: Format, data: dict[str, Any], source: str) -> list[tuple[str, 
     return found
 
 
-def _validate(entry: dict[str, Any], raw: str, source: str) -> None:
-    """Raise a one-line :class:`ConfigError` naming the client's server when its entry is not a valid server."""
+def _validate(entry: dict[str, Any]) -> None:
+    """Raise :class:`Skip` (one line) when the converted entry is not a valid ``[servers.NAME]`` table."""
     try:
         ServerConfig.model_validate(entry)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         msg = str(first["msg"]).removeprefix("Value error, ").replace("\n", " ")
-        raise ConfigError(
-            f"{source}: server {raw!r} cannot be converted ({where + ': ' if where else ''}{msg}); fix or remove it"
-        ) from None
+        raise Skip(f"not a valid server: {where + ': ' if where else ''}{msg}", FIX_ENTRY) from None
 
 
 def _workspace(path: Path) -> Path:
@@ -97,7 +99,8 @@ def convert(fmt: Format, data: dict[str, Any], path: Path) -> tuple[dict[str, An
     for raw, spec, project in _entries(fmt, data, source):
         label = f"{raw!r}" + (f" of project {project!r}" if project else "")
         if not isinstance(spec, dict):
-            raise ConfigError(f"{source}: server {raw!r} is not an object; fix the file")
+            report.skipped.append((label, f"is {type(spec).__name__}, not an object ({FIX_ENTRY})"))
+            continue
         if project and (raw, repr(spec)) in seen:
             report.note(seen[raw, repr(spec)], f"{label} is the same server; imported once")
             continue
@@ -112,16 +115,12 @@ def convert(fmt: Format, data: dict[str, Any], path: Path) -> tuple[dict[str, An
         scan = ServerScan(name, report, workspace, inputs)
         mark = (len(report.secrets), len(report.notes))
         try:
-            entry, kind = (
-                convert_codex(spec, raw, scan, source)
-                if fmt == "codex"
-                else convert_json(spec, raw, scan, source, workspace)
-            )
-        except Skip as exc:
+            entry, kind = convert_codex(spec, scan) if fmt == "codex" else convert_json(spec, scan, workspace)
+            _validate(entry)
+        except Skip as exc:  # one bad server never loses the others
             del report.secrets[mark[0] :], report.notes[mark[1] :]
             report.skipped.append((label, str(exc)))
             continue
-        _validate(entry, raw, source)
         taken.add(name)
         seen[raw, repr(spec)] = name
         if why:
@@ -130,7 +129,10 @@ def convert(fmt: Format, data: dict[str, Any], path: Path) -> tuple[dict[str, An
         report.converted.append((name, kind + (f", from project {project!r}" if project else "")))
     if not out["servers"]:
         reasons = "; ".join(f"{raw}: {why}" for raw, why in report.skipped[:3])
-        raise ConfigError(f"{source}: no server could be imported ({reasons}); nothing written")
+        more = f"; and {len(report.skipped) - 3} more" if len(report.skipped) > 3 else ""
+        raise ConfigError(
+            _CONTROL.sub("?", f"{source}: no server could be imported ({reasons}{more}); nothing written")
+        )
     return out, report
 
 

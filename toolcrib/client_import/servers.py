@@ -18,11 +18,17 @@ from typing import Any
 
 from toolcrib.client_import.read import read_dotenv
 from toolcrib.client_import.scan import ServerScan, ref_name
-from toolcrib.errors import ConfigError
 
 
 class Skip(Exception):
-    """A server toolcrib cannot run (e.g. a websocket transport): skipped and reported, never fatal."""
+    """A server that cannot be converted: skipped and reported as ``reason (what to do)``, never fatal.
+
+    Raised for a transport toolcrib does not speak (websocket, a URL that is not http(s)), an entry with
+    neither ``command`` nor ``url``, and a field of the wrong type. ``str(exc)`` is one line.
+    """
+
+    def __init__(self, reason: str, todo: str) -> None:
+        super().__init__(f"{reason} ({todo})")
 
 
 _WS_TYPES = {"ws", "websocket", "websockets"}
@@ -34,14 +40,37 @@ _JSON_FIELDS = {
 }  # fmt: skip
 
 
-def _fail(source: str, raw: str, what: str) -> ConfigError:
-    return ConfigError(f"{source}: server {raw!r}: {what}; fix the file")
+FIX_ENTRY = "fix the entry in the client's file and import again"
+_WS_TODO = "toolcrib speaks stdio, Streamable HTTP and SSE only; use the server's HTTP endpoint or a stdio bridge"
 
 
-def _str_map(spec: dict[str, Any], key: str, source: str, raw: str) -> dict[str, str]:
+def _scalar(value: Any) -> bool:
+    """A value a client passes on as text: a string, or a number (``"--port", 8080``)."""
+    return isinstance(value, str) or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def _text(spec: dict[str, Any], key: str) -> str:
+    """``spec[key]`` as a string; raise :class:`Skip` when it is not a string."""
+    value = spec[key]
+    if not isinstance(value, str):
+        raise Skip(f"`{key}` is {type(value).__name__}, not a string", FIX_ENTRY)
+    return value
+
+
+def _str_list(spec: dict[str, Any], key: str) -> list[str]:
+    value = spec.get(key) or []
+    if not isinstance(value, list) or not all(_scalar(v) for v in value):
+        raise Skip(f"`{key}` must be an array of strings", FIX_ENTRY)
+    return [str(v) for v in value]
+
+
+def _str_map(spec: dict[str, Any], key: str) -> dict[str, str]:
     value = spec.get(key) or {}
     if not isinstance(value, dict):
-        raise _fail(source, raw, f"`{key}` must be an object")
+        raise Skip(f"`{key}` must be an object of strings", FIX_ENTRY)
+    for k, v in value.items():
+        if not _scalar(v):
+            raise Skip(f"`{key}` {str(k)[:40]!r} is {type(v).__name__}, not a string", FIX_ENTRY)
     return {str(k): str(v) for k, v in value.items()}
 
 
@@ -65,9 +94,12 @@ def _json_timeout(entry: dict[str, Any], value: Any, scan: ServerScan) -> None:
 
 
 def _remote(entry: dict[str, Any], url: str, kind: str, scan: ServerScan) -> None:
-    scheme = url.split(":", 1)[0].lower()
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if kind in _WS_TYPES or scheme in ("ws", "wss"):
-        raise Skip("a websocket server; toolcrib speaks stdio, Streamable HTTP and SSE only")
+        raise Skip("a websocket server", _WS_TODO)
+    if scheme not in ("http", "https"):
+        shown = f"scheme {scheme!r}" if scheme else "no scheme"
+        raise Skip(f"URL has {shown}, not http:// or https://", "give the server's http(s) MCP endpoint or remove it")
     entry["url"] = scan.url_secrets(scan.variables(url, "url", secret_context=False)[0], "url")
     path = url.split("?", 1)[0].split("#", 1)[0].rstrip("/")
     if kind == "sse":
@@ -77,36 +109,35 @@ def _remote(entry: dict[str, Any], url: str, kind: str, scan: ServerScan) -> Non
         scan.report.note(scan.server, 'URL ends in /sse: imported as legacy SSE (transport = "sse")')
 
 
-def convert_json(
-    spec: dict[str, Any], raw: str, scan: ServerScan, source: str, workspace: Path
-) -> tuple[dict[str, Any], str]:
-    """``(entry, kind)`` for a JSON client's server; raise :class:`Skip` or :class:`ConfigError`."""
+def convert_json(spec: dict[str, Any], scan: ServerScan, workspace: Path) -> tuple[dict[str, Any], str]:
+    """``(entry, kind)`` for a JSON client's server; raise :class:`Skip` when it cannot be converted."""
     entry: dict[str, Any] = {}
-    kind = str(spec.get("type", spec.get("transport", ""))).lower().replace(" ", "")
-    url = spec.get("url", spec.get("serverUrl", spec.get("httpUrl")))
+    type_key = "type" if "type" in spec else "transport"
+    kind = _text(spec, type_key).lower().replace(" ", "") if type_key in spec else ""
+    url_key = next((k for k in ("url", "serverUrl", "httpUrl") if k in spec), "")
     if kind in _WS_TYPES:
-        raise Skip(f"type {kind!r} is a websocket transport; toolcrib speaks stdio, Streamable HTTP and SSE only")
+        raise Skip(f"`{type_key}` {kind!r} is a websocket transport", _WS_TODO)
+    if kind not in {"", "stdio", "sse", *_HTTP_TYPES}:
+        raise Skip(f"`{type_key}` {kind[:40]!r} is not stdio, sse or http", "set it to one of those, or remove it")
     if "command" in spec:
-        entry["command"] = scan.variables(str(spec["command"]), "command", secret_context=False)[0]
-        args = spec.get("args") or []
-        if not isinstance(args, list):
-            raise _fail(source, raw, "`args` must be an array of strings")
+        entry["command"] = scan.variables(_text(spec, "command"), "command", secret_context=False)[0]
+        args = _str_list(spec, "args")
         env = _env_file(spec, scan, workspace)
-        env.update(scan.table(_str_map(spec, "env", source, raw), "env"))
+        env.update(scan.table(_str_map(spec, "env"), "env"))
         scan.own_env = env
         if args:
-            entry["args"] = scan.args([str(a) for a in args])
+            entry["args"] = scan.args(args)
         if spec.get("cwd"):
-            entry["cwd"] = scan.variables(str(spec["cwd"]), "cwd", secret_context=False)[0]
+            entry["cwd"] = scan.variables(_text(spec, "cwd"), "cwd", secret_context=False)[0]
         if env:
             entry["env"] = env
-    elif url is not None:
-        _remote(entry, str(url), kind, scan)
-        headers = scan.table(_str_map(spec, "headers", source, raw), "headers")
+    elif url_key:
+        _remote(entry, _text(spec, url_key), kind, scan)
+        headers = scan.table(_str_map(spec, "headers"), "headers")
         if headers:
             entry["headers"] = headers
     else:
-        raise _fail(source, raw, "neither `command` nor `url`")
+        raise Skip("neither `command` nor `url`", 'add `"command"` (stdio) or `"url"` (HTTP/SSE), or remove it')
     if spec.get("disabled") is True or spec.get("enabled") is False:
         entry["enabled"] = False
     if "timeout" in spec:
@@ -126,7 +157,7 @@ def convert_json(
 def _env_file(spec: dict[str, Any], scan: ServerScan, workspace: Path) -> dict[str, str]:
     if not spec.get("envFile"):
         return {}
-    name = scan.variables(str(spec["envFile"]), "envFile", secret_context=False)[0]
+    name = scan.variables(_text(spec, "envFile"), "envFile", secret_context=False)[0]
     path = Path(name).expanduser()
     path = path if path.is_absolute() else workspace / path
     try:
@@ -141,38 +172,33 @@ def _env_file(spec: dict[str, Any], scan: ServerScan, workspace: Path) -> dict[s
     }
 
 
-def convert_codex(spec: dict[str, Any], raw: str, scan: ServerScan, source: str) -> tuple[dict[str, Any], str]:
-    """``(entry, kind)`` for a Codex ``[mcp_servers.NAME]`` table."""
+def convert_codex(spec: dict[str, Any], scan: ServerScan) -> tuple[dict[str, Any], str]:
+    """``(entry, kind)`` for a Codex ``[mcp_servers.NAME]`` table; raise :class:`Skip` when it cannot be converted."""
     entry: dict[str, Any] = {}
     if "command" in spec:
-        entry["command"] = str(spec["command"])
-        args = spec.get("args") or []
-        if not isinstance(args, list):
-            raise _fail(source, raw, "`args` must be an array of strings")
+        entry["command"] = _text(spec, "command")
+        args = _str_list(spec, "args")
         if args:
-            entry["args"] = scan.args([str(a) for a in args])
+            entry["args"] = scan.args(args)
         if spec.get("cwd"):
-            entry["cwd"] = str(spec["cwd"])
-        env = scan.table(_str_map(spec, "env", source, raw), "env")
-        env_vars = spec.get("env_vars") or []
-        if not isinstance(env_vars, list):
-            raise _fail(source, raw, "`env_vars` must be an array of variable names")
-        for var in env_vars:
-            env.setdefault(str(var), _env_ref(scan, str(var), f"env.{var}", "forwarded by Codex"))
+            entry["cwd"] = _text(spec, "cwd")
+        env = scan.table(_str_map(spec, "env"), "env")
+        for var in _str_list(spec, "env_vars"):
+            env.setdefault(var, _env_ref(scan, var, f"env.{var}", "forwarded by Codex"))
         if env:
             entry["env"] = env
     elif "url" in spec:
-        _remote(entry, str(spec["url"]), "", scan)
-        headers = scan.table(_str_map(spec, "http_headers", source, raw), "headers")
-        for header, var in _str_map(spec, "env_http_headers", source, raw).items():
+        _remote(entry, _text(spec, "url"), "", scan)
+        headers = scan.table(_str_map(spec, "http_headers"), "headers")
+        for header, var in _str_map(spec, "env_http_headers").items():
             headers[header] = _env_ref(scan, var, f"headers.{header}", f"Codex header {header!r}")
         if spec.get("bearer_token_env_var"):
-            var = str(spec["bearer_token_env_var"])
+            var = _text(spec, "bearer_token_env_var")
             headers["Authorization"] = "Bearer " + _env_ref(scan, var, "headers.Authorization", "bearer_token_env_var")
         if headers:
             entry["headers"] = headers
     else:
-        raise _fail(source, raw, "neither `command` nor `url`")
+        raise Skip("neither `command` nor `url`", "add `command` (stdio) or `url` (HTTP/SSE), or remove the table")
     if spec.get("enabled") is False:
         entry["enabled"] = False
     for key, target, unit in (
