@@ -105,12 +105,13 @@ class Pool:
         A removed server's upstream is stopped (child terminated) and its tools, prompts and
         resources leave the catalog; an added one is started and joins when it connects; a changed
         one (any field of its table, or enabled toggled) is stopped and started again with the new
-        settings. Listeners hear ``tools_changed``, ``resources_changed`` and ``prompts_changed`` for
-        each server that left (so clients get ``list_changed`` and the index drops its tools) and
-        ``connected`` when a new upstream connects. Only ``[servers]`` is taken from ``config``; the
-        pool keeps its ``[gateway]`` naming settings. Waits up to ``stop_timeout`` seconds per
-        stopped upstream, then up to ``ready_timeout`` seconds for the started ones' first attempt
-        (one still connecting joins later). Raises :class:`RuntimeError` when the pool is not running."""
+        settings (calls in flight to a stopped upstream fail). Listeners hear ``tools_changed``,
+        ``resources_changed`` and ``prompts_changed`` for each server that left (so clients get
+        ``list_changed`` and the index drops its tools) and ``connected`` when a new upstream
+        connects. Only ``[servers]`` is taken from ``config``; the pool keeps its ``[gateway]``
+        naming settings. Waits up to ``stop_timeout`` seconds per stopped upstream, then up to
+        ``ready_timeout`` seconds for the started ones' first attempt (one still connecting joins
+        later). Raises :class:`RuntimeError` when the pool is not running."""
         async with self._reconfiguring:
             if self._tg is None:
                 raise RuntimeError("the pool is not running")
