@@ -69,8 +69,9 @@ class GatewayConfig(_Model):
     def _public_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        m = re.fullmatch(r"(https?)://([^/?#@\s]+)/?", value.strip())
-        if m is None:
+        m = re.fullmatch(r"(https?)://((?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?)/?", value.strip())
+        port = m.group(2).rsplit("]", 1)[-1].rpartition(":")[2] if m else ""
+        if m is None or (port.isdigit() and int(port) > 65535):
             raise ValueError("public_url must be an origin such as https://mcp.example.com (no path, query or user)")
         return f"{m.group(1)}://{m.group(2)}"
 

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import mcp_types as types
@@ -31,13 +32,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from pydantic import ValidationError
 
 from tests.e2e.conftest import make_config, stdio_server
 from tests.gateway import test_auth
 from tests.gateway.test_auth import ISSUER, JwksServer, Keys, sign
 from toolcrib.app import Running, running_gateway
+from toolcrib.config import GatewayConfig
 
 pytestmark = pytest.mark.anyio
 
@@ -325,7 +330,16 @@ async def test_public_url_is_an_origin(given: str, stored: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["mcp.example.com", "ftp://mcp.example.com", "https://mcp.example.com/mcp", "https://u:p@h", "https://h?x=1"]
+    "bad",
+    [
+        "mcp.example.com",
+        "ftp://mcp.example.com",
+        "https://mcp.example.com/mcp",
+        "https://u:p@h",
+        "https://h?x=1",
+        "https://h:70000",
+        "https://:",
+    ],
 )
 async def test_public_url_refuses_anything_but_an_origin(bad: str) -> None:
     with pytest.raises(Exception, match="public_url must be an origin"):
@@ -336,3 +350,29 @@ async def test_public_url_without_auth_is_refused() -> None:
     # behind a proxy every peer is 127.0.0.1: with auth = "none" the whole internet would be the local operator
     with pytest.raises(Exception, match='set auth = "oauth"'):
         make_config({}, public_url="https://mcp.example.com")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=40),
+        st.builds(
+            lambda scheme, host, tail: f"{scheme}://{host}{tail}",
+            st.sampled_from(["http", "https", "ftp", "HTTPS", ""]),
+            st.text(alphabet="abc.-:@[]19/?# ", max_size=20),
+            st.sampled_from(["", "/", "/mcp", "?q", "#f", "//"]),
+        ),
+    )
+)
+def test_public_url_property(value: str) -> None:
+    """Any string is either refused with the one-line message, or stored as an origin that validates to itself."""
+    try:
+        stored = GatewayConfig(public_url=value, auth="oauth").public_url
+    except ValidationError as exc:
+        assert "public_url must be an origin" in str(exc)
+        return
+    assert stored is not None and stored.startswith(("http://", "https://"))
+    parts = urlsplit(stored)
+    assert parts.hostname and parts.path == "" and not parts.query and not parts.fragment and not parts.username
+    assert parts.port is None or 0 <= parts.port <= 65535
+    assert GatewayConfig(public_url=stored, auth="oauth").public_url == stored
