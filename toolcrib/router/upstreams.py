@@ -45,6 +45,7 @@ from toolcrib.errors import SecretError, UpstreamCrashed, UpstreamTimeout, Upstr
 from toolcrib.router.backchannel import Backchannel, Caller, current_caller
 from toolcrib.router.http_transport import SESSION_GONE, aiohttp_transport
 from toolcrib.router.listing import Listing, fetch_listing
+from toolcrib.router.optional_caps import OptionalCaps
 from toolcrib.router.stdio_env import child_environment
 from toolcrib.router.stdio_noise import current_upstream, install
 from toolcrib.router.upstream_state import UpstreamState, describe
@@ -99,6 +100,7 @@ class Upstream:
         self._relisten = anyio.Event()
         self._connected = anyio.Event()
         self._warned: set[str] = set()
+        self._optional = OptionalCaps(name)
         self._lost_at = -math.inf
         self.finished = anyio.Event()
         self.attempted = anyio.Event()
@@ -208,6 +210,7 @@ class Upstream:
         self.state.error = None
         self.state.connects += 1
         self._client = client
+        self._optional.refused.clear()  # a restarted server may have gained them
         self._connected.set()
         self.attempted.set()
         log.info(
@@ -359,8 +362,12 @@ class Upstream:
         """Run ``op`` against the live client under the bulkhead and deadline.
 
         Raises :class:`UpstreamUnavailable`, :class:`UpstreamTimeout` or :class:`UpstreamCrashed`;
-        an :class:`MCPError` from the server itself propagates unchanged.
+        an :class:`MCPError` from the server itself propagates unchanged, except -32601 to an optional
+        kind (completion, subscribe): see :mod:`toolcrib.router.optional_caps`.
         """
+        if self._optional.known_refused(what):
+            answer: T = self._optional.answer(what)
+            return answer
         deadline = self.cfg.timeout
         end = anyio.current_time() + deadline
         try:
@@ -384,6 +391,9 @@ class Upstream:
                 f"raise [servers.{self.name}] timeout if it needs longer"
             ) from None
         except MCPError as exc:
+            if self._optional.refuse(what, exc):
+                degraded: T = self._optional.answer(what)
+                return degraded
             if exc.error.code == types.CONNECTION_CLOSED:
                 self._closed.set()
                 raise UpstreamCrashed(
