@@ -1,8 +1,10 @@
 """The client-config importer (``toolcrib import``): any JSON file becomes a valid config or a ConfigError.
 
-Properties: ``import_client_config`` raises nothing but :class:`ConfigError`; on success the TOML it
-wrote loads, validates as a toolcrib config, keeps every server of the input (renamed if needed,
-none lost to a clash) and holds no literal secret it reported as moved.
+Properties: ``import_client_config`` raises nothing but :class:`ConfigError`, and that only for the whole
+file (no servers, none importable), never for one server; on success the TOML it wrote loads, validates
+as a toolcrib config, accounts for every server of the input (converted, renamed if needed and none lost
+to a clash, or listed in its header as ``# skipped NAME: reason (what to do)``) and holds no literal
+secret it reported as moved.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 import tempfile
 import tomllib
@@ -64,25 +67,55 @@ def check(document: Any) -> None:
         try:
             with contextlib.redirect_stderr(err):
                 import_client_config(source, out, force=True)
-        except ConfigError:
+        except ConfigError as exc:
+            assert "\n" not in str(exc) and any(e in str(exc) for e in WHOLE_FILE_ERRORS), str(exc)
             return
         text = out.read_text(encoding="utf-8")
-        doc = tomllib.loads(text)
-        parse_config(doc, out)
+        parse_config(tomllib.loads(text), out)
         raw = document.get("mcpServers", document.get("servers"))
         if raw is None:
             raw = document["mcp"]["servers"]
-        assert len(doc["servers"]) == len(raw), f"servers lost: {sorted(raw)} -> {sorted(doc['servers'])}"
+        account(raw, text)
         assert err.getvalue().startswith("wrote "), err.getvalue()[:200]
-        for spec_ in raw.values():
-            for field in ("env", "headers"):
+        for spec_ in raw.values():  # converted or skipped, a literal secret is never written
+            for field in ("env", "headers") if isinstance(spec_, dict) else ():
                 table = spec_.get(field)
-                for key, value in table.items() if isinstance(table, dict) else ():
+                table = table if isinstance(table, dict) else {}
+                public = {str(v) for k, v in table.items() if k not in SECRET_KEYS}  # the same text, not secret
+                for key, value in table.items():
                     literal = value.removeprefix("Bearer ") if isinstance(value, str) else ""
-                    if key in SECRET_KEYS and len(literal) >= 12 and not literal.startswith(("secret:", "${")):
+                    if (
+                        key in SECRET_KEYS
+                        and len(literal) >= 12
+                        and not literal.startswith(("secret:", "${"))
+                        and not any(literal in v for v in public)
+                    ):
                         assert literal not in text, f"literal secret of {key} left in the TOML"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+SKIP_LINE = re.compile(r"# skipped .+: [^\n]+ \([^\n]+\)")
+WHOLE_FILE_ERRORS = (  # what is wrong with the file as a whole; a bad server is skipped instead
+    *("no server could be imported", "no `mcpServers`", "expected a JSON object"),
+    *("not valid JSON", "nested too deeply", "TOML cannot store"),
+)
+
+
+def account(raw: dict[Any, Any], text: str) -> None:
+    """Every server in ``raw`` is a ``[servers.X]`` table of ``text`` or a ``# skipped`` header line with a reason."""
+    doc = tomllib.loads(text)
+    header = text.split("\n\n", 1)[0].splitlines()
+    converted = [line for line in header if line.startswith("# converted ")]
+    skipped = [line for line in header if line.startswith("# skipped ")]
+    renamed = "\n".join(line for line in header if line.startswith("# renamed "))
+    assert len(doc["servers"]) == len(converted), f"{len(converted)} reported converted, {len(doc['servers'])} written"
+    assert len(converted) + len(skipped) == len(raw), f"servers lost: {sorted(raw)} -> {sorted(doc['servers'])}"
+    for line in skipped:
+        assert SKIP_LINE.fullmatch(line), f"a skip without `reason (what to do)`: {line}"
+    for name in raw:
+        listed = f"# skipped {name!r}: " in "\n".join(skipped) or f"# renamed {name!r} -> " in renamed
+        assert name in doc["servers"] or listed, f"server {name!r} neither converted nor listed"
 
 
 TARGET = Target("importer", documents, check)
