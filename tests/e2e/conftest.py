@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from toolcrib.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
+TOOLCRIB = str(Path(sys.executable).with_name("toolcrib"))
 
 
 def stdio_server(module: str, *args: str, **extra: Any) -> dict[str, Any]:
@@ -97,3 +99,19 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+@contextmanager
+def serve_process(config: Path, cwd: Path, *flags: str) -> Iterator[subprocess.Popen[str]]:
+    """`toolcrib FLAGS --config CONFIG serve` as a child with stderr piped; killed by its own PID if it
+    is still running at the end, and its pipe closed."""
+    argv = [TOOLCRIB, *flags, "--config", str(config), "serve"]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()

@@ -16,13 +16,12 @@ import mcp_types as types
 import pytest
 from mcp import Client
 
-from tests.e2e.conftest import ROOT, alive, child_pids, make_config, stdio_server
+from tests.e2e.conftest import ROOT, TOOLCRIB, alive, child_pids, make_config, stdio_server
 from toolcrib.app import running_gateway
 from toolcrib.index.embedder import HashingEmbedder
 
 pytestmark = pytest.mark.anyio
 
-TOOLCRIB = str(Path(sys.executable).with_name("toolcrib"))
 ECHO = "tests.servers.echo"
 
 

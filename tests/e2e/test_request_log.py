@@ -20,11 +20,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.e2e.conftest import TOOLCRIB
 from tests.e2e.test_http import INIT, JSON_HEADERS
 
 pytestmark = pytest.mark.anyio
 
-TOOLCRIB = str(Path(sys.executable).with_name("toolcrib"))
 SECRET_ARG = "Europe/Zurich-not-a-secret-but-an-argument"
 
 

@@ -7,8 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +15,10 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
-from tests.e2e.conftest import alive, child_pids
+from tests.e2e.conftest import TOOLCRIB, alive, child_pids, serve_process
 from tests.e2e.test_http import INIT, JSON_HEADERS
 
 pytestmark = pytest.mark.anyio
-
-TOOLCRIB = str(Path(sys.executable).with_name("toolcrib"))
-
-
-@contextmanager
-def _serving(config: Path, cwd: Path) -> Iterator[subprocess.Popen[str]]:
-    """`toolcrib serve` as a child process with stderr piped; killed if still running at the end."""
-    proc = subprocess.Popen([TOOLCRIB, "--config", str(config), "serve"], stderr=subprocess.PIPE, text=True, cwd=cwd)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 def _config(tmp_path: Path, mode: str = "passthrough") -> Path:
@@ -59,7 +41,7 @@ command = "/nonexistent/server-binary"
 
 
 async def test_serve_reports_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    with _serving(_config(tmp_path), tmp_path) as proc:
+    with serve_process(_config(tmp_path), tmp_path) as proc:
         assert proc.stderr is not None
         lines: list[str] = []
         deadline = time.monotonic() + 30
@@ -118,7 +100,7 @@ args = ["-m", "tests.servers.echo"]
 cwd = "{root}"
 """
     )
-    with _serving(cfg, tmp_path) as proc:
+    with serve_process(cfg, tmp_path) as proc:
         assert proc.stderr is not None
         line = ""
         while "connect clients to" not in line:

@@ -15,12 +15,10 @@ import anyio
 import pytest
 from mcp import Client
 
-from tests.e2e.conftest import ROOT, GatewayFactory, alive, child_pids, stdio_server
+from tests.e2e.conftest import ROOT, TOOLCRIB, GatewayFactory, alive, child_pids, serve_process, stdio_server
 from toolcrib.serve import describe_upstreams
 
 pytestmark = pytest.mark.anyio
-
-TOOLCRIB = str(Path(sys.executable).with_name("toolcrib"))
 
 
 def _write(path: Path, port: int, servers: str, extra: str = "") -> Path:
@@ -62,8 +60,7 @@ def test_busy_port_is_one_line_before_anything_starts(tmp_path: Path) -> None:
 
 def test_ctrl_c_during_startup_stops_children_and_exits_130(tmp_path: Path) -> None:
     cfg = _write(tmp_path / "toolcrib.toml", 0, HANG_AT_INIT, f'[audit]\npath = "{tmp_path / "audit.db"}"\n')
-    proc = subprocess.Popen([TOOLCRIB, "--config", str(cfg), "serve"], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    try:
+    with serve_process(cfg, tmp_path) as proc:
 
         def started() -> bool:
             assert proc.poll() is None, f"serve exited early: {proc.stderr.read() if proc.stderr else ''}"
@@ -75,12 +72,6 @@ def test_ctrl_c_during_startup_stops_children_and_exits_130(tmp_path: Path) -> N
         assert proc.wait(timeout=60) == 130
         assert proc.stderr is not None
         err = proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
     assert "interrupted during start-up" in err and "Traceback" not in err
     assert "connect clients to" not in err  # it never listened
     assert not [pid for pid in children if alive(pid)]
@@ -96,8 +87,7 @@ cwd = "{ROOT}"
     deny = '[[policy.rules]]\nid = "no-echo"\ntools = ["echo__echo"]\naction = "deny"\n'
     state = f'[audit]\npath = "{tmp_path / "a.db"}"\n[policy]\npins_path = "{tmp_path / "pins.json"}"\n'
     cfg = _write(tmp_path / "toolcrib.toml", 0, echo, state + deny)
-    proc = subprocess.Popen([TOOLCRIB, "--config", str(cfg), "serve"], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    try:
+    with serve_process(cfg, tmp_path) as proc:
         assert proc.stderr is not None
         err = proc.stderr
 
@@ -129,12 +119,6 @@ cwd = "{ROOT}"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert not [pid for pid in children if alive(pid)]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 def test_stdio_serve_from_another_cwd_keeps_state_next_to_the_config(tmp_path: Path) -> None:
