@@ -27,16 +27,11 @@ from toolcrib.gateway.edge.guard import Guard, access
 from toolcrib.gateway.edge.http import HttpTransport
 from toolcrib.gateway.edge.slowclients import apply_client_timeouts
 from toolcrib.gateway.pipeline import (
-    Layer,
-    Next,
-    Result,
-    UpstreamCall,
     approval_layer,
     audit_layer,
     policy_layer,
     quarantine_layer,
     redact_layer,
-    redact_model,
     validation_layer,
 )
 from toolcrib.gateway.server import Gateway
@@ -106,7 +101,7 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
     """Wire credentials, pool, index, audit, policy, approvals, pins and the dispatch pipeline."""
     store = ChainStore(config.secrets.file)
     redactor = Redactor()
-    pool = Pool(config, expand_secret=expander(store, redactor), scrub=lambda model: redact_model(redactor, model))
+    pool = Pool(config, expand_secret=expander(store, redactor), scrub=redactor.scrub_model)
     install_log_redaction(redactor)
     trust = Trust(config, pool)
 
@@ -128,7 +123,7 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
         audit_layer(writer),
         redact_layer(redactor),
         quarantine_layer(trust.is_quarantined),
-        _live_policy(trust),
+        policy_layer(trust.decide),
         validation_layer(lambda key: e.tool.input_schema if (e := pool.catalog.tools.get(key)) else None),
         approval_layer(approvals, mode=config.policy.approval_mode, timeout=config.policy.approval_timeout),
     ]
@@ -155,16 +150,6 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
     if reindexer is not None:
         _reindex_on_change(pool, reindexer)
     return Parts(pool, gateway, reindexer, audit, writer, approvals, redactor, trust)
-
-
-def _live_policy(trust: Trust) -> Layer:
-    """The policy layer over ``trust.rules`` and ``trust.default`` as they are at each call, so a
-    reload (``toolcrib serve`` on SIGHUP) takes effect on the next call without a restart."""
-
-    async def layer(call: UpstreamCall, nxt: Next) -> Result:
-        return await policy_layer(trust.rules, trust.default)(call, nxt)
-
-    return layer
 
 
 def _reindex_on_change(pool: Pool, reindexer: Reindexer) -> None:

@@ -20,20 +20,19 @@ can read (``isError: true``); every other method gets a JSON-RPC error (:func:`r
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from toolcrib.config import PolicyRule
 from toolcrib.errors import InvalidArguments
 from toolcrib.gateway.audit.log import AuditEvent
 from toolcrib.gateway.audit.writer import AuditWriter
 from toolcrib.gateway.trust.approvals import AsyncApprovals
 from toolcrib.gateway.trust.identity import Principal
-from toolcrib.gateway.trust.policy import Decision, Kind, decide
+from toolcrib.gateway.trust.policy import Decision, Kind
 from toolcrib.gateway.trust.redaction import Redactor
 from toolcrib.router.validation import validate_arguments
 
@@ -216,25 +215,20 @@ def redact_layer(redactor: Redactor) -> Layer:
             ) from None
         if not len(redactor) or result is None:
             return result
-        return redact_model(redactor, result)
+        return redactor.scrub_model(result)
 
     return layer
 
 
-def redact_model(redactor: Redactor, model: Any) -> Any:
-    """``model`` (a pydantic result) with every secret scrubbed; the same object when it holds none."""
-    if not len(redactor):
-        return model
-    data = model.model_dump(by_alias=True, mode="json", exclude_none=True)
-    scrubbed = redactor.scrub_json(data)
-    return model if scrubbed is data or scrubbed == data else type(model).model_validate(scrubbed)
+Decide = Callable[[Principal, str, Mapping[str, Any], Kind], Decision]
+"""``(principal, target, arguments, kind) -> Decision``: the policy in force at the time of the call."""
 
 
-def policy_layer(rules: Sequence[PolicyRule], default: str) -> Layer:
+def policy_layer(decide: Decide) -> Layer:
     """Decide: allow, deny (the caller reads which rule refused), or mark for approval."""
 
     async def layer(call: UpstreamCall, nxt: Next) -> Result:
-        decision = decide(call.principal, call.target, call.arguments, rules, default, kind=call.kind)
+        decision = decide(call.principal, call.target, call.arguments, call.kind)
         call.state.decision = decision
         if decision.action == "deny":
             text = f"{call.target}: denied by policy rule {decision.rule!r}; ask an operator if you need it"

@@ -37,13 +37,6 @@ class Relay:
         self._redactor = redactor
         self._min_level = LOG_LEVELS.index(min_level) if min_level in LOG_LEVELS else 0
 
-    def _scrub(self, params: Any) -> Any:
-        if not len(self._redactor):
-            return params
-        data = params.model_dump(by_alias=True, mode="json", exclude_none=True)
-        scrubbed = self._redactor.scrub_json(data)
-        return params if scrubbed == data else type(params).model_validate(scrubbed)
-
     async def _send(self, request: Any, result_type: Any) -> dict[str, Any]:
         session = self._ctx.session
         if not session.can_send_request:
@@ -54,10 +47,12 @@ class Relay:
         return dumped
 
     async def create_message(self, params: types.CreateMessageRequestParams) -> dict[str, Any]:
-        return await self._send(types.CreateMessageRequest(params=self._scrub(params)), types.CreateMessageResult)
+        return await self._send(
+            types.CreateMessageRequest(params=self._redactor.scrub_model(params)), types.CreateMessageResult
+        )
 
     async def elicit(self, params: types.ElicitRequestParams) -> dict[str, Any]:
-        return await self._send(types.ElicitRequest(params=self._scrub(params)), types.ElicitResult)
+        return await self._send(types.ElicitRequest(params=self._redactor.scrub_model(params)), types.ElicitResult)
 
     async def list_roots(self) -> dict[str, Any]:
         return await self._send(types.ListRootsRequest(), types.ListRootsResult)
@@ -66,7 +61,7 @@ class Relay:
         level = LOG_LEVELS.index(params.level) if params.level in LOG_LEVELS else len(LOG_LEVELS) - 1
         if level < self._min_level:
             return
-        note = types.LoggingMessageNotification(params=self._scrub(params))
+        note = types.LoggingMessageNotification(params=self._redactor.scrub_model(params))
         try:
             await self._ctx.session.send_notification(note, related_request_id=self._ctx.request_id)
         except Exception:

@@ -43,13 +43,19 @@ class Trust:
                 return False
         return policy.allowed(principal, target, self.rules, self.default, kind=kind)
 
+    def decide(
+        self, principal: Principal, target: str, arguments: Mapping[str, Any], kind: policy.Kind = "tool"
+    ) -> policy.Decision:
+        """:func:`policy.decide` over the rules and default in force now (a SIGHUP reload replaces them)."""
+        return policy.decide(principal, target, arguments, self.rules, self.default, kind=kind)
+
     def refusing_rule(
         self, principal: Principal, target: str, arguments: Mapping[str, Any], kind: policy.Kind = "tool"
     ) -> str:
         """The id of what makes ``target`` unreachable for ``principal``: ``quarantine`` or a policy rule id."""
         if kind == "tool" and target in self.quarantined:
             return "quarantine"
-        decision = policy.decide(principal, target, arguments, self.rules, self.default, kind=kind)
+        decision = self.decide(principal, target, arguments, kind)
         if decision.action == "deny":
             return decision.rule
         return next((r.id for r in self.rules if r.action == "deny"), decision.rule)

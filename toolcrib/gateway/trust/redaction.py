@@ -21,9 +21,10 @@ import re
 import threading
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import ahocorasick_rs
+from pydantic import BaseModel
 
 MIN_SECRET_LENGTH = 4
 """Shorter secrets are not registered with the :class:`Redactor`: they would scrub ordinary text."""
@@ -35,6 +36,7 @@ INVISIBLE = re.compile(
 """Every Unicode ``Default_Ignorable_Code_Point`` (DerivedCoreProperties.txt): characters that render
 as nothing, so a secret split by them still reads as the secret; they are skipped when matching."""
 _URLSAFE = str.maketrans("+/", "-_")
+M = TypeVar("M", bound=BaseModel)
 
 
 def secret_forms(secret: str) -> set[str]:
@@ -146,6 +148,15 @@ class Redactor:
             return obj
         text = "\x00".join(_strings(obj))  # the strings as they are, not JSON-escaped a second time
         return self._walk(obj) if self._spans(text) else obj
+
+    def scrub_model(self, model: M) -> M:
+        """A pydantic model (a result, a request's params, a listed tool) with every registered form
+        scrubbed: ``model`` itself when it holds none, else a re-validated scrubbed copy."""
+        if self._automaton is None:
+            return model
+        data = model.model_dump(by_alias=True, mode="json", exclude_none=True)
+        scrubbed = self.scrub_json(data)
+        return model if scrubbed is data else type(model).model_validate(scrubbed)
 
     def _walk(self, obj: Any) -> Any:
         if isinstance(obj, str):
