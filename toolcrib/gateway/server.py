@@ -179,7 +179,7 @@ class Gateway:
         """Record a request for something this principal may not reach (or that does not exist)."""
         if self._on_refused is None:
             return
-        rule = "unknown"
+        rule = reason.replace("_", "-")
         if reason == "hidden":
             rule = self.trust.refusing_rule(call.principal, call.target, call.arguments, call.kind)
         self._on_refused(call, rule, reason)
@@ -240,14 +240,12 @@ class Gateway:
             ctx, info, "tools/call", "tool", name, entry.server if entry else "", entry.name if entry else name,
             arguments=arguments, via=via, tool_hash=entry.hash if entry else None,
         )  # fmt: skip
-        visible = entry is not None and self.may_use(info.principal, name)
-        if via != "invoke" and not self._callable_by_name(info.peer, name):
-            visible = False
-        if not visible:
-            self._unknown(call, "hidden" if entry is not None else "unknown")
+        allowed = entry is not None and self.may_use(info.principal, name)
+        if not allowed or (via != "invoke" and not self._callable_by_name(info.peer, name)):
+            self._unknown(call, "unknown" if entry is None else "hidden" if not allowed else "not_loaded")
             if via == "invoke":
                 return tool_error(f"unknown tool {name!r}; call search_tools to find the exact name")
-            if entry is not None and not info.peer.stateful and self.may_use(info.principal, name):
+            if allowed and not info.peer.stateful:
                 hint = (
                     f'; a stateless client calls a found tool with invoke: {{"tool": "{name}", "arguments": {{...}}}}'
                 )

@@ -2,7 +2,8 @@
 
 - :func:`search_event`: a ``search_tools`` query and the tools it returned;
 - :func:`refused_call_event`: a request for something the principal may not reach, or that does not
-  exist, answered as unknown (``rule`` names what decided: a policy rule id, ``quarantine``, ``unknown``);
+  exist, answered as unknown (``rule`` names what decided: a policy rule id, ``quarantine``,
+  ``unknown``, or ``not-loaded`` for a tool called by name before ``search_tools`` loaded it);
 - :func:`refused_auth_event`: a refused authentication at the guard (no principal; the remote address
   and the reason in ``error``).
 """
@@ -36,6 +37,7 @@ def refused_call_event(call: UpstreamCall, rule: str, reason: str) -> AuditEvent
     why = {
         "hidden": "not reachable for this principal (policy or quarantine); answered as unknown",
         "unknown": "no such target on any upstream",
+        "not_loaded": "callable by name only once search_tools loaded it into this session (or via invoke)",
     }.get(reason, reason)
     return AuditEvent(
         kind="outcome",

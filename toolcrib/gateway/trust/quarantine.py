@@ -55,10 +55,7 @@ class Trust:
         """The id of what makes ``target`` unreachable for ``principal``: ``quarantine`` or a policy rule id."""
         if kind == "tool" and target in self.quarantined:
             return "quarantine"
-        decision = self.decide(principal, target, arguments, kind)
-        if decision.action == "deny":
-            return decision.rule
-        return next((r.id for r in self.rules if r.action == "deny"), decision.rule)
+        return self.decide(principal, target, arguments, kind).rule
 
     def is_quarantined(self, key: str) -> bool:
         self._maybe_reload()
