@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from tests.fuzz.target_importer import WHOLE_FILE_ERRORS as IMPORT_FILE_ERRORS
 from tests.fuzz.target_importer import account as account_for_servers
 from toolcrib.cli.operator import parse_time
+from toolcrib.client_import import import_client_config
 from toolcrib.config import SERVER_NAME_RE, ServerConfig, parse_config
 from toolcrib.errors import ConfigError, ToolcribError
-from toolcrib.importer import import_client_config
 from toolcrib.router.catalog import Catalog, exposed_name
 
 PROPS = settings(max_examples=1000, deadline=None, database=None)

@@ -18,7 +18,7 @@ from mcp import Client
 
 from tests.e2e.conftest import ROOT, GatewayFactory
 from tests.test_fixtures import http_server
-from toolcrib.importer import import_client_config
+from toolcrib.client_import import import_client_config
 
 pytestmark = pytest.mark.anyio
 

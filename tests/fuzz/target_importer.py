@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 
 from tests.fuzz.engine import Target
 from tests.fuzz.strategies import json_values
+from toolcrib.client_import import import_client_config
 from toolcrib.config import parse_config
 from toolcrib.errors import ConfigError
-from toolcrib.importer import import_client_config
 
 tokens = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", min_size=20, max_size=40)
 SECRET_KEYS = ["API_KEY", "GITHUB_TOKEN", "password", "Authorization", "X-Api-Key"]

@@ -53,7 +53,7 @@ def _cmd_check(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_import(args: argparse.Namespace, config: Config | None) -> int:
-    from toolcrib.importer import import_client_config
+    from toolcrib.client_import import import_client_config
 
     return import_client_config(Path(args.path), Path(args.output) if args.output else None, force=args.force)
 
