@@ -23,7 +23,7 @@ from toolcrib.config import Config
 from toolcrib.errors import ToolcribError
 from toolcrib.gateway.audit.log import SqliteAuditLog
 from toolcrib.gateway.audit.writer import AuditWriter
-from toolcrib.gateway.edge.guard import BODY, PRINCIPAL, access
+from toolcrib.gateway.edge.guard import BODY, PRINCIPAL, access, error_body
 from toolcrib.gateway.trust.approvals import AsyncApprovals
 from toolcrib.gateway.trust.matchers import loads_json
 from toolcrib.router.pool import Pool
@@ -74,13 +74,13 @@ class AdminApi:
 
     async def post_reindex(self, request: web.Request) -> web.Response:
         if self.reindex is None:
-            return _error(409, "not_available", 'no index in passthrough mode; set [gateway] mode = "dispatcher"')
+            return error_body(409, "not_available", 'no index in passthrough mode; set [gateway] mode = "dispatcher"')
         server = request.query.get("server")
         full = request.query.get("full", "").lower() in ("1", "true", "yes")
         try:
             report = await self.reindex(server, full)
         except ToolcribError as exc:
-            return _error(500, "reindex_failed", exc.message)
+            return error_body(500, "reindex_failed", exc.message)
         return web.json_response(dataclasses.asdict(report))
 
     async def get_audit(self, request: web.Request) -> web.Response:
@@ -89,7 +89,7 @@ class AdminApi:
             since = float(q["since"]) if "since" in q else None
             limit = min(int(q.get("limit", "100")), 10_000)
         except ValueError:
-            return _error(400, "bad_request", "since must be a UNIX time and limit an integer")
+            return error_body(400, "bad_request", "since must be a UNIX time and limit an integer")
         await self.writer.flush()
         rows = self.audit.query(
             principal=q.get("principal"), tool=q.get("tool"), since=since, outcome=q.get("outcome"), limit=limit
@@ -109,14 +109,10 @@ class AdminApi:
         decision = body.get("decision") if isinstance(body, dict) else None
         note = body.get("note") if isinstance(body, dict) else None
         if decision not in ("approve", "deny") or not isinstance(note, str | None):
-            return _error(400, "bad_request", 'send {"decision": "approve" | "deny", "note": "optional text"}')
+            return error_body(400, "bad_request", 'send {"decision": "approve" | "deny", "note": "optional text"}')
         try:
             act = self.approvals.approve if decision == "approve" else self.approvals.deny
             approval = await act(request.match_info["id"], who.id, note=note)
         except ToolcribError as exc:
-            return _error(409, "conflict", exc.message)
+            return error_body(409, "conflict", exc.message)
         return web.json_response(dataclasses.asdict(approval))
-
-
-def _error(status: int, error: str, message: str) -> web.Response:
-    return web.json_response({"error": error, "message": message}, status=status)
