@@ -285,13 +285,29 @@ async def _pump(
         done.set()
 
 
-class _RoutedRead:
+class _Wrapped:
+    """A transport stream seen through the back-channel: closing the wrapper closes the stream."""
+
+    def __init__(self, backchannel: Backchannel, inner: Any) -> None:
+        self._bc = backchannel
+        self._inner = inner
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class _RoutedRead(_Wrapped):
     """The transport's read stream as the SDK sees it, minus log lines (delivered here); sets
     ``closed`` at end of stream."""
 
     def __init__(self, backchannel: Backchannel, inner: Any, closed: anyio.Event) -> None:
-        self._bc = backchannel
-        self._inner = inner
+        super().__init__(backchannel, inner)
         self._closed = closed
 
     async def receive(self) -> SessionMessage | Exception:
@@ -313,32 +329,10 @@ class _RoutedRead:
         except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise StopAsyncIteration from None
 
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-
-class _RecordedWrite:
+class _RecordedWrite(_Wrapped):
     """The transport's write stream, noting which call sent each request."""
-
-    def __init__(self, backchannel: Backchannel, inner: Any) -> None:
-        self._bc = backchannel
-        self._inner = inner
 
     async def send(self, item: SessionMessage, /) -> None:
         self._bc.sent(item.message)
         await self._inner.send(item)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
