@@ -46,6 +46,7 @@ from toolcrib.gateway.trust.auth import (
 from toolcrib.gateway.trust.identity import LOCAL_OPERATOR
 from toolcrib.gateway.trust.quarantine import Trust
 from toolcrib.gateway.trust.redaction import Redactor, install_log_redaction
+from toolcrib.gateway.trust.sealed import Sealer
 from toolcrib.gateway.trust.secrets import ChainStore, expander
 from toolcrib.router.pool import Pool
 from toolcrib.startup import StartupInterrupted, bind_error, check_port_free, unless
@@ -110,9 +111,10 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
             trust.refresh()
 
     pool.subscribe(on_change)  # before the gateway and the index: quarantine is settled first
+    root_key = load_hmac_key(config.audit.path, store)
     audit = SqliteAuditLog(
         config.audit.path,
-        hmac_key=load_hmac_key(config.audit.path, store),
+        hmac_key=root_key,
         redactor=redactor,
         anchor_path=config.audit.anchor_path,
     )
@@ -146,6 +148,7 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
         layers=layers,
         on_search=lambda call, results: writer.submit(search_event(call, results)),
         on_refused=lambda call, rule, reason: writer.submit(refused_call_event(call, rule, reason)),
+        sealer=Sealer(root_key),
     )
     if reindexer is not None:
         _reindex_on_change(pool, reindexer)

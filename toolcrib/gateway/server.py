@@ -41,6 +41,7 @@ from toolcrib.gateway.relay import Relay
 from toolcrib.gateway.trust.identity import Principal
 from toolcrib.gateway.trust.quarantine import Trust
 from toolcrib.gateway.trust.redaction import Redactor
+from toolcrib.gateway.trust.sealed import Sealer
 from toolcrib.router import dispatcher as disp
 from toolcrib.router.pool import Pool
 from toolcrib.router.upstreams import current_caller
@@ -92,12 +93,15 @@ class Gateway:
         layers: Sequence[Layer] = (),
         on_search: Callable[[UpstreamCall, Sequence[str]], None] | None = None,
         on_refused: Refused | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
         self.trust = trust
         self.redactor = redactor
         self.index = index
+        self.sealer = sealer or Sealer(secrets.token_bytes(32))
+        """Mints and opens the tokens clients echo back (requestState, task ids): `trust/sealed.py`."""
         self.mode = config.gateway.mode
         self._on_search = on_search
         self._on_refused = on_refused
