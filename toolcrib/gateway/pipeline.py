@@ -81,6 +81,16 @@ class UpstreamCall:
     """``completion/complete`` only: the other arguments already filled in (``context.arguments``)."""
     relay: Any = None
     """The client-side party of this call (progress, sampling, elicitation, logs), set by the server."""
+    era: str = "2025-11-25"
+    """The protocol revision the client speaks on this request (``2025-11-25`` sessions or a
+    2026-07-28 stateless request's ``_meta`` version)."""
+    client_capabilities: dict[str, Any] | None = None
+    """The capabilities the client declared (``initialize`` or the request's ``_meta``), wire form."""
+    input_responses: dict[str, Any] | None = None
+    """2026-07-28 MRTR retry: the client's ``inputResponses`` (wire form), else None."""
+    resume: dict[str, Any] | None = None
+    """2026-07-28 MRTR retry: the payload of the ``requestState`` toolcrib minted (already opened and
+    checked against the principal by the server); ``{"k": "approval" | "upstream" | "parked", ...}``."""
     started: float = field(default_factory=time.perf_counter)
     state: CallState = field(default_factory=CallState)
 
@@ -128,6 +138,7 @@ _OUTCOMES = {
     "invalid_arguments": "tool_error",
     "denied": "denied",
     "pending": "pending",
+    "input_required": "pending",
 }
 
 
