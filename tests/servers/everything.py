@@ -1,86 +1,61 @@
-"""Conformance fixture: every tool, resource, template and prompt that the server scenarios
-of `@modelcontextprotocol/conformance` (0.1.16) call by exact name.
+"""Conformance fixture: every tool, resource, template and prompt that the server scenarios of
+`@modelcontextprotocol/conformance` 0.2.0-alpha.12 call by exact name, for both requirement sets
+(`--requirements 2025-11-25` and `--requirements 2026-07-28`).
 
     python -m tests.servers.everything                # stdio
     python -m tests.servers.everything --http 0       # Streamable HTTP, prints LISTENING <url>
     python -m tests.servers.everything --legacy ...   # handshake era only (refuses server/discover)
 
-Written on the SDK's low-level `Server`, which serves both eras on one endpoint. Handshake
-era (2025-11-25): sampling and elicitation are server-to-client requests sent mid-call,
-logs and progress ride the call's stream, `resources/subscribe` is honoured. 2026-07-28:
-sampling and elicitation are asked for with an `InputRequiredResult` and answered on the
-retried call, logs are sent only when the request opts in via `_meta`, and
-`subscriptions/listen` carries resource updates. Tools that need a client capability the
-client did not declare answer `isError`.
+Written on the SDK's low-level `Server`, which serves both eras on one endpoint. Handshake era
+(2025-11-25): sampling, elicitation and roots are server-to-client requests sent mid-call, logs
+and progress ride the call's stream, `resources/subscribe` is honoured. 2026-07-28 (stateless,
+SEP-2575): input is asked for with an `InputRequiredResult` and answered on the retried call
+(MRTR, SEP-2322), logs are sent only when the request opts in via `_meta` logLevel, and
+`subscriptions/listen` carries resource updates and tools/prompts list changes.
 
-Extra tool beyond the suite: `test_trigger_resource_update` announces an update of
-`test://watched-resource` to its subscribers.
+Where the parts live:
+
+- here: the content tools (`test_simple_text` ... `test_reconnection`), `test_sampling` and the
+  `test_elicitation*` tools, which answer `isError` when the client lacks the capability;
+- `everything_content`: resources, template, static prompts, completions; an unknown resource
+  is -32602 with `data.uri` on 2026-07-28 (SEP-2164), -32002 on 2025-11-25;
+- `everything_mrtr`: the `test_input_required_result_*` tools and prompt (SEP-2322), with
+  `requestState` sealed and verified by the SDK's `RequestStateBoundary` (tampered: -32602);
+- `everything_diagnostics`: `server-stateless` probes (`test_missing_capability` -> -32021 +
+  HTTP 400, `test_streaming_elicitation`, `test_logging_tool`, `test_trigger_tool_change`,
+  `test_trigger_prompt_change`), `json_schema_2020_12_tool` (SEP-2106 keywords kept) and
+  `test_custom_headers` (`x-mcp-header`, SEP-2243; the SDK validates `Mcp-Param-*` headers).
+
+Server extensions (SEP-2133), e.g. the tasks extension, are registered in one place:
+`EXTENSIONS` below. Extra tool beyond the suite: `test_trigger_resource_update` announces an
+update of `test://watched-resource` to its subscribers.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import json
-import re
-import struct
-import wave
-import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
+from mcp.server.extension import Extension, MethodBinding, compose_tool_call_handler
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourceUpdated
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
-from mcp_types import INVALID_PARAMS
+from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from tests.servers import everything_content as content
+from tests.servers import everything_diagnostics as diagnostics
+from tests.servers import everything_mrtr as mrtr
 from tests.servers._common import FixtureServer, main
-
-# ---- binary payloads, generated so they are real files -------------------------------------
-
-
-def _png_1x1_red() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)  # 1x1, 8-bit RGB
-    idat = zlib.compress(b"\x00\xff\x00\x00")  # filter byte + one red pixel
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
-def _wav_silence(ms: int = 10, rate: int = 8000) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(1)
-        w.setframerate(rate)
-        w.writeframes(b"\x80" * (rate * ms // 1000))
-    return buf.getvalue()
-
-
-PNG_B64 = base64.b64encode(_png_1x1_red()).decode()
-WAV_B64 = base64.b64encode(_wav_silence()).decode()
+from tests.servers.tasks_ext import TasksExtension
 
 # ---- tools ---------------------------------------------------------------------------------
 
 NO_ARGS: dict[str, Any] = {"type": "object", "properties": {}}
-
-JSON_SCHEMA_2020_12: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "$defs": {
-        "address": {
-            "type": "object",
-            "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
-        }
-    },
-    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
-    "additionalProperties": False,
-}
 
 TOOLS: list[types.Tool] = [
     types.Tool(name="test_simple_text", description="Returns a simple text response", input_schema=NO_ARGS),
@@ -132,11 +107,6 @@ TOOLS: list[types.Tool] = [
         input_schema=NO_ARGS,
     ),
     types.Tool(
-        name="json_schema_2020_12_tool",
-        description="Tool with JSON Schema 2020-12 features",
-        input_schema=JSON_SCHEMA_2020_12,
-    ),
-    types.Tool(
         name="test_reconnection",
         description="Closes its SSE stream mid-call, then answers on the resumed stream (SEP-1699)",
         input_schema=NO_ARGS,
@@ -163,7 +133,7 @@ def _result(*content: Any) -> types.CallToolResult:
 
 # Log levels, least to most severe; logging/setLevel sets the floor for this process.
 LEVELS = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
-_state: dict[str, Any] = {"log_level": "debug", "subscriptions": set()}
+_state: dict[str, Any] = {"log_level": "debug"}
 _bus = InMemorySubscriptionBus()
 
 
@@ -243,12 +213,16 @@ async def _elicit(
 
 async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> ToolReply:
     name, args = params.name, params.arguments or {}
+    if name in mrtr.TOOL_FLOWS:
+        return await mrtr.call_tool(ctx, params)
+    if name in diagnostics.NAMES:
+        return await diagnostics.call_tool(ctx, params, _bus, _log)
     if name == "test_simple_text":
         return _result(_text("This is a simple text response for testing."))
     if name == "test_image_content":
-        return _result(types.ImageContent(type="image", data=PNG_B64, mime_type="image/png"))
+        return _result(types.ImageContent(type="image", data=content.PNG_B64, mime_type="image/png"))
     if name == "test_audio_content":
-        return _result(types.AudioContent(type="audio", data=WAV_B64, mime_type="audio/wav"))
+        return _result(types.AudioContent(type="audio", data=content.WAV_B64, mime_type="audio/wav"))
     if name == "test_embedded_resource":
         resource = types.TextResourceContents(
             uri="test://embedded-resource", mime_type="text/plain", text="This is an embedded resource content."
@@ -262,7 +236,7 @@ async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolReques
         )
         return _result(
             _text("Multiple content types test:"),
-            types.ImageContent(type="image", data=PNG_B64, mime_type="image/png"),
+            types.ImageContent(type="image", data=content.PNG_B64, mime_type="image/png"),
             types.EmbeddedResource(type="resource", resource=resource),
         )
     if name == "test_tool_with_logging":
@@ -339,8 +313,6 @@ async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolReques
             },
         }
         return await _elicit(ctx, params, "Please pick from the enum fields", schema)
-    if name == "json_schema_2020_12_tool":
-        return _result(_text(f"Received: {json.dumps(args, sort_keys=True)}"))
     if name == "test_reconnection":
         if ctx.close_sse_stream is not None:
             await ctx.close_sse_stream()  # the result then arrives on the resumed GET stream
@@ -349,175 +321,33 @@ async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolReques
     if name == "test_trigger_resource_update":
         # 2026-07-28 listeners get it through subscriptions/listen; a handshake-era session
         # that called resources/subscribe gets notifications/resources/updated.
-        await _bus.publish(ResourceUpdated(uri=WATCHED))
+        await _bus.publish(ResourceUpdated(uri=content.WATCHED))
         legacy = ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS
-        if legacy and WATCHED in _state["subscriptions"]:
-            await ctx.session.send_resource_updated(WATCHED)
-        return _result(_text(f"Published an update for {WATCHED}"))
+        if legacy and content.WATCHED in content.SUBSCRIPTIONS:
+            await ctx.session.send_resource_updated(content.WATCHED)
+        return _result(_text(f"Published an update for {content.WATCHED}"))
     raise MCPError(INVALID_PARAMS, f"Unknown tool: {name}")
 
 
 async def list_tools(
     ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
 ) -> types.ListToolsResult:
-    return types.ListToolsResult(tools=TOOLS)
-
-
-# ---- resources -----------------------------------------------------------------------------
-
-WATCHED = "test://watched-resource"
-RESOURCE_NOT_FOUND = -32002  # the 2025-11-25 spec's code for an unknown resource URI
-TEMPLATE = "test://template/{id}/data"
-_TEMPLATE_RE = re.compile(r"^test://template/(?P<id>[^/]+)/data$")
-
-RESOURCES: list[types.Resource] = [
-    types.Resource(
-        uri="test://static-text",
-        name="static-text",
-        description="A static text resource",
-        mime_type="text/plain",
-    ),
-    types.Resource(
-        uri="test://static-binary",
-        name="static-binary",
-        description="A static binary resource (1x1 PNG)",
-        mime_type="image/png",
-    ),
-    types.Resource(
-        uri=WATCHED,
-        name="watched-resource",
-        description="A resource clients can subscribe to",
-        mime_type="text/plain",
-    ),
-]
-
-
-async def list_resources(
-    ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
-) -> types.ListResourcesResult:
-    return types.ListResourcesResult(resources=RESOURCES)
-
-
-async def list_resource_templates(
-    ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
-) -> types.ListResourceTemplatesResult:
-    template = types.ResourceTemplate(
-        uri_template=TEMPLATE,
-        name="template-data",
-        description="Data for an id, substituted into the URI",
-        mime_type="application/json",
-    )
-    return types.ListResourceTemplatesResult(resource_templates=[template])
-
-
-async def read_resource(
-    ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
-) -> types.ReadResourceResult:
-    uri = str(params.uri)
-    contents: types.TextResourceContents | types.BlobResourceContents
-    if uri == "test://static-text":
-        contents = types.TextResourceContents(
-            uri=uri, mime_type="text/plain", text="This is the content of the static text resource."
-        )
-    elif uri == "test://static-binary":
-        contents = types.BlobResourceContents(uri=uri, mime_type="image/png", blob=PNG_B64)
-    elif uri == WATCHED:
-        contents = types.TextResourceContents(uri=uri, mime_type="text/plain", text="Watched resource content.")
-    elif match := _TEMPLATE_RE.match(uri):
-        item = match["id"]
-        text = json.dumps({"id": item, "templateTest": True, "data": f"Data for ID: {item}"})
-        contents = types.TextResourceContents(uri=uri, mime_type="application/json", text=text)
-    else:
-        raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}", {"uri": uri})
-    return types.ReadResourceResult(contents=[contents])
-
-
-async def subscribe(ctx: ServerRequestContext[Any], params: types.SubscribeRequestParams) -> types.EmptyResult:
-    _state["subscriptions"].add(str(params.uri))
-    return types.EmptyResult()
-
-
-async def unsubscribe(ctx: ServerRequestContext[Any], params: types.UnsubscribeRequestParams) -> types.EmptyResult:
-    _state["subscriptions"].discard(str(params.uri))
-    return types.EmptyResult()
-
-
-# ---- prompts -------------------------------------------------------------------------------
-
-PROMPTS: list[types.Prompt] = [
-    types.Prompt(name="test_simple_prompt", description="A simple prompt without arguments"),
-    types.Prompt(
-        name="test_prompt_with_arguments",
-        description="A prompt with two required arguments",
-        arguments=[
-            types.PromptArgument(name="arg1", description="First test argument", required=True),
-            types.PromptArgument(name="arg2", description="Second test argument", required=True),
-        ],
-    ),
-    types.Prompt(
-        name="test_prompt_with_embedded_resource",
-        description="A prompt that embeds a resource",
-        arguments=[types.PromptArgument(name="resourceUri", description="URI of the resource to embed", required=True)],
-    ),
-    types.Prompt(name="test_prompt_with_image", description="A prompt with image content"),
-]
+    extra = [tool for extension in EXTENSIONS for tool in getattr(extension, "listed_tools", ())]
+    return types.ListToolsResult(tools=[*TOOLS, *diagnostics.tools(), *mrtr.TOOLS, *extra])
 
 
 async def list_prompts(
     ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
 ) -> types.ListPromptsResult:
-    return types.ListPromptsResult(prompts=PROMPTS)
+    return types.ListPromptsResult(prompts=[*content.PROMPTS, *diagnostics.prompts(), mrtr.PROMPT])
 
 
-def _user(content: Any) -> types.PromptMessage:
-    return types.PromptMessage(role="user", content=content)
-
-
-async def get_prompt(ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams) -> types.GetPromptResult:
-    args = params.arguments or {}
-    if params.name == "test_simple_prompt":
-        messages = [_user(_text("This is a simple prompt for testing."))]
-    elif params.name == "test_prompt_with_arguments":
-        missing = [a for a in ("arg1", "arg2") if a not in args]
-        if missing:
-            raise MCPError(INVALID_PARAMS, f"Missing required arguments: {', '.join(missing)}")
-        messages = [_user(_text(f"Prompt with arguments: arg1='{args['arg1']}', arg2='{args['arg2']}'"))]
-    elif params.name == "test_prompt_with_embedded_resource":
-        uri = args.get("resourceUri")
-        if not uri:
-            raise MCPError(INVALID_PARAMS, "Missing required argument: resourceUri")
-        resource = types.TextResourceContents(
-            uri=uri, mime_type="text/plain", text="Embedded resource content for testing."
-        )
-        messages = [
-            _user(types.EmbeddedResource(type="resource", resource=resource)),
-            _user(_text("Please process the embedded resource above.")),
-        ]
-    elif params.name == "test_prompt_with_image":
-        messages = [
-            _user(types.ImageContent(type="image", data=PNG_B64, mime_type="image/png")),
-            _user(_text("Please analyze the image above.")),
-        ]
-    else:
-        raise MCPError(INVALID_PARAMS, f"Unknown prompt: {params.name}")
-    return types.GetPromptResult(messages=messages)
-
-
-# ---- completion and logging ----------------------------------------------------------------
-
-COMPLETIONS: dict[tuple[str, str], list[str]] = {
-    ("test_prompt_with_arguments", "arg1"): ["paris", "park", "party", "test", "testing"],
-    ("test_prompt_with_arguments", "arg2"): ["alpha", "beta", "gamma"],
-    (TEMPLATE, "id"): ["1", "2", "3", "123"],
-}
-
-
-async def complete(ctx: ServerRequestContext[Any], params: types.CompleteRequestParams) -> types.CompleteResult:
-    ref = params.ref
-    key = ref.name if isinstance(ref, types.PromptReference) else ref.uri
-    candidates = COMPLETIONS.get((key, params.argument.name), [])
-    values = [v for v in candidates if v.startswith(params.argument.value)]
-    return types.CompleteResult(completion=types.Completion(values=values, total=len(values), has_more=False))
+async def get_prompt(
+    ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams
+) -> types.GetPromptResult | types.InputRequiredResult:
+    if params.name == mrtr.PROMPT_NAME:
+        return await mrtr.get_prompt(ctx, params)
+    return diagnostics.get_prompt(params.name) or await content.get_prompt(ctx, params)
 
 
 async def set_level(ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams) -> types.EmptyResult:
@@ -531,17 +361,63 @@ server = FixtureServer(
     instructions="Conformance fixture for toolcrib: implements the conformance suite's server scenarios.",
     on_list_tools=list_tools,
     on_call_tool=call_tool,
-    on_list_resources=list_resources,
-    on_list_resource_templates=list_resource_templates,
-    on_read_resource=read_resource,
-    on_subscribe_resource=subscribe,
-    on_unsubscribe_resource=unsubscribe,
+    on_list_resources=content.list_resources,
+    on_list_resource_templates=content.list_resource_templates,
+    on_read_resource=content.read_resource,
+    on_subscribe_resource=content.subscribe,
+    on_unsubscribe_resource=content.unsubscribe,
     on_list_prompts=list_prompts,
     on_get_prompt=get_prompt,
-    on_completion=complete,
+    on_completion=content.complete,
     on_set_logging_level=set_level,
     on_subscriptions_listen=ListenHandler(_bus),
 )
+mrtr.install_request_state_security(server)
+
+# ---- server extensions (SEP-2133): THE one place to register them ----------------------------
+#
+# Append an `mcp.server.extension.Extension` instance to EXTENSIONS, e.g.
+#     from tests.servers.tasks_ext import TasksExtension
+#     EXTENSIONS.append(TasksExtension())
+# `install_extensions` then, as `MCPServer(extensions=...)` does on its tier: advertises
+# `extension.settings()` under `capabilities.extensions[extension.identifier]`, registers each
+# `extension.methods()` binding (e.g. `tasks/get`) as a request handler, and wraps `tools/call`
+# in every `intercept_tool_call` (first extension outermost). The low-level server cannot take
+# `ToolBinding`s (they need MCPServer's function introspection): an extension that adds tools
+# lists them as `listed_tools: Sequence[types.Tool]` and answers their calls in
+# `intercept_tool_call` without calling `call_next`.
+
+EXTENSIONS: list[Extension] = [TasksExtension()]  # tasks (SEP-2663): tests/servers/tasks_ext.py
+
+
+def _version_gated(binding: MethodBinding) -> Any:
+    """`binding.handler`, answering -32601 at protocol versions outside `binding.protocol_versions`."""
+    versions = binding.protocol_versions
+    if versions is None:
+        return binding.handler
+
+    async def gated(ctx: ServerRequestContext[Any], params: Any) -> Any:
+        if ctx.protocol_version not in versions:
+            raise MCPError(METHOD_NOT_FOUND, f"Method not found: {binding.method}")
+        return await binding.handler(ctx, params)
+
+    return gated
+
+
+def install_extensions(extensions: Sequence[Extension]) -> None:
+    for extension in extensions:
+        for binding in extension.methods():
+            if server.get_request_handler(binding.method) is not None:
+                raise ValueError(f"extension {extension.identifier!r} rebinds {binding.method!r}")
+            server.add_request_handler(binding.method, binding.params_type, _version_gated(binding))
+        server.extensions[extension.identifier] = extension.settings()
+    if any(type(e).intercept_tool_call is not Extension.intercept_tool_call for e in extensions):
+        server.add_request_handler(
+            "tools/call", types.CallToolRequestParams, compose_tool_call_handler(extensions, call_tool)
+        )
+
+
+install_extensions(EXTENSIONS)
 
 if __name__ == "__main__":
     main(server, description=__doc__ or "")
