@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -19,6 +19,7 @@ from aiohttp import web
 
 from toolcrib.config import Config
 from toolcrib.errors import ConfigError, ToolcribError
+from toolcrib.gateway.approval import approval_layer
 from toolcrib.gateway.audit.log import SqliteAuditLog, load_hmac_key
 from toolcrib.gateway.audit.rows import refused_auth_event, refused_call_event, search_event
 from toolcrib.gateway.audit.writer import AuditWriter
@@ -27,7 +28,6 @@ from toolcrib.gateway.edge.guard import Guard, access
 from toolcrib.gateway.edge.http import HttpTransport
 from toolcrib.gateway.edge.slowclients import apply_client_timeouts
 from toolcrib.gateway.pipeline import (
-    approval_layer,
     audit_layer,
     policy_layer,
     quarantine_layer,
@@ -91,6 +91,8 @@ class Parts:
     approvals: AsyncApprovals
     redactor: Redactor
     trust: Trust
+    origin: dict[str, str] = field(default_factory=dict)
+    """``{"url": public origin}`` once the endpoint is bound (what challenges and approval URLs name)."""
 
     def close(self) -> None:
         self.writer.close()
@@ -120,6 +122,7 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
     )
     writer = AuditWriter(audit)
     approvals = AsyncApprovals(ApprovalStore(config.policy.approvals_path, redactor=redactor))
+    sealer, origin = Sealer(root_key), dict[str, str]()  # origin["url"]: the public origin, known once bound
 
     layers = [
         audit_layer(writer),
@@ -127,7 +130,13 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
         quarantine_layer(trust.is_quarantined),
         policy_layer(trust.decide),
         validation_layer(lambda key: e.tool.input_schema if (e := pool.catalog.tools.get(key)) else None),
-        approval_layer(approvals, mode=config.policy.approval_mode, timeout=config.policy.approval_timeout),
+        approval_layer(
+            approvals,
+            mode=config.policy.approval_mode,
+            timeout=config.policy.approval_timeout,
+            sealer=sealer,
+            base_url=lambda: origin.get("url", ""),
+        ),
     ]
     reindexer: Reindexer | None = None
     if config.gateway.mode == "dispatcher":
@@ -148,11 +157,11 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
         layers=layers,
         on_search=lambda call, results: writer.submit(search_event(call, results)),
         on_refused=lambda call, rule, reason: writer.submit(refused_call_event(call, rule, reason)),
-        sealer=Sealer(root_key),
+        sealer=sealer,
     )
     if reindexer is not None:
         _reindex_on_change(pool, reindexer)
-    return Parts(pool, gateway, reindexer, audit, writer, approvals, redactor, trust)
+    return Parts(pool, gateway, reindexer, audit, writer, approvals, redactor, trust, origin)
 
 
 def _reindex_on_change(pool: Pool, reindexer: Reindexer) -> None:
@@ -221,7 +230,7 @@ async def _start_http(
     abort: anyio.Event,
 ) -> Running:
     pool = parts.pool
-    base: dict[str, str] = {}
+    base = parts.origin
 
     guard = Guard(
         config,

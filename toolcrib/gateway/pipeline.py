@@ -6,7 +6,7 @@ An :class:`UpstreamCall` is one client request bound for one upstream: ``tools/c
 layers of shape ``(call, next) -> result``, outermost first:
 
     audit -> redaction -> quarantine -> policy -> argument validation -> approvals -> upstream edge
-    (the order :func:`toolcrib.app.build` composes them in)
+    (the order :func:`toolcrib.app.build` composes them in; approvals: :mod:`toolcrib.gateway.approval`)
 
 Audit observes and never decides; redaction scrubs the result *and* any error on the way out;
 policy decides and never calls; argument validation runs before an operator is ever asked to
@@ -30,7 +30,6 @@ from mcp.shared.exceptions import MCPError
 from toolcrib.errors import InvalidArguments
 from toolcrib.gateway.audit.log import AuditEvent
 from toolcrib.gateway.audit.writer import AuditWriter
-from toolcrib.gateway.trust.approvals import AsyncApprovals
 from toolcrib.gateway.trust.identity import Principal
 from toolcrib.gateway.trust.policy import Decision, Kind
 from toolcrib.gateway.trust.redaction import Redactor
@@ -244,40 +243,6 @@ def policy_layer(decide: Decide) -> Layer:
         if decision.action == "deny":
             text = f"{call.target}: denied by policy rule {decision.rule!r}; ask an operator if you need it"
             return refuse(call, text, "denied")
-        return await nxt(call)
-
-    return layer
-
-
-def approval_layer(store: AsyncApprovals, *, mode: str, timeout: float) -> Layer:
-    """Hold (or answer pending) a call the policy marked ``approve`` until an operator decides.
-
-    An approval is bound to the principal's typed id, the target and the hash of the exact
-    arguments, is used once, and expires; a retry with different arguments needs a new approval.
-    """
-
-    async def layer(call: UpstreamCall, nxt: Next) -> Result:
-        decision = call.state.decision
-        if decision is None or decision.action != "approve":
-            return await nxt(call)
-        who = call.principal.id
-        granted = await store.consume(who, call.target, call.arguments)
-        if granted is None:
-            pending = await store.request(who, call.target, call.arguments, ttl=timeout, rule=decision.rule)
-            hint = f"`toolcrib approvals approve {pending.id}` or POST /admin/approvals/{pending.id}"
-            if mode == "pending":
-                text = (
-                    f"{call.target} needs an operator's approval (id {pending.id}, rule {decision.rule!r}): "
-                    f"ask them to run {hint}, then call again with the same arguments"
-                )
-                return refuse(call, text, "pending")
-            status = await store.wait(pending.id, timeout)
-            if status == "approved":
-                granted = await store.consume(who, call.target, call.arguments)
-            if granted is None:
-                word = {"denied": "denied", "pending": "not approved in time", "expired": "expired"}.get(status, status)
-                return refuse(call, f"{call.target}: approval {pending.id} was {word}; the call was not made", "denied")
-        call.state.approver = granted.approver
         return await nxt(call)
 
     return layer

@@ -54,6 +54,17 @@ class Relay:
     async def elicit(self, params: types.ElicitRequestParams) -> dict[str, Any]:
         return await self._send(types.ElicitRequest(params=self._redactor.scrub_model(params)), types.ElicitResult)
 
+    async def elicitation_complete(self, elicitation_id: str) -> None:
+        """``notifications/elicitation/complete`` for a URL-mode elicitation this call sent (2025-11-25);
+        best effort: a client that went away is not an error."""
+        params = types.ElicitCompleteNotificationParams(elicitation_id=elicitation_id)
+        try:
+            await self._ctx.session.send_notification(
+                types.ElicitCompleteNotification(params=params), related_request_id=self._ctx.request_id
+            )
+        except Exception:
+            log.debug("dropped an elicitation/complete notification", exc_info=True)
+
     async def list_roots(self) -> dict[str, Any]:
         return await self._send(types.ListRootsRequest(), types.ListRootsResult)
 
