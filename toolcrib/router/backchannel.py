@@ -27,6 +27,10 @@ One :class:`Backchannel` per upstream sits between the SDK session and the trans
   :data:`current_call` names the call directly. Progress is matched by the SDK's progress tokens.
 
 The client side of a call is the :class:`Caller` the gateway puts in ``current_caller``.
+
+Every result read passes through :func:`toolcrib.router.tolerate.tolerate` (by the method and
+version of the request it answers, noted on the write side), so the forms the spec tells a client
+to accept (absent ``resultType``, unknown content block types, ...) reach the SDK in a shape it parses.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from pydantic import ValidationError
 
+from toolcrib.router.tolerate import request_version, tolerate
+
 log = logging.getLogger("toolcrib.upstream.backchannel")
 
 RELAYED = frozenset({"sampling/createMessage", "elicitation/create", "roots/list"})
@@ -55,6 +61,9 @@ LOG_FLUSH_TIMEOUT = 5.0
 """Seconds a finished call waits for its queued log lines to reach its client."""
 WARN_EVERY = 10.0
 """Seconds between two warnings of the same kind for one upstream."""
+
+PENDING_LIMIT = 4096
+"""Requests whose method is remembered for normalising their answer; the oldest are forgotten beyond it."""
 
 RequestId = int | str
 
@@ -101,6 +110,7 @@ class Backchannel:
         self._calls: set[Call] = set()
         self._outbound: dict[RequestId, Call] = {}
         self._inbound: dict[RequestId, Call | None] = {}
+        self._pending: dict[RequestId, tuple[str, str | None]] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._warned: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
@@ -133,6 +143,7 @@ class Backchannel:
         ``closed`` is set when the read stream ends, so a dead server is noticed at once."""
         self._outbound.clear()
         self._inbound.clear()
+        self._pending.clear()
         async with anyio.create_task_group() as tg:
             self._tg = tg
             try:
@@ -146,6 +157,9 @@ class Backchannel:
     def sent(self, message: Any) -> None:
         """Note one message the SDK writes: a request is the current call's; an answer ends a server request."""
         if isinstance(message, types.JSONRPCRequest):
+            self._pending[message.id] = (message.method, request_version(message.params))
+            if len(self._pending) > PENDING_LIMIT:
+                del self._pending[next(iter(self._pending))]
             call = current_call.get()
             if call is not None and call in self._calls:
                 self._outbound[message.id] = call
@@ -160,6 +174,9 @@ class Backchannel:
         message = item.message
         related = item.metadata.related_request_id if isinstance(item.metadata, ServerMessageMetadata) else None
         if isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
+            sent = self._pending.pop(message.id, None) if message.id is not None else None
+            if sent is not None and isinstance(message, types.JSONRPCResponse):
+                message.result = tolerate(sent[0], sent[1], message.result, upstream=self.upstream)
             call = self._outbound.pop(message.id, None) if message.id is not None else None
             if call is not None:
                 call.ids.discard(message.id)
