@@ -10,8 +10,10 @@ the decision is outstanding depends on the protocol era it speaks:
   ``prompts/get`` and ``resources/read`` when the client declared URL-mode elicitation: an
   ``InputRequiredResult`` with one URL-mode ``elicitation/create`` input request (the page where an
   operator approves) and a sealed ``requestState`` ``{"k": "approval", "id", "target", "args"}``.
-  The retry carries that payload back (opened and checked by the server, :attr:`UpstreamCall.resume`);
-  approved -> the approval is consumed and the call forwarded; still pending -> input_required again
+  The retry carries that payload back (opened and checked by the server, :attr:`UpstreamCall.resume`).
+  The input request's key (``approval-<id>``) names the elicitation: 2026-07-28 dropped
+  ``elicitationId`` from URL elicitations, so the SDK leaves it off the wire there.
+  Approved -> the approval is consumed and the call forwarded; still pending -> input_required again
   (same approval, fresh token); denied, expired or used -> the refusal. The client's
   ``inputResponses`` never approve anything (a ``decline``/``cancel`` only ends the call).
 - **2025-11-25** sessions in ``hold`` mode: the call waits for the operator (up to
