@@ -5,30 +5,50 @@ to its upstream (bulkhead, deadline and restart are the router's :class:`~toolcr
 and maps the answer back into the client's namespace (resource URIs get their ``server+`` prefix).
 Upstream failures take the shape the method allows: a tool-level error result for ``tools/call``,
 a JSON-RPC error for everything else.
+
+A 2026-07-28 client's ``tools/call``, ``prompts/get`` and ``resources/read`` go through
+:class:`~toolcrib.gateway.mrtr.Mrtr` (multi-round-trip requests, SEP-2322): they may answer
+``input_required``, and its refusals (-32602 for a ``requestState`` that does not fit, -32021 for a
+missing client capability) stay JSON-RPC errors whatever the method. A 2025-11-25 client's call lets
+the SDK client drive any ``input_required`` round of a 2026-07-28 upstream through toolcrib's
+callbacks, which ask the client on its session (:mod:`toolcrib.gateway.relay`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mcp_types as types
+from mcp.client import Client
 from mcp.shared.exceptions import MCPError
 
 from toolcrib.errors import UpstreamError
+from toolcrib.gateway.mrtr import INPUT_METHODS, MODERN, Mrtr, MrtrRefusal, Op, Progress, Retry
 from toolcrib.gateway.pipeline import UpstreamCall, tool_error
 from toolcrib.gateway.relay import Relay
 from toolcrib.router.pool import Pool
+
+if TYPE_CHECKING:
+    from toolcrib.gateway.tasks import TaskEdge
 
 
 class Forwarder:
     """``await forwarder(call)``: the call's result model, or a refusal in the method's shape."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, mrtr: Mrtr | None = None) -> None:
         self.pool = pool
+        self.mrtr = mrtr
+        self.tasks: TaskEdge | None = None
+        """The tasks extension (SEP-2663), set by :func:`toolcrib.gateway.tasks.install`."""
 
     async def __call__(self, call: UpstreamCall) -> Any:
         try:
+            if self.tasks is not None:  # tasks/* and task results of tools/call: toolcrib/gateway/tasks.py
+                return await self.tasks.forward(call, self._send)
             return await self._send(call)
+        except MrtrRefusal:
+            call.state.outcome = "protocol_error"
+            raise
         except UpstreamError as exc:
             call.state.outcome = type(exc).__name__
             call.state.error = exc.message
@@ -43,25 +63,21 @@ class Forwarder:
 
     async def _send(self, call: UpstreamCall) -> Any:
         up = self.pool.upstream(call.server)
-        if call.method == "tools/call":
-            relay: Relay | None = call.relay
-            progress = relay.progress if relay is not None and relay.wants_progress else None
-            return await up.request(
-                lambda c: c.call_tool(call.name, call.arguments, progress_callback=progress),
-                what=f"tools/call {call.name}",
-            )
-        if call.method == "resources/read":
-            result: types.ReadResourceResult = await up.request(
-                lambda c: c.read_resource(call.name, cache_mode="bypass"), what=f"resources/read {call.name}"
-            )
-            uri = self.pool.catalog.resource_uri
-            contents = [c.model_copy(update={"uri": uri(call.server, str(c.uri))}) for c in result.contents]
-            return result.model_copy(update={"contents": contents})
+        if call.method in INPUT_METHODS:
+            if self.mrtr is not None and call.era == MODERN:
+                result = await self.mrtr.send(call, up, operation)
+            else:
+                relay: Relay | None = call.relay
+                progress = relay.progress if relay is not None and relay.wants_progress else None
+                result = await up.request(operation(call, None, progress), what=f"{call.method} {call.name}")
+            if call.method == "resources/read" and isinstance(result, types.ReadResourceResult):
+                uri = self.pool.catalog.resource_uri
+                contents = [c.model_copy(update={"uri": uri(call.server, str(c.uri))}) for c in result.contents]
+                return result.model_copy(update={"contents": contents})
+            return result
         if call.method in ("resources/subscribe", "resources/unsubscribe"):
             await up.subscribe(call.name, call.method == "resources/subscribe")
             return types.EmptyResult()
-        if call.method == "prompts/get":
-            return await up.request(lambda c: c.get_prompt(call.name, call.arguments), what=f"prompts/get {call.name}")
         if call.method == "completion/complete":
             ((arg_name, value),) = call.arguments.items()
             ref: Any = (
@@ -74,3 +90,41 @@ class Forwarder:
                 what="completion/complete",
             )
         raise MCPError(code=types.METHOD_NOT_FOUND, message=f"{call.method} is not relayed to upstreams")
+
+
+def operation(call: UpstreamCall, retry: Retry | None, progress: Progress | None) -> Op:
+    """The SDK operation for ``tools/call``, ``prompts/get`` or ``resources/read``.
+
+    With ``retry`` the request speaks 2026-07-28 MRTR itself: it carries the client's
+    ``inputResponses`` and the upstream's ``requestState``, and an ``InputRequiredResult`` comes
+    back as it is. Without, the SDK client answers any round through toolcrib's callbacks.
+    """
+    name, args = call.name, call.arguments
+    if retry is None:
+        if call.method == "tools/call":
+            return lambda c: c.call_tool(name, args, progress_callback=progress)
+        if call.method == "prompts/get":
+            return lambda c: c.get_prompt(name, args)
+        return lambda c: c.read_resource(name, cache_mode="bypass")
+    responses, state = retry.input_responses, retry.request_state
+
+    async def op(c: Client) -> Any:
+        session = c.session
+        if call.method == "tools/call":
+            return await session.call_tool(
+                name,
+                args,
+                progress_callback=progress,
+                input_responses=responses,
+                request_state=state,
+                allow_input_required=True,
+            )
+        if call.method == "prompts/get":
+            return await session.get_prompt(
+                name, args, input_responses=responses, request_state=state, allow_input_required=True
+            )
+        return await session.read_resource(
+            name, input_responses=responses, request_state=state, allow_input_required=True
+        )
+
+    return op

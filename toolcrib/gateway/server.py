@@ -36,6 +36,8 @@ from toolcrib import __version__
 from toolcrib.config import Config
 from toolcrib.errors import InvalidArguments
 from toolcrib.gateway.forward import Forwarder
+from toolcrib.gateway.mrtr import Mrtr, arrive
+from toolcrib.gateway.parked import Parking
 from toolcrib.gateway.pipeline import Layer, Pipeline, TargetKind, UpstreamCall, tool_error
 from toolcrib.gateway.relay import Relay
 from toolcrib.gateway.trust.identity import Principal
@@ -106,7 +108,9 @@ class Gateway:
         self._on_search = on_search
         self._on_refused = on_refused
         self._search_slots: anyio.CapacityLimiter | None = None
-        self.pipeline = Pipeline(layers, Forwarder(pool))
+        self.mrtr = Mrtr(redactor, self.sealer)
+        self.mrtr.parking = Parking(self.mrtr, lambda: pool._tg)  # parked calls live as long as the pool serves
+        self.pipeline = Pipeline(layers, Forwarder(pool, self.mrtr))
         self.peers: weakref.WeakSet[Peer] = weakref.WeakSet()
         pool.subscribe(self._upstream_changed)
         with warnings.catch_warnings():
@@ -191,6 +195,7 @@ class Gateway:
     async def _run(self, ctx: Ctx, call: UpstreamCall) -> Any:
         relay = Relay(ctx, self.redactor, self.info(ctx).peer.log_level)
         call.relay = relay
+        arrive(call, ctx, self.sealer)  # era, capabilities, an MRTR retry (-32602 for a bad requestState)
         token = current_caller.set(relay)
         try:
             return await self.pipeline.call(call)
@@ -227,7 +232,9 @@ class Gateway:
             return True
         return any(fnmatch.fnmatchcase(key, g) for g in self.config.gateway.always_expose)
 
-    async def _call_tool(self, ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def _call_tool(
+        self, ctx: Ctx, params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
         info = self._peer(ctx)
         name, arguments = params.name, dict(params.arguments or {})
         via = "passthrough" if self.mode == "passthrough" else "direct"
@@ -255,7 +262,7 @@ class Gateway:
                 )
                 raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}{hint}")
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}")
-        result: types.CallToolResult = await self._run(ctx, call)
+        result: types.CallToolResult | types.InputRequiredResult = await self._run(ctx, call)
         return result
 
     async def _search(self, ctx: Ctx, info: RequestInfo, arguments: dict[str, Any]) -> types.CallToolResult:
@@ -326,9 +333,11 @@ class Gateway:
         items = [e.prompt for k, e in self.pool.catalog.prompts.items() if self.may_use(p, k, "prompt")]
         return types.ListPromptsResult(prompts=items)
 
-    async def _read_resource(self, ctx: Ctx, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+    async def _read_resource(
+        self, ctx: Ctx, params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult | types.InputRequiredResult:
         call = self._resource(ctx, self._peer(ctx), "resources/read", str(params.uri))
-        result: types.ReadResourceResult = await self._run(ctx, call)
+        result: types.ReadResourceResult | types.InputRequiredResult = await self._run(ctx, call)
         return result
 
     async def _subscribe(self, ctx: Ctx, params: types.SubscribeRequestParams) -> types.EmptyResult:
@@ -346,10 +355,12 @@ class Gateway:
             await self._run(ctx, call)
         return types.EmptyResult()
 
-    async def _get_prompt(self, ctx: Ctx, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+    async def _get_prompt(
+        self, ctx: Ctx, params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult | types.InputRequiredResult:
         args = dict(params.arguments or {})
         call = self._prompt(ctx, self._peer(ctx), "prompts/get", params.name, arguments=args)
-        result: types.GetPromptResult = await self._run(ctx, call)
+        result: types.GetPromptResult | types.InputRequiredResult = await self._run(ctx, call)
         return result
 
     async def _complete(self, ctx: Ctx, params: types.CompleteRequestParams) -> types.CompleteResult:
