@@ -7,7 +7,9 @@
   everything else to the session's GET stream. A POST answers in a type its ``Accept`` allows
   (:mod:`toolcrib.gateway.edge.accept`): by default JSON when the response is all there is,
   upgraded to SSE as soon as anything else must be sent first; 406 when it accepts neither.
-- 2026-07-28 clients are stateless: each POST carries its own envelope and is served on its own.
+- 2026-07-28 clients are stateless: each POST carries its own envelope and is served on its own,
+  under the rules of :mod:`toolcrib.gateway.edge.stateless` (which POSTs count as modern is decided
+  there too: :func:`~toolcrib.gateway.edge.stateless.is_modern`).
 
 Security: every request has passed the guard (:mod:`toolcrib.gateway.edge.guard`: Host/Origin,
 the whole body read under a cap, authentication to a typed principal) before a handler here runs.
@@ -20,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any
+from collections.abc import Iterator
 
 import anyio
 import anyio.abc
@@ -28,7 +30,7 @@ import mcp_types as types
 from aiohttp import web
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server.connection import Connection
-from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request
+from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 
@@ -36,8 +38,9 @@ from toolcrib.config import Config
 from toolcrib.gateway.edge.accept import NOT_ACCEPTABLE, accepted, response_mode
 from toolcrib.gateway.edge.guard import BODY, PRINCIPAL, access
 from toolcrib.gateway.edge.jsonrpc import BadMessage, parse_message
-from toolcrib.gateway.edge.replies import divert, dump, is_final, note_outcome, note_request, rpc_error, sse
-from toolcrib.gateway.edge.sessions import Exchange, HttpSession, SessionExchange, SessionTable, Standalone, answer
+from toolcrib.gateway.edge.replies import SSE_HEADERS, dump, note_request, respond, rpc_error, sse
+from toolcrib.gateway.edge.sessions import HttpSession, SessionExchange, SessionTable, Standalone, answer
+from toolcrib.gateway.edge.stateless import Stateless, is_modern
 from toolcrib.gateway.server import Gateway, Peer, RequestInfo
 from toolcrib.gateway.trust.identity import Principal
 
@@ -45,7 +48,6 @@ log = logging.getLogger("toolcrib.http")
 
 SESSION_HEADER = "Mcp-Session-Id"
 SUPPORTED_VERSIONS = (*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS)
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class HttpTransport:
@@ -65,6 +67,7 @@ class HttpTransport:
         self.accepting = True
         self.inflight = 0
         self.idle = anyio.Event()
+        self.stateless = Stateless(gateway, self._busy)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_route("POST", "/mcp", access("client", self.post))
@@ -102,6 +105,11 @@ class HttpTransport:
             note_request(request, message)
             if response_mode(request.headers.get("Accept")) == "none":
                 return web.Response(status=406, text=NOT_ACCEPTABLE)
+        sess = self._session(request, principal)
+        if isinstance(sess, web.Response):
+            return sess
+        if sess is None and is_modern(request.headers, raw):
+            return await self.stateless.post(request, principal, message, raw)
         version = request.headers.get("MCP-Protocol-Version")
         if version is not None and version not in SUPPORTED_VERSIONS:
             return rpc_error(
@@ -109,14 +117,15 @@ class HttpTransport:
                 f"Bad Request: MCP-Protocol-Version {version!r} is not supported; use {', '.join(SUPPORTED_VERSIONS)}",
                 getattr(message, "id", None),
             )
-        sess = self._session(request, principal)
-        if isinstance(sess, web.Response):
-            return sess
         if sess is None:
             if isinstance(message, types.JSONRPCRequest) and message.method == "initialize":
                 return await self._initialize(request, principal, message)
             if isinstance(message, types.JSONRPCRequest):
-                return await self._stateless(request, principal, message, raw)
+                return rpc_error(
+                    types.INVALID_REQUEST,
+                    f"Bad Request: missing {SESSION_HEADER}; call initialize first",
+                    message.id,
+                )
             if isinstance(message, types.JSONRPCNotification):
                 return web.Response(status=202)
             return rpc_error(types.INVALID_REQUEST, f"Bad Request: missing {SESSION_HEADER} header")
@@ -168,7 +177,7 @@ class HttpTransport:
         connection = Connection.from_envelope(
             version, init.get("clientInfo"), init.get("capabilities"), outbound=Standalone(sess)
         )
-        token = _progress_token(message.params)
+        token = progress_token_from_params(message.params)
         dctx = SessionExchange(sess, rid, request.headers, info, token)
         send, recv = anyio.create_memory_object_stream[types.JSONRPCMessage](256)
         dctx.sink = send
@@ -193,7 +202,7 @@ class HttpTransport:
 
         self.tg.start_soon(run)
         try:
-            return await self._respond(request, recv, rid, {SESSION_HEADER: sess.peer.id}, sess)
+            return await respond(request, recv, rid, {SESSION_HEADER: sess.peer.id}, sess)
         finally:
             recv.close()
 
@@ -261,7 +270,7 @@ class HttpTransport:
         self.inflight += 1
         try:
             await sess.to_server.send(SessionMessage(message, ServerMessageMetadata(request_context=info)))
-            return await self._respond(request, recv, rid, {SESSION_HEADER: sess.peer.id}, sess)
+            return await respond(request, recv, rid, {SESSION_HEADER: sess.peer.id}, sess)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             return rpc_error(-32000, "Session closed; start a new session with initialize", rid, status=404)
         finally:
@@ -271,84 +280,14 @@ class HttpTransport:
             send.close()
             recv.close()
 
-    async def _respond(
-        self,
-        request: web.Request,
-        recv: MemoryObjectReceiveStream[types.JSONRPCMessage],
-        rid: Any,
-        headers: dict[str, str],
-        sess: HttpSession | None = None,
-    ) -> web.StreamResponse:
-        """Answer as ``Accept`` allows (see :mod:`toolcrib.gateway.edge.accept`): JSON when the first
-        thing ready is the response (or the client takes only JSON: what comes before the response is
-        then diverted, see :func:`divert`); otherwise SSE until the response is sent."""
-        mode = response_mode(request.headers.get("Accept"))
-        try:
-            first = await recv.receive()
-            while mode == "json" and not is_final(first, rid):
-                divert(sess, first)
-                first = await recv.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            return rpc_error(-32001, "Session closed before the request was answered; start a new session", rid, 404)
-        if is_final(first, rid) and mode != "sse":
-            note_outcome(request, first)
-            return web.Response(text=dump(first), content_type="application/json", headers=headers)
-        resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
-        await resp.prepare(request)
-        await resp.write(sse(dump(first)))
-        if is_final(first, rid):
-            note_outcome(request, first)
-        else:
-            async for msg in recv:
-                await resp.write(sse(dump(msg)))
-                if is_final(msg, rid):
-                    note_outcome(request, msg)
-                    break
-        await resp.write_eof()
-        return resp
-
-    async def _stateless(
-        self, request: web.Request, principal: Principal, message: types.JSONRPCRequest, raw: dict[str, Any]
-    ) -> web.StreamResponse:
-        verdict = classify_inbound_request(raw, headers={k.lower(): v for k, v in request.headers.items()})
-        if isinstance(verdict, InboundLadderRejection):
-            if message.method != "initialize" and "_meta" not in (raw.get("params") or {}):
-                return rpc_error(
-                    types.INVALID_REQUEST,
-                    f"Bad Request: missing {SESSION_HEADER}; call initialize first",
-                    message.id,
-                )
-            err = {"code": verdict.code, "message": verdict.message}
-            if verdict.data is not None:
-                err["data"] = verdict.data
-            return web.json_response({"jsonrpc": "2.0", "id": message.id, "error": err}, status=400)
-        peer = Peer(transport="http", principal=principal, stateful=False)
-        info = RequestInfo(peer, principal)
-        params = message.params or {}
-        token = _progress_token(params)
-        dctx = Exchange(message.id, request.headers, info, token)
-        connection = Connection.from_envelope(
-            verdict.protocol_version, verdict.client_info, verdict.client_capabilities
-        )
-        send, recv = anyio.create_memory_object_stream[types.JSONRPCMessage](256)
-        dctx.sink = send
+    @contextlib.contextmanager
+    def _busy(self) -> Iterator[None]:
+        """One request in flight for the length of the block (see :meth:`_done`)."""
         self.inflight += 1
-
-        async def run() -> None:
-            out = await answer(self.gateway.server, dctx, message, connection)
-            with anyio.CancelScope(shield=True):
-                await send.send(out)
-                send.close()
-
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(run)
-                resp = await self._respond(request, recv, message.id, headers={})
-            return resp
+            yield
         finally:
             self._done()
-            send.close()
-            recv.close()
 
     def _done(self) -> None:
         self.inflight -= 1
@@ -396,9 +335,3 @@ class HttpTransport:
         sess.scope.cancel()
         self.table.drop(sess)
         return web.Response(status=204)
-
-
-def _progress_token(params: dict[str, Any] | None) -> Any:
-    """``params._meta.progressToken`` when ``_meta`` is an object (anything else carries no token)."""
-    meta = (params or {}).get("_meta")
-    return meta.get("progressToken") if isinstance(meta, dict) else None

@@ -1,24 +1,32 @@
-"""The shapes of ``/mcp`` answers (JSON-RPC errors, SSE events) and what a request adds to the request log."""
+"""The shapes of ``/mcp`` answers (JSON-RPC errors, SSE events, the answer to one POST) and what a
+request adds to the request log."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
 import mcp_types as types
 from aiohttp import web
+from anyio.streams.memory import MemoryObjectReceiveStream
 
+from toolcrib.gateway.edge.accept import response_mode
 from toolcrib.gateway.edge.guard import NOTE
 from toolcrib.gateway.edge.sessions import HttpSession
 
 log = logging.getLogger("toolcrib.http")
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def rpc_error(code: int, message: str, rid: Any = None, status: int = 400) -> web.Response:
-    body = {"jsonrpc": "2.0", "id": rid, "error": {"code": code, "message": message}}
-    return web.json_response(body, status=status)
+def rpc_error(code: int, message: str, rid: Any = None, status: int = 400, data: Any = None) -> web.Response:
+    """A JSON-RPC error answer (``id`` null when the request's id is unknown) with HTTP ``status``."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return web.json_response({"jsonrpc": "2.0", "id": rid, "error": error}, status=status)
 
 
 def dump(message: types.JSONRPCMessage) -> str:
@@ -68,3 +76,48 @@ def note_outcome(request: web.Request, msg: types.JSONRPCMessage) -> None:
         note["outcome"] = f"error {msg.error.code}"
     elif isinstance(msg, types.JSONRPCResponse):
         note["outcome"] = "tool_error" if msg.result.get("isError") is True else "ok"
+
+
+async def respond(
+    request: web.Request,
+    recv: MemoryObjectReceiveStream[types.JSONRPCMessage],
+    rid: Any,
+    headers: dict[str, str],
+    sess: HttpSession | None = None,
+    error_status: Mapping[int, int] | None = None,
+) -> web.StreamResponse:
+    """Answer one POST as ``Accept`` allows (see :mod:`toolcrib.gateway.edge.accept`): JSON when the
+    first thing ready is the response (or the client takes only JSON: what comes before the response
+    is then diverted, see :func:`divert`); otherwise SSE until the response is sent.
+
+    ``error_status`` maps a JSON-RPC error code to the HTTP status of a JSON answer (2026-07-28
+    basic/transports: -32601 is 404, -32602/-32020/-32021/-32022 are 400); unmapped codes and every
+    SSE answer are 200.
+    """
+    mode = response_mode(request.headers.get("Accept"))
+    try:
+        first = await recv.receive()
+        while mode == "json" and not is_final(first, rid):
+            divert(sess, first)
+            first = await recv.receive()
+    except (anyio.EndOfStream, anyio.ClosedResourceError):
+        return rpc_error(-32001, "Session closed before the request was answered; start a new session", rid, 404)
+    if is_final(first, rid) and mode != "sse":
+        note_outcome(request, first)
+        status = 200
+        if isinstance(first, types.JSONRPCError) and error_status is not None:
+            status = error_status.get(first.error.code, 200)
+        return web.Response(text=dump(first), status=status, content_type="application/json", headers=headers)
+    resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
+    await resp.prepare(request)
+    await resp.write(sse(dump(first)))
+    if is_final(first, rid):
+        note_outcome(request, first)
+    else:
+        async for msg in recv:
+            await resp.write(sse(dump(msg)))
+            if is_final(msg, rid):
+                note_outcome(request, msg)
+                break
+    await resp.write_eof()
+    return resp
