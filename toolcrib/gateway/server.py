@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 import mcp_types as types
 from mcp.server import Server
+from mcp.server.caching import CacheHint, validate_cache_hints
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.models import InitializationOptions
@@ -54,6 +55,7 @@ Ctx = ServerRequestContext[Any, Any]
 SEARCH_CONCURRENCY = 2
 """Searches embedding a query at once: the model is CPU-bound (and itself multi-threaded), so more
 parallel searches only starve the event loop that serves every other call."""
+CACHE_HINTED = ("tools/list", "resources/list", "resources/templates/list", "prompts/list", "resources/read")
 Refused = Callable[[UpstreamCall, str, str], None]
 """``(call, rule, reason)``: a request answered as unknown or refused before the pipeline."""
 
@@ -132,6 +134,9 @@ class Gateway:
                 on_set_logging_level=self._set_level,
             )
         self.server.middleware = []  # no tracing middleware on the hot path
+        # SEP-2549 cache hints for results a handler leaves unset (an upstream's own ttlMs on a read wins):
+        # listings follow upstream changes and policy at once and are filtered per principal.
+        self.server.cache_hints = validate_cache_hints({m: CacheHint(ttl_ms=0, scope="private") for m in CACHE_HINTED})
         self.init_options: InitializationOptions = self.server.create_initialization_options(
             NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True)
         )
