@@ -24,6 +24,12 @@ log = logging.getLogger("toolcrib.relay")
 Ctx = ServerRequestContext[Any, Any]
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 """RFC 5424 severities in MCP's order (``logging/setLevel``)."""
+CANNOT_ASK = (
+    "the client cannot be asked for input on this request: only tools/call, prompts/get and "
+    "resources/read ask a 2026-07-28 client, as input_required rounds"
+)
+"""Why a server request found no way to the client: only the MRTR methods can carry one to a
+2026-07-28 client (SEP-2322; :mod:`toolcrib.gateway.mrtr`), and a session may have no stream for it."""
 
 
 class Relay:
@@ -40,7 +46,7 @@ class Relay:
     async def _send(self, request: Any, result_type: Any) -> dict[str, Any]:
         session = self._ctx.session
         if not session.can_send_request:
-            raise MCPError(code=types.INVALID_REQUEST, message="the client cannot take server requests here")
+            raise MCPError(code=types.INVALID_REQUEST, message=CANNOT_ASK)
         meta = ServerMessageMetadata(related_request_id=self._ctx.request_id)
         result = await session.send_request(request, result_type, metadata=meta)
         dumped: dict[str, Any] = result.model_dump(by_alias=True, mode="json", exclude_none=True)

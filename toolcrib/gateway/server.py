@@ -36,6 +36,7 @@ from mcp.shared.exceptions import MCPError
 from toolcrib import __version__
 from toolcrib.config import Config
 from toolcrib.errors import InvalidArguments
+from toolcrib.gateway.changes import notify, upstream_changed
 from toolcrib.gateway.forward import Forwarder
 from toolcrib.gateway.mrtr import Mrtr, arrive
 from toolcrib.gateway.parked import Parking
@@ -114,7 +115,7 @@ class Gateway:
         self.mrtr.parking = Parking(self.mrtr, lambda: pool._tg)  # parked calls live as long as the pool serves
         self.pipeline = Pipeline(layers, Forwarder(pool, self.mrtr))
         self.peers: weakref.WeakSet[Peer] = weakref.WeakSet()
-        pool.subscribe(self._upstream_changed)
+        pool.subscribe(lambda server, what: upstream_changed(self, server, what))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # logging/setLevel is deprecated in 2026-07-28 but live in 2025-11-25
             self.server: Server[Any] = Server(
@@ -387,35 +388,3 @@ class Gateway:
         changes what another receives; relayed log messages below it are dropped for this client."""
         self._peer(ctx).peer.log_level = params.level
         return types.EmptyResult()
-
-    # ---- upstream changes --------------------------------------------------------------------
-
-    async def _upstream_changed(self, server: str, what: str) -> None:
-        note: types.ServerNotification | None = None
-        if what.startswith("resource_updated:"):
-            uri = self.pool.catalog.resource_uri(server, what.split(":", 1)[1])
-            update = types.ResourceUpdatedNotification(params=types.ResourceUpdatedNotificationParams(uri=uri))
-            for peer in list(self.peers):
-                if uri in peer.subscriptions and self.may_use(peer.principal, uri, "resource"):
-                    await notify(peer, update)
-            return
-        if what in ("tools_changed", "connected", "disconnected"):
-            if self.mode == "passthrough" or self.config.gateway.always_expose:
-                note = types.ToolListChangedNotification()
-        elif what == "resources_changed":
-            note = types.ResourceListChangedNotification()
-        elif what == "prompts_changed":
-            note = types.PromptListChangedNotification()
-        if note is not None:
-            for peer in list(self.peers):
-                await notify(peer, note)
-
-
-async def notify(peer: Peer, note: Any) -> None:
-    if peer.outbound is None:
-        return
-    try:
-        with anyio.move_on_after(2):
-            await peer.outbound.send_notification(note)
-    except Exception:
-        log.debug("could not notify peer %s", peer.id, exc_info=True)

@@ -50,7 +50,10 @@ SEARCH_TOOL = types.Tool(
 
 INVOKE_TOOL = types.Tool(
     name=INVOKE,
-    description="Call a tool found with search_tools, by its exact name, with arguments matching its input schema.",
+    description=(
+        "Call a tool found with search_tools, by its exact name, with arguments matching its input schema. "
+        "If it answers input_required, retry this same invoke call with inputResponses and requestState."
+    ),
     input_schema={
         "type": "object",
         "properties": {
