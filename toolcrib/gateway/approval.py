@@ -128,8 +128,8 @@ def approval_layer(
 
     async def layer(call: UpstreamCall, nxt: Next) -> Result:
         decision = call.state.decision
-        if decision is None or decision.action != "approve":
-            return await nxt(call)
+        if decision is None or decision.action != "approve" or call.method.startswith("tasks/"):
+            return await nxt(call)  # tasks/* ride the approval of the tools/call that created the task
         modern = call.era == MODERN and call.method in INPUT_REQUIRED_METHODS
         if modern and url_elicitation_declared(call.client_capabilities):
             return await _round_trip(gate, call, nxt, decision.rule)

@@ -37,6 +37,7 @@ from toolcrib import __version__
 from toolcrib.config import Config
 from toolcrib.errors import InvalidArguments
 from toolcrib.gateway.changes import notify, upstream_changed
+from toolcrib.gateway import tasks
 from toolcrib.gateway.forward import Forwarder
 from toolcrib.gateway.mrtr import Mrtr, arrive
 from toolcrib.gateway.parked import Parking
@@ -113,7 +114,8 @@ class Gateway:
         self._search_slots: anyio.CapacityLimiter | None = None
         self.mrtr = Mrtr(redactor, self.sealer)
         self.mrtr.parking = Parking(self.mrtr, lambda: pool._tg)  # parked calls live as long as the pool serves
-        self.pipeline = Pipeline(layers, Forwarder(pool, self.mrtr))
+        forwarder = Forwarder(pool, self.mrtr)
+        self.pipeline = Pipeline(layers, forwarder)
         self.peers: weakref.WeakSet[Peer] = weakref.WeakSet()
         pool.subscribe(lambda server, what: upstream_changed(self, server, what))
         with warnings.catch_warnings():
@@ -135,6 +137,7 @@ class Gateway:
                 on_set_logging_level=self._set_level,
             )
         self.server.middleware = []  # no tracing middleware on the hot path
+        self.tasks = tasks.install(self, forwarder)  # tasks extension (SEP-2663): gateway/tasks.py
         # SEP-2549 cache hints for results a handler leaves unset (an upstream's own ttlMs on a read wins):
         # listings follow upstream changes and policy at once and are filtered per principal.
         self.server.cache_hints = validate_cache_hints({m: CacheHint(ttl_ms=0, scope="private") for m in CACHE_HINTED})

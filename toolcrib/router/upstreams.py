@@ -48,6 +48,7 @@ from toolcrib.router.listing import Listing, fetch_listing
 from toolcrib.router.optional_caps import OptionalCaps
 from toolcrib.router.stdio_env import child_environment
 from toolcrib.router.stdio_noise import current_upstream, install
+from toolcrib.router.task_claim import TASKS_CLIENT
 from toolcrib.router.upstream_state import UpstreamState, describe
 
 log = logging.getLogger("toolcrib.upstream")
@@ -186,6 +187,7 @@ class Upstream:
                 client_info=types.Implementation(name="toolcrib", version="0.1.0"),
                 log_level="debug",
                 cache=None,
+                extensions=[TASKS_CLIENT],  # tasks (SEP-2663): router/task_claim.py
             )
             with anyio.CancelScope() as connecting:
                 connecting.deadline = anyio.current_time() + self.cfg.connect_timeout
