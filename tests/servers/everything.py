@@ -143,10 +143,6 @@ async def _log(ctx: ServerRequestContext[Any], level: types.LoggingLevel, data: 
     await ctx.session.send_log_message(level, data, logger="everything", related_request_id=ctx.request_id)
 
 
-def _has(ctx: ServerRequestContext[Any], capability: types.ClientCapabilities) -> bool:
-    return ctx.session.check_client_capability(capability)
-
-
 ToolReply = types.CallToolResult | types.InputRequiredResult
 
 
