@@ -10,13 +10,22 @@ Listings are read defensively, because upstreams misbehave:
 - paging (basic/utilities/pagination) is followed for at most :data:`MAX_PAGES` pages and
   :data:`MAX_ITEMS` items; a cursor seen before ends the listing; items repeated under the same
   name (URI for resources, URI template for templates) keep the first; each with one warning.
+
+Freshness (SEP-2549, 2026-07-28 "Caching"): a list result's ``ttlMs`` says how long it stays
+fresh. The listing remembers, per kind (``tools``, ``resources`` with templates, ``prompts``), the
+shortest positive ``ttlMs`` of its pages and when it was fetched; :func:`due` names the kinds to
+re-list. ``ttlMs`` 0 (the SDK default, "immediately stale") or absent sets no schedule: such a
+listing is refreshed on change notifications only, never polled. A refresh is never sooner than
+:data:`MIN_TTL_REFRESH` seconds after the last fetch, whatever the upstream asks.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -28,6 +37,9 @@ log = logging.getLogger("toolcrib.upstream")
 
 MAX_PAGES = 100
 MAX_ITEMS = 10_000
+MIN_TTL_REFRESH = 5.0
+"""Seconds: the soonest an upstream's ``ttlMs`` may make toolcrib list the same kind again."""
+KINDS = ("tools", "resources", "prompts")
 
 _KEYS: dict[str, Callable[[Any], str]] = {
     "tools": lambda t: t.name,
@@ -45,6 +57,39 @@ class Listing:
     resources: tuple[types.Resource, ...] = ()
     templates: tuple[types.ResourceTemplate, ...] = ()
     prompts: tuple[types.Prompt, ...] = ()
+    ttl_ms: Mapping[str, int] = field(default_factory=dict, compare=False)
+    """Per kind: the shortest positive ``ttlMs`` the upstream gave on that listing's pages (absent: none)."""
+    fetched_at: Mapping[str, float] = field(default_factory=dict, compare=False)
+    """Per kind: ``time.monotonic()`` when it was last listed."""
+
+
+def due(listing: Listing, now: float) -> tuple[set[str], float]:
+    """``(kinds, wait)``: the kinds whose ``ttlMs`` ran out at ``now`` (a ``time.monotonic()`` value),
+    and seconds until the next one does (``math.inf`` when no kind has a TTL). A kind is due no
+    sooner than :data:`MIN_TTL_REFRESH` seconds after it was fetched."""
+    kinds: set[str] = set()
+    wait = math.inf
+    for kind, ttl in listing.ttl_ms.items():
+        fetched = listing.fetched_at.get(kind)
+        if ttl <= 0 or fetched is None:
+            continue
+        left = fetched + max(ttl / 1000, MIN_TTL_REFRESH) - now
+        if left <= 0:
+            kinds.add(kind)
+        else:
+            wait = min(wait, left)
+    return kinds, wait
+
+
+def changed_kinds(old: Listing, new: Listing, kinds: Iterable[str]) -> set[str]:
+    """Which of ``kinds`` list different items in ``new`` than in ``old`` (resources count templates)."""
+    return {k for k in kinds if _items(old, k) != _items(new, k)}
+
+
+def _items(listing: Listing, kind: str) -> tuple[Any, ...]:
+    if kind == "resources":
+        return (listing.resources, listing.templates)
+    return tuple(getattr(listing, kind, ()))
 
 
 def astuple_shallow(listing: Listing) -> tuple[tuple[Any, ...], ...]:
@@ -84,11 +129,12 @@ async def fetch_listing(
     old = old or Listing()
     warn = _Warner(server, warned)
     tools, resources, templates, prompts = old.tools, old.resources, old.templates, old.prompts
+    ttls = _Ttls()
 
     async def optional(fetch: Callable[[str | None], Awaitable[Any]], attr: str, kept: tuple[Any, ...]) -> Any:
         try:
             with anyio.fail_after(optional_timeout):
-                return tuple(await all_pages(fetch, attr, warn=warn))
+                return tuple(await all_pages(ttls.watch(kind_of[attr], fetch), attr, warn=warn))
         except MCPError as exc:
             if exc.error.code == types.CONNECTION_CLOSED:
                 raise
@@ -101,8 +147,10 @@ async def fetch_listing(
         warn(f"{attr}-failed", f"listing {listed} failed ({reason}); continuing without them")
         return kept
 
+    kind_of = {"resources": "resources", "resource_templates": "resources", "prompts": "prompts"}
     if "tools" in kinds and caps.tools is not None:
-        tools = tuple(await all_pages(lambda c: client.list_tools(cursor=c, cache_mode="bypass"), "tools", warn=warn))
+        fetch_tools = ttls.watch("tools", lambda c: client.list_tools(cursor=c, cache_mode="bypass"))
+        tools = tuple(await all_pages(fetch_tools, "tools", warn=warn))
     if "resources" in kinds and caps.resources is not None:
         resources = await optional(
             lambda c: client.list_resources(cursor=c, cache_mode="bypass"), "resources", old.resources
@@ -112,7 +160,28 @@ async def fetch_listing(
         )
     if "prompts" in kinds and caps.prompts is not None:
         prompts = await optional(lambda c: client.list_prompts(cursor=c, cache_mode="bypass"), "prompts", old.prompts)
-    return Listing(tools, resources, templates, prompts)
+    now = time.monotonic()
+    listed = {k for k in KINDS if k in kinds}
+    ttl_ms = {k: v for k, v in old.ttl_ms.items() if k not in listed} | ttls.shortest
+    fetched_at = {**old.fetched_at, **dict.fromkeys(listed, now)}
+    return Listing(tools, resources, templates, prompts, ttl_ms, fetched_at)
+
+
+class _Ttls:
+    """Collects the shortest positive ``ttlMs`` of the pages fetched, per kind."""
+
+    def __init__(self) -> None:
+        self.shortest: dict[str, int] = {}
+
+    def watch(self, kind: str, fetch: Callable[[str | None], Awaitable[Any]]) -> Callable[[str | None], Awaitable[Any]]:
+        async def fetched(cursor: str | None) -> Any:
+            page = await fetch(cursor)
+            ttl = getattr(page, "ttl_ms", None)
+            if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl > 0:
+                self.shortest[kind] = min(ttl, self.shortest.get(kind, ttl))
+            return page
+
+        return fetched
 
 
 async def all_pages(

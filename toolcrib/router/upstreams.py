@@ -44,7 +44,7 @@ from toolcrib.config import ServerConfig
 from toolcrib.errors import SecretError, UpstreamCrashed, UpstreamTimeout, UpstreamUnavailable
 from toolcrib.router.backchannel import Backchannel, Caller, current_caller
 from toolcrib.router.http_transport import SESSION_GONE, aiohttp_transport
-from toolcrib.router.listing import Listing, fetch_listing
+from toolcrib.router.listing import MIN_TTL_REFRESH, Listing, changed_kinds, due, fetch_listing
 from toolcrib.router.optional_caps import OptionalCaps
 from toolcrib.router.stdio_env import child_environment
 from toolcrib.router.stdio_noise import current_upstream, install
@@ -96,6 +96,8 @@ class Upstream:
         self._closed = anyio.Event()
         self._refresh: set[str] = set()
         self._refresh_event = anyio.Event()
+        self._expired: set[str] = set()
+        """Kinds re-listed because their ttlMs ran out (SEP-2549), not because the server said they changed."""
         self._scope = anyio.CancelScope()
         self._resource_subs: set[str] = set()
         self._relisten = anyio.Event()
@@ -226,13 +228,18 @@ class Upstream:
             tg.start_soon(self._watch_closed, tg.cancel_scope)
             if client.protocol_version >= "2026":
                 tg.start_soon(self._listen, client)
+            tg.start_soon(self._expire_listings)
             while True:
                 await self._refresh_event.wait()
                 kinds, self._refresh = self._refresh, set()
+                expired, self._expired = self._expired - kinds, set()  # an announced change wins
+                kinds |= expired
                 self._refresh_event = anyio.Event()
+                old = self.listing
                 with anyio.fail_after(self.cfg.connect_timeout):
                     self.listing = await fetch_listing(client, kinds, self.listing, **self._listing_opts())
-                for kind in sorted(kinds):
+                quiet = expired - changed_kinds(old, self.listing, expired)  # a TTL refresh that found no change
+                for kind in sorted(kinds - quiet):
                     await self._notify(f"{kind}_changed")
         self._client = None
         if not self._stop.is_set():
@@ -240,6 +247,17 @@ class Upstream:
             self.state.error = "connection closed (server exited or dropped the connection)"
             log.warning("upstream %s: %s; restarting", self.name, self.state.error)
             await self._notify("disconnected")
+
+    async def _expire_listings(self) -> None:
+        """SEP-2549: re-list a kind when the ``ttlMs`` the server gave on it runs out (:func:`due`: never
+        sooner than ``MIN_TTL_REFRESH`` s after the last listing; ``ttlMs`` 0 or absent: never)."""
+        while True:
+            kinds, wait = due(self.listing, time.monotonic())
+            kinds -= self._expired | self._refresh
+            if kinds:
+                self._expired |= kinds
+                self._refresh_event.set()
+            await anyio.sleep(MIN_TTL_REFRESH if kinds else min(wait, MIN_TTL_REFRESH))
 
     async def _watch_closed(self, scope: anyio.CancelScope) -> None:
         await self._closed.wait()
