@@ -131,7 +131,12 @@ async def test_input_required_task_resumed_with_update(gateway: GatewayFactory) 
 async def test_client_without_the_extension(gateway: GatewayFactory) -> None:
     async with gateway(_servers(), keep_names=True) as rt, httpx.AsyncClient(timeout=30) as http:
         plain = Rpc(http, _url(rt), tasks=False)
-        for method, params in (("tasks/get", {}), ("tasks/update", {"inputResponses": {}}), ("tasks/cancel", {})):
+        gated: list[tuple[str, dict[str, Any]]] = [
+            ("tasks/get", {}),
+            ("tasks/update", {"inputResponses": {}}),
+            ("tasks/cancel", {}),
+        ]
+        for method, params in gated:
             answer = await plain(method, {"taskId": "gate-test", **params})
             error = answer.get("error", {})
             assert error.get("code") == -32021, answer
