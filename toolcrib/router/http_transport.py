@@ -8,7 +8,9 @@ What it implements of the transport's contract:
 - ``Mcp-Session-Id`` captured from the ``initialize`` answer and sent afterwards; ``DELETE`` on close;
 - ``MCP-Protocol-Version`` remembered from the per-message headers the session stamps, and those
   headers (``Mcp-Method``, ``Mcp-Name``, ...) applied to each POST;
-- JSON and SSE answers; a JSON-RPC error in a non-2xx body is surfaced as is, other failures
+- JSON and SSE answers; a request's SSE stream that ends before its answer is resumed with a GET
+  carrying ``Last-Event-ID`` after the server's ``retry`` delay (the GET stream is reopened the same
+  way); a JSON-RPC error in a non-2xx body is surfaced as is, other failures
   become a JSON-RPC error for that request so no caller waits forever;
 - a 2026-07-28 request is cancelled by aborting its POST (the server sees the stream close);
 - for 2025-11-25 sessions, the GET stream for server-initiated messages once initialized (reopened
@@ -55,6 +57,20 @@ SESSION_GONE = "the server ended the session (HTTP 404)"
 Streams = tuple[MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]]
 
 
+DEFAULT_RETRY = 1.0
+"""Seconds before resuming a stream whose server gave no ``retry`` field."""
+MAX_RESUMES = 5
+"""Resumptions of one request's stream in a row that bring no new event before the request fails."""
+
+
+class _Stream:
+    """What resuming one SSE stream needs: the last event id seen and the server's ``retry`` (seconds)."""
+
+    def __init__(self) -> None:
+        self.last_id: str | None = None
+        self.retry = DEFAULT_RETRY
+
+
 class _Conn:
     def __init__(self, http: aiohttp.ClientSession, url: str, read: MemoryObjectSendStream[Any]) -> None:
         self.http = http
@@ -65,6 +81,7 @@ class _Conn:
         self.posts: dict[Any, anyio.CancelScope] = {}
         self.get_started = False
         self.session_lost = False
+        self.get_stream = _Stream()
 
     def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         h = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -153,8 +170,42 @@ class _Conn:
         else:
             await self.fail(rid, types.INVALID_REQUEST, f"unexpected content type {ctype!r} from the server")
 
-    async def events(self, resp: aiohttp.ClientResponse, rid: Any = None) -> None:
-        """Read an SSE body; return once the answer to ``rid`` arrived (or the stream ended)."""
+    async def events(self, resp: aiohttp.ClientResponse, rid: Any = None, stream: _Stream | None = None) -> None:
+        """Read an SSE body; return once the answer to ``rid`` arrived (or the stream ended for good).
+
+        A request's stream that ends before its answer, after the server gave it an event id, is
+        resumed: after the server's ``retry`` delay (else :data:`DEFAULT_RETRY`), a GET with
+        ``Last-Event-ID`` (basic/transports, "Resumability and Redelivery"; SEP-1699), at most
+        :data:`MAX_RESUMES` times in a row without progress. Without an event id it cannot be resumed.
+        """
+        stream = stream or _Stream()
+        answered = await self._read(resp, rid, stream)
+        idle = 0
+        while rid is not None and not answered and stream.last_id is not None and idle < MAX_RESUMES:
+            idle += 1
+            seen = stream.last_id
+            await anyio.sleep(stream.retry)
+            answered = await self._resume(rid, stream)
+            if stream.last_id != seen:
+                idle = 0
+        if rid is not None and not answered:
+            await self.fail(rid, types.CONNECTION_CLOSED, "the server closed the SSE stream before answering")
+
+    async def _resume(self, rid: Any, stream: _Stream) -> bool:
+        """One GET resuming ``stream`` after its last event id; True once ``rid`` was answered."""
+        headers = self.headers()
+        headers["Accept"] = "text/event-stream"
+        headers["Last-Event-ID"] = stream.last_id or ""
+        log.debug("resuming the SSE stream of request %r at event %r", rid, stream.last_id)
+        async with self.http.get(self.url, headers=headers, timeout=aiohttp.ClientTimeout()) as resp:
+            if resp.status != 200 or not resp.headers.get("Content-Type", "").lower().startswith("text/event-stream"):
+                log.debug("%s refused to resume a stream: HTTP %d", safe_url(self.url), resp.status)
+                stream.last_id = None
+                return False
+            return await self._read(resp, rid, stream)
+
+    async def _read(self, resp: aiohttp.ClientResponse, rid: Any, stream: _Stream) -> bool:
+        """Deliver the messages of one SSE body (noting event ids and ``retry``); True once ``rid`` was answered."""
         data: list[str] = []
         event = "message"
         async for line in _lines(resp):
@@ -162,15 +213,22 @@ class _Conn:
                 data.append(line[5:].removeprefix(" "))
             elif line.startswith("event:"):
                 event = line[6:].strip()
+            elif line.startswith("id:"):
+                event_id = line[3:].removeprefix(" ")
+                if "\0" not in event_id:  # the SSE rule: an id with NUL is ignored
+                    stream.last_id = event_id
+            elif line.startswith("retry:"):
+                value = line[6:].strip()
+                if value.isdigit():
+                    stream.retry = int(value) / 1000
             elif not line:
-                if data and event == "message":
-                    text = "\n".join(data)
+                text = "\n".join(data)
+                if text.strip() and event == "message":
                     await self.deliver(text, related=rid)
                     if rid is not None and _answers(text, rid):
-                        return
+                        return True
                 data, event = [], "message"
-        if rid is not None:
-            await self.fail(rid, types.CONNECTION_CLOSED, "the server closed the SSE stream before answering")
+        return False
 
     def gone(self) -> None:
         """The connection is lost for good (session ended): end the read stream, so the supervisor
@@ -190,6 +248,8 @@ class _Conn:
             try:
                 headers = self.headers()
                 headers["Accept"] = "text/event-stream"
+                if self.get_stream.last_id is not None:
+                    headers["Last-Event-ID"] = self.get_stream.last_id
                 async with self.http.get(self.url, headers=headers, timeout=aiohttp.ClientTimeout()) as resp:
                     if resp.status == 404 and self.session_id is not None:
                         log.info("%s ended the session (HTTP 404 on the GET stream); reconnecting", safe_url(self.url))
@@ -199,12 +259,12 @@ class _Conn:
                         log.debug("GET stream of %s refused: HTTP %d", self.url, resp.status)
                         return
                     opened = anyio.current_time()
-                    await self.events(resp)
+                    await self.events(resp, stream=self.get_stream)
                     if anyio.current_time() - opened > 30:
                         delay = 0.5  # a stream that lasted is a healthy one: reopen it promptly
             except (aiohttp.ClientError, OSError) as exc:
                 log.debug("GET stream of %s ended: %s", self.url, exc)
-            await anyio.sleep(delay)
+            await anyio.sleep(max(delay, self.get_stream.retry if self.get_stream.last_id else 0))
             delay = min(delay * 2, 5.0)
 
 
