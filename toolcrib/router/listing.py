@@ -57,9 +57,9 @@ class Listing:
     resources: tuple[types.Resource, ...] = ()
     templates: tuple[types.ResourceTemplate, ...] = ()
     prompts: tuple[types.Prompt, ...] = ()
-    ttl_ms: Mapping[str, int] = field(default_factory=dict, compare=False)
+    ttl_ms: Mapping[str, int] = field(default_factory=dict, compare=False, kw_only=True)
     """Per kind: the shortest positive ``ttlMs`` the upstream gave on that listing's pages (absent: none)."""
-    fetched_at: Mapping[str, float] = field(default_factory=dict, compare=False)
+    fetched_at: Mapping[str, float] = field(default_factory=dict, compare=False, kw_only=True)
     """Per kind: ``time.monotonic()`` when it was last listed."""
 
 
@@ -164,7 +164,7 @@ async def fetch_listing(
     listed = {k for k in KINDS if k in kinds}
     ttl_ms = {k: v for k, v in old.ttl_ms.items() if k not in listed} | ttls.shortest
     fetched_at = {**old.fetched_at, **dict.fromkeys(listed, now)}
-    return Listing(tools, resources, templates, prompts, ttl_ms, fetched_at)
+    return Listing(tools, resources, templates, prompts, ttl_ms=ttl_ms, fetched_at=fetched_at)
 
 
 class _Ttls:
