@@ -131,7 +131,9 @@ async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.Call
     return types.CallToolResult(content=[_text(out)])
 
 
-async def get_prompt(ctx: Ctx, params: types.GetPromptRequestParams) -> types.GetPromptResult | types.InputRequiredResult:
+async def get_prompt(
+    ctx: Ctx, params: types.GetPromptRequestParams
+) -> types.GetPromptResult | types.InputRequiredResult:
     out = await _run(ctx, params.name, {}, params)
     if isinstance(out, types.InputRequiredResult):
         return out

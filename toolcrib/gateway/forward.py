@@ -23,7 +23,7 @@ from mcp.client import Client
 from mcp.shared.exceptions import MCPError
 
 from toolcrib.errors import UpstreamError
-from toolcrib.gateway.mrtr import INPUT_METHODS, MODERN, Mrtr, MrtrRefusal, Op, Progress, Retry
+from toolcrib.gateway.mrtr import INPUT_METHODS, MODERN, Mrtr, MrtrRefusal, Op, Progress, Retry, declaring
 from toolcrib.gateway.pipeline import UpstreamCall, tool_error
 from toolcrib.gateway.relay import Relay
 from toolcrib.router.pool import Pool
@@ -93,6 +93,11 @@ class Forwarder:
 
 
 def operation(call: UpstreamCall, retry: Retry | None, progress: Progress | None) -> Op:
+    """The SDK operation for ``call``, declaring the calling client's capabilities upstream (:func:`declaring`)."""
+    return declaring(call.client_capabilities, _operation(call, retry, progress))
+
+
+def _operation(call: UpstreamCall, retry: Retry | None, progress: Progress | None) -> Op:
     """The SDK operation for ``tools/call``, ``prompts/get`` or ``resources/read``.
 
     With ``retry`` the request speaks 2026-07-28 MRTR itself: it carries the client's
