@@ -1,0 +1,150 @@
+"""One leg of one revision: its results per target, the verdicts, the table and the JSON summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.conformance.results import Difference, ScenarioResult, Verdict, compare, judge
+
+MESSAGE_WIDTH = 220
+
+
+def _short(text: str) -> str:
+    one_line = " ".join(text.split())
+    return one_line if len(one_line) <= MESSAGE_WIDTH else one_line[: MESSAGE_WIDTH - 3] + "..."
+
+
+@dataclass
+class LegReport:
+    """`targets` maps a target name to its results; the first is the reference, judged against
+    the baseline (`direct` for the server leg, `toolcrib` for the client leg, `url` for --url);
+    every other target is compared with it check by check."""
+
+    revision: str
+    leg: str
+    scored: list[str]
+    not_scored: dict[str, str]
+    targets: dict[str, dict[str, ScenarioResult]]
+    entries: list[tuple[str, str | None]]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def reference(self) -> str:
+        return next(iter(self.targets))
+
+    @property
+    def verdict(self) -> Verdict:
+        return judge(self.targets[self.reference], self.scored, self.entries)
+
+    @property
+    def differences(self) -> dict[str, list[Difference]]:
+        ref = self.targets[self.reference]
+        return {name: compare(ref, res) for name, res in self.targets.items() if name != self.reference}
+
+    @property
+    def ok(self) -> bool:
+        worse = any(d.worse for diffs in self.differences.values() for d in diffs)
+        return self.verdict.ok and not worse and not self.notes
+
+    def counts(self, target: str) -> tuple[int, int, int, int]:
+        """(scored passed, scored total, not-scored passed, not-scored total) for `target`."""
+        res = self.targets[target]
+        scored = [res[s].passed for s in self.scored if s in res]
+        extra = [res[s].passed for s in self.not_scored if s in res]
+        return sum(scored), len(self.scored), sum(extra), len(self.not_scored)
+
+    def _kind(self, scenario: str) -> str:
+        reason = self.not_scored.get(scenario)
+        return f"not scored: {reason}" if reason else "scored"
+
+    def lines(self) -> list[str]:
+        out = [f"\n== {self.revision} {self.leg} leg ({len(self.scored)} scored, {len(self.not_scored)} not scored)"]
+        width = max(len(t) for t in self.targets) + 2
+        out.append(f"  {'target':<{width}}{'scored':>9}  {'not scored':>10}  compared with {self.reference}")
+        diffs = self.differences
+        for name in self.targets:
+            sp, st, np, nt = self.counts(name)
+            comparison = ""
+            if name in diffs:
+                worse = sum(1 for d in diffs[name] if d.worse)
+                better = sum(1 for d in diffs[name] if d.better)
+                comparison = f"{worse} scenario(s) worse, {better} better"
+            out.append(f"  {name:<{width}}{f'{sp}/{st}':>9}  {f'{np}/{nt}':>10}  {comparison}")
+        for note in self.notes:
+            out.append(f"  ! {note}")
+        for name, found in diffs.items():
+            for d in found:
+                ref, res = self.targets[self.reference], self.targets[name]
+                status = f"{self.reference} {_status(ref, d.scenario)}, {name} {_status(res, d.scenario)}"
+                label = "WORSE " if d.worse else "better"
+                out.append(f"  {label} {name}: {d.scenario} ({self._kind(d.scenario)}): {status}")
+                for check_id, ds, gs, message in [*d.worse, *d.better]:
+                    out.append(f"      - {check_id}: {ds or 'absent'} -> {gs or 'absent'}: {_short(message)}")
+                if d.worse and res.get(d.scenario) and res[d.scenario].note:
+                    out.append(f"      note: {_short(res[d.scenario].note)}")
+        verdict = self.verdict
+        out.append(
+            f"  {self.reference} against the baseline: {len(verdict.unexpected)} unexpected failing check(s), "
+            f"{len(verdict.stale)} stale entr(ies), {len(verdict.expected)} expected"
+        )
+        ref = self.targets[self.reference]
+        for scenario, check_id, message in verdict.unexpected:
+            out.append(f"    UNEXPECTED {scenario}:{check_id}: {_short(message)}")
+            note = ref[scenario].note if scenario in ref else ""
+            if note and check_id != "no-results":
+                out.append(f"      note: {_short(note)}")
+        for key in verdict.stale:
+            out.append(f"    STALE {key}: passes now (or is no scored scenario); remove it from the baseline")
+        failing_extra = [s for s in self.not_scored if s in ref and not ref[s].passed]
+        if failing_extra:
+            out.append(f"  not scored and failing for {self.reference}: {', '.join(failing_extra)}")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        verdict = self.verdict
+        return {
+            "revision": self.revision,
+            "leg": self.leg,
+            "reference": self.reference,
+            "ok": self.ok,
+            "notes": self.notes,
+            "targets": {
+                name: {
+                    "scored": dict(zip(("passed", "total"), self.counts(name)[:2], strict=True)),
+                    "not_scored": dict(zip(("passed", "total"), self.counts(name)[2:], strict=True)),
+                    "scenarios": {
+                        s: {
+                            "scored": s in self.scored,
+                            "not_scored_reason": self.not_scored.get(s),
+                            "status": r.status,
+                            "passed": r.passed,
+                            "failing": {c.id: {"status": c.status, "message": c.message} for c in r.failing.values()},
+                            "note": r.note or None,
+                        }
+                        for s, r in res.items()
+                    },
+                }
+                for name, res in self.targets.items()
+            },
+            "baseline": {
+                "unexpected": [{"scenario": s, "check": c, "message": m} for s, c, m in verdict.unexpected],
+                "stale": verdict.stale,
+                "expected": verdict.expected,
+            },
+            "differences": {
+                name: [
+                    {
+                        "scenario": d.scenario,
+                        "worse": [{"check": c, "reference": a, "target": b, "message": m} for c, a, b, m in d.worse],
+                        "better": [{"check": c, "reference": a, "target": b, "message": m} for c, a, b, m in d.better],
+                    }
+                    for d in diffs
+                ]
+                for name, diffs in self.differences.items()
+            },
+        }
+
+
+def _status(results: dict[str, ScenarioResult], scenario: str) -> str:
+    return results[scenario].status if scenario in results else "absent"
