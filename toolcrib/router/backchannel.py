@@ -50,7 +50,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from pydantic import ValidationError
 
-from toolcrib.router.tolerate import request_version, tolerate
+from toolcrib.router.tolerate import honest_capabilities, request_version, tolerate
 
 log = logging.getLogger("toolcrib.upstream.backchannel")
 
@@ -351,5 +351,7 @@ class _RecordedWrite(_Wrapped):
     """The transport's write stream, noting which call sent each request."""
 
     async def send(self, item: SessionMessage, /) -> None:
+        if isinstance(item.message, types.JSONRPCRequest):
+            item.message.params = honest_capabilities(item.message.params)
         self._bc.sent(item.message)
         await self._inner.send(item)

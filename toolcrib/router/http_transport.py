@@ -166,22 +166,24 @@ class _Conn:
         elif ctype.startswith("application/json"):
             await self.deliver(await resp.read(), rid)
         elif ctype.startswith("text/event-stream"):
-            await self.events(resp, rid)
+            await self.events(resp, rid, resume=True)
         else:
             await self.fail(rid, types.INVALID_REQUEST, f"unexpected content type {ctype!r} from the server")
 
-    async def events(self, resp: aiohttp.ClientResponse, rid: Any = None, stream: _Stream | None = None) -> None:
+    async def events(
+        self, resp: aiohttp.ClientResponse, rid: Any = None, stream: _Stream | None = None, *, resume: bool = False
+    ) -> None:
         """Read an SSE body; return once the answer to ``rid`` arrived (or the stream ended for good).
 
-        A request's stream that ends before its answer, after the server gave it an event id, is
-        resumed: after the server's ``retry`` delay (else :data:`DEFAULT_RETRY`), a GET with
+        With ``resume``, a request's stream that ends before its answer, after the server gave it an
+        event id, is resumed: after the server's ``retry`` delay (else :data:`DEFAULT_RETRY`), a GET with
         ``Last-Event-ID`` (basic/transports, "Resumability and Redelivery"; SEP-1699), at most
         :data:`MAX_RESUMES` times in a row without progress. Without an event id it cannot be resumed.
         """
         stream = stream or _Stream()
         answered = await self._read(resp, rid, stream)
         idle = 0
-        while rid is not None and not answered and stream.last_id is not None and idle < MAX_RESUMES:
+        while resume and rid is not None and not answered and stream.last_id is not None and idle < MAX_RESUMES:
             idle += 1
             seen = stream.last_id
             await anyio.sleep(stream.retry)

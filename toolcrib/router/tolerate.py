@@ -19,6 +19,9 @@ Everything else the spec tells a client to tolerate already parses: unknown fiel
 items, content blocks) are ignored by the SDK models, unknown ``_meta`` keys and unknown capabilities
 are kept as data. Results with an explicit ``resultType`` (``input_required``, a claimed extension's)
 are never touched, and error responses pass as they are.
+
+The other direction has one fix, :func:`honest_capabilities`: what toolcrib declares upstream is
+what it does.
 """
 
 from __future__ import annotations
@@ -98,3 +101,34 @@ def _dropped(upstream: str, method: str, blocks: list[Any]) -> None:
     log.debug(
         "upstream %s: dropped %d content block(s) of unknown type %s from %s", upstream, len(blocks), kinds, method
     )
+
+
+CAPABILITIES_META = "io.modelcontextprotocol/clientCapabilities"
+
+
+def honest_capabilities(params: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``params`` with the client capabilities toolcrib declares upstream (``initialize``'s
+    ``capabilities``; 2026-07-28 ``_meta["io.modelcontextprotocol/clientCapabilities"]``, SEP-2575)
+    made true: ``roots.listChanged`` is withdrawn, as toolcrib never sends
+    ``notifications/roots/list_changed`` upstream (basic/lifecycle, "Capability Negotiation"). A copy
+    when changed; anything else is left as it is."""
+    if not params:
+        return params
+
+    def fixed(caps: Any) -> Any:
+        roots = caps.get("roots") if isinstance(caps, dict) else None
+        if not isinstance(roots, dict) or "listChanged" not in roots:
+            return caps
+        return {**caps, "roots": {k: v for k, v in roots.items() if k != "listChanged"}}
+
+    out = params
+    if "capabilities" in params and "protocolVersion" in params:  # initialize
+        caps = fixed(params["capabilities"])
+        if caps is not params["capabilities"]:
+            out = {**out, "capabilities": caps}
+    meta = params.get("_meta")
+    if isinstance(meta, dict) and CAPABILITIES_META in meta:
+        caps = fixed(meta[CAPABILITIES_META])
+        if caps is not meta[CAPABILITIES_META]:
+            out = {**out, "_meta": {**meta, CAPABILITIES_META: caps}}
+    return out
