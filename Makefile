@@ -41,12 +41,17 @@ test: lint typecheck pytest
 clean:
 	rm -rf $(VENV) .tools .toolcrib
 
-# The official MCP conformance suite's server scenarios (Node 22 and the suite install into
-# .tools/ from npm on first use). Default: through toolcrib in passthrough mode in front of
-# tests/servers/everything.py; CONFORMANCE_TARGET=--direct runs against the fixture itself.
-CONFORMANCE_TARGET ?= --gateway
+# The official MCP conformance suite (@modelcontextprotocol/conformance, pinned in
+# tests/conformance/toolchain.py; Node 22 and the suite install into .tools/ from npm on first use),
+# scored by its frozen 2025-11-25 and 2026-07-28 requirement sets. Server leg: the everything fixture
+# directly and toolcrib (passthrough) in front of it, both upstream eras, compared check by check;
+# client leg: toolcrib as the client (tests/conformance/client.py). Baselines:
+# tests/conformance/expected-failures/<revision>.yaml. Results, logs and summary.json go to
+# CONFORMANCE_OUT; CONFORMANCE_ARGS="--leg server --revision 2026-07-28" narrows a run.
+CONFORMANCE_OUT ?= .toolcrib/conformance
+CONFORMANCE_ARGS ?=
 conformance: $(STAMP)
-	$(BIN)/python -m tests.conformance.run $(CONFORMANCE_TARGET)
+	$(BIN)/python -m tests.conformance.run -o $(CONFORMANCE_OUT) $(CONFORMANCE_ARGS)
 
 # Benchmarks (reports in benchmarks/results/): token savings over 10..5000-tool catalogs and a quick
 # latency run (direct vs toolcrib vs mcp-proxy, installed into .tools/mcp-proxy-venv on first use).

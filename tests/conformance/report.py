@@ -61,7 +61,8 @@ class LegReport:
     def lines(self) -> list[str]:
         out = [f"\n== {self.revision} {self.leg} leg ({len(self.scored)} scored, {len(self.not_scored)} not scored)"]
         width = max(len(t) for t in self.targets) + 2
-        out.append(f"  {'target':<{width}}{'scored':>9}  {'not scored':>10}  compared with {self.reference}")
+        against = f"compared with {self.reference}" if len(self.targets) > 1 else ""
+        out.append(f"  {'target':<{width}}{'scored':>9}  {'not scored':>10}  {against}".rstrip())
         diffs = self.differences
         for name in self.targets:
             sp, st, np, nt = self.counts(name)
@@ -70,7 +71,7 @@ class LegReport:
                 worse = sum(1 for d in diffs[name] if d.worse)
                 better = sum(1 for d in diffs[name] if d.better)
                 comparison = f"{worse} scenario(s) worse, {better} better"
-            out.append(f"  {name:<{width}}{f'{sp}/{st}':>9}  {f'{np}/{nt}':>10}  {comparison}")
+            out.append(f"  {name:<{width}}{f'{sp}/{st}':>9}  {f'{np}/{nt}':>10}  {comparison}".rstrip())
         for note in self.notes:
             out.append(f"  ! {note}")
         for name, found in diffs.items():

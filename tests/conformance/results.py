@@ -88,12 +88,23 @@ def scenario_name(result_dir: str, prefix: str = "") -> str:
     return name.removeprefix(f"{prefix}-") if prefix else name
 
 
-def _last_line(path: Path) -> str:
+_ERROR_LINE = re.compile(r"error|traceback|exception|failed|refused|timed out", re.IGNORECASE)
+_SHUTDOWN_LINE = re.compile(r"SIGTERM|shutting down|draining", re.IGNORECASE)
+
+
+def telling_line(text: str) -> str:
+    """The line of a harness's stderr most likely to say what went wrong: the last one that
+    mentions an error (shutdown chatter skipped), else the last non-empty one."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not _SHUTDOWN_LINE.search(ln)]
+    errors = [ln for ln in lines if _ERROR_LINE.search(ln)]
+    return (errors or lines or [""])[-1]
+
+
+def _stderr_line(path: Path) -> str:
     try:
-        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        return telling_line(path.read_text(errors="replace"))
     except OSError:
         return ""
-    return lines[-1] if lines else ""
 
 
 def read_results(output: Path, prefix: str = "") -> dict[str, ScenarioResult]:
@@ -114,7 +125,7 @@ def read_results(output: Path, prefix: str = "") -> dict[str, ScenarioResult]:
                 status = str(raw.get("status", "FAILURE"))
                 message = str(raw.get("errorMessage") or raw.get("description") or "")
                 result.add(Check(str(raw.get("id", "?")), status, message))
-        stderr = _last_line(checks_file.parent / "stderr.txt")
+        stderr = _stderr_line(checks_file.parent / "stderr.txt")
         if stderr and not result.passed:
             result.note = stderr
     return results
