@@ -215,3 +215,15 @@ def test_scenario_name_strips_prefix_and_timestamp(name: str, prefix: str) -> No
 def test_telling_line_is_one_of_the_lines(lines: list[str]) -> None:
     picked = telling_line("\n".join(lines))
     assert picked == "" or picked in [ln.strip() for ln in lines]
+
+
+def test_a_missing_or_broken_harness_is_one_clear_line(tmp_path: Path) -> None:
+    from tests.conformance.run import harness_problem
+
+    assert "does not exist yet" in (harness_problem(tmp_path) or "")
+    package = tmp_path / "tests" / "conformance"
+    package.mkdir(parents=True)
+    for d in (tmp_path / "tests", package):
+        (d / "__init__.py").write_text("")
+    (package / "client.py").write_text("raise RuntimeError('half written')\n")
+    assert (harness_problem(tmp_path) or "").endswith("does not import: RuntimeError: half written")
