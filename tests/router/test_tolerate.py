@@ -85,3 +85,11 @@ def test_honest_capabilities_never_claims_roots_list_changed(caps: dict[str, Any
     for declared in (init["capabilities"], modern["_meta"]["io.modelcontextprotocol/clientCapabilities"]):
         assert "listChanged" not in declared.get("roots", {})
         assert set(declared) == set(caps)
+
+
+@given(
+    params=st.none() | st.fixed_dictionaries({}, optional={"cursor": st.text(max_size=3), "name": st.text(max_size=3)})
+)
+def test_honest_capabilities_leaves_other_requests_alone(params: dict[str, Any] | None) -> None:
+    """The same object back (the write side assigns only a changed one: an absent ``params`` must stay absent)."""
+    assert honest_capabilities(params) is params

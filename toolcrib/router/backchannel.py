@@ -351,7 +351,10 @@ class _RecordedWrite(_Wrapped):
     """The transport's write stream, noting which call sent each request."""
 
     async def send(self, item: SessionMessage, /) -> None:
-        if isinstance(item.message, types.JSONRPCRequest):
-            item.message.params = honest_capabilities(item.message.params)
+        message = item.message
+        if isinstance(message, types.JSONRPCRequest):
+            params = honest_capabilities(message.params)
+            if params is not message.params:  # assigning marks the field set: only when changed
+                message.params = params
         self._bc.sent(item.message)
         await self._inner.send(item)
