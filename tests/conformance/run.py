@@ -80,13 +80,18 @@ def harness_problem(root: Path = ROOT) -> str | None:
     return None
 
 
+MARKER = ".toolcrib-conformance"
+
+
 def prepare_output(path: Path) -> None:
-    """Create `path`; a directory left by an earlier run (it has summary.json) is emptied first."""
+    """Create `path` and mark it as ours; a directory an earlier run marked is emptied first,
+    any other non-empty one is refused."""
     if path.exists() and any(path.iterdir()):
-        if not (path / "summary.json").exists():
+        if not (path / MARKER).exists():
             raise SystemExit(f"conformance: {path} is not empty and holds no earlier run; pick an empty directory")
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).write_text("written by python -m tests.conformance.run; emptied by its next run\n")
 
 
 class Runner:
@@ -94,12 +99,15 @@ class Runner:
         self.args, self.node, self.suite, self.out, self.work = args, node, suite, out, work
         self.live: list[subprocess.Popen[bytes]] = []
         self.return_codes: dict[str, int | None] = {}
+        self.stopping = False
 
     def _suite(self, *argv: str) -> list[str]:
         return [str(self.node), str(self.suite), *argv]
 
     def _job(self, key: str, argv: list[str], log: Path, timeout: float) -> Callable[[], None]:
         def run() -> None:
+            if self.stopping:
+                return
             log.parent.mkdir(parents=True, exist_ok=True)
             self.return_codes[key] = run_logged(argv, log, timeout, self.live)
             if self.args.verbose:
@@ -132,6 +140,7 @@ class Runner:
         return jobs
 
     def stop_all(self) -> None:
+        self.stopping = True
         for proc in list(self.live):
             stop_group(proc)
 
@@ -192,9 +201,14 @@ def main(argv: list[str] | None = None) -> int:
                 if "client" in legs and problem is None:
                     jobs += runner.client_jobs(rev, _client_scenarios(reqs[rev]))
             print(f"conformance: {len(jobs)} suite runs, {args.jobs} at a time", flush=True)
-            with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            pool = ThreadPoolExecutor(max_workers=max(1, args.jobs))
+            try:
                 for future in [pool.submit(job) for _, job in jobs]:
                     future.result()
+            finally:
+                # On an interrupt: no new suite process, stop the running ones, then let the threads end.
+                runner.stop_all()
+                pool.shutdown(wait=True, cancel_futures=True)
         finally:
             runner.stop_all()
             for target in targets:

@@ -227,3 +227,16 @@ def test_a_missing_or_broken_harness_is_one_clear_line(tmp_path: Path) -> None:
         (d / "__init__.py").write_text("")
     (package / "client.py").write_text("raise RuntimeError('half written')\n")
     assert (harness_problem(tmp_path) or "").endswith("does not import: RuntimeError: half written")
+
+
+def test_output_dir_of_an_earlier_run_is_reused_any_other_refused(tmp_path: Path) -> None:
+    from tests.conformance.run import prepare_output
+
+    prepare_output(tmp_path / "out")
+    (tmp_path / "out" / "left-over").write_text("x")  # e.g. an interrupted run
+    prepare_output(tmp_path / "out")
+    assert not (tmp_path / "out" / "left-over").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(SystemExit, match="not empty"):
+        prepare_output(tmp_path / "mine")
