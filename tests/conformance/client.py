@@ -221,7 +221,7 @@ async def run(url: str, scenario: str, version: str | None) -> None:
     action = ACTIONS.get(scenario, call_every_tool)
     mode = "auto" if version in (None, "", MODERN) else "legacy"
     with gateway(url) as gw:
-        async with Client(gw, mode=mode, elicitation_callback=_elicit, sampling_callback=_sample) as c:  # type: ignore[arg-type]
+        async with Client(gw, mode=mode, elicitation_callback=_elicit, sampling_callback=_sample) as c:
             await action(c)
 
 
