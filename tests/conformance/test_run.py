@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conformance import baseline
@@ -199,18 +199,21 @@ _entries = st.lists(st.builds(baseline.Entry, _names, _checks, _reasons), max_si
 )
 
 
+@settings(max_examples=1000)
 @given(server=_entries, client=_entries)
 def test_baseline_round_trips(server: list[baseline.Entry], client: list[baseline.Entry]) -> None:
     entries = {"server": server, "client": client}
     assert baseline.parse(baseline.render(entries, "header\nsecond line")) == entries
 
 
+@settings(max_examples=1000)
 @given(name=_names, prefix=st.sampled_from(["", "server"]))
 def test_scenario_name_strips_prefix_and_timestamp(name: str, prefix: str) -> None:
     dirname = f"{prefix}-{name}-{STAMP}" if prefix else f"{name}-{STAMP}"
     assert scenario_name(dirname, prefix) == name
 
 
+@settings(max_examples=1000)
 @given(st.lists(st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=30), max_size=6))
 def test_telling_line_is_one_of_the_lines(lines: list[str]) -> None:
     picked = telling_line("\n".join(lines))

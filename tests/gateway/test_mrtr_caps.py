@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import mcp_types as types
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from toolcrib.gateway.mrtr import RELAYABLE, declared_upstream, required_capability
+from toolcrib.gateway.mrtr import required_capability
+from toolcrib.router.tolerate import RELAYABLE, declared_upstream
 
 NAMES = st.sampled_from([*RELAYABLE, "extensions", "experimental", "tasks"])
 VALUES: st.SearchStrategy[dict[str, Any] | None] = st.one_of(
@@ -18,6 +19,7 @@ VALUES: st.SearchStrategy[dict[str, Any] | None] = st.one_of(
 CAPS = st.dictionaries(NAMES, VALUES, max_size=6)
 
 
+@settings(max_examples=1000)
 @given(own=CAPS, client=CAPS)
 def test_declared_upstream_never_claims_what_either_side_lacks(own: dict[str, Any], client: dict[str, Any]) -> None:
     out = declared_upstream(own, client)
@@ -26,7 +28,11 @@ def test_declared_upstream_never_claims_what_either_side_lacks(own: dict[str, An
             assert key in own and out[key] == client[key] and isinstance(client[key], dict)
         else:
             assert key not in own or not isinstance(client.get(key), dict)
-    assert {k: v for k, v in out.items() if k not in RELAYABLE} == {k: v for k, v in own.items() if k not in RELAYABLE}
+    skip = (*RELAYABLE, "extensions")
+    assert {k: v for k, v in out.items() if k not in skip} == {k: v for k, v in own.items() if k not in skip}
+    ours, theirs = own.get("extensions") or {}, client.get("extensions") or {}
+    assert set(out.get("extensions", {})) == set(ours) & set(theirs)
+    assert all(out["extensions"][k] == ours[k] for k in out.get("extensions", {}))
 
 
 REQUESTS: list[types.InputRequest] = [
@@ -37,6 +43,7 @@ REQUESTS: list[types.InputRequest] = [
 ]
 
 
+@settings(max_examples=1000)
 @given(caps=CAPS, index=st.integers(0, len(REQUESTS) - 1))
 def test_a_missing_capability_names_one_the_request_needs(caps: dict[str, Any], index: int) -> None:
     request = REQUESTS[index]

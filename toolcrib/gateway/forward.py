@@ -3,8 +3,11 @@
 :class:`Forwarder` sends an :class:`~toolcrib.gateway.pipeline.UpstreamCall` that passed every layer
 to its upstream (bulkhead, deadline and restart are the router's :class:`~toolcrib.router.upstreams.Upstream`)
 and maps the answer back into the client's namespace (resource URIs get their ``server+`` prefix).
-Upstream failures take the shape the method allows: a tool-level error result for ``tools/call``,
-a JSON-RPC error for everything else.
+Upstream failures take the shape the method allows: toolcrib's own failures (deadline, crash,
+unavailable) are a tool-level error result for ``tools/call`` and a JSON-RPC error for everything
+else; an upstream's own JSON-RPC error reaches a client that called the tool by its name unchanged,
+as it would directly, and is a tool error result under ``invoke`` (except -32021, which only the
+client can fix by declaring the capability).
 
 A 2026-07-28 client's ``tools/call``, ``prompts/get`` and ``resources/read`` go through
 :class:`~toolcrib.gateway.mrtr.Mrtr` (multi-round-trip requests, SEP-2322): they may answer
@@ -23,7 +26,7 @@ from mcp.client import Client
 from mcp.shared.exceptions import MCPError
 
 from toolcrib.errors import UpstreamError
-from toolcrib.gateway.mrtr import INPUT_METHODS, MODERN, Mrtr, MrtrRefusal, Op, Progress, Retry, declaring
+from toolcrib.gateway.mrtr import INPUT_METHODS, MODERN, Mrtr, MrtrRefusal, Op, Progress, Retry
 from toolcrib.gateway.pipeline import UpstreamCall, tool_error
 from toolcrib.gateway.relay import Relay
 from toolcrib.router.pool import Pool
@@ -57,9 +60,11 @@ class Forwarder:
             raise MCPError(code=types.INTERNAL_ERROR, message=exc.message) from None
         except MCPError as exc:
             call.state.outcome = "protocol_error"
-            if call.kind == "tool":
+            call.state.error = exc.error.message
+            if call.via == "invoke" and exc.error.code != types.MISSING_REQUIRED_CLIENT_CAPABILITY:
+                # invoke is toolcrib's own tool: the model reads the upstream's refusal as its result
                 return tool_error(f"{call.server} answered with an error: {exc.error.message}")
-            raise
+            raise  # a client calling the tool by its name gets the upstream's JSON-RPC error, as direct
 
     async def _send(self, call: UpstreamCall) -> Any:
         up = self.pool.upstream(call.server)
@@ -93,11 +98,6 @@ class Forwarder:
 
 
 def operation(call: UpstreamCall, retry: Retry | None, progress: Progress | None) -> Op:
-    """The SDK operation for ``call``, declaring the calling client's capabilities upstream (:func:`declaring`)."""
-    return declaring(call.client_capabilities, _operation(call, retry, progress))
-
-
-def _operation(call: UpstreamCall, retry: Retry | None, progress: Progress | None) -> Op:
     """The SDK operation for ``tools/call``, ``prompts/get`` or ``resources/read``.
 
     With ``retry`` the request speaks 2026-07-28 MRTR itself: it carries the client's

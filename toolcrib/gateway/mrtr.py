@@ -36,7 +36,6 @@ the SDK's ``MissingRequiredClientCapabilityErrorData``) instead of a round it co
 
 from __future__ import annotations
 
-import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -47,7 +46,6 @@ from mcp.client import Client
 from mcp.server.context import ServerRequestContext
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
-from mcp_types import CLIENT_CAPABILITIES_META_KEY as CAPS_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import TypeAdapter, ValidationError
 
@@ -164,62 +162,6 @@ def parse_responses(wire: Mapping[str, Any] | None) -> types.InputResponses | No
         raise MrtrRefusal(
             code=types.INVALID_PARAMS, message=f"inputResponses.{where} is not a valid input response; fix it and retry"
         ) from None
-
-
-# ---- the client's capabilities, declared upstream ---------------------------------------------
-
-RELAYABLE = ("elicitation", "sampling", "roots")
-"""The client capabilities toolcrib can relay (its upstream client declares them all)."""
-_DECLARED: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("toolcrib_declared", default=None)
-
-
-def declared_upstream(own: Mapping[str, Any], client: Mapping[str, Any]) -> dict[str, Any]:
-    """What toolcrib declares upstream for one client's request: its own capabilities, with
-    :data:`RELAYABLE` ones kept only where the calling client declared them (the client's settings)."""
-    out = {k: v for k, v in own.items() if k not in RELAYABLE}
-    for key in RELAYABLE:
-        if key in own and isinstance(client.get(key), Mapping):
-            out[key] = client[key]
-    return out
-
-
-def declaring(caps: Mapping[str, Any] | None, op: Op) -> Op:
-    """``op`` with the calling client's capabilities declared on the requests it sends upstream.
-
-    A 2026-07-28 request carries the client's capabilities in its ``_meta`` (SEP-2575), so the
-    upstream asks only for input the caller can give (2026-07-28 basic/mrtr: servers only include
-    input requests for declared capabilities). The SDK stamps its own on every request and offers
-    no per-request override, so the session's stamp is wrapped once, reading a context variable
-    set around ``op``; handshake-era sessions declare capabilities once, at ``initialize``, and
-    are unchanged.
-    """
-    if caps is None:
-        return op
-
-    async def run(client: Client) -> Any:
-        session: Any = client.session
-        stamp = session._stamp
-        if not getattr(stamp, "toolcrib_declared", False):
-            session._stamp = _wrap_stamp(stamp)
-        token = _DECLARED.set(caps)
-        try:
-            return await op(client)
-        finally:
-            _DECLARED.reset(token)
-
-    return run
-
-
-def _wrap_stamp(stamp: Callable[[dict[str, Any], Any], None]) -> Callable[[dict[str, Any], Any], None]:
-    def wrapped(data: dict[str, Any], opts: Any) -> None:
-        stamp(data, opts)
-        caps = _DECLARED.get()
-        meta = (data.get("params") or {}).get("_meta")
-        if caps is not None and isinstance(meta, dict) and isinstance(meta.get(CAPS_KEY), Mapping):
-            meta[CAPS_KEY] = declared_upstream(meta[CAPS_KEY], caps)
-
-    wrapped.toolcrib_declared = True  # type: ignore[attr-defined]
-    return wrapped
 
 
 # ---- the relay (2026-07-28 on both sides) -----------------------------------------------------

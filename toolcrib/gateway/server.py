@@ -36,8 +36,8 @@ from mcp.shared.exceptions import MCPError
 from toolcrib import __version__
 from toolcrib.config import Config
 from toolcrib.errors import InvalidArguments
-from toolcrib.gateway.changes import notify, upstream_changed
 from toolcrib.gateway import tasks
+from toolcrib.gateway.changes import notify, upstream_changed
 from toolcrib.gateway.forward import Forwarder
 from toolcrib.gateway.mrtr import Mrtr, arrive
 from toolcrib.gateway.parked import Parking
@@ -49,6 +49,7 @@ from toolcrib.gateway.trust.redaction import Redactor
 from toolcrib.gateway.trust.sealed import Sealer
 from toolcrib.router import dispatcher as disp
 from toolcrib.router.pool import Pool
+from toolcrib.router.tolerate import client_declared
 from toolcrib.router.upstreams import current_caller
 
 log = logging.getLogger("toolcrib.gateway")
@@ -113,7 +114,7 @@ class Gateway:
         self._on_refused = on_refused
         self._search_slots: anyio.CapacityLimiter | None = None
         self.mrtr = Mrtr(redactor, self.sealer)
-        self.mrtr.parking = Parking(self.mrtr, lambda: pool._tg)  # parked calls live as long as the pool serves
+        self.mrtr.parking = Parking(self.mrtr, lambda: pool.task_group)  # parked calls live as long as the pool serves
         forwarder = Forwarder(pool, self.mrtr)
         self.pipeline = Pipeline(layers, forwarder)
         self.peers: weakref.WeakSet[Peer] = weakref.WeakSet()
@@ -206,9 +207,11 @@ class Gateway:
         call.relay = relay
         arrive(call, ctx, self.sealer)  # era, capabilities, an MRTR retry (-32602 for a bad requestState)
         token = current_caller.set(relay)
+        declared = client_declared.set(call.client_capabilities)  # upstream requests declare no more
         try:
             return await self.pipeline.call(call)
         finally:
+            client_declared.reset(declared)
             current_caller.reset(token)
 
     # ---- tools -------------------------------------------------------------------------------

@@ -68,6 +68,11 @@ class Pool:
     def _new(self, name: str) -> Upstream:
         return Upstream(name, self.config.servers[name], expand_secret=self._expand, on_change=self._changed)
 
+    @property
+    def task_group(self) -> anyio.abc.TaskGroup | None:
+        """Where work that lives as long as the pool serves runs (parked calls); None when not running."""
+        return self._tg
+
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 

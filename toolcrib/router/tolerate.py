@@ -26,6 +26,7 @@ what it does.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 from collections.abc import Mapping
@@ -106,14 +107,45 @@ def _dropped(upstream: str, method: str, blocks: list[Any]) -> None:
 CAPABILITIES_META = "io.modelcontextprotocol/clientCapabilities"
 
 
+RELAYABLE = ("elicitation", "sampling", "roots")
+"""The client capabilities toolcrib can relay (its upstream client declares them all)."""
+
+client_declared: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "toolcrib_client_declared", default=None
+)
+"""The capabilities the client whose call is running declared (wire form), set by the gateway around
+the call; requests sent upstream in that context declare no more than these (:func:`declared_upstream`)."""
+
+
+def declared_upstream(own: Mapping[str, Any], client: Mapping[str, Any]) -> dict[str, Any]:
+    """What toolcrib declares upstream for one client's request: its own capabilities, with
+    :data:`RELAYABLE` ones kept only where the calling client declared them (with the client's
+    settings), and ``extensions`` only those the client declared too (SEP-2575: a server asks only
+    for what the requester declared, and a client that did not declare an extension, such as
+    ``io.modelcontextprotocol/tasks``, must get what a direct server would give it)."""
+    out = {k: v for k, v in own.items() if k not in RELAYABLE and k != "extensions"}
+    for key in RELAYABLE:
+        if key in own and isinstance(client.get(key), Mapping):
+            out[key] = client[key]
+    ours, theirs = own.get("extensions"), client.get("extensions")
+    if isinstance(ours, Mapping) and isinstance(theirs, Mapping):
+        shared = {k: v for k, v in ours.items() if k in theirs}
+        if shared:
+            out["extensions"] = shared
+    return out
+
+
 def honest_capabilities(params: dict[str, Any] | None) -> dict[str, Any] | None:
     """``params`` with the client capabilities toolcrib declares upstream (``initialize``'s
     ``capabilities``; 2026-07-28 ``_meta["io.modelcontextprotocol/clientCapabilities"]``, SEP-2575)
     made true: ``roots.listChanged`` is withdrawn, as toolcrib never sends
-    ``notifications/roots/list_changed`` upstream (basic/lifecycle, "Capability Negotiation"). A copy
-    when changed; anything else is left as it is."""
+    ``notifications/roots/list_changed`` upstream (basic/lifecycle, "Capability Negotiation"); and a
+    2026-07-28 request sent during a client's call declares no more than that client did
+    (:data:`client_declared`, :func:`declared_upstream`). A copy when changed; anything else is
+    left as it is."""
     if not params:
         return params
+    client = client_declared.get()
 
     def fixed(caps: Any) -> Any:
         roots = caps.get("roots") if isinstance(caps, dict) else None
@@ -129,6 +161,8 @@ def honest_capabilities(params: dict[str, Any] | None) -> dict[str, Any] | None:
     meta = params.get("_meta")
     if isinstance(meta, dict) and CAPABILITIES_META in meta:
         caps = fixed(meta[CAPABILITIES_META])
+        if client is not None and isinstance(caps, Mapping):
+            caps = declared_upstream(caps, client)
         if caps is not meta[CAPABILITIES_META]:
             out = {**out, "_meta": {**meta, CAPABILITIES_META: caps}}
     return out
