@@ -11,7 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mcp.shared.inbound import encode_header_value, mcp_param_headers, x_mcp_header_map
 
-from toolcrib.gateway.edge.headers import HeaderProblem, param_rejection, parse_param_value, routing_rejection
+from toolcrib.gateway.edge.headers import (
+    HeaderProblem,
+    extension_name_rejection,
+    param_rejection,
+    parse_param_value,
+    routing_rejection,
+)
 
 HEADER_MISMATCH = -32020
 SCHEMA: dict[str, Any] = {
@@ -153,3 +159,23 @@ def test_a_repeated_routing_header_is_refused_in_any_case(name: str, data: st.Da
 def test_routing_headers_sent_once_pass(names: list[str], extra: list[str]) -> None:
     headers = [(n, "v") for n in names] + [(f"X-{e}", "v") for e in extra]
     assert routing_rejection(headers) is None
+
+
+@settings(max_examples=1000)
+@given(
+    method=st.sampled_from(["tasks/get", "tasks/update", "tasks/cancel", "tools/list", "custom/x"]),
+    task=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=40),
+    header=st.none() | st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=40),
+    same=st.booleans(),
+)
+def test_mcp_name_on_task_methods_must_match_the_task_id(
+    method: str, task: str, header: str | None, same: bool
+) -> None:
+    """SEP-2663 routing headers: Mcp-Name on tasks/* mirrors params.taskId; other methods are not ours to check."""
+    sent = task if same else header
+    raw = [("Content-Type", "application/json")] + ([("Mcp-Name", sent)] if sent is not None else [])
+    verdict = extension_name_rejection(method, {"taskId": task}, raw)
+    if method.startswith("tasks/") and sent is not None and sent != task:
+        assert verdict is not None and verdict.code == -32020 and "taskId" in verdict.message
+    else:
+        assert verdict is None

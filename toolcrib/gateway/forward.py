@@ -64,6 +64,8 @@ class Forwarder:
             if call.via == "invoke" and exc.error.code != types.MISSING_REQUIRED_CLIENT_CAPABILITY:
                 # invoke is toolcrib's own tool: the model reads the upstream's refusal as its result
                 return tool_error(f"{call.server} answered with an error: {exc.error.message}")
+            if call.method == "resources/read":
+                raise _not_found_in_era(call, exc) from None
             raise  # a client calling the tool by its name gets the upstream's JSON-RPC error, as direct
 
     async def _send(self, call: UpstreamCall) -> Any:
@@ -133,3 +135,20 @@ def operation(call: UpstreamCall, retry: Retry | None, progress: Progress | None
         )
 
     return op
+
+
+RESOURCE_NOT_FOUND_2025 = -32002
+"""The 2025-11-25 code for an unknown resource URI; 2026-07-28 uses -32602 with ``data.uri`` (SEP-2164)."""
+
+
+def _not_found_in_era(call: UpstreamCall, exc: MCPError) -> MCPError:
+    """An upstream's "resource not found" in the code of the client's revision, naming the URI the
+    client asked for: -32602 for a 2026-07-28 client (SEP-2164), -32002 for a 2025-11-25 one (a
+    -32602 counts as not-found only with ``data.uri``). Any other error is returned unchanged."""
+    err = exc.error
+    data = err.data if isinstance(err.data, dict) else {}
+    if call.era == MODERN and err.code == RESOURCE_NOT_FOUND_2025:
+        return MCPError(code=types.INVALID_PARAMS, message=err.message, data={**data, "uri": call.target})
+    if call.era != MODERN and err.code == types.INVALID_PARAMS and "uri" in data:
+        return MCPError(code=RESOURCE_NOT_FOUND_2025, message=err.message, data={**data, "uri": call.target})
+    return exc

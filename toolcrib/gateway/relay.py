@@ -38,7 +38,8 @@ class Relay:
     ``min_level`` is the client's ``logging/setLevel`` for its connection (``None``: everything).
     """
 
-    def __init__(self, ctx: Ctx, redactor: Redactor, min_level: str | None = None) -> None:
+    def __init__(self, ctx: Ctx, redactor: Redactor, min_level: str | None = None, *, principal_id: str = "") -> None:
+        self.principal_id = principal_id
         self._ctx = ctx
         self._redactor = redactor
         self._min_level = LOG_LEVELS.index(min_level) if min_level in LOG_LEVELS else 0

@@ -203,7 +203,7 @@ class Gateway:
         self._on_refused(call, rule, reason)
 
     async def _run(self, ctx: Ctx, call: UpstreamCall) -> Any:
-        relay = Relay(ctx, self.redactor, self.info(ctx).peer.log_level)
+        relay = Relay(ctx, self.redactor, self.info(ctx).peer.log_level, principal_id=call.principal.id)
         call.relay = relay
         arrive(call, ctx, self.sealer)  # era, capabilities, an MRTR retry (-32602 for a bad requestState)
         token = current_caller.set(relay)

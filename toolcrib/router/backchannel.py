@@ -15,8 +15,10 @@ One :class:`Backchannel` per upstream sits between the SDK session and the trans
   marks every message read from a request's own SSE stream, which the spec says relates to that
   request: basic/transports, "Sending Messages to the Server") belongs to the call that sent it.
   A message with no relation (stdio, legacy HTTP+SSE, the 2025-11-25 GET stream) is attributed
-  only when exactly one call is in flight on this upstream: no other call exists that could have
-  caused it. With none or several in flight, a log line is **dropped** and a request **refused**
+  only when exactly one call is in flight on this upstream (no other call exists that could have
+  caused it), or when every other call in flight is waiting for the answer to a server request it
+  was sent and all of them act for the same principal as the one free call. Otherwise a log line
+  is **dropped** and a request **refused**
   (JSON-RPC error ``-32600`` to the upstream), with one rate-limited warning each. A relation to a
   request that no client call in flight made (a finished call, the gateway's own listing) is
   treated the same way. Never another principal's call.
@@ -70,6 +72,9 @@ RequestId = int | str
 
 class Caller(Protocol):
     """The client-side party of a call in flight, to which upstream-initiated traffic is relayed."""
+
+    principal_id: str
+    """The typed id of the principal the call acts for (:attr:`Principal.id`)."""
 
     async def create_message(self, params: types.CreateMessageRequestParams) -> dict[str, Any]: ...
     async def elicit(self, params: types.ElicitRequestParams) -> dict[str, Any]: ...
@@ -210,6 +215,16 @@ class Backchannel:
         if len(self._calls) == 1:
             # Nothing names the request, but only one call is in flight: it is the only possible cause.
             return next(iter(self._calls)), ""
+        waiting = {c for c in self._inbound.values() if c is not None} & self._calls
+        free = [c for c in self._calls if c not in waiting]
+        if len(free) == 1 and free[0].caller is not None:
+            # Every other call is itself waiting for the answer to a server request it was sent (a
+            # parked call, a user thinking over an elicitation): the free one is the likely cause,
+            # and it is taken only when all of them act for the same principal, so a wrong guess
+            # can never show one principal's request to another.
+            who = free[0].caller.principal_id
+            if all(c.caller is not None and c.caller.principal_id == who for c in waiting):
+                return free[0], ""
         return None, f"it names no request and {len(self._calls)} calls are in flight"
 
     def _log(self, params: Any, related: RequestId | None) -> None:

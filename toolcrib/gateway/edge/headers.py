@@ -137,3 +137,22 @@ def tool_schema(gateway: Any, principal: Principal, name: Any) -> Any | None:
     if entry is None or not gateway.may_use(principal, name):
         return None
     return entry.tool.input_schema
+
+
+EXTENSION_NAME_BEARING = {"tasks/get": "taskId", "tasks/update": "taskId", "tasks/cancel": "taskId"}
+"""Extension methods whose ``Mcp-Name`` mirrors a param (SEP-2663 "Routing Headers": ``params.taskId``);
+the core ones (tools/call, prompts/get, resources/read) are checked by the SDK's ladder."""
+
+
+def extension_name_rejection(
+    method: str, params: Mapping[str, Any], raw_headers: Iterable[tuple[str, str]]
+) -> InboundLadderRejection | None:
+    """-32020 when an ``Mcp-Name`` header on an :data:`EXTENSION_NAME_BEARING` method differs from
+    the param it mirrors (an absent header is allowed), else None."""
+    key = EXTENSION_NAME_BEARING.get(method)
+    if key is None:
+        return None
+    sent = [v.strip() for k, v in raw_headers if k.lower() == "mcp-name"]
+    if sent and sent[0] != params.get(key):
+        return mismatch(f"Mcp-Name header does not match params.{key}; send the same value in both")
+    return None

@@ -151,6 +151,9 @@ class Stateless:
             text = f"Method not found: {message.method} was removed in {version}; send requests with _meta instead"
             return rpc_error(types.METHOD_NOT_FOUND, text, rid, status=404)
         params = message.params or {}
+        named = hdr.extension_name_rejection(message.method, params, raw_headers)
+        if named is not None:
+            return reject(named, rid)
         if message.method == "tools/call":
             arguments = params.get("arguments")
             schema = hdr.tool_schema(self.gateway, principal, params.get("name"))
