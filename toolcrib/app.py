@@ -284,6 +284,7 @@ async def _start_http(
     async def shutdown() -> None:
         with anyio.CancelScope(shield=True):
             transport.accepting = False
+            parts.gateway.listeners.close()  # subscriptions/listen streams end gracefully, then drain
             if transport.inflight:
                 with anyio.move_on_after(config.gateway.drain_timeout):
                     await transport.idle.wait()

@@ -5,6 +5,8 @@ The pool reports ``(server, what)`` (``tools_changed``, ``resources_changed``, `
 (:class:`toolcrib.gateway.server.Peer`) gets the matching ``notifications/*`` at most once, and a
 resource update only if it subscribed to that resource and its policy lets it reach it. A client
 that does not take a notification within 2 seconds misses it (debug log), never blocks the others.
+The same events go to 2026-07-28 clients' ``subscriptions/listen`` streams, under the same rules
+(:mod:`toolcrib.gateway.listen`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,23 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import mcp_types as types
+from mcp.shared.subscriptions import (
+    PromptsListChanged,
+    ResourcesListChanged,
+    ResourceUpdated,
+    ServerEvent,
+    ToolsListChanged,
+)
 
 if TYPE_CHECKING:
     from toolcrib.gateway.server import Gateway, Peer
 
 log = logging.getLogger("toolcrib.gateway")
+EVENTS: dict[str, ServerEvent] = {
+    "notifications/tools/list_changed": ToolsListChanged(),
+    "notifications/prompts/list_changed": PromptsListChanged(),
+    "notifications/resources/list_changed": ResourcesListChanged(),
+}
 
 
 async def upstream_changed(gateway: Gateway, server: str, what: str) -> None:
@@ -26,6 +40,7 @@ async def upstream_changed(gateway: Gateway, server: str, what: str) -> None:
     note: types.ServerNotification | None = None
     if what.startswith("resource_updated:"):
         uri = gateway.pool.catalog.resource_uri(server, what.split(":", 1)[1])
+        gateway.listeners.publish(ResourceUpdated(uri=uri))
         update = types.ResourceUpdatedNotification(params=types.ResourceUpdatedNotificationParams(uri=uri))
         for peer in list(gateway.peers):
             if uri in peer.subscriptions and gateway.may_use(peer.principal, uri, "resource"):
@@ -39,6 +54,7 @@ async def upstream_changed(gateway: Gateway, server: str, what: str) -> None:
     elif what == "prompts_changed":
         note = types.PromptListChangedNotification()
     if note is not None:
+        gateway.listeners.publish(EVENTS[note.method])
         for peer in list(gateway.peers):
             await notify(peer, note)
 

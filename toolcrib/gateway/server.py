@@ -36,7 +36,7 @@ from mcp.shared.exceptions import MCPError
 from toolcrib import __version__
 from toolcrib.config import Config
 from toolcrib.errors import InvalidArguments
-from toolcrib.gateway import tasks
+from toolcrib.gateway import listen, tasks
 from toolcrib.gateway.changes import notify, upstream_changed
 from toolcrib.gateway.forward import Forwarder
 from toolcrib.gateway.mrtr import Mrtr, arrive
@@ -139,6 +139,7 @@ class Gateway:
             )
         self.server.middleware = []  # no tracing middleware on the hot path
         self.tasks = tasks.install(self, forwarder)  # tasks extension (SEP-2663): gateway/tasks.py
+        self.listeners = listen.install(self)  # subscriptions/listen (SEP-2575): gateway/listen.py
         # SEP-2549 cache hints for results a handler leaves unset (an upstream's own ttlMs on a read wins):
         # listings follow upstream changes and policy at once and are filtered per principal.
         self.server.cache_hints = validate_cache_hints({m: CacheHint(ttl_ms=0, scope="private") for m in CACHE_HINTED})
@@ -363,7 +364,7 @@ class Gateway:
         uri = str(params.uri)
         call = self._resource(ctx, info, "resources/unsubscribe", uri)  # unknown unless reachable, first
         info.peer.subscriptions.discard(uri)
-        if not any(uri in p.subscriptions for p in self.peers):
+        if not any(uri in p.subscriptions for p in self.peers) and not self.listeners.subscribed(uri):
             await self._run(ctx, call)
         return types.EmptyResult()
 

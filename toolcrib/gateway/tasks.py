@@ -22,8 +22,15 @@ the task's tool target, through the one pipeline (audit as ``tools/call:tasks/ge
 the target, redaction of the answer; argument validation and approvals belong to the creating
 call). ``tasks/*`` from a request that did not declare the extension is ``-32021``; at 2025-11-25 it
 is ``-32601``. The extension is advertised in ``capabilities.extensions`` while at least one
-connected upstream advertises it. Not relayed yet: ``notifications/tasks`` (delivered by upstreams
-on a ``subscriptions/listen`` stream, which toolcrib does not serve to its clients).
+connected upstream advertises it.
+
+Task status notifications (``notifications/tasks``): a 2026-07-28 client names its sealed task ids
+in ``subscriptions/listen`` (``notifications.taskIds``, :mod:`toolcrib.gateway.listen`); toolcrib
+watches each upstream task with ``tasks/get`` (:meth:`TaskMethods.watch`, at the task's
+``pollIntervalMs`` within ``WATCH_MIN``..``POLL_MAX`` s) and sends the whole ``DetailedTask``, under
+the sealed id, each time its status, message or pending input changes, until it ends. toolcrib's
+upstream listen streams do not ask upstreams for ``taskIds`` (router/upstreams.py), so an upstream's
+own pushed ``notifications/tasks`` are not what is relayed: its ``tasks/get`` answers are.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from pydantic import ConfigDict, Field
 from toolcrib.errors import UpstreamTimeout
 from toolcrib.gateway.mrtr import MODERN, MrtrRefusal
 from toolcrib.gateway.pipeline import UpstreamCall, tool_error
+from toolcrib.gateway.trust.identity import Principal
 from toolcrib.gateway.trust.sealed import InvalidToken, Sealer
 from toolcrib.router.pool import Pool
 from toolcrib.router.task_claim import TASKS, CreateTaskResult
@@ -61,6 +69,10 @@ MAX_TTL = 7 * 24 * 3600.0
 POLL_MIN, POLL_MAX, POLL_DEFAULT = 0.05, 5.0, 0.2
 """Seconds between ``tasks/get`` polls for a client that did not declare the extension."""
 ENVELOPE = ("taskId", "status", "result", "error", "inputRequests")
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+WATCH_MIN = 0.25
+"""Seconds between ``tasks/get`` polls of a watched task, at least (see :meth:`TaskMethods.watch`)."""
+Emit = Callable[[dict[str, Any]], Awaitable[bool]]
 
 Send = Callable[[UpstreamCall], Awaitable[Any]]
 
@@ -81,6 +93,18 @@ class WireResult(types.Result):
 
 class _TaskRequest(types.Request[TaskIdParams, str]):
     name_param = "taskId"  # SEP-2663 "Routing Headers": Mcp-Name mirrors params.taskId
+
+
+async def upstream_request(
+    pool: Pool, server: str, method: str, task_id: str, responses: dict[str, Any] | None = None
+) -> WireResult:
+    """Send ``tasks/get`` / ``tasks/update`` / ``tasks/cancel`` for the upstream's ``task_id`` to ``server``."""
+    params = TaskIdParams(taskId=task_id, inputResponses=responses if method == "tasks/update" else None)
+    request = _TaskRequest(method=method, params=params)
+    result: WireResult = await pool.upstream(server).request(
+        lambda c: c.session.send_request(request, WireResult), what=method
+    )
+    return result
 
 
 def declared(caps: Mapping[str, Any] | None) -> bool:
@@ -120,12 +144,7 @@ class TaskEdge:
     async def _upstream(
         self, server: str, method: str, task_id: str, responses: dict[str, Any] | None = None
     ) -> WireResult:
-        params = TaskIdParams(taskId=task_id, inputResponses=responses if method == "tasks/update" else None)
-        request = _TaskRequest(method=method, params=params)
-        result: WireResult = await self.pool.upstream(server).request(
-            lambda c: c.session.send_request(request, WireResult), what=method
-        )
-        return result
+        return await upstream_request(self.pool, server, method, task_id, responses)
 
     async def _created(self, call: UpstreamCall, task: CreateTaskResult) -> Any:
         if call.era == MODERN and declared(call.client_capabilities):
@@ -186,14 +205,11 @@ class TaskMethods:
             raise missing_capability()
         gw = self.gateway
         info = gw._peer(ctx)
-        try:
-            payload = gw.sealer.open(params.task_id, PURPOSE, info.principal.id)
-            server, upstream_id, target = payload["server"], payload["task"], payload["target"]
-            if not all(isinstance(v, str) for v in (server, upstream_id, target)):
-                raise InvalidToken("bad payload")
-        except (InvalidToken, KeyError, TypeError) as exc:
-            log.info("refused a task id from %s: %s", info.principal.id, exc)
-            raise MCPError(code=types.INVALID_PARAMS, message="Unknown task: not a task id of this principal") from None
+        opened = self.open(params.task_id, info.principal)
+        if opened is None:
+            log.info("refused a task id from %s", info.principal.id)
+            raise MCPError(code=types.INVALID_PARAMS, message="Unknown task: not a task id of this principal")
+        server, upstream_id, target = opened
         call = gw._call(ctx, info, method, "tool", target, server, upstream_id, via=method)
         call.input_responses = dict(params.input_responses or {}) if method == "tasks/update" else None
         result = await gw._run(ctx, call)
@@ -207,6 +223,45 @@ class TaskMethods:
             return WireResult.model_validate({k: v for k, v in data.items() if k not in ENVELOPE})
         data["taskId"] = params.task_id
         return WireResult.model_validate(data)
+
+    def open(self, token: str, principal: Principal) -> tuple[str, str, str] | None:
+        """``(server, upstream task id, tool target)`` of a task id toolcrib sealed for ``principal``;
+        None for a forged, expired or another principal's id."""
+        try:
+            payload = self.gateway.sealer.open(token, PURPOSE, principal.id)
+            opened = (payload["server"], payload["task"], payload["target"])
+        except (InvalidToken, KeyError, TypeError):
+            return None
+        return opened if all(isinstance(v, str) for v in opened) else None
+
+    async def watch(self, server: str, task_id: str, emit: Emit) -> None:
+        """Poll the upstream task ``task_id`` on ``server`` and ``emit`` its ``DetailedTask`` (wire dict,
+        without ``resultType`` and ``_meta``) whenever its status, status message or pending input
+        requests change; returns when it ends, the upstream no longer knows it, or ``emit`` says False."""
+        last: tuple[Any, ...] | None = None
+        pause = POLL_DEFAULT
+        while True:
+            try:
+                state = (await upstream_request(self.gateway.pool, server, "tasks/get", task_id)).model_dump(
+                    by_alias=True, mode="json", exclude_none=True
+                )
+            except Exception as exc:  # unknown or expired upstream, or the upstream is down: stop watching
+                log.debug("stopped watching task %s on %s: %s", task_id, server, exc)
+                return
+            state.pop("_meta", None)
+            state.pop("resultType", None)
+            status = state.get("status")
+            seen = (status, state.get("statusMessage"), sorted(state.get("inputRequests") or {}))
+            if seen != last:
+                last = seen
+                if not await emit(state):
+                    return
+            if status in TERMINAL:
+                return
+            interval = state.get("pollIntervalMs")
+            if isinstance(interval, int | float) and not isinstance(interval, bool):
+                pause = interval / 1000
+            await anyio.sleep(min(POLL_MAX, max(WATCH_MIN, pause)))
 
     async def upstream_changed(self, server: str, what: str) -> None:
         """Keep ``capabilities.extensions`` in step with the connected upstreams."""

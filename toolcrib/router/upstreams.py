@@ -39,6 +39,7 @@ from mcp.client.subscriptions import (
     ToolsListChanged,
 )
 from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import SUBSCRIPTION_ID_META_KEY
 
 from toolcrib.config import ServerConfig
 from toolcrib.errors import SecretError, UpstreamCrashed, UpstreamTimeout, UpstreamUnavailable
@@ -373,8 +374,10 @@ class Upstream:
         if kind is not None:
             self._refresh.add(kind)
             self._refresh_event.set()
-        elif isinstance(root, types.ResourceUpdatedNotification):
-            await self._notify("resource_updated:" + root.params.uri)
+        elif isinstance(root, types.ResourceUpdatedNotification) and SUBSCRIPTION_ID_META_KEY not in (
+            root.params.meta or {}
+        ):
+            await self._notify("resource_updated:" + root.params.uri)  # a listen stream's copy came via _on_event
 
     # ---- calls -------------------------------------------------------------------------------
 

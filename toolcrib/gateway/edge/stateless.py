@@ -26,6 +26,10 @@ only in the modern revision (``server/discover``). Anything else is a 2025-11-25
 not called ``initialize`` yet, and keeps being told to (see :mod:`toolcrib.gateway.edge.http`).
 Notifications are accepted (202) and dropped, as the SDK's own transport does: the modern core
 protocol defines none a client POSTs, and a stateless server has nothing for one to act on.
+
+``subscriptions/listen`` (:mod:`toolcrib.gateway.listen`) is answered as an SSE stream held open
+on its POST (406 when ``Accept`` refuses ``text/event-stream``, as the SDK's transport does); it
+counts as a request in flight, and shutdown ends it gracefully before draining.
 """
 
 from __future__ import annotations
@@ -52,12 +56,15 @@ from mcp_types.methods import CACHEABLE_METHODS, CLIENT_REQUESTS
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
 from toolcrib.gateway.edge import headers as hdr
+from toolcrib.gateway.edge.accept import accepted
 from toolcrib.gateway.edge.replies import respond, rpc_error
 from toolcrib.gateway.edge.sessions import Exchange, answer
 from toolcrib.gateway.server import Gateway, Peer, RequestInfo
 from toolcrib.gateway.trust.identity import Principal
 
 KNOWN_VERSIONS = (*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS)
+LISTEN = "subscriptions/listen"
+LISTEN_NOT_ACCEPTABLE = "Not Acceptable: subscriptions/listen answers with a stream; send Accept: text/event-stream\n"
 
 
 def _methods_of(versions: tuple[str, ...]) -> frozenset[str]:
@@ -139,6 +146,8 @@ class Stateless:
         if not isinstance(message, types.JSONRPCRequest):
             return rpc_error(types.INVALID_REQUEST, "Bad Request: POST a JSON-RPC request or notification")
         rid = message.id
+        if message.method == LISTEN and not accepted(request.headers.get("Accept"))[1]:
+            return web.Response(status=406, text=LISTEN_NOT_ACCEPTABLE)
         raw_headers = list(request.headers.items())
         duplicated = hdr.routing_rejection(raw_headers)
         if duplicated is not None:
