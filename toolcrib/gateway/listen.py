@@ -50,6 +50,7 @@ from mcp.shared.subscriptions import (
 )
 from pydantic import BaseModel
 
+from toolcrib.errors import ToolcribError
 from toolcrib.gateway import tasks
 from toolcrib.gateway.trust.identity import Principal
 
@@ -198,8 +199,8 @@ class Listeners:
         try:
             call = gw._resource(ctx, info, "resources/subscribe", uri)  # unknown and hidden alike, audited
             result = await gw._run(ctx, call)
-        except MCPError as exc:
-            log.debug("listen: %s not subscribed for %s: %s", uri, info.principal.id, exc.error.message)
+        except (MCPError, ToolcribError) as exc:  # refused, unknown, or its upstream is down: not granted
+            log.debug("listen: %s not subscribed for %s: %s", uri, info.principal.id, exc)
             return False
         return not isinstance(result, types.InputRequiredResult | types.CallToolResult)
 
