@@ -159,6 +159,7 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
         on_refused=lambda call, rule, reason: writer.submit(refused_call_event(call, rule, reason)),
         sealer=sealer,
     )
+    gateway.mrtr.parking.ttl = config.gateway.input_wait  # [gateway] input_wait: parked calls' wait for a retry
     if reindexer is not None:
         _reindex_on_change(pool, reindexer)
     return Parts(pool, gateway, reindexer, audit, writer, approvals, redactor, trust, origin)

@@ -12,6 +12,7 @@ config file by :func:`load_config`, never against the process's working director
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -59,10 +60,20 @@ class GatewayConfig(_Model):
     """Seconds an idle keep-alive connection stays open."""
     loaded_tools_max: Annotated[int, Field(ge=0, le=200)] = 20
     """Dispatcher mode: how many tools ``search_tools`` may load into one session's ``tools/list``."""
+    input_wait: float = 300.0
+    """Seconds a parked call (a 2025-11-25 upstream's mid-call request shown to a 2026-07-28 client as
+    ``input_required``, SEP-2322) waits for the client's retry before it is cancelled upstream."""
     public_url: str | None = None
     """The origin clients use to reach this gateway when it sits behind a TLS proxy
     (``https://mcp.example.com``): the RFC 9728 ``resource_metadata`` URL in 401/403 challenges and the
     metadata's ``resource`` default are built on it. Unset: ``http://HOST:PORT`` of the bind address."""
+
+    @field_validator("input_wait")
+    @classmethod
+    def _input_wait(cls, value: float) -> float:
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError("must be a positive number of seconds, such as 300")
+        return value
 
     @field_validator("public_url")
     @classmethod

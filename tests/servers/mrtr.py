@@ -9,7 +9,10 @@ Each item asks its questions one at a time, then answers with what the client sa
 - tool ``sample(prompt)``: sampling -> ``sampled: TEXT``;
 - tool ``roots()``: roots/list -> ``roots: URI,URI``;
 - tool ``interview(rounds=3)``: ``rounds`` elicitations in a row -> ``answers: A1,A2,A3``;
-- tool ``secretive()``: an elicitation whose message carries the ``MRTR_SECRET`` environment value;
+- tool ``secretive()``: an elicitation whose message and schema carry the ``MRTR_SECRET`` environment
+  value, then a sampling request whose message and system prompt carry it -> ``answer: A,TEXT``;
+- tool ``ledger()``: what this process saw: ``{"calls": {item: n}, "cancelled": [item, ...]}`` (an
+  item's mid-call wait for its client cut short by ``notifications/cancelled``; 2025-11-25 only);
 - prompt ``greeting``: an elicitation for a name -> one user message ``Hello NAME``;
 - resource ``mrtr://answer``: an elicitation -> text ``answer: X``.
 
@@ -23,8 +26,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from typing import Any
 
+import anyio
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
@@ -43,18 +48,24 @@ _RESULTS: dict[str, type[BaseModel]] = {
 }
 
 
+CALLS: Counter[str] = Counter()
+CANCELLED: list[str] = []
+
+
 def _text(text: str) -> types.TextContent:
     return types.TextContent(type="text", text=text)
 
 
-def _elicit(message: str) -> types.ElicitRequest:
-    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+def _elicit(message: str, hint: str = "") -> types.ElicitRequest:
+    answer = {"type": "string", **({"description": hint} if hint else {})}
+    schema = {"type": "object", "properties": {"answer": answer}, "required": ["answer"]}
     return types.ElicitRequest(params=types.ElicitRequestFormParams(message=message, requested_schema=schema))
 
 
-def _sample(prompt: str) -> types.CreateMessageRequest:
+def _sample(prompt: str, system: str | None = None) -> types.CreateMessageRequest:
     message = types.SamplingMessage(role="user", content=_text(prompt))
-    return types.CreateMessageRequest(params=types.CreateMessageRequestParams(messages=[message], max_tokens=10))
+    params = types.CreateMessageRequestParams(messages=[message], max_tokens=10, system_prompt=system)
+    return types.CreateMessageRequest(params=params)
 
 
 def _plan(name: str, args: dict[str, Any]) -> list[types.InputRequest]:
@@ -67,7 +78,11 @@ def _plan(name: str, args: dict[str, Any]) -> list[types.InputRequest]:
     if name == "interview":
         return [_elicit(f"question {i}") for i in range(1, int(args.get("rounds", 3)) + 1)]
     if name == "secretive":
-        return [_elicit(f"the password is {os.environ.get('MRTR_SECRET', '')}; confirm?")]
+        secret = os.environ.get("MRTR_SECRET", "")
+        return [
+            _elicit(f"the password is {secret}; confirm?", hint=f"type {secret} again"),
+            _sample(f"repeat {secret}", system=f"you know {secret}"),
+        ]
     if name in ("greeting", ANSWER_URI):
         return [_elicit("your name?")]
     raise MCPError(types.INVALID_PARAMS, f"Unknown item: {name}")
@@ -94,12 +109,17 @@ def _finish(name: str, answers: list[dict[str, Any]]) -> str:
 
 async def _run(ctx: Ctx, name: str, args: dict[str, Any], params: Any) -> str | types.InputRequiredResult:
     plan = _plan(name, args)
+    CALLS[name] += 1
     if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
         related = ServerMessageMetadata(related_request_id=ctx.request_id)
         answers = []
-        for request in plan:
-            reply = await ctx.session.send_request(request, _RESULTS[request.method], metadata=related)
-            answers.append(reply.model_dump(by_alias=True, mode="json", exclude_none=True))
+        try:
+            for request in plan:
+                reply = await ctx.session.send_request(request, _RESULTS[request.method], metadata=related)
+                answers.append(reply.model_dump(by_alias=True, mode="json", exclude_none=True))
+        except anyio.get_cancelled_exc_class():
+            CANCELLED.append(name)  # the client cancelled the call while it waited for an answer
+            raise
         return _finish(name, answers)
     so_far: list[dict[str, Any]] = json.loads(params.request_state) if params.request_state else []
     key = f"q{len(so_far) + 1}"
@@ -120,11 +140,14 @@ TOOLS = [
         ("roots", {}),
         ("interview", {"rounds": {"type": "integer", "minimum": 1}}),
         ("secretive", {}),
+        ("ledger", {}),
     )
 ]
 
 
 async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult | types.InputRequiredResult:
+    if params.name == "ledger":
+        return types.CallToolResult(content=[_text(json.dumps({"calls": CALLS, "cancelled": CANCELLED}))])
     out = await _run(ctx, params.name, dict(params.arguments or {}), params)
     if isinstance(out, types.InputRequiredResult):
         return out

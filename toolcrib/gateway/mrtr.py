@@ -208,14 +208,27 @@ class Mrtr:
                 if kind != "upstream" or resume.get("server") != call.server or resume.get("target") != call.target:
                     raise invalid_state()
                 state = resume.get("state")
-            # An approval's answers were the approval layer's; anything else is the client's, as it came.
-            responses = None if call.resume is not None and resume is None else parse_responses(call.input_responses)
+            # An approval's answers were the approval layer's; anything else is the client's, as it came,
+            # minus keys the upstream did not ask for in the round this retry answers (SEP-2322: servers
+            # SHOULD ignore what they do not recognize; toolcrib does not refuse the whole retry for them).
+            wire = None if call.resume is not None and resume is None else call.input_responses
+            asked = resume.get("keys") if resume is not None else None
+            if wire is not None and isinstance(asked, list):
+                wire = {key: value for key, value in wire.items() if key in asked}
+            responses = parse_responses(wire)
             relay = call.relay
             progress = relay.progress if relay is not None and relay.wants_progress else None
             result = await up.request(op(call, Retry(responses, state), progress), what=f"{call.method} {call.name}")
             if isinstance(result, types.InputRequiredResult):
-                payload = {"k": "upstream", "server": call.server, "target": call.target, "state": result.request_state}
-                return self.input_required(call, result.input_requests or {}, payload, self.state_ttl)
+                requests = result.input_requests or {}
+                payload = {
+                    "k": "upstream",
+                    "server": call.server,
+                    "target": call.target,
+                    "state": result.request_state,
+                    "keys": sorted(requests),
+                }
+                return self.input_required(call, requests, payload, self.state_ttl)
             return result
         if resume is not None or self.parking is None:
             if resume is not None:

@@ -45,6 +45,9 @@ log = logging.getLogger("toolcrib.mrtr")
 PARK_TTL = 300.0
 """Seconds a parked call waits for the client's answer (or to collect its result) before it is cancelled."""
 
+CANCEL_GRACE = 5.0
+"""Seconds an abandoned call's pending upstream request waits for the call's cancellation to be sent."""
+
 _ANSWERS: dict[str, type[BaseModel]] = {
     "elicitation/create": types.ElicitResult,
     "sampling/createMessage": types.CreateMessageResult,
@@ -81,6 +84,7 @@ class Parked:
         self.relay: Any = None
         self.busy = False
         self.collected = anyio.Event()
+        self.ended = anyio.Event()
         self.scope = anyio.CancelScope()
         self._queue: deque[tuple[str, Any]] = deque()
         self._wake = anyio.Event()
@@ -114,7 +118,11 @@ class Parked:
         with anyio.move_on_after(self.ttl):
             await ask.done.wait()
         if ask.answer is None:
+            # Abandoned: cancel the upstream call (the SDK sends it notifications/cancelled) and answer
+            # this request only once that is done, so the upstream learns of the cancellation first.
             self.scope.cancel()
+            with anyio.move_on_after(CANCEL_GRACE):
+                await self.ended.wait()
             raise MCPError(
                 code=types.INTERNAL_ERROR, message="the client did not answer in time; the call is cancelled"
             )
@@ -197,6 +205,7 @@ class Parking:
         finally:
             current_caller.reset(token)
             self.calls.pop(parked.id, None)
+            parked.ended.set()
             if not final:
                 parked.post("error", MrtrRefusal(code=types.INVALID_PARAMS, message="the call was cancelled; retry it"))
 
