@@ -294,3 +294,5 @@ async def test_unknown_input_response_keys_are_ignored(tmp_path: Path, era: str)
         assert key2 not in extra
         done = await round_of(c, "interview", {"rounds": 2}, state2, **{key2: accept("two"), key: accept("x"), **extra})
         assert text(done) == "answers: one,two"
+        if era == MODERN:  # relayed: only the keys the upstream asked for in that round reached it
+            assert (await ledger(c))["responses"] == [[], [key], [key2]]

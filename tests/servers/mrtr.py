@@ -11,8 +11,10 @@ Each item asks its questions one at a time, then answers with what the client sa
 - tool ``interview(rounds=3)``: ``rounds`` elicitations in a row -> ``answers: A1,A2,A3``;
 - tool ``secretive()``: an elicitation whose message and schema carry the ``MRTR_SECRET`` environment
   value, then a sampling request whose message and system prompt carry it -> ``answer: A,TEXT``;
-- tool ``ledger()``: what this process saw: ``{"calls": {item: n}, "cancelled": [item, ...]}`` (an
-  item's mid-call wait for its client cut short by ``notifications/cancelled``; 2025-11-25 only);
+- tool ``ledger()``: what this process saw: ``{"calls": {item: n}, "cancelled": [item, ...],
+  "responses": [[key, ...], ...]}``: ``cancelled`` lists items whose mid-call wait for the client was
+  cut short by ``notifications/cancelled`` (2025-11-25), ``responses`` the ``inputResponses`` keys of
+  each 2026-07-28 call, in order;
 - prompt ``greeting``: an elicitation for a name -> one user message ``Hello NAME``;
 - resource ``mrtr://answer``: an elicitation -> text ``answer: X``.
 
@@ -50,6 +52,7 @@ _RESULTS: dict[str, type[BaseModel]] = {
 
 CALLS: Counter[str] = Counter()
 CANCELLED: list[str] = []
+RESPONSES: list[list[str]] = []
 
 
 def _text(text: str) -> types.TextContent:
@@ -122,6 +125,7 @@ async def _run(ctx: Ctx, name: str, args: dict[str, Any], params: Any) -> str | 
             raise
         return _finish(name, answers)
     so_far: list[dict[str, Any]] = json.loads(params.request_state) if params.request_state else []
+    RESPONSES.append(sorted(params.input_responses or {}))
     key = f"q{len(so_far) + 1}"
     given = (params.input_responses or {}).get(key)
     if given is not None:
@@ -147,7 +151,9 @@ TOOLS = [
 
 async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult | types.InputRequiredResult:
     if params.name == "ledger":
-        return types.CallToolResult(content=[_text(json.dumps({"calls": CALLS, "cancelled": CANCELLED}))])
+        return types.CallToolResult(
+            content=[_text(json.dumps({"calls": CALLS, "cancelled": CANCELLED, "responses": RESPONSES}))]
+        )
     out = await _run(ctx, params.name, dict(params.arguments or {}), params)
     if isinstance(out, types.InputRequiredResult):
         return out
