@@ -235,13 +235,17 @@ async def test_parked_call_is_bound_to_its_principal(tmp_path: Path) -> None:
 
 async def test_own_abandoned_call_does_not_block_the_next(tmp_path: Path) -> None:
     """alice leaves a parked call waiting; her next call's elicitation (unrelated on stdio) is
-    routed to that next call, the only one not waiting for an answer, since both act for her."""
-    async with gateway(tmp_path, LEGACY) as (rt, tokens), client(rt, tokens["alice"], Answers("alice")) as c:
-        _, first, _ = only_request(await round_of(c, "ask", {"question": "first?"}))
-        assert isinstance(first, types.ElicitRequest) and first.params.message == "first?"
-        key, second, state = only_request(await round_of(c, "ask", {"question": "second?"}))
-        assert isinstance(second, types.ElicitRequest) and second.params.message == "second?"
-        assert text(await round_of(c, "ask", {"question": "second?"}, state, **{key: accept("2")})) == "answer: 2"
+    routed to that next call, the only one not waiting for an answer, since both act for her.
+    Shutting toolcrib down then does not wait out the abandoned call (60 s upstream deadline)."""
+    with anyio.fail_after(40):
+        async with gateway(tmp_path, LEGACY) as (rt, tokens), client(rt, tokens["alice"], Answers("alice")) as c:
+            _, first, _ = only_request(await round_of(c, "ask", {"question": "first?"}))
+            assert isinstance(first, types.ElicitRequest) and first.params.message == "first?"
+            key, second, state = only_request(await round_of(c, "ask", {"question": "second?"}))
+            assert isinstance(second, types.ElicitRequest) and second.params.message == "second?"
+            done = await round_of(c, "ask", {"question": "second?"}, state, **{key: accept("2")})
+            assert text(done) == "answer: 2"
+            assert len(rt.parts.gateway.mrtr.parking.calls) == 1  # the abandoned one, still waiting
 
 
 async def test_other_principals_waiting_call_refuses_an_unrelated_request(tmp_path: Path) -> None:

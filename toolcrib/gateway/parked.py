@@ -14,8 +14,10 @@ such an upstream toolcrib runs the upstream call in the background (:class:`Park
 A parked call is bound to the principal (the sealed token and the call itself), to the target,
 and to its round (an older round's token is refused: -32602); one retry at a time resumes it. It
 ends with the upstream call's deadline (``[servers.X] timeout``), and after ``ttl`` seconds
-(:data:`PARK_TTL`, capped by that deadline) without the client's answer or retry it is cancelled
-and forgotten. The parked call is in-process state: with several toolcrib replicas, a retry must
+(``[gateway] input_wait``, default :data:`PARK_TTL`, capped by that deadline) without the client's
+answer or retry it is cancelled (the upstream gets ``notifications/cancelled`` before the error
+answering its pending request) and forgotten, so its ``requestState`` is then refused (-32602). A
+finished call whose result nobody collects is dropped as well, at once when its upstream stops. The parked call is in-process state: with several toolcrib replicas, a retry must
 reach the replica that holds it (sticky routing); anywhere else it is refused as expired, and the
 client starts over without ``requestState``.
 """
@@ -200,8 +202,9 @@ class Parking:
                 else:
                     parked.post("done", result)
                 final = True
+                # kept for the client's next retry, unless the upstream is stopped (shutdown, removed)
                 with anyio.move_on_after(parked.ttl):
-                    await parked.collected.wait()
+                    await _either(parked.collected, up.finished)
         finally:
             current_caller.reset(token)
             self.calls.pop(parked.id, None)
@@ -233,6 +236,18 @@ class Parking:
         except MrtrRefusal:
             parked.scope.cancel()  # the client cannot answer: the upstream call is not left waiting
             raise
+
+
+async def _either(first: anyio.Event, second: anyio.Event) -> None:
+    """Return as soon as one of the two events is set."""
+    async with anyio.create_task_group() as tg:
+
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(wait, first)
+        tg.start_soon(wait, second)
 
 
 def _answer(key: str, ask: _Ask, wire: Any) -> dict[str, Any]:
