@@ -195,7 +195,9 @@ class Mrtr:
     async def send(self, call: UpstreamCall, up: Any, op: OpFactory) -> Any:
         """Run ``call`` (``call.era`` is 2026-07-28) on upstream ``up``: its result or an ``InputRequiredResult``.
 
-        Raises :class:`MrtrRefusal` for a ``requestState`` that does not fit this call (-32602) and
+        On a retry of a relayed round only the ``inputResponses`` keys the upstream asked for in that
+        round go upstream (the rest are ignored, SEP-2322: servers SHOULD ignore what they do not
+        recognize). Raises :class:`MrtrRefusal` for a ``requestState`` that does not fit this call (-32602) and
         for a missing client capability (-32021); upstream errors as :meth:`Upstream.request` does.
         """
         resume = call.resume if call.resume is not None and call.resume.get("k") != "approval" else None
