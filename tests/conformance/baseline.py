@@ -91,8 +91,10 @@ def render(entries: dict[str, list[Entry]], header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def load(revision: str, directory: Path = BASELINE_DIR) -> dict[str, list[Entry]]:
-    path = baseline_path(revision, directory)
+def load(revision: str, directory: Path = BASELINE_DIR, variant: str = "") -> dict[str, list[Entry]]:
+    """The baseline of ``revision`` (``variant`` ``legacy-upstream``: ``<revision>.legacy-upstream.yaml``,
+    the checks toolcrib in front of a 2025-11-25 upstream may do worse than direct, each with why)."""
+    path = baseline_path(revision + (f".{variant}" if variant else ""), directory)
     if not path.exists():
         return {leg: [] for leg in LEGS}
     return parse(path.read_text(), str(path))

@@ -28,6 +28,9 @@ class LegReport:
     targets: dict[str, dict[str, ScenarioResult]]
     entries: list[tuple[str, str | None]]
     notes: list[str] = field(default_factory=list)
+    allowed: dict[str, list[tuple[str, str | None]]] = field(default_factory=dict)
+    """Target -> (scenario, check or None) that may be worse than the reference there: the era
+    translation limits of toolcrib in front of a 2025-11-25 upstream (baseline ``*.legacy-upstream.yaml``)."""
 
     @property
     def reference(self) -> str:
@@ -42,10 +45,28 @@ class LegReport:
         ref = self.targets[self.reference]
         return {name: compare(ref, res) for name, res in self.targets.items() if name != self.reference}
 
+    def excused(self, target: str, scenario: str, check: str) -> bool:
+        """True when ``check`` of ``scenario`` may be worse on ``target`` (an ``allowed`` entry)."""
+        return any(s == scenario and c in (None, check) for s, c in self.allowed.get(target, []))
+
+    def unexcused(self, target: str, d: Difference) -> list[tuple[str, str | None, str | None, str]]:
+        return [w for w in d.worse if not self.excused(target, d.scenario, w[0])]
+
+    def stale_allowed(self) -> list[str]:
+        """``allowed`` entries that excuse nothing (the target is no longer worse there): remove them."""
+        diffs = self.differences
+        out = []
+        for target, entries in self.allowed.items():
+            for scenario, check in entries:
+                found = [d for d in diffs.get(target, []) if d.scenario == scenario]
+                if not any(check is None or any(w[0] == check for w in d.worse) for d in found):
+                    out.append(f"{target}: {scenario}{':' + check if check else ''}")
+        return out
+
     @property
     def ok(self) -> bool:
-        worse = any(d.worse for diffs in self.differences.values() for d in diffs)
-        return self.verdict.ok and not worse and not self.notes
+        worse = any(self.unexcused(name, d) for name, diffs in self.differences.items() for d in diffs)
+        return self.verdict.ok and not worse and not self.notes and not self.stale_allowed()
 
     def counts(self, target: str) -> tuple[int, int, int, int]:
         """(scored passed, scored total, not-scored passed, not-scored total) for `target`."""
@@ -68,9 +89,11 @@ class LegReport:
             sp, st, np, nt = self.counts(name)
             comparison = ""
             if name in diffs:
-                worse = sum(1 for d in diffs[name] if d.worse)
+                worse = sum(1 for d in diffs[name] if self.unexcused(name, d))
+                limits = sum(1 for d in diffs[name] if d.worse and not self.unexcused(name, d))
                 better = sum(1 for d in diffs[name] if d.better)
                 comparison = f"{worse} scenario(s) worse, {better} better"
+                comparison += f", {limits} within the baseline's translation limits" if limits else ""
             out.append(f"  {name:<{width}}{f'{sp}/{st}':>9}  {f'{np}/{nt}':>10}  {comparison}".rstrip())
         for note in self.notes:
             out.append(f"  ! {note}")
@@ -78,10 +101,11 @@ class LegReport:
             for d in found:
                 ref, res = self.targets[self.reference], self.targets[name]
                 status = f"{self.reference} {_status(ref, d.scenario)}, {name} {_status(res, d.scenario)}"
-                label = "WORSE " if d.worse else "better"
+                label = "WORSE " if self.unexcused(name, d) else "limit " if d.worse else "better"
                 out.append(f"  {label} {name}: {d.scenario} ({self._kind(d.scenario)}): {status}")
                 for check_id, ds, gs, message in [*d.worse, *d.better]:
-                    out.append(f"      - {check_id}: {ds or 'absent'} -> {gs or 'absent'}: {_short(message)}")
+                    mark = " (baseline)" if self.excused(name, d.scenario, check_id) else ""
+                    out.append(f"      - {check_id}{mark}: {ds or 'absent'} -> {gs or 'absent'}: {_short(message)}")
                 if d.worse and res.get(d.scenario) and res[d.scenario].note:
                     out.append(f"      note: {_short(res[d.scenario].note)}")
         verdict = self.verdict
@@ -97,6 +121,10 @@ class LegReport:
                 out.append(f"      note: {_short(note)}")
         for key in verdict.stale:
             out.append(f"    STALE {key}: passes now (or is no scored scenario); remove it from the baseline")
+        for key in self.stale_allowed():
+            out.append(
+                f"    STALE {key}: no longer worse than {self.reference}; remove it from the translation baseline"
+            )
         failing_extra = [s for s in self.not_scored if s in ref and not ref[s].passed]
         if failing_extra:
             out.append(f"  not scored and failing for {self.reference}: {', '.join(failing_extra)}")
@@ -110,6 +138,8 @@ class LegReport:
             "reference": self.reference,
             "ok": self.ok,
             "notes": self.notes,
+            "translation_limits": {t: [f"{s}{':' + c if c else ''}" for s, c in e] for t, e in self.allowed.items()},
+            "stale_translation_limits": self.stale_allowed(),
             "targets": {
                 name: {
                     "scored": dict(zip(("passed", "total"), self.counts(name)[:2], strict=True)),

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FAILING = ("FAILURE", "WARNING")
+NOT_EXERCISED = "passes directly but was skipped or not run through toolcrib"
 _SEVERITY = {"FAILURE": 3, "WARNING": 2, "SUCCESS": 1}
 _TIMESTAMP = re.compile(r"-\d{4}-\d{2}-\d{2}T[\d-]+Z$")
 
@@ -44,9 +45,12 @@ class ScenarioResult:
     scenario: str
     checks: dict[str, Check] = field(default_factory=dict)
     note: str = ""
+    info: set[str] = field(default_factory=set)
+    """Ids of INFO checks: the suite saw an optional path taken (e.g. JSON instead of SSE)."""
 
     def add(self, check: Check) -> None:
         if check.status == "INFO":
+            self.info.add(check.id)
             return
         held = self.checks.get(check.id)
         if held is None or severity(check.status) >= severity(held.status):
@@ -199,7 +203,10 @@ class Difference:
 
 def compare(direct: dict[str, ScenarioResult], gateway: dict[str, ScenarioResult]) -> list[Difference]:
     """Check by check, per scenario: a check is worse through toolcrib when its verdict there is
-    FAILURE or WARNING and more severe than directly (a check missing counts as not failing)."""
+    FAILURE or WARNING and more severe than directly, or when it succeeds directly and is skipped
+    or missing through toolcrib (a feature the direct server offers that toolcrib does not relay),
+    unless toolcrib's run reports it as INFO (an optional path the spec allows, such as JSON
+    instead of SSE)."""
     diffs: list[Difference] = []
     for name in [*direct, *(n for n in gateway if n not in direct)]:
         d = direct.get(name) or no_results(name, "no direct result")
@@ -212,6 +219,9 @@ def compare(direct: dict[str, ScenarioResult], gateway: dict[str, ScenarioResult
                 worse.append((check_id, ds, gs, g.checks[check_id].message))
             elif severity(ds) > severity(gs) and ds in FAILING:
                 better.append((check_id, ds, gs, d.checks[check_id].message))
+        for check_id, check in d.checks.items():
+            if check.status == "SUCCESS" and g.status_of(check_id) in (None, "SKIPPED") and check_id not in g.info:
+                worse.append((check_id, "SUCCESS", g.status_of(check_id), NOT_EXERCISED))
         if worse or better:
             diffs.append(Difference(name, worse, better))
     return diffs

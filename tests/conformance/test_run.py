@@ -130,6 +130,38 @@ def test_leg_report_counts_only_scored_in_the_pass_rate(direct: Path, tmp_path: 
     assert json.loads(json.dumps(report.to_json()))["targets"]["direct"]["scored"] == {"passed": 2, "total": 3}
 
 
+def test_skipped_through_toolcrib_is_worse(tmp_path: Path) -> None:
+    """A check that passes directly but is skipped (or absent) through toolcrib is a feature not relayed."""
+    write(tmp_path / "d", f"server-s-{STAMP}", [c("ack", "SUCCESS"), c("y", "SUCCESS"), c("z", "SKIPPED")])
+    write(tmp_path / "d", f"server-j-{STAMP}", [c("sse", "SUCCESS")])
+    write(tmp_path / "g", f"server-s-{STAMP}", [c("ack", "SKIPPED"), c("z", "SKIPPED")])
+    write(tmp_path / "g", f"server-j-{STAMP}", [c("sse", "INFO", "JSON responses (SSE optional)")])
+    (diff,) = compare(read_results(tmp_path / "d", "server"), read_results(tmp_path / "g", "server"))
+    assert [(w[0], w[1], w[2]) for w in diff.worse] == [("ack", "SUCCESS", "SKIPPED"), ("y", "SUCCESS", None)]
+    assert diff.scenario == "s"  # j: toolcrib took the optional path and said so (INFO): no difference
+
+
+def test_translation_limits_excuse_only_their_checks_and_go_stale(tmp_path: Path) -> None:
+    write(tmp_path / "d", f"server-s-{STAMP}", [c("x", "SUCCESS"), c("y", "SUCCESS")])
+    write(tmp_path / "d", f"server-t-{STAMP}", [c("u", "SUCCESS")])
+    write(tmp_path / "g", f"server-s-{STAMP}", [c("x", "FAILURE", "no key"), c("y", "SUCCESS")])
+    write(tmp_path / "g", f"server-t-{STAMP}", [c("u", "SUCCESS")])
+    targets = {
+        "direct": read_results(tmp_path / "d", "server"),
+        "toolcrib/legacy": read_results(tmp_path / "g", "server"),
+    }
+
+    def report(allowed: list[tuple[str, str | None]]) -> LegReport:
+        return LegReport("2026-07-28", "server", ["s", "t"], {}, targets, [], allowed={"toolcrib/legacy": allowed})
+
+    assert report([("s", "x")]).ok
+    assert report([("s", None)]).ok
+    assert not report([("s", "y")]).ok  # excuses another check: x is still worse, and y is stale
+    stale = report([("s", "x"), ("t", None)])
+    assert not stale.ok and stale.stale_allowed() == ["toolcrib/legacy: t"]
+    assert "within the baseline's translation limits" in "\n".join(report([("s", "x")]).lines())
+
+
 LISTING = """Required for 2026-07-28 (69 scenarios, frozen; run at the 2026-07-28 wire):
 
 Server scenarios (test against a server):
