@@ -9,15 +9,17 @@ so a test can read whichever stream it captures.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import json
 import socket
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import anyio
+from aiohttp import web
 from mcp.server import Server
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.models import InitializationOptions
@@ -78,6 +80,21 @@ def announce(url: str) -> None:
     line = f"LISTENING {url}"
     for stream in (sys.stdout, sys.stderr):
         print(line, file=stream, flush=True)
+
+
+async def serve_aiohttp(app: web.Application, port: int) -> None:
+    """Serve a raw aiohttp fixture on 127.0.0.1:``port`` (0: a free one), announce ``/mcp``, run until cancelled."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    announce(f"http://127.0.0.1:{sock.getsockname()[1]}/mcp")
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
 
 
 def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
@@ -214,7 +231,7 @@ async def serve_sse(server: Server[Any], port: int) -> None:
     await _serve_asgi(app, port, "/sse", lifespan="off")
 
 
-async def _serve_asgi(app: Any, port: int, path: str, *, lifespan: str) -> None:
+async def _serve_asgi(app: Any, port: int, path: str, *, lifespan: Literal["on", "off"]) -> None:
     """Serve ``app`` with uvicorn on 127.0.0.1:PORT; announce ``http://127.0.0.1:PORT{path}`` once up."""
     import uvicorn
 

@@ -23,13 +23,12 @@ import asyncio
 import contextlib
 import json
 import secrets
-import socket
 from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 
-from tests.servers._common import announce
+from tests.servers._common import serve_aiohttp
 
 MODERN = "2026-07-28"
 HANDSHAKE_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
@@ -154,18 +153,7 @@ def make_app() -> web.Application:
 
 
 async def _serve(port: int) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    runner = web.AppRunner(make_app(), access_log=None)
-    await runner.setup()
-    site = web.SockSite(runner, sock)
-    await site.start()
-    announce(f"http://127.0.0.1:{sock.getsockname()[1]}/mcp")
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    await serve_aiohttp(make_app(), port)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

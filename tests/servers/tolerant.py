@@ -32,14 +32,13 @@ import argparse
 import asyncio
 import contextlib
 import json
-import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
 
 from tests.servers import _raw
-from tests.servers._common import announce
+from tests.servers._common import serve_aiohttp
 
 NAME = "toolcrib-tolerant"
 CAPABILITIES: dict[str, Any] = {
@@ -180,17 +179,7 @@ async def serve_http(port: int, modern: bool) -> None:
     app[MODERN_KEY] = modern
     app.router.add_post("/mcp", _post)
     app.router.add_get("/mcp", _get)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
-    announce(f"http://127.0.0.1:{sock.getsockname()[1]}/mcp")
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    await serve_aiohttp(app, port)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
