@@ -39,6 +39,7 @@ from toolcrib.gateway.edge.accept import NOT_ACCEPTABLE, accepted, response_mode
 from toolcrib.gateway.edge.guard import BODY, PRINCIPAL, access
 from toolcrib.gateway.edge.jsonrpc import BadMessage, parse_message
 from toolcrib.gateway.edge.replies import SSE_HEADERS, dump, note_request, respond, rpc_error, sse
+from toolcrib.gateway.edge.resume import LAST_EVENT_ID, RETRY_MS, Refused, Replay, StreamLog, serve
 from toolcrib.gateway.edge.sessions import HttpSession, SessionExchange, SessionTable, Standalone, answer
 from toolcrib.gateway.edge.stateless import Stateless, is_modern
 from toolcrib.gateway.server import Gateway, Peer, RequestInfo
@@ -48,6 +49,8 @@ log = logging.getLogger("toolcrib.http")
 
 SESSION_HEADER = "Mcp-Session-Id"
 SUPPORTED_VERSIONS = (*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS)
+RESUMABLE_SINCE = "2025-11-25"
+"""Sessions negotiating this version or later get resumable SSE (priming event, event ids, replay)."""
 
 
 class HttpTransport:
@@ -216,6 +219,10 @@ class HttpTransport:
         to_server, server_read = anyio.create_memory_object_stream[SessionMessage | Exception](64)
         server_write, from_server = anyio.create_memory_object_stream[SessionMessage](64)
         sess = HttpSession(peer=peer, to_server=to_server, init=dict(message.params or {}))
+        requested = sess.init.get("protocolVersion") if sess.init else None
+        version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+        if version >= RESUMABLE_SINCE:
+            sess.replay = Replay(self.tg.start_soon)
         self.sessions[peer.id] = sess
         self.tg.start_soon(self._run_session, sess, server_read, server_write, from_server)
         resp = await self._exchange(request, sess, message, RequestInfo(peer, principal))
@@ -268,16 +275,23 @@ class HttpTransport:
         send, recv = anyio.create_memory_object_stream[types.JSONRPCMessage](256)
         sess.waiters[rid] = send
         self.inflight += 1
+
+        def release() -> None:
+            if sess.waiters.get(rid) is send:
+                del sess.waiters[rid]
+            send.close()
+
+        held = [release]  # a resumable SSE answer takes it over, to run once the stream has its response
         try:
             await sess.to_server.send(SessionMessage(message, ServerMessageMetadata(request_context=info)))
-            return await respond(request, recv, rid, {SESSION_HEADER: sess.peer.id}, sess)
+            return await respond(request, recv, rid, {SESSION_HEADER: sess.peer.id}, sess, handoff=held)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             return rpc_error(-32000, "Session closed; start a new session with initialize", rid, status=404)
         finally:
             self._done()
-            sess.waiters.pop(rid, None)
             sess.last_seen = time.monotonic()
-            send.close()
+            for fn in held:
+                fn()
             recv.close()
 
     @contextlib.contextmanager
@@ -304,24 +318,53 @@ class HttpTransport:
             return web.Response(status=405, headers={"Allow": "POST"}, text="Method Not Allowed without a session\n")
         if isinstance(sess, web.Response):
             return sess
+        headers = {**SSE_HEADERS, SESSION_HEADER: sess.peer.id}
+        log: StreamLog | None = None
+        cursor = -1
+        last = request.headers.get(LAST_EVENT_ID)
+        if last is not None:
+            if sess.replay is None:
+                return web.Response(status=400, text="Bad Request: this session's streams are not resumable\n")
+            try:
+                log, cursor = sess.replay.find(last)
+            except Refused as why:
+                return web.Response(status=why.status, text=why.text)
+            if not log.standalone:
+                return await serve(request, log, cursor, headers)
+            if sess.standalone is not None:
+                sess.standalone.close()  # the GET stream being resumed: its old connection ends
+                sess.standalone = None
         if sess.standalone is not None:
             return web.Response(status=409, text="Conflict: this session already has a GET stream\n")
         send, recv = anyio.create_memory_object_stream[types.JSONRPCMessage](256)
         sess.standalone = send
-        resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, SESSION_HEADER: sess.peer.id})
-        await resp.prepare(request)
+        replay = sess.replay
+        if replay is not None and log is None:
+            log = replay.open(standalone=True)
+        resp = web.StreamResponse(status=200, headers=headers)
         try:
+            await resp.prepare(request)
+            if log is not None:
+                log.done = False
+                log.reader = recv
+                await resp.write(log.priming() if cursor < 0 else f"retry: {RETRY_MS}\n\n".encode())
+                for _, frame in log.after(cursor):
+                    await resp.write(frame)
             while not sess.closed.is_set():
                 with anyio.move_on_after(15) as timer:
                     msg = await recv.receive()
-                    await resp.write(sse(dump(msg)))
+                    data = dump(msg)
+                    await resp.write(replay.append(log, data) if replay and log else sse(data))
                 if timer.cancelled_caught:
                     await resp.write(b": keepalive\n\n")
-        except (anyio.EndOfStream, ConnectionResetError):
+        except (anyio.EndOfStream, anyio.ClosedResourceError, ConnectionResetError):
             pass
         finally:
             if sess.standalone is send:
                 sess.standalone = None
+            if replay is not None and log is not None and log.reader is recv:
+                log.reader = None
+                replay.finish(log)
             send.close()
             recv.close()
         return resp

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -15,6 +15,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from toolcrib.gateway.edge.accept import response_mode
 from toolcrib.gateway.edge.guard import NOTE
+from toolcrib.gateway.edge.resume import Replay, StreamLog, pump
 from toolcrib.gateway.edge.sessions import HttpSession
 
 log = logging.getLogger("toolcrib.http")
@@ -85,6 +86,7 @@ async def respond(
     headers: dict[str, str],
     sess: HttpSession | None = None,
     error_status: Mapping[int, int] | None = None,
+    handoff: list[Callable[[], None]] | None = None,
 ) -> web.StreamResponse:
     """Answer one POST as ``Accept`` allows (see :mod:`toolcrib.gateway.edge.accept`): JSON when the
     first thing ready is the response (or the client takes only JSON: what comes before the response
@@ -93,6 +95,10 @@ async def respond(
     ``error_status`` maps a JSON-RPC error code to the HTTP status of a JSON answer (2026-07-28
     basic/transports: -32601 is 404, -32602/-32020/-32021/-32022 are 400); unmapped codes and every
     SSE answer are 200.
+
+    A session with resumable streams (``sess.replay``, 2025-11-25 and later) gets them on SSE: see
+    :func:`resumable`; ``handoff`` holds the caller's clean-ups (its routing entry for ``rid``),
+    which then run when the stream has its response instead of when this POST ends.
     """
     mode = response_mode(request.headers.get("Accept"))
     try:
@@ -108,6 +114,8 @@ async def respond(
         if isinstance(first, types.JSONRPCError) and error_status is not None:
             status = error_status.get(first.error.code, 200)
         return web.Response(text=dump(first), status=status, content_type="application/json", headers=headers)
+    if sess is not None and sess.replay is not None:
+        return await resumable(request, sess.replay, first, recv, rid, headers, handoff)
     resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
     await resp.prepare(request)
     await resp.write(sse(dump(first)))
@@ -121,3 +129,66 @@ async def respond(
                 break
     await resp.write_eof()
     return resp
+
+
+async def resumable(
+    request: web.Request,
+    replay: Replay,
+    first: types.JSONRPCMessage,
+    recv: MemoryObjectReceiveStream[types.JSONRPCMessage],
+    rid: Any,
+    headers: dict[str, str],
+    handoff: list[Callable[[], None]] | None,
+) -> web.StreamResponse:
+    """A POST's SSE stream with event ids, opened by a priming event with ``retry`` (2025-11-25
+    basic/transports, SEP-1699). Its messages are read into the session's replay buffer by a task of
+    their own (:func:`drain`), so a client that drops the connection can ``GET`` the rest with
+    ``Last-Event-ID``; the call is not cancelled by the drop."""
+    log = replay.open()
+    token = object()
+    log.reader = token
+    replay.append(log, dump(first))
+    cleanups = list(handoff or ())
+    if handoff is not None:
+        handoff.clear()
+    if is_final(first, rid):
+        note_outcome(request, first)
+        replay.finish(log)
+        for fn in cleanups:
+            fn()
+    else:
+        replay.spawn(drain, request, replay, log, recv.clone(), rid, cleanups)
+    resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
+    try:
+        await resp.prepare(request)
+        await resp.write(log.priming())
+        await pump(resp, log, 0, token)
+        await resp.write_eof()
+    except ConnectionError:
+        pass  # the client went away: the stream is kept for a resume
+    finally:
+        if log.reader is token:
+            log.reader = None
+    return resp
+
+
+async def drain(
+    request: web.Request,
+    replay: Replay,
+    log: StreamLog,
+    recv: MemoryObjectReceiveStream[types.JSONRPCMessage],
+    rid: Any,
+    cleanups: list[Callable[[], None]],
+) -> None:
+    """Read one POST stream's messages into ``log`` up to the response, whoever is connected."""
+    try:
+        async with recv:
+            async for msg in recv:
+                replay.append(log, dump(msg))
+                if is_final(msg, rid):
+                    note_outcome(request, msg)
+                    break
+    finally:
+        replay.finish(log)
+        for fn in cleanups:
+            fn()

@@ -25,6 +25,7 @@ from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from mcp.shared.transport_context import TransportContext
 
 from toolcrib.config import GatewayConfig
+from toolcrib.gateway.edge.resume import Replay
 from toolcrib.gateway.server import Peer, RequestInfo
 from toolcrib.gateway.trust.identity import Principal
 
@@ -50,6 +51,8 @@ class HttpSession:
     direct: dict[Any, anyio.CancelScope] = field(default_factory=dict)
     """Directly served calls in flight, by the client's request id (for notifications/cancelled)."""
     next_id: int = 0
+    replay: Replay | None = None
+    """Resumable SSE streams (negotiated version 2025-11-25 or later; see :mod:`~toolcrib.gateway.edge.resume`)."""
 
     @property
     def idle(self) -> bool:
@@ -97,6 +100,8 @@ class SessionTable:
         sess.to_server.close()
         for w in sess.waiters.values():
             w.close()
+        if sess.replay is not None:
+            sess.replay.close()
 
     async def reap(self) -> None:
         """Close sessions idle longer than ``session_ttl``; runs until cancelled."""
