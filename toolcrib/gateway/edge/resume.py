@@ -84,7 +84,9 @@ class StreamLog:
         self.touched = time.monotonic()
 
     def priming(self) -> bytes:
-        return f"id: {self.id}-0\nretry: {RETRY_MS}\ndata: \n\n".encode()
+        return (
+            f"id: {self.id}-0\nretry: {RETRY_MS}\ndata:\n\n".encode()
+        )  # "data:" (no space): same event, and a naive "data: " line reader skips it
 
     def after(self, seq: int) -> list[tuple[int, bytes]]:
         """The kept events after ``seq``, oldest first."""
