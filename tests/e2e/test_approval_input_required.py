@@ -194,7 +194,7 @@ async def test_input_responses_never_approve(tmp_path: Path) -> None:
 
 async def test_modern_client_without_url_elicitation_gets_the_pending_error(tmp_path: Path) -> None:
     async with (
-        approving_gateway(tmp_path) as (rt, tokens),
+        approving_gateway(tmp_path, approval_mode="pending") as (rt, tokens),
         client_as(rt, tokens["alice"], elicitation_callback=None) as alice,
     ):
         answer = await call(alice, "hello")
@@ -203,6 +203,33 @@ async def test_modern_client_without_url_elicitation_gets_the_pending_error(tmp_
         assert await operator_decides(rt, tokens["alice"], approval_id) == 200
         assert text_of(await call(alice, "hello")) == "hello"
     assert audit_outcomes(rt, "key:alice") == [("pending", None), ("ok", "key:alice")]
+
+
+async def test_modern_client_without_url_elicitation_is_held_in_hold_mode(tmp_path: Path) -> None:
+    """No URL elicitation to show: the 2026-07-28 request itself waits for the operator, as a session's does."""
+    store: ApprovalStore | None = None
+    async with (
+        approving_gateway(tmp_path) as (rt, tokens),
+        client_as(rt, tokens["alice"], elicitation_callback=None) as alice,
+    ):
+        results: list[Any] = []
+
+        async def held() -> None:
+            results.append(await call(alice, "hello"))
+
+        store = ApprovalStore(rt.config.policy.approvals_path)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(held)
+                with anyio.fail_after(20):
+                    while not store.list("pending"):
+                        await anyio.sleep(0.05)
+                assert not results  # held, not refused
+                assert await operator_decides(rt, tokens["alice"], store.list("pending")[0].id) == 200
+            assert text_of(results[0]) == "hello"
+        finally:
+            store.close()
+    assert audit_outcomes(rt, "key:alice") == [("ok", "key:alice")]
 
 
 async def test_session_client_sees_the_url_elicitation_while_held(tmp_path: Path) -> None:

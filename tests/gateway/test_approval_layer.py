@@ -143,7 +143,7 @@ async def test_denied_and_mismatched_resumes_are_refused(store: ApprovalStore) -
 async def test_modern_client_that_cannot_take_the_url_gets_the_pending_error(
     store: ApprovalStore, fields: dict[str, Any]
 ) -> None:
-    gate = Gate(store)
+    gate = Gate(store, mode="pending")
     if fields.get("method") == "completion/complete":
         with pytest.raises(MCPError) as err:
             await gate.call(**fields)

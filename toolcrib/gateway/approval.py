@@ -16,12 +16,13 @@ the decision is outstanding depends on the protocol era it speaks:
   Approved -> the approval is consumed and the call forwarded; still pending -> input_required again
   (same approval, fresh token); denied, expired or used -> the refusal. The client's
   ``inputResponses`` never approve anything (a ``decline``/``cancel`` only ends the call).
-- **2025-11-25** sessions in ``hold`` mode: the call waits for the operator (up to
-  ``approval_timeout``); a client that declared URL-mode elicitation is sent an
-  ``elicitation/create`` (mode ``url``) on the call's own stream meanwhile, and
-  ``notifications/elicitation/complete`` once the operator decided. Its answer decides nothing.
-- Otherwise (``pending`` mode, a client without URL-mode elicitation, a method with no
-  input_required result): a refusal naming the approval id, for the client to retry after approval.
+- Any other client in ``hold`` mode (a 2025-11-25 session; a 2026-07-28 client without URL-mode
+  elicitation or calling a method with no input_required result): the call waits for the operator
+  (up to ``approval_timeout``), its HTTP request held open; a 2025-11-25 client that declared
+  URL-mode elicitation is sent an ``elicitation/create`` (mode ``url``) on the call's own stream
+  meanwhile, and ``notifications/elicitation/complete`` once the operator decided. Its answer
+  decides nothing.
+- In ``pending`` mode, those clients get a refusal naming the approval id, to retry after approval.
 
 The capability rule: a server MUST NOT send an elicitation in a mode the client did not declare
 (2025-11-25 spec, client/elicitation, "Capabilities": ``elicitation: {"url": {}}`` declares URL
@@ -137,7 +138,7 @@ def approval_layer(
         granted = await store.consume(who, call.target, call.arguments)
         if granted is None:
             pending = await store.request(who, call.target, call.arguments, ttl=timeout, rule=decision.rule)
-            if mode == "pending" or call.era == MODERN:
+            if mode == "pending":
                 return gate.refuse_pending(call, pending)
             status = await _hold(gate, call, pending)
             if status == "approved":

@@ -17,8 +17,9 @@ ends with the upstream call's deadline (``[servers.X] timeout``), and after ``tt
 (``[gateway] input_wait``, default :data:`PARK_TTL`, capped by that deadline) without the client's
 answer or retry it is cancelled (the upstream gets ``notifications/cancelled`` before the error
 answering its pending request) and forgotten, so its ``requestState`` is then refused (-32602). A
-finished call whose result nobody collects is dropped as well, at once when its upstream stops. The parked call is in-process state: with several toolcrib replicas, a retry must
-reach the replica that holds it (sticky routing); anywhere else it is refused as expired, and the
+finished call whose result nobody collects is dropped as well, at once when its upstream stops.
+The parked call is in-process state: with several toolcrib replicas, a retry must reach the
+replica that holds it (sticky routing); anywhere else it is refused as expired, and the
 client starts over without ``requestState``.
 """
 
