@@ -20,7 +20,7 @@ import anyio
 
 from toolcrib.app import running_gateway
 from toolcrib.config import load_config
-from toolcrib.gateway.pipeline import Pipeline
+from toolcrib.gateway.pipeline import Pipeline, validation_layer
 
 
 async def serve(config_path: Path, port: int, no_trust: bool) -> None:
@@ -29,7 +29,11 @@ async def serve(config_path: Path, port: int, no_trust: bool) -> None:
     async with running_gateway(config, connect_wait=60) as rt:
         if no_trust:
             gw = rt.gateway
-            gw.pipeline = Pipeline([gw._validate], gw._forward)
+            catalog = gw.pool.catalog
+            gw.pipeline = Pipeline(
+                [validation_layer(lambda key: e.tool.input_schema if (e := catalog.tools.get(key)) else None)],
+                gw.forwarder,
+            )
         print(f"LISTENING {rt.url}", flush=True)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:

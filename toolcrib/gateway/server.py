@@ -115,7 +115,7 @@ class Gateway:
         self._search_slots: anyio.CapacityLimiter | None = None
         self.mrtr = Mrtr(redactor, self.sealer)
         self.mrtr.parking = Parking(self.mrtr, lambda: pool.task_group)  # parked calls live as long as the pool serves
-        forwarder = Forwarder(pool, self.mrtr)
+        self.forwarder = forwarder = Forwarder(pool, self.mrtr)
         self.pipeline = Pipeline(layers, forwarder)
         self.peers: weakref.WeakSet[Peer] = weakref.WeakSet()
         pool.subscribe(lambda server, what: upstream_changed(self, server, what))
