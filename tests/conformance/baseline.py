@@ -92,8 +92,10 @@ def render(entries: dict[str, list[Entry]], header: str = "") -> str:
 
 
 def load(revision: str, directory: Path = BASELINE_DIR, variant: str = "") -> dict[str, list[Entry]]:
-    """The baseline of ``revision`` (``variant`` ``legacy-upstream``: ``<revision>.legacy-upstream.yaml``,
-    the checks toolcrib in front of a 2025-11-25 upstream may do worse than direct, each with why)."""
+    """The baseline of ``revision``, or a variant: ``gateway`` (``<revision>.gateway.yaml``, checks any
+    toolcrib target may do worse than direct because the feature cannot cross a gateway) or
+    ``legacy-upstream`` (``<revision>.legacy-upstream.yaml``, what toolcrib in front of a
+    2025-11-25 upstream may do worse: era translation limits). Each entry says why."""
     path = baseline_path(revision + (f".{variant}" if variant else ""), directory)
     if not path.exists():
         return {leg: [] for leg in LEGS}

@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     try:
         baselines = {rev: baseline.load(rev, args.baseline_dir) for rev in revisions}
-        limits = {rev: baseline.load(rev, args.baseline_dir, "legacy-upstream") for rev in revisions}
+        gateway_limits = {rev: baseline.load(rev, args.baseline_dir, "gateway") for rev in revisions}
+        legacy_limits = {rev: baseline.load(rev, args.baseline_dir, "legacy-upstream") for rev in revisions}
     except baseline.BaselineError as exc:
         raise SystemExit(f"conformance: {exc}") from None
     node, suite = ensure_toolchain()
@@ -240,8 +241,11 @@ def main(argv: list[str] | None = None) -> int:
                         results["toolcrib"] = complete(found, scenarios, "the suite wrote no checks.json")
                 keyed = [(e.scenario, e.check) for e in entries[leg]]
                 allowed: dict[str, list[tuple[str, str | None]]] = {}
-                if leg == "server" and "toolcrib/legacy" in results:
-                    allowed["toolcrib/legacy"] = [(e.scenario, e.check) for e in limits[rev]["server"]]
+                for name in results:
+                    if leg == "server" and name.startswith("toolcrib/"):
+                        limits = gateway_limits[rev]["server"]
+                        limits = limits + (legacy_limits[rev]["server"] if name == "toolcrib/legacy" else [])
+                        allowed[name] = [(e.scenario, e.check) for e in limits]
                 reports.append(LegReport(rev, leg, scored, not_scored, results, keyed, notes, allowed))
 
     for report in reports:
