@@ -148,3 +148,21 @@ async def test_client_without_the_extension(gateway: GatewayFactory) -> None:
         # A task that needs input it cannot relay: -32021 naming the extension.
         answer = await plain("tools/call", {"name": "multi_input", "arguments": {}})
         assert answer.get("error", {}).get("code") == -32021, answer
+
+
+async def test_task_through_invoke_in_dispatcher_mode(gateway: GatewayFactory) -> None:
+    """invoke dispatches the real tool; its task comes back under toolcrib's sealed id and routes to
+    the real tool's upstream (tasks/get, tasks/cancel), as in passthrough mode."""
+    async with gateway(_servers(), mode="dispatcher") as rt, httpx.AsyncClient(timeout=30) as http:
+        rpc = Rpc(http, _url(rt))
+        args = {"tool": "everything__slow_compute", "arguments": {"seconds": 0.3, "label": "via-invoke"}}
+        created = await rpc.result("tools/call", {"name": "invoke", "arguments": args})
+        assert created["resultType"] == "task" and created["taskId"].startswith("tc1."), created
+        done = await rpc.until(created["taskId"], "completed", "failed")
+        assert done["status"] == "completed", done
+        other = await rpc.result(
+            "tools/call", {"name": "invoke", "arguments": {**args, "arguments": {"seconds": 30, "label": "x"}}}
+        )
+        cancelled = await rpc("tasks/cancel", {"taskId": other["taskId"]})
+        assert "result" in cancelled, cancelled
+        assert (await rpc.until(other["taskId"], "cancelled"))["status"] == "cancelled"
