@@ -221,10 +221,20 @@ def test_the_committed_baselines_parse() -> None:
         assert set(baseline.parse(path.read_text(), str(path))) == {"server", "client"}
 
 
-_names = st.from_regex(r"[a-z][a-z0-9_-]{0,20}(/[a-z0-9-]{1,8})?", fullmatch=True)
-_checks = st.one_of(st.none(), st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True))
-_reasons = st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=40).filter(
-    lambda r: r.strip() == r and r.strip()
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
+_VISIBLE = "".join(chr(c) for c in range(33, 127))
+_names = st.builds(
+    lambda head, body, sub: head + body + (f"/{sub}" if sub else ""),
+    st.sampled_from(_LOWER),
+    st.text(_LOWER + "0123456789_-", max_size=20),
+    st.none() | st.text(_LOWER + "0123456789-", min_size=1, max_size=8),
+)
+_checks = st.none() | st.builds(str.__add__, st.sampled_from(_LOWER), st.text(_LOWER + "0123456789-", max_size=20))
+_reasons = st.sampled_from(_VISIBLE) | st.builds(
+    lambda a, mid, b: a + mid + b,
+    st.sampled_from(_VISIBLE),
+    st.text(_VISIBLE + " ", max_size=38),
+    st.sampled_from(_VISIBLE),
 )
 _entries = st.lists(st.builds(baseline.Entry, _names, _checks, _reasons), max_size=8).map(
     lambda es: list({e.scenario: e for e in es}.values())  # one form per scenario
