@@ -116,9 +116,9 @@ async def listen(
 
 
 @asynccontextmanager
-async def toolcrib(tmp_path: Path) -> AsyncIterator[tuple[Running, dict[str, str]]]:
+async def toolcrib(tmp_path: Path, **gateway: Any) -> AsyncIterator[tuple[Running, dict[str, str]]]:
     servers = {"every": stdio_server("tests.servers.everything")}
-    cfg = make_config(servers, tmp_path, POLICY, mode="passthrough", auth="keys")
+    cfg = make_config(servers, tmp_path, POLICY, mode="passthrough", auth="keys", **gateway)
     keys = ApiKeyStore(cfg.auth.keys_path)
     tokens = {"alice": keys.add("alice", ["admins"]), "bob": keys.add("bob", ["guests"])}
     async with running_gateway(cfg, connect_wait=20) as rt:
@@ -257,3 +257,34 @@ cwd = {json.dumps(str(ROOT))}
             last = await stream.next()
             assert last["id"] == stream.rid and last["result"]["_meta"][SUB] == stream.rid  # the graceful close
         assert await anyio.to_thread.run_sync(lambda: proc.wait(timeout=30)) == 0
+
+
+async def refused_listen(
+    http: httpx.AsyncClient, url: str, token: str, notifications: dict[str, Any]
+) -> dict[str, Any]:
+    """A listen request expected to be refused: its JSON-RPC error (sent as JSON or as one SSE frame)."""
+    body = {"jsonrpc": "2.0", "id": next(_ids), "method": "subscriptions/listen"}
+    body["params"] = {"notifications": notifications, "_meta": _meta()}
+    resp = await http.post(url, json=body, headers=_headers(token, "subscriptions/listen"))
+    lines = [line[5:] for line in resp.text.splitlines() if line.startswith("data:")] or [resp.text]
+    frames = [json.loads(line) for line in lines if line.strip()]
+    error: dict[str, Any] = frames[-1]["error"]
+    return error
+
+
+async def test_streams_and_what_each_names_are_capped(tmp_path: Path) -> None:
+    """One principal cannot hold more listen streams than sessions, nor name more than 100 resources or
+    tasks in one: each is a pipeline run, an audit row and an upstream subscription or poller."""
+    async with toolcrib(tmp_path, max_sessions_per_principal=2) as (rt, tokens), httpx.AsyncClient(timeout=30) as http:
+        alice, bob = tokens["alice"], tokens["bob"]
+        many = [f"every+test://static-text#{i}" for i in range(101)]
+        error = await refused_listen(http, rt.url, alice, {"resourceSubscriptions": many})
+        assert error["code"] == -32602 and "at most 100" in error["message"]
+        wanted = {"toolsListChanged": True}
+        async with listen(http, rt.url, alice, wanted) as one, listen(http, rt.url, alice, wanted) as two:
+            await one.next()
+            await two.next()
+            error = await refused_listen(http, rt.url, alice, wanted)
+            assert error["code"] == -32000 and "max_sessions_per_principal = 2" in error["message"]
+            async with listen(http, rt.url, bob, wanted) as other:  # another principal is not affected
+                assert (await other.next())["method"] == ACK

@@ -230,6 +230,23 @@ async def test_parked_call_is_bound_to_its_principal(tmp_path: Path) -> None:
         assert text(await round_of(alice, "ask", {"question": "alice's?"}, state, **{key: accept("a")})) == "answer: a"
 
 
+async def test_parked_state_is_bound_to_its_arguments_and_parking_is_capped(tmp_path: Path) -> None:
+    """A retry with other arguments cannot resume a parked call (it runs its own, and the audit would
+    name the others); one principal's parked calls are capped."""
+    async with gateway(tmp_path, LEGACY) as (rt, tokens), client(rt, tokens["alice"], Answers("alice")) as alice:
+        key, _, state = only_request(await round_of(alice, "ask", {"question": "q?"}))
+        with pytest.raises(MCPError) as refused:
+            await round_of(alice, "ask", {"question": "DIFFERENT"}, state, **{key: accept("x")})
+        assert refused.value.error.code == types.INVALID_PARAMS
+        assert text(await round_of(alice, "ask", {"question": "q?"}, state, **{key: accept("a")})) == "answer: a"
+        parking = rt.parts.gateway.mrtr.parking
+        parking.max_parked = 1
+        only_request(await round_of(alice, "ask", {"question": "one?"}))
+        with pytest.raises(MCPError) as capped:
+            await round_of(alice, "ask", {"question": "two?"})
+        assert capped.value.error.code == -32000 and "waiting for input already" in capped.value.error.message
+
+
 # ---- the back channel of a stdio 2025-11-25 upstream ---------------------------------------------
 
 

@@ -61,6 +61,9 @@ log = logging.getLogger("toolcrib.listen")
 
 METHOD = "subscriptions/listen"
 TASK_IDS = "taskIds"
+MAX_PER_STREAM = 100
+"""The most ``resourceSubscriptions`` URIs and the most ``taskIds`` one listen stream may name (-32602
+beyond): each is a pipeline run, an audit row and an upstream subscription or poller."""
 TASK_STATUS = "notifications/tasks"
 BUFFER = 256
 """Frames a stream holds for a client that is slow to read; at the cap the stream ends."""
@@ -159,6 +162,18 @@ class Listeners:
         info = gw._peer(ctx)
         wanted = params.notifications
         task_ids = _task_ids(wanted)
+        uris = list(dict.fromkeys(wanted.resource_subscriptions or ()))
+        for name, count in (("resourceSubscriptions", len(uris)), (TASK_IDS, len(task_ids))):
+            if count > MAX_PER_STREAM:
+                text = f"notifications.{name} names {count} items; at most {MAX_PER_STREAM} per stream, open another"
+                raise MCPError(code=types.INVALID_PARAMS, message=text)
+        cap = gw.config.gateway.max_sessions_per_principal
+        if sum(1 for s in self.streams if s.principal.id == info.principal.id) >= cap:
+            text = (
+                f"Too many listen streams for {info.principal.id} (max_sessions_per_principal = {cap}); "
+                "close one and retry"
+            )
+            raise MCPError(code=-32000, message=text)
         if task_ids and not tasks.declared(_caps(ctx)):
             raise tasks.missing_capability()
         meta: dict[str, Any] = {SUBSCRIPTION_ID_META_KEY: ctx.request_id}
@@ -175,7 +190,7 @@ class Listeners:
             async with anyio.create_task_group() as tg:
                 if not self.closed:
                     self.streams.add(stream)  # before the ack: an event meanwhile is queued, not lost
-                    for uri in dict.fromkeys(wanted.resource_subscriptions or ()):
+                    for uri in uris:
                         if await self._subscribe(ctx, info, uri):
                             stream.uris.add(uri)
                     for token in task_ids:

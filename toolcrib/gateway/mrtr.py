@@ -50,6 +50,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import TypeAdapter, ValidationError
 
 from toolcrib.gateway.pipeline import UpstreamCall
+from toolcrib.gateway.trust.approvals import args_hash
 from toolcrib.gateway.trust.redaction import Redactor
 from toolcrib.gateway.trust.sealed import InvalidToken, Sealer
 
@@ -207,7 +208,12 @@ class Mrtr:
         if (up.state.protocol_version or "") >= "2026":
             state: str | None = None
             if resume is not None:
-                if kind != "upstream" or resume.get("server") != call.server or resume.get("target") != call.target:
+                if (
+                    kind != "upstream"
+                    or resume.get("server") != call.server
+                    or resume.get("target") != call.target
+                    or resume.get("args") != args_hash(call.arguments)
+                ):
                     raise invalid_state()
                 state = resume.get("state")
             # An approval's answers were the approval layer's; anything else is the client's, as it came,
@@ -227,6 +233,7 @@ class Mrtr:
                     "k": "upstream",
                     "server": call.server,
                     "target": call.target,
+                    "args": args_hash(call.arguments),
                     "state": result.request_state,
                     "keys": sorted(requests),
                 }

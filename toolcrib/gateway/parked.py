@@ -7,7 +7,8 @@ such an upstream toolcrib runs the upstream call in the background (:class:`Park
 
 1. answers the client with whatever comes first: the result, an error, or the upstream's
    request(s), which become ``inputRequests`` (keys ``r1``, ``r2``, ...) of an ``input_required``
-   result whose ``requestState`` is sealed ``{"k": "parked", "id", "target", "round"}``;
+   result whose ``requestState`` is sealed ``{"k": "parked", "id", "target", "args", "round"}``
+   (``args``: the SHA-256 of the arguments, so a retry with other arguments is refused, -32602);
 2. on the retry, hands each ``inputResponses[key]`` to the request waiting for it (a key the
    client left out is asked again, in a new round) and waits for the next event as in 1.
 
@@ -41,11 +42,14 @@ from pydantic import BaseModel, ValidationError
 
 from toolcrib.gateway.mrtr import Mrtr, MrtrRefusal, OpFactory, invalid_state
 from toolcrib.gateway.pipeline import UpstreamCall
+from toolcrib.gateway.trust.approvals import args_hash
 from toolcrib.router.upstreams import current_caller
 
 log = logging.getLogger("toolcrib.mrtr")
 
 PARK_TTL = 300.0
+MAX_PARKED = 64
+"""The most calls one principal may have parked at once (-32000 beyond)."""
 """Seconds a parked call waits for the client's answer (or to collect its result) before it is cancelled."""
 
 CANCEL_GRACE = 5.0
@@ -158,6 +162,7 @@ class Parking:
         self.host = host
         self.ttl = ttl
         self.calls: dict[str, Parked] = {}
+        self.max_parked = MAX_PARKED
 
     async def start(self, call: UpstreamCall, up: Any, op: OpFactory) -> Any:
         """Run ``call`` on the handshake-era upstream ``up`` in the background; the first event's answer."""
@@ -165,6 +170,12 @@ class Parking:
         tg = self.host()
         if tg is None:
             return await up.request(op(call, None, None), what=what)
+        if sum(1 for p in self.calls.values() if p.principal_id == call.principal.id) >= self.max_parked:
+            raise MrtrRefusal(
+                code=-32000,
+                message=f"{call.principal.id} has {self.max_parked} calls waiting for input already; answer or "
+                "abandon some (they end after [gateway] input_wait) and retry",
+            )
         parked = Parked(call.principal.id, call.server, call.target, min(self.ttl, up.cfg.timeout))
         self.calls[parked.id] = parked
         tg.start_soon(self._run, parked, up, op(call, None, parked.progress), what, name=f"parked:{what}")
@@ -177,6 +188,7 @@ class Parking:
             parked is None
             or parked.principal_id != call.principal.id
             or (parked.server, parked.target) != (call.server, call.target)
+            or resume.get("args") != args_hash(call.arguments)  # the parked call runs its own arguments
             or resume.get("round") != parked.round
             or parked.busy
         ):
@@ -230,7 +242,13 @@ class Parking:
 
     def _round(self, call: UpstreamCall, parked: Parked) -> types.InputRequiredResult:
         parked.round += 1
-        payload = {"k": "parked", "id": parked.id, "target": call.target, "round": parked.round}
+        payload = {
+            "k": "parked",
+            "id": parked.id,
+            "target": call.target,
+            "args": args_hash(call.arguments),
+            "round": parked.round,
+        }
         requests = {key: ask.request for key, ask in parked.pending.items()}
         try:
             return self.mrtr.input_required(call, requests, payload, parked.ttl)
