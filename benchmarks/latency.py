@@ -138,7 +138,8 @@ def gateway_config(tmp: Path, name: str, mode: str, kind: str, transport: str, u
         argv = fixture_argv(kind)
         server = f"command = {json.dumps(argv[0])}\nargs = {json.dumps(argv[1:])}\ncwd = {json.dumps(str(ROOT))}\n"
     text = (
-        f'[gateway]\nmode = "{mode}"\nmax_sessions_per_principal = 1000\n\n[index]\npath = "{tmp / name}-index"\nranking = "bm25"\n\n'
+        f'[gateway]\nmode = "{mode}"\nmax_sessions_per_principal = 1000\n\n'
+        f'[index]\npath = "{tmp / name}-index"\nranking = "bm25"\n\n'
         f'[audit]\npath = "{tmp / name}-audit.db"\n\n[servers.up]\n{server}'
     )
     path = tmp / f"{name}.toml"

@@ -34,7 +34,8 @@ QUERIES = ["echo some text back", "what time is it in Tokyo", "convert time betw
 
 def config_text(tmp: Path, upstream_url: str) -> str:
     return (
-        f'[gateway]\nmode = "dispatcher"\nmax_sessions = 1000\nmax_sessions_per_principal = 1000\n\n[index]\npath = "{tmp}/index"\n\n'
+        f'[gateway]\nmode = "dispatcher"\nmax_sessions = 1000\nmax_sessions_per_principal = 1000\n\n'
+        f'[index]\npath = "{tmp}/index"\n\n'
         f'[audit]\npath = "{tmp}/audit.db"\n\n'
         f'[servers.up]\nurl = "{upstream_url}"\n\n'
         f'[servers.time]\ncommand = "{PY}"\nargs = ["-m", "mcp_server_time", "--local-timezone", "UTC"]\n'
