@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -66,30 +66,26 @@ def _parent(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
-def child_pids(pattern: str, root: int | None = None) -> list[int]:
-    """PIDs of the descendants of ``root`` (default: this test process) whose command line contains
-    ``pattern``: never another process on the machine that happens to match."""
-    root = os.getpid() if root is None else root
-    pids = []
+def descendants(root: int) -> list[int]:
+    """PIDs of every live descendant of ``root`` (the processes it started, and theirs), found by the
+    parent links in ``/proc/<pid>/stat`` alone: never another process on the machine, whatever its name."""
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == root:
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if pattern not in cmd:
-            continue
-        pid, seen = int(entry.name), 0
-        while pid not in (0, 1) and seen < 64:
-            parent = _parent(pid)
-            if parent is None:
-                break
-            if parent == root:
-                pids.append(int(entry.name))
-                break
-            pid, seen = parent, seen + 1
-    return pids
+        if entry.name.isdigit() and (parent := _parent(int(entry.name))) is not None:
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+async def upstream_pid(client: Any, info_uri: str) -> int:
+    """The PID the echo fixture reports for itself (resource ``echo://info``, read through the gateway
+    as ``info_uri``): the one process the gateway started for that upstream."""
+    result = await client.read_resource(info_uri)
+    return int(json.loads(result.contents[0].text)["pid"])
 
 
 def alive(pid: int) -> bool:

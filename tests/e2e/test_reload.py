@@ -16,7 +16,7 @@ import mcp_types as types
 import pytest
 from mcp import Client
 
-from tests.e2e.conftest import ROOT, TOOLCRIB, alive, child_pids, make_config, stdio_server
+from tests.e2e.conftest import ROOT, TOOLCRIB, alive, descendants, make_config, stdio_server
 from toolcrib.app import running_gateway
 from toolcrib.index.embedder import HashingEmbedder
 
@@ -46,7 +46,7 @@ def _write(path: Path, tmp: Path, mode: str, *servers: str, gateway: str = "") -
 def _by_server(root: int) -> dict[str, int]:
     """The echo children of ``root``, by the TOOLCRIB_TEST_SERVER in their environment."""
     found: dict[str, int] = {}
-    for pid in child_pids(ECHO, root):
+    for pid in descendants(root):
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:

@@ -15,7 +15,7 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
-from tests.e2e.conftest import TOOLCRIB, alive, child_pids, serve_process
+from tests.e2e.conftest import TOOLCRIB, alive, descendants, serve_process
 from tests.e2e.test_http import INIT, JSON_HEADERS
 
 pytestmark = pytest.mark.anyio
@@ -57,7 +57,7 @@ async def test_serve_reports_and_stops_cleanly_on_sigterm(tmp_path: Path) -> Non
         async with Client(url) as c:
             result = await c.call_tool("time__get_current_time", {"timezone": "UTC"})
             assert not result.is_error
-        children = child_pids("mcp_server_time", proc.pid)
+        children = descendants(proc.pid)  # the time server (the broken one never started)
         assert children
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0

@@ -15,7 +15,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from tests.e2e.conftest import ROOT, TOOLCRIB, GatewayFactory, alive, child_pids, serve_process, stdio_server
+from tests.e2e.conftest import ROOT, TOOLCRIB, GatewayFactory, alive, descendants, serve_process, stdio_server
 from toolcrib.serve import describe_upstreams
 
 pytestmark = pytest.mark.anyio
@@ -64,10 +64,10 @@ def test_ctrl_c_during_startup_stops_children_and_exits_130(tmp_path: Path) -> N
 
         def started() -> bool:
             assert proc.poll() is None, f"serve exited early: {proc.stderr.read() if proc.stderr else ''}"
-            return bool(child_pids("tests.servers.hang", proc.pid))
+            return bool(descendants(proc.pid))  # its one upstream, the hang fixture
 
         _wait_for(started, 120, "the upstream child to start")
-        children = child_pids("tests.servers.hang", proc.pid)
+        children = descendants(proc.pid)
         proc.send_signal(signal.SIGINT)  # the upstream never answers initialize: we are mid start-up
         assert proc.wait(timeout=60) == 130
         assert proc.stderr is not None
@@ -115,7 +115,7 @@ cwd = "{ROOT}"
             proc.send_signal(signal.SIGHUP)
             assert "reload failed, the running policy is kept" in line_with("SIGHUP")
             assert not (await c.call_tool("echo__echo", {"text": "y"})).is_error
-        children = child_pids("tests.servers.echo", proc.pid)
+        children = descendants(proc.pid)  # its one upstream, the echo fixture
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert not [pid for pid in children if alive(pid)]

@@ -20,7 +20,7 @@ import mcp_types as types
 import pytest
 from mcp import Client
 
-from tests.e2e.conftest import GatewayFactory, child_pids, stdio_server
+from tests.e2e.conftest import GatewayFactory, stdio_server, upstream_pid
 from toolcrib.config import ServerConfig
 
 pytestmark = pytest.mark.anyio
@@ -142,9 +142,7 @@ async def test_restarted_http_and_sse_upstreams_recover(
 async def test_killed_stdio_child_recovers(gateway: GatewayFactory) -> None:
     async with gateway({"echo": stdio_server("tests.servers.echo")}) as rt, Client(rt.url) as c:
         assert _text(await c.call_tool("echo__echo", {"text": "before"})) == "before"
-        pids = child_pids("-m tests.servers.echo")
-        assert len(pids) == 1
-        os.kill(pids[0], signal.SIGKILL)
+        os.kill(await upstream_pid(c, "echo+echo://info"), signal.SIGKILL)
         await _call_until_ok(c, "echo__echo", {"text": "after"}, "after", within=45)
         assert rt.pool.upstreams["echo"].state.connects >= 2
 
