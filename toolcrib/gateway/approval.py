@@ -45,15 +45,12 @@ import mcp_types as types
 from mcp.shared.exceptions import MCPError
 from mcp_types.methods import INPUT_REQUIRED_METHODS
 
-from toolcrib.gateway.pipeline import Layer, Next, Result, UpstreamCall, refuse
+from toolcrib.gateway.pipeline import MODERN, REQUEST_STATE, Layer, Next, Result, UpstreamCall, refuse
 from toolcrib.gateway.trust.approvals import Approval, ApprovalError, AsyncApprovals, Status, args_hash
 from toolcrib.gateway.trust.sealed import Sealer
 
 log = logging.getLogger("toolcrib.approval")
 
-MODERN = "2026-07-28"
-STATE_PURPOSE = "request_state"
-"""The :class:`Sealer` purpose of every ``requestState`` toolcrib mints (see ``UpstreamCall.resume``)."""
 RESUME_KIND = "approval"
 _WORDS: dict[str, str] = {
     "denied": "denied by an operator",
@@ -95,7 +92,7 @@ class _Gate:
         ask = types.ElicitRequestURLParams(message=self.message(call, approval, url), url=url, elicitation_id=key)
         payload = {"k": RESUME_KIND, "id": approval.id, "target": call.target, "args": approval.args_hash}
         ttl = max(1.0, approval.expires - time.time())
-        state = self.sealer.seal(STATE_PURPOSE, call.principal.id, payload, ttl)
+        state = self.sealer.seal(REQUEST_STATE, call.principal.id, payload, ttl)
         call.state.outcome = "input_required"
         return types.InputRequiredResult(input_requests={key: types.ElicitRequest(params=ask)}, request_state=state)
 
@@ -226,4 +223,4 @@ async def _show(relay: Any, ask: types.ElicitRequestURLParams) -> None:
         log.debug("URL elicitation for an approval was not shown", exc_info=True)
 
 
-__all__ = ["MODERN", "RESUME_KIND", "STATE_PURPOSE", "approval_layer", "approval_url", "url_elicitation_declared"]
+__all__ = ["RESUME_KIND", "approval_layer", "approval_url", "url_elicitation_declared"]

@@ -26,8 +26,8 @@ from mcp.client import Client
 from mcp.shared.exceptions import MCPError
 
 from toolcrib.errors import UpstreamError
-from toolcrib.gateway.mrtr import INPUT_METHODS, MODERN, Mrtr, MrtrRefusal, Op, Progress, Retry
-from toolcrib.gateway.pipeline import UpstreamCall, tool_error
+from toolcrib.gateway.mrtr import INPUT_METHODS, Mrtr, MrtrRefusal, Op, Progress, Retry
+from toolcrib.gateway.pipeline import MODERN, UpstreamCall, tool_error
 from toolcrib.gateway.relay import Relay
 from toolcrib.router.pool import Pool
 

@@ -46,20 +46,20 @@ from mcp.client import Client
 from mcp.server.context import ServerRequestContext
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
+from mcp_types.methods import INPUT_REQUIRED_METHODS
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import TypeAdapter, ValidationError
 
-from toolcrib.gateway.pipeline import UpstreamCall
+from toolcrib.gateway.pipeline import HANDSHAKE, MODERN, REQUEST_STATE, UpstreamCall
 from toolcrib.gateway.trust.approvals import args_hash
 from toolcrib.gateway.trust.redaction import Redactor
 from toolcrib.gateway.trust.sealed import InvalidToken, Sealer
 
 log = logging.getLogger("toolcrib.mrtr")
 
-MODERN = "2026-07-28"
-HANDSHAKE = "2025-11-25"
-INPUT_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})
-"""The requests that may answer ``input_required`` (2026-07-28 basic/mrtr)."""
+INPUT_METHODS = INPUT_REQUIRED_METHODS
+"""The requests that may answer ``input_required`` (tools/call, prompts/get, resources/read;
+2026-07-28 basic/mrtr), as the SDK lists them."""
 STATE_TTL = 3600.0
 """Seconds a relayed upstream round's ``requestState`` stays valid."""
 INVALID_STATE = "requestState is invalid or expired; retry the request without it"
@@ -101,7 +101,7 @@ def arrive(call: UpstreamCall, ctx: ServerRequestContext[Any, Any], sealer: Seal
     if token is None:
         return
     try:
-        payload = sealer.open(token, "request_state", call.principal.id)
+        payload = sealer.open(token, REQUEST_STATE, call.principal.id)
     except InvalidToken as exc:
         log.info("refused a requestState from %s for %s: %s", call.principal.id, call.target, exc)
         raise invalid_state() from None
@@ -205,7 +205,7 @@ class Mrtr:
         kind = resume.get("k") if resume is not None else None
         if kind == "parked" and self.parking is not None:
             return await self.parking.resume(call, resume)
-        if (up.state.protocol_version or "") >= "2026":
+        if up.state.modern:
             state: str | None = None
             if resume is not None:
                 if (
@@ -252,6 +252,6 @@ class Mrtr:
         redacted, ``payload`` sealed as the ``requestState``; audited as pending."""
         check_capabilities(call, requests)
         scrubbed = {key: self.redactor.scrub_model(request) for key, request in requests.items()}
-        state = self.sealer.seal("request_state", call.principal.id, payload, ttl)
+        state = self.sealer.seal(REQUEST_STATE, call.principal.id, payload, ttl)
         call.state.outcome = "input_required"
         return types.InputRequiredResult(input_requests=scrubbed or None, request_state=state)

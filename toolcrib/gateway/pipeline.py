@@ -36,6 +36,12 @@ from toolcrib.gateway.trust.redaction import Redactor
 from toolcrib.router.validation import validate_arguments
 
 TargetKind = Kind
+MODERN = "2026-07-28"
+"""The stateless protocol era (per-request ``_meta``, MRTR): a client's ``UpstreamCall.era``."""
+HANDSHAKE = "2025-11-25"
+"""The session era (``initialize``), whichever handshake version the client negotiated."""
+REQUEST_STATE = "request_state"
+"""The :class:`~toolcrib.gateway.trust.sealed.Sealer` purpose of every ``requestState`` toolcrib mints."""
 Result = Any
 """A result model of the call's method (``CallToolResult``, ``ReadResourceResult``, ...)."""
 Next = Callable[["UpstreamCall"], Awaitable[Result]]
@@ -80,7 +86,7 @@ class UpstreamCall:
     """``completion/complete`` only: the other arguments already filled in (``context.arguments``)."""
     relay: Any = None
     """The client-side party of this call (progress, sampling, elicitation, logs), set by the server."""
-    era: str = "2025-11-25"
+    era: str = HANDSHAKE
     """The protocol revision the client speaks on this request (``2025-11-25`` sessions or a
     2026-07-28 stateless request's ``_meta`` version)."""
     client_capabilities: dict[str, Any] | None = None

@@ -47,8 +47,8 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ConfigDict, Field
 
 from toolcrib.errors import UpstreamTimeout
-from toolcrib.gateway.mrtr import MODERN, MrtrRefusal
-from toolcrib.gateway.pipeline import UpstreamCall, tool_error
+from toolcrib.gateway.mrtr import MrtrRefusal
+from toolcrib.gateway.pipeline import MODERN, UpstreamCall, tool_error
 from toolcrib.gateway.trust.identity import Principal
 from toolcrib.gateway.trust.sealed import InvalidToken, Sealer
 from toolcrib.router.pool import Pool

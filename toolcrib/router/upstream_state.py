@@ -22,6 +22,11 @@ class UpstreamState:
     connects: int = 0
     crashes: list[float] = field(default_factory=list)
 
+    @property
+    def modern(self) -> bool:
+        """True when the connection speaks a 2026-07-28-era (stateless, ``server/discover``) version."""
+        return (self.protocol_version or "") >= "2026"
+
 
 def describe(exc: BaseException, url: str | None = None) -> str:
     """One line for the operator; an unreachable URL reads ``cannot connect to URL (reason)``."""

@@ -227,7 +227,7 @@ class Upstream:
         await self._notify("connected")
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch_closed, tg.cancel_scope)
-            if client.protocol_version >= "2026":
+            if self.state.modern:
                 tg.start_soon(self._listen, client)
             tg.start_soon(self._expire_listings)
             while True:
@@ -318,7 +318,7 @@ class Upstream:
 
     async def subscribe(self, uri: str, on: bool) -> None:
         """Subscribe to (or unsubscribe from) updates of one upstream resource, in either era."""
-        if (self.state.protocol_version or "") >= "2026":
+        if self.state.modern:
             if on:
                 self._resource_subs.add(uri)
             else:
