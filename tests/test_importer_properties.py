@@ -179,21 +179,30 @@ def _whole_file_error(exc: ConfigError) -> None:
     assert "\n" not in str(exc) and any(e in str(exc) for e in WHOLE_FILE_ERRORS), str(exc)
 
 
+def _convert(src: Path) -> tuple[dict[str, Any], Report] | None:
+    """``src`` read and converted; None (after checking the error is one line about the whole file)
+    when it cannot be."""
+    try:
+        fmt, data = load(src)
+    except ConfigError as exc:  # e.g. Infinity, which JSON allows and TOML cannot hold
+        assert "\n" not in str(exc)
+        return None
+    try:
+        return convert(fmt, data, src)
+    except ConfigError as exc:
+        _whole_file_error(exc)
+        return None
+
+
 @PROPS
 @given(servers=st.dictionaries(NAMES, CODEX_SPEC, max_size=4))
 def test_codex_files_convert_or_fail_in_one_line(workdir: Path, servers: dict[str, Any]) -> None:
     src = workdir / "config.toml"
     src.write_text(tomli_w.dumps({"model": "o4", "mcp_servers": servers}), encoding="utf-8")
-    try:
-        fmt, data = load(src)
-    except ConfigError as exc:  # e.g. Infinity, which JSON allows and TOML cannot hold
-        assert "\n" not in str(exc)
+    converted = _convert(src)
+    if converted is None:
         return
-    try:
-        doc, report = convert(fmt, data, src)
-    except ConfigError as exc:
-        _whole_file_error(exc)
-        return
+    doc, report = converted
     parse_config(tomllib.loads(tomli_w.dumps(doc)), workdir / "toolcrib.toml")
     _accounted(doc, report, len(servers))
     assert "--api-key=" not in json.dumps(doc).replace("--api-key=secret:", "")
@@ -222,15 +231,9 @@ def test_claude_code_files_account_for_every_server(
         encoding="utf-8",
     )
     total = len(top) + sum(len(s) for s in projects.values())
-    try:
-        fmt, data = load(src)
-    except ConfigError as exc:  # e.g. Infinity, which JSON allows and TOML cannot hold
-        assert "\n" not in str(exc)
+    converted = _convert(src)
+    if converted is None:
         return
-    try:
-        doc, report = convert(fmt, data, src)
-    except ConfigError as exc:
-        _whole_file_error(exc)
-        return
+    doc, report = converted
     parse_config(doc, workdir / "toolcrib.toml")
     _accounted(doc, report, total)
