@@ -16,6 +16,9 @@ import os
 import re
 import shutil
 import sys
+import threading
+import unicodedata
+from collections import OrderedDict
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -288,6 +291,87 @@ def _online_model_digest(model: Any) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else "no details"
+
+
+_WHITESPACE_RUN = re.compile(r"\s+")
+
+
+def normalize_query(text: str) -> str:
+    """The cache key of a query: Unicode NFKC, casefolded, whitespace runs collapsed to one space, stripped.
+
+    ``NFKC(casefold(NFKC(text)))`` (Unicode's caseless identity match, UAX #15 / Unicode 15
+    section 3.13, D145) so the result is itself normalised: the function is idempotent.
+    """
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    return _WHITESPACE_RUN.sub(" ", folded).strip()
+
+
+#: Distinct normalised queries a :class:`QueryCache` keeps by default (~1.5 KB each at 384 dims).
+QUERY_CACHE_SIZE = 4096
+
+
+class QueryCache:
+    """Query embeddings memoised by :func:`normalize_query`, least recently used evicted first.
+
+    :meth:`embed` embeds the *normalised* text of each query, one text per model call, so the
+    vector of a query depends neither on the cache's state nor on the other queries of the call:
+    a hit returns exactly what a miss would have computed. For an uncased model (the default
+    all-MiniLM-L6-v2 lowercases and splits on whitespace) that is also the vector of the raw text.
+    Thread-safe: searches run in worker threads. Two threads missing the same query at once may
+    both embed it; the vectors are equal and one entry is kept. ``maxsize=0`` disables caching.
+    ``misses`` counts model calls and ``hits`` the rows served without one, so together they count
+    every query row embedded.
+    """
+
+    def __init__(self, embedder: Embedder, maxsize: int = QUERY_CACHE_SIZE) -> None:
+        if maxsize < 0:
+            raise ValueError("the query cache size must be 0 (off) or a positive number of queries")
+        self.embedder = embedder
+        self.maxsize = maxsize
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[str, Vectors] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def embed(self, queries: Sequence[str]) -> Vectors:
+        """``(len(queries), dim)`` float32 unit rows for ``queries``, in order (cached where possible)."""
+        keys = [normalize_query(q) for q in queries]
+        out = np.empty((len(keys), self.embedder.dim), dtype=np.float32)
+        missing: dict[str, list[int]] = {}
+        with self._lock:
+            for row, key in enumerate(keys):
+                vector = self._entries.get(key)
+                if vector is None:
+                    missing.setdefault(key, []).append(row)
+                else:
+                    self._entries.move_to_end(key)
+                    out[row] = vector
+                    self.hits += 1
+        fresh: list[tuple[str, Vectors]] = []
+        for key, rows in missing.items():
+            vector = np.array(self.embedder.embed([key])[0], dtype=np.float32)
+            vector.setflags(write=False)
+            out[rows] = vector
+            fresh.append((key, vector))
+        if fresh:
+            with self._lock:
+                self.misses += len(fresh)
+                self.hits += sum(len(rows) - 1 for rows in missing.values())  # repeats within this call
+                if self.maxsize:
+                    for key, vector in fresh:
+                        self._entries[key] = vector
+                        self._entries.move_to_end(key)
+                    while len(self._entries) > self.maxsize:
+                        self._entries.popitem(last=False)
+        return out
+
+    def clear(self) -> None:
+        """Forget every cached vector (the hit and miss counters are kept)."""
+        with self._lock:
+            self._entries.clear()
 
 
 def load_embedder(model: str, *, cache_dir: Path | None = None) -> Embedder:

@@ -15,7 +15,7 @@ import numpy as np
 from toolcrib.errors import IndexError_
 from toolcrib.index import persistence
 from toolcrib.index.documents import DEFAULT_STYLE, TextStyle, ToolDoc, document_text
-from toolcrib.index.embedder import Embedder
+from toolcrib.index.embedder import QUERY_CACHE_SIZE, Embedder, QueryCache
 from toolcrib.index.fusion import DEFAULT_FUSION, Fusion, fuse, merge_rankings
 from toolcrib.index.store import Snapshot
 
@@ -68,9 +68,12 @@ class ToolIndex:
         *,
         fusion: Fusion = DEFAULT_FUSION,
         text_style: TextStyle = DEFAULT_STYLE,
+        query_cache_size: int = QUERY_CACHE_SIZE,
     ) -> None:
         self.path = path
         self.embedder = embedder
+        #: Query vectors by normalised query text (see :class:`~toolcrib.index.embedder.QueryCache`).
+        self.query_cache = QueryCache(embedder, query_cache_size)
         self.ranking = _check_ranking(ranking)
         self.fusion = fusion
         self.text_style = text_style
@@ -87,6 +90,7 @@ class ToolIndex:
         *,
         fusion: Fusion = DEFAULT_FUSION,
         text_style: TextStyle = DEFAULT_STYLE,
+        query_cache_size: int = QUERY_CACHE_SIZE,
     ) -> ToolIndex:
         """Open the index stored in ``path`` (``None``: in memory only).
 
@@ -94,7 +98,7 @@ class ToolIndex:
         and replaced at the next :meth:`sync`; one built with another model is kept out of
         searches and fully re-embedded at the next sync.
         """
-        index = cls(path, embedder, ranking, fusion=fusion, text_style=text_style)
+        index = cls(path, embedder, ranking, fusion=fusion, text_style=text_style, query_cache_size=query_cache_size)
         if path is None or not persistence.exists(path):
             return index
         try:
@@ -229,6 +233,8 @@ class ToolIndex:
         (round robin by default, so every step contributes its best tools). ``server`` restricts
         results to one server; ``allowed(key)`` is applied before truncation to ``limit``, so a
         disallowed key is never returned. ``mode`` overrides the index's ranking for this call.
+        Query vectors come from :attr:`query_cache` (an LRU keyed by the normalised query text); the
+        BM25 side tokenizes the query as given.
         """
         ranking = _check_ranking(mode or self.ranking)
         queries = [query] if isinstance(query, str) else [q for q in query if q.strip()]
@@ -240,7 +246,7 @@ class ToolIndex:
             candidates = snap.server_rows.get(server)
             if candidates is None:
                 return []
-        qvecs = self.embedder.embed(queries) if ranking != "bm25" else None
+        qvecs = self.query_cache.embed(queries) if ranking != "bm25" else None
         rankings = []
         for i, text in enumerate(queries):
             qvec = qvecs[i] if qvecs is not None else None
