@@ -30,6 +30,7 @@ from toolcrib.gateway.mrtr import INPUT_METHODS, Mrtr, MrtrRefusal, Op, Progress
 from toolcrib.gateway.pipeline import MODERN, UpstreamCall, tool_error
 from toolcrib.gateway.relay import Relay
 from toolcrib.router.pool import Pool
+from toolcrib.router.wire import wire_of
 
 if TYPE_CHECKING:
     from toolcrib.gateway.tasks import TaskEdge
@@ -109,7 +110,14 @@ def operation(call: UpstreamCall, retry: Retry | None, progress: Progress | None
     name, args = call.name, call.arguments
     if retry is None:
         if call.method == "tools/call":
-            return lambda c: c.call_tool(name, args, progress_callback=progress)
+
+            async def call_tool(c: Client) -> Any:
+                wire = wire_of(c)  # a 2025-11-25 upstream: toolcrib frames the request itself
+                if wire is not None:
+                    return await wire.call_tool(c, name, args, progress)
+                return await c.call_tool(name, args, progress_callback=progress)
+
+            return call_tool
         if call.method == "prompts/get":
             return lambda c: c.get_prompt(name, args)
         return lambda c: c.read_resource(name, cache_mode="bypass")

@@ -37,10 +37,11 @@ to accept (absent ``resultType``, unknown content block types, ...) reach the SD
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Protocol, Self
 
@@ -119,6 +120,11 @@ class Backchannel:
         self._tg: anyio.abc.TaskGroup | None = None
         self._warned: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
+        self._wire: dict[RequestId, tuple[asyncio.Future[dict[str, Any]], str]] = {}
+        """toolcrib's own requests in flight (:mod:`toolcrib.router.wire`): answer future and method, by id."""
+        self._progress: dict[RequestId, Callable[[float, float | None, str | None], Coroutine[Any, Any, None]]] = {}
+        self.transport_write: Any = None
+        """The transport's own write stream of the attached connection (for :class:`~toolcrib.router.wire.Wire`)."""
 
     # ---- calls -------------------------------------------------------------------------------
 
@@ -149,12 +155,15 @@ class Backchannel:
         self._outbound.clear()
         self._inbound.clear()
         self._pending.clear()
+        self.transport_write = write
         async with anyio.create_task_group() as tg:
             self._tg = tg
             try:
                 yield _RoutedRead(self, read, closed), _RecordedWrite(self, write)
             finally:
                 self._tg = None
+                self.transport_write = None
+                self._lose_wire()
                 tg.cancel_scope.cancel()
 
     # ---- write side --------------------------------------------------------------------------
@@ -172,12 +181,99 @@ class Backchannel:
         elif isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and message.id is not None:
             self._inbound.pop(message.id, None)
 
+    # ---- toolcrib's own requests (router/wire.py) ----------------------------------------------
+
+    def expect(
+        self,
+        rid: RequestId,
+        method: str,
+        progress: Callable[[float, float | None, str | None], Coroutine[Any, Any, None]] | None = None,
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Register request ``rid`` (about to be sent outside the SDK session) as the current call's;
+        the future gets its result object, or raises :class:`MCPError` for its error answer.
+        ``progress`` receives the ``notifications/progress`` carrying ``rid`` as token."""
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._wire[rid] = (fut, method)
+        if progress is not None:
+            self._progress[rid] = progress
+        call = current_call.get()
+        if call is not None and call in self._calls:
+            self._outbound[rid] = call
+            call.ids.add(rid)
+        return fut
+
+    def answer(self, message: dict[str, Any]) -> bool:
+        """Settle the request a wire-form JSON-RPC answer is for; False when it is not one of ours."""
+        rid = message.get("id")
+        if not isinstance(rid, str | int) or isinstance(rid, bool):
+            return False
+        entry = self._wire.pop(rid, None)
+        if entry is None:
+            return False
+        fut, method = entry
+        call = self._outbound.pop(rid, None)
+        if call is not None:
+            call.ids.discard(rid)
+        if fut.done():
+            return True
+        result, error = message.get("result"), message.get("error")
+        if isinstance(result, dict) and error is None:
+            fut.set_result(tolerate(method, None, result, upstream=self.upstream))
+        elif isinstance(error, dict) and isinstance(error.get("code"), int) and isinstance(error.get("message"), str):
+            fut.set_exception(MCPError(code=error["code"], message=error["message"], data=error.get("data")))
+        else:
+            fut.set_exception(
+                MCPError(code=types.INTERNAL_ERROR, message=f"upstream {self.upstream} sent a malformed answer")
+            )
+        return True
+
+    def forget(self, rid: RequestId) -> None:
+        """The request ``rid`` is over (answered, abandoned or failed): drop what was kept for it."""
+        self._wire.pop(rid, None)
+        self._progress.pop(rid, None)
+        call = self._outbound.pop(rid, None)
+        if call is not None:
+            call.ids.discard(rid)
+
+    def _lose_wire(self) -> None:
+        """The connection ended: every request of toolcrib's own still waiting fails as the SDK's do."""
+        wire, self._wire = self._wire, {}
+        for fut, _ in wire.values():
+            if not fut.done():
+                fut.set_exception(MCPError(code=types.CONNECTION_CLOSED, message="Connection closed"))
+
+    def _wire_progress(self, params: Any) -> bool:
+        token = params.get("progressToken") if isinstance(params, dict) else None
+        callback = self._progress.get(token) if isinstance(token, str | int) else None
+        progress = params.get("progress") if callback is not None else None
+        if callback is None or self._tg is None:
+            return False
+        if isinstance(progress, int | float) and not isinstance(progress, bool):
+            total, message = params.get("total"), params.get("message")
+            self._tg.start_soon(
+                callback,
+                float(progress),
+                float(total) if isinstance(total, int | float) and not isinstance(total, bool) else None,
+                message if isinstance(message, str) else None,
+            )
+        return True
+
     # ---- read side ---------------------------------------------------------------------------
 
     def received(self, item: SessionMessage) -> bool:
-        """Note one message from the upstream; False if it was consumed here (a log line)."""
+        """Note one message from the upstream; False if it was consumed here (a log line, an answer
+        to or progress of one of toolcrib's own requests)."""
         message = item.message
         related = item.metadata.related_request_id if isinstance(item.metadata, ServerMessageMetadata) else None
+        if self._wire and isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and message.id in self._wire:
+            return not self.answer(message.model_dump(by_alias=True, exclude_none=True))
+        if (
+            self._progress
+            and isinstance(message, types.JSONRPCNotification)
+            and message.method == "notifications/progress"
+            and self._wire_progress(message.params)
+        ):
+            return False
         if isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
             sent = self._pending.pop(message.id, None) if message.id is not None else None
             if sent is not None and isinstance(message, types.JSONRPCResponse):

@@ -33,7 +33,7 @@ import os
 import socket
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -41,6 +41,7 @@ import aiohttp
 import anyio
 import anyio.abc
 import mcp_types as types
+import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import ClientMessageMetadata, ServerMessageMetadata, SessionMessage
 from mcp_types.jsonrpc import jsonrpc_message_adapter
@@ -139,6 +140,35 @@ class _Conn:
                     f"HTTP request to the server failed: {exc}" if reason is None else cannot_connect(self.url, reason)
                 )
                 await self.fail(rid, types.CONNECTION_CLOSED, text)
+
+    async def exchange(self, rid: str, body: bytes, answer: Callable[[dict[str, Any]], bool]) -> None:
+        """POST one request framed by toolcrib (:mod:`toolcrib.router.wire`) from the calling task.
+
+        A JSON answer carrying ``rid`` is parsed once and given to ``answer``; anything else (an SSE
+        stream, an HTTP error, a lost session, a failed connection) is delivered on the read stream
+        exactly as :meth:`post` delivers it, marked as related to ``rid``.
+        """
+        try:
+            async with self.http.post(self.url, data=body, headers=self.headers()) as resp:
+                if resp.status != 200 or not resp.headers.get("Content-Type", "").lower().startswith(
+                    "application/json"
+                ):
+                    await self._answer(resp, rid)
+                    return
+                raw = await resp.read()
+                try:
+                    data = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    await self.deliver(raw, rid)  # the general parser says what is wrong with it
+                    return
+                if isinstance(data, dict) and data.get("id") == rid:
+                    answer(data)
+                else:
+                    await self.fail(rid, types.INVALID_REQUEST, "the server answered with another request's id")
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            reason = connect_reason(exc)
+            text = f"HTTP request to the server failed: {exc}" if reason is None else cannot_connect(self.url, reason)
+            await self.fail(rid, types.CONNECTION_CLOSED, text)
 
     async def _answer(self, resp: aiohttp.ClientResponse, rid: Any) -> None:
         ctype = resp.headers.get("Content-Type", "").lower()
@@ -348,8 +378,11 @@ def _answers(text: str, rid: Any) -> bool:
 
 
 @asynccontextmanager
-async def aiohttp_transport(url: str, headers: Mapping[str, str], *, timeout: float) -> AsyncIterator[Streams]:
-    """An SDK ``Transport``: ``async with`` it to get the (read, write) stream pair."""
+async def aiohttp_transport(
+    url: str, headers: Mapping[str, str], *, timeout: float, on_conn: Callable[[_Conn], None] | None = None
+) -> AsyncIterator[Streams]:
+    """An SDK ``Transport``: ``async with`` it to get the (read, write) stream pair. ``on_conn`` is
+    given the connection, for requests toolcrib frames itself (:meth:`_Conn.exchange`)."""
     read_send, read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](256)
     write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](256)
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
@@ -357,6 +390,8 @@ async def aiohttp_transport(url: str, headers: Mapping[str, str], *, timeout: fl
     try:
         async with aiohttp.ClientSession(headers=dict(headers), connector=connector, timeout=client_timeout) as http:
             conn = _Conn(http, url, read_send)
+            if on_conn is not None:
+                on_conn(conn)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_writer, conn, write_recv, tg)
                 try:

@@ -44,13 +44,14 @@ from mcp.shared.subscriptions import SUBSCRIPTION_ID_META_KEY
 from toolcrib.config import ServerConfig
 from toolcrib.errors import SecretError, UpstreamCrashed, UpstreamTimeout, UpstreamUnavailable
 from toolcrib.router.backchannel import Backchannel, Caller, current_caller
-from toolcrib.router.http_transport import SESSION_GONE, aiohttp_transport
+from toolcrib.router.http_transport import SESSION_GONE, _Conn, aiohttp_transport
 from toolcrib.router.listing import MIN_TTL_REFRESH, Listing, changed_kinds, due, fetch_listing
 from toolcrib.router.optional_caps import OptionalCaps
 from toolcrib.router.stdio_env import child_environment
 from toolcrib.router.stdio_noise import current_upstream, install
 from toolcrib.router.task_claim import TASKS_CLIENT
 from toolcrib.router.upstream_state import UpstreamState, describe
+from toolcrib.router.wire import Wire
 
 log = logging.getLogger("toolcrib.upstream")
 install()
@@ -91,6 +92,8 @@ class Upstream:
         self._expand = expand_secret
         self._on_change = on_change
         self._client: Client | None = None
+        self._conn: _Conn | None = None
+        """toolcrib's Streamable HTTP connection of the current attempt (HTTP upstreams only)."""
         self._limiter = anyio.CapacityLimiter(cfg.max_concurrency)
         self._backchannel = Backchannel(name)
         self._stop = anyio.Event()
@@ -215,6 +218,8 @@ class Upstream:
         self.state.error = None
         self.state.connects += 1
         self._client = client
+        if not self.state.modern:  # toolcrib frames this era's tools/call itself: router/wire.py
+            Wire(self._backchannel, self._backchannel.transport_write, self._conn).attach(client)
         self._optional.refused.clear()  # a restarted server may have gained them
         self._connected.set()
         self.attempted.set()
@@ -339,6 +344,7 @@ class Upstream:
 
     async def _transport(self, stack: AsyncExitStack) -> Any:
         cfg = self.cfg
+        self._conn = None
         if cfg.kind == "stdio":
             assert cfg.command is not None
             env = child_environment(cfg.inherit_env) | {k: self._expand(v) for k, v in cfg.env.items()}
@@ -350,7 +356,10 @@ class Upstream:
         url = self._expand(cfg.url)  # a `secret:` reference may stand for a URL password or query token
         if cfg.kind == "sse":
             return self._watched(sse_client(url, headers=headers, timeout=cfg.connect_timeout))
-        return self._watched(aiohttp_transport(url, headers, timeout=cfg.connect_timeout))
+        return self._watched(aiohttp_transport(url, headers, timeout=cfg.connect_timeout, on_conn=self._on_conn))
+
+    def _on_conn(self, conn: _Conn) -> None:
+        self._conn = conn
 
     @asynccontextmanager
     async def _watched(self, transport: Any) -> AsyncIterator[tuple[Any, Any]]:
