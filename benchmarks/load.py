@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import random
 import signal
 import sqlite3
@@ -79,12 +80,17 @@ async def drive(url: str, gw: Proc, args: argparse.Namespace) -> dict[str, Any]:
         rss_start = gw.rss_mb()
         t0 = time.monotonic()
 
+        counter = itertools.count()
+
         async def session(client: HttpClient, seed: int) -> None:
             rng = random.Random(seed)
             while not stop.is_set():
                 if rng.random() < args.search_share:
                     kind, name = "search_tools", "search_tools"
-                    arguments: dict[str, Any] = {"query": rng.choice(QUERIES), "limit": 5}
+                    query = rng.choice(QUERIES)
+                    if args.unique_queries:
+                        query = f"{query} {seed}-{next(counter)}"
+                    arguments: dict[str, Any] = {"query": query, "limit": 5}
                 else:
                     kind, name = "invoke", "invoke"
                     arguments = {"tool": "up__echo", "arguments": {"text": f"load {seed}"}}
@@ -141,11 +147,13 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         machine.describe(),
         "",
-        f"Reproduce: `python -m benchmarks.load --seconds {args.seconds:g} --sessions {args.sessions}` (`make load`).",
+        f"Reproduce: `python -m benchmarks.load --seconds {args.seconds:g} --sessions {args.sessions}"
+        f"{' --unique-queries' if args.unique_queries else ''}` (`make load`).",
         "",
         f"toolcrib dispatcher mode (index model from the default config, trust layers on, audit to SQLite) in front "
         f"of the fast fixture (HTTP) and mcp-server-time (stdio). {args.sessions} concurrent sessions, closed loop, "
         f"{args.search_share:.0%} search_tools / {1 - args.search_share:.0%} invoke, for {r['elapsed']:.0f} s; "
+        f"{'every query distinct' if args.unique_queries else f'queries drawn from {len(QUERIES)}'}; "
         "driver, gateway and upstreams share the machine's cores.",
         "",
         "| | value |",
@@ -190,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=120.0)
     p.add_argument("--sessions", type=int, default=200)
     p.add_argument("--search-share", type=float, default=0.3, help="fraction of calls that are search_tools")
+    p.add_argument(
+        "--unique-queries",
+        action="store_true",
+        help="make every search_tools query distinct (each one a query-embedding cache miss)",
+    )
     p.add_argument("--sample-every", type=float, default=2.0, help="RSS sampling interval, seconds")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)

@@ -194,6 +194,13 @@ class FastEmbedEmbedder:
     any other fastembed model name is downloaded by fastembed and needs the network once.
     Texts are sorted by length and batched by a padded-token budget (see :meth:`_batches`) so one
     long description does not pad a whole batch; the tokenizer truncates to 256 word pieces.
+
+    ``threads`` is onnxruntime's intra-op thread count. The default 1 keeps a query embedding on
+    the calling worker thread. With 2 on a 2-core machine the second thread spin-waits: 12.8 vs
+    7.8 ms of CPU per query for 6.5 vs 7.6 ms of wall time, CPU the gateway's event loop needs.
+    In the load run with every query distinct (``python -m benchmarks.load --seconds 60
+    --sessions 200 --unique-queries``, 2026-11-30) 1 thread gave 146 vs 118 calls/s and 6.9 vs
+    10.0 ms of gateway CPU per call.
     """
 
     def __init__(
@@ -201,7 +208,7 @@ class FastEmbedEmbedder:
         model: str = DEFAULT_MODEL,
         *,
         cache_dir: Path | None = None,
-        threads: int = 2,
+        threads: int = 1,
         batch_size: int = 32,
         batch_tokens: int = 512,
     ) -> None:
