@@ -41,12 +41,13 @@ import aiohttp
 import anyio
 import anyio.abc
 import mcp_types as types
-import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import ClientMessageMetadata, ServerMessageMetadata, SessionMessage
 from mcp_types.jsonrpc import jsonrpc_message_adapter
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
+
+from toolcrib.gateway.trust.matchers import loads_json
 
 log = logging.getLogger("toolcrib.upstream.http")
 
@@ -157,8 +158,8 @@ class _Conn:
                     return
                 raw = await resp.read()
                 try:
-                    data = orjson.loads(raw)
-                except orjson.JSONDecodeError:
+                    data = loads_json(raw)
+                except (ValueError, RecursionError):
                     await self.deliver(raw, rid)  # the general parser says what is wrong with it
                     return
                 if isinstance(data, dict) and data.get("id") == rid:

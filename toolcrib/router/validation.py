@@ -1,6 +1,7 @@
 """Argument validation against a tool's input schema, before anything is forwarded.
 
-Validators are compiled once per schema (cached by the schema's canonical JSON). References are
+Validators are compiled once per schema (cached by the schema's canonical JSON) and found again by
+the schema object itself on the hot path (the catalog hands out the same dict for every call). References are
 resolved only inside the schema itself and nothing is ever fetched: the 2026-07-28 specification
 says clients must not dereference network ``$ref`` s (server/tools, "Input schema"). What can be
 validated locally is; the rest is left to the upstream:
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -58,14 +60,34 @@ def _validator(schema_json: str) -> Any:
     return cls(schema, registry=_REGISTRY, format_checker=None)
 
 
+_BY_OBJECT: OrderedDict[int, tuple[Mapping[str, Any], Any]] = OrderedDict()
+"""``id(schema) -> (schema, validator)``: the entry holds the schema, so its id cannot be reused while cached."""
+_BY_OBJECT_MAX = 4096
+
+
+def _validator_of(schema: Mapping[str, Any]) -> Any:
+    entry = _BY_OBJECT.get(id(schema))
+    if entry is not None and entry[0] is schema:
+        return entry[1]
+    validator = _validator(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+    _BY_OBJECT[id(schema)] = (schema, validator)
+    if len(_BY_OBJECT) > _BY_OBJECT_MAX:
+        _BY_OBJECT.popitem(last=False)
+    return validator
+
+
 def validate_arguments(tool: str, schema: Mapping[str, Any] | None, arguments: Mapping[str, Any]) -> None:
-    """Raise :class:`InvalidArguments` with a message a model can act on; return on success."""
+    """Raise :class:`InvalidArguments` with a message a model can act on; return on success.
+
+    ``schema`` must not be modified after it was first used here (it is cached by identity)."""
     if not schema:
         return
-    validator = _validator(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+    validator = _validator_of(schema)
     if validator is None:
         return
     try:
+        if validator.is_valid(arguments):
+            return
         errors = sorted(validator.iter_errors(dict(arguments)), key=lambda e: list(e.path))
     except referencing.exceptions.Unresolvable as exc:
         log.debug("%s: input schema has an unresolvable $ref (%s); arguments left to the server", tool, exc)

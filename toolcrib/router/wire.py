@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import weakref
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -105,7 +106,7 @@ class Wire:
         sent = False
         try:
             if self._conn is not None:
-                body = orjson.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+                body = dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
                 sent = True
                 await self._conn.exchange(rid, body, self._bc.answer)
             else:
@@ -130,3 +131,12 @@ class Wire:
             contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError),
         ):
             await self._write.send(SessionMessage(note))
+
+
+def dumps(message: dict[str, Any]) -> bytes:
+    """One JSON-RPC message as UTF-8 JSON: ``orjson``, or :mod:`json` for what orjson refuses
+    (an integer beyond 64 bits, which a client may send and must reach the upstream exact)."""
+    try:
+        return orjson.dumps(message)
+    except TypeError:
+        return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()

@@ -224,9 +224,13 @@ class SqliteAuditLog:
         if event.latency_ms is not None:
             row["latency_ms"] = float(event.latency_ms)
         if event.arguments is not None:
-            row["args_hmac"] = self.args_hmac(event.arguments)
-            original = canonical_json(dict(event.arguments))
-            text = canonical_json(self._scrub(dict(event.arguments)))
+            if self._hmac_key is None:
+                raise AuditError("this audit log was opened without an HMAC key; it cannot record calls")
+            arguments = dict(event.arguments)
+            original = canonical_json(arguments)
+            row["args_hmac"] = mac(self._hmac_key, original)
+            scrubbed = self._scrub(arguments)
+            text = original if scrubbed is arguments else canonical_json(scrubbed)
             row["args_stored"] = "full" if text == original else "redacted"
             if len(text) > MAX_ARGUMENT_CHARS:
                 text, row["args_stored"] = text[:MAX_ARGUMENT_CHARS] + "…", "truncated"

@@ -16,9 +16,11 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 import re2
 
 OPERATORS = frozenset(
@@ -118,6 +120,16 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_LONG_DIGITS_TEXT = re.compile(r"[0-9]{20}")  # linear: one fixed-width class, no backtracking
+_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{20}")
+
+
+def _long_digits(data: bytes | str) -> bool:
+    """Whether a document holds 20 digits in a row (an integer beyond 64 bits, or a long fraction)."""
+    pattern = _LONG_DIGITS_TEXT if isinstance(data, str) else _LONG_DIGITS_BYTES
+    return pattern.search(data) is not None  # type: ignore[arg-type]
+
+
 def loads_json(data: bytes | str) -> Any:
     """Parse JSON like :func:`json.loads`, but refuse what RFC 8259 does not allow as a number.
 
@@ -126,6 +138,11 @@ def loads_json(data: bytes | str) -> Any:
     nesting too deep for the parser (instead of :class:`RecursionError`). Everything else, including
     errors (:class:`json.JSONDecodeError`, :class:`UnicodeDecodeError`), is as :func:`json.loads`.
     """
+    if not _long_digits(data):  # orjson would read a long integer as a float: json keeps it exact
+        try:
+            return orjson.loads(data)  # the fast path: strict RFC 8259 already (no NaN, Infinity, 1e400)
+        except orjson.JSONDecodeError:
+            pass  # json decides, with its own acceptance (UTF-16 bytes, lone surrogates) and messages
     try:
         return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
