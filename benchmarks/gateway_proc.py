@@ -14,6 +14,7 @@ import argparse
 import cProfile
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -21,6 +22,7 @@ import anyio
 from toolcrib.app import running_gateway
 from toolcrib.config import load_config
 from toolcrib.gateway.pipeline import Pipeline, validation_layer
+from toolcrib.serve import run
 
 
 async def serve(config_path: Path, port: int, no_trust: bool) -> None:
@@ -51,7 +53,7 @@ def main() -> None:
     if prof is not None:
         prof.enable()
     try:
-        anyio.run(serve, args.config, args.port, args.no_trust)
+        run(partial(serve, args.config, args.port, args.no_trust))
     finally:
         if prof is not None:
             prof.disable()

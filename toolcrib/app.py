@@ -6,6 +6,7 @@ an ephemeral port.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -294,7 +295,16 @@ async def _start_http(
 
     stack.push_async_callback(shutdown)
     tg.start_soon(_audit_upkeep, parts.audit, config.audit.retention_days)
+    settle_heap()
     return Running(config, parts, transport, f"{local}/mcp", port)
+
+
+def settle_heap() -> None:
+    """After start-up: collect once and move every surviving object (modules, models, the index,
+    the catalog) to the collector's permanent generation, so the cyclic collector stops rescanning
+    them on every full collection while calls are served (:func:`gc.freeze`)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _sync(reindexer: Reindexer | None, servers: set[str]) -> None:

@@ -13,8 +13,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import anyio
-
 from toolcrib import __version__
 from toolcrib.cli.logs import setup_logging
 from toolcrib.config import Config, load_config
@@ -38,11 +36,11 @@ def _cmd_serve(args: argparse.Namespace, config: Config) -> int:
     if updates:
         config = config.model_copy(update={"gateway": config.gateway.model_copy(update=updates)})
     if args.stdio:
-        anyio.run(runtime.serve_stdio_mode, config)
+        runtime.run(partial(runtime.serve_stdio_mode, config))
     else:
         check_bind(config)
         check_port_free(config.gateway.host, config.gateway.port)  # before any upstream starts
-        anyio.run(partial(runtime.serve, config, config_path=Path(args.config_path)))
+        runtime.run(partial(runtime.serve, config, config_path=Path(args.config_path)))
     return 0
 
 

@@ -214,4 +214,5 @@ async def answer(server: Any, dctx: Any, message: types.JSONRPCRequest, connecti
         result = await serve_one(server, dctx, message.method, message.params, connection=connection, lifespan_state={})
     except Exception as exc:
         return types.JSONRPCError(jsonrpc="2.0", id=message.id, error=modern_error_data(exc))
-    return types.JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
+    # The kernel's result is already its wire form (validated by the SDK): not validated again.
+    return types.JSONRPCResponse.model_construct(jsonrpc="2.0", id=message.id, result=result)
