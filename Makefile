@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= toolcrib/demo/toolcrib.toml
 NODE_DIR := .tools/node
 
-.PHONY: install run test lint typecheck pytest conformance load bench fuzz clean
+.PHONY: install run test lint typecheck pytest conformance load bench profile fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -61,6 +61,13 @@ conformance: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.tokens
 	$(BIN)/python -m benchmarks.latency --quick
+
+# Where the gateway's CPU goes on the echo hot path: py-spy (installed into the venv here) samples a
+# gateway process while the raw driver calls it; SPY_ARGS="--transport stdio --mode invoke --concurrency 16".
+SPY_ARGS ?=
+profile: $(STAMP)
+	$(BIN)/python -m pip install -q 'py-spy>=0.4,<0.5'
+	$(BIN)/python -m benchmarks.spy $(SPY_ARGS)
 
 # 200 concurrent sessions mixing search_tools and invoke; LOAD_SECONDS=30 make load for a short run.
 LOAD_SECONDS ?= 120
