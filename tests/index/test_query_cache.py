@@ -146,3 +146,22 @@ def test_real_model_search_is_the_same_with_and_without_the_cache(minilm: FastEm
             assert cached.search(query) == plain.search(query)
     assert cached.query_cache.hits == 4 and cached.query_cache.misses == 4
     assert cached.search("what time is it in Tokyo")[0].key == "time__get_current_time"
+
+
+def test_needs_model_says_when_a_search_would_embed(catalog: list[ToolDoc]) -> None:
+    inner = CountingEmbedder()
+    index = ToolIndex(None, inner)
+    index.sync(catalog)
+    inner.texts.clear()
+    assert index.needs_model("read a file") and index.needs_model(["read a file", "git log"])
+    assert not index.needs_model("read a file", mode="bm25")
+    index.search("Read A  File")
+    assert inner.texts == ["read a file"]
+    assert not index.needs_model("read a file") and not index.needs_model(["  READ a file", " "])
+    assert index.needs_model(["read a file", "git log"])
+    hits = index.query_cache.hits
+    assert not index.needs_model("read a file") and index.query_cache.hits == hits  # a peek, not a hit
+    uncached = ToolIndex(None, inner, query_cache_size=0)
+    uncached.sync(catalog)
+    uncached.search("read a file")
+    assert uncached.needs_model("read a file")

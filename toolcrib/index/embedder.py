@@ -9,6 +9,7 @@ fastembed loads that directory with ``specific_model_path`` so it never contacts
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -303,11 +304,13 @@ def _first_line(exc: BaseException) -> str:
 _WHITESPACE_RUN = re.compile(r"\s+")
 
 
+@functools.lru_cache(maxsize=1024)
 def normalize_query(text: str) -> str:
     """The cache key of a query: Unicode NFKC, casefolded, whitespace runs collapsed to one space, stripped.
 
     ``NFKC(casefold(NFKC(text)))`` (Unicode's caseless identity match, UAX #15 / Unicode 15
     section 3.13, D145) so the result is itself normalised: the function is idempotent.
+    Memoised for the last 1,024 distinct texts.
     """
     folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
     return _WHITESPACE_RUN.sub(" ", folded).strip()
@@ -374,6 +377,15 @@ class QueryCache:
                     while len(self._entries) > self.maxsize:
                         self._entries.popitem(last=False)
         return out
+
+    def cached(self, queries: Sequence[str]) -> bool:
+        """True when every query's vector is cached, so :meth:`embed` would not call the model.
+
+        A peek: it neither counts a hit nor refreshes recency. Another thread may evict an entry
+        right after, so treat it as a hint.
+        """
+        with self._lock:
+            return all(normalize_query(q) in self._entries for q in queries)
 
     def clear(self) -> None:
         """Forget every cached vector (the hit and miss counters are kept)."""

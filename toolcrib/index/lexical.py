@@ -64,6 +64,12 @@ def tokenize(text: str) -> list[str]:
     return out
 
 
+@lru_cache(maxsize=1024)
+def query_tokens(query: str) -> tuple[str, ...]:
+    """:func:`tokenize` for queries, memoised (the same few queries recur under load)."""
+    return tuple(tokenize(query))
+
+
 class LexicalIndex:
     """An immutable BM25 index over a fixed list of tokenized documents (row i = document i)."""
 
@@ -82,7 +88,7 @@ class LexicalIndex:
 
     def scores(self, query: str) -> npt.NDArray[np.float32]:
         """BM25 score of every document for ``query`` (zeros when nothing matches)."""
-        tokens = tokenize(query)
+        tokens = list(query_tokens(query))
         if self._bm25 is None or not tokens:
             return np.zeros(self.size, dtype=np.float32)
         ids = self._bm25.get_tokens_ids(tokens)

@@ -218,6 +218,21 @@ class ToolIndex:
                 progress(min(start + SYNC_CHUNK, len(texts)), len(texts))
         return out
 
+    def needs_model(self, query: str | Sequence[str], *, mode: str | None = None) -> bool:
+        """Whether :meth:`search` with these arguments would run the embedding model.
+
+        False when the ranking is ``bm25`` or every query vector is in :attr:`query_cache`: the
+        search is then numpy/FAISS work only (~0.1 ms at 10 tools, ~0.3 ms at 800, ~0.6 ms at
+        10,000 on one core), cheaper to run on an event loop than to hand to a worker thread that
+        must win the GIL back from the busy loop (up to ``sys.getswitchinterval()``, 5 ms, per
+        GIL-releasing call). True means a model call of ~5-10 ms: run it in a worker thread. A
+        hint only: a concurrent search may evict the entry before it is used.
+        """
+        if _check_ranking(mode or self.ranking) == "bm25":
+            return False
+        queries = [query] if isinstance(query, str) else [q for q in query if q.strip()]
+        return not self.query_cache.cached(queries)
+
     def search(
         self,
         query: str | Sequence[str],
