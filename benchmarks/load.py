@@ -30,6 +30,9 @@ from benchmarks import machine
 from benchmarks.driver import PY, HttpClient, Proc, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: Issue 11's targets for this run: twice the calls/s measured on 2026-11-26, search_tools p50 <= 30 ms.
+BASELINE_CALLS_PER_S = 342
+SEARCH_P50_TARGET_MS = 30.0
 QUERIES = ["echo some text back", "what time is it in Tokyo", "convert time between timezones", "repeat my words"]
 
 
@@ -172,6 +175,15 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         "",
     ]
     verdict = []
+    rate, search_p50 = ok / r["elapsed"], 1000 * pctl(lat["search_tools"], 0.5)
+    verdict.append(
+        f"- calls/s >= {2 * BASELINE_CALLS_PER_S} (twice the {BASELINE_CALLS_PER_S}/s of 2026-11-26): {rate:.0f}/s, "
+        f"{'met' if rate >= 2 * BASELINE_CALLS_PER_S else '**missed**'}"
+    )
+    verdict.append(
+        f"- search_tools p50 <= {SEARCH_P50_TARGET_MS:g} ms: {search_p50:.1f} ms, "
+        f"{'met' if search_p50 <= SEARCH_P50_TARGET_MS else '**missed**'}"
+    )
     verdict.append(f"- 0 errors: {'met' if not errors else '**missed** (' + str(sum(errors.values())) + ')'}")
     growth = second - first
     verdict.append(
