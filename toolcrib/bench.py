@@ -87,6 +87,9 @@ class LexicalSearcher:
         }
         self._server = {key: e.server for key, e in catalog.tools.items()}
 
+    def needs_model(self, query: str | Sequence[str]) -> bool:
+        return False  # word overlap only
+
     def search(
         self,
         query: str | Sequence[str],

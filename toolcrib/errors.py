@@ -65,6 +65,11 @@ class UpstreamCrashed(UpstreamError):
     """The upstream process or connection died while the call was pending."""
 
 
+class UpstreamInvalidResult(UpstreamError):
+    """The upstream answered with a result that breaks its own declared contract (a tool's
+    structured content that does not match its ``outputSchema``)."""
+
+
 class ToolNotFound(ToolcribError):
     """No tool with that name is in the catalog."""
 

@@ -121,11 +121,6 @@ EDGE_INTEGERS = [-(2**63) - 1, -(10**19) + 1]
 as an integer (it reads them as floats)."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="toolcrib/gateway/trust/matchers.py _long_digits: a 19-digit negative integer below -2**63 has "
-    "no 20-digit run, so loads_json takes orjson, which reads it as a float (-9.223372036854776e+18)",
-)
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_negative_integers_below_int64_arrive_exactly(gateway: GatewayFactory, transport: str) -> None:
     async with probe_gateway(gateway, transport) as rt, Client(rt.url, mode="legacy") as c:
@@ -134,11 +129,6 @@ async def test_negative_integers_below_int64_arrive_exactly(gateway: GatewayFact
         assert seen["arguments"] == args and set(seen["types"].values()) == {"int"}, seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="toolcrib/router/http_transport.py _Conn.exchange parses a JSON answer with loads_json, whose "
-    "20-digit test misses 19-digit integers below -2**63: orjson turns the upstream's integer into a float",
-)
 async def test_upstream_json_answer_keeps_negative_integers_below_int64(gateway: GatewayFactory) -> None:
     async with probe_gateway(gateway, "http-json") as rt, Client(rt.url, mode="legacy") as c:
         for value in EDGE_INTEGERS:
@@ -151,9 +141,7 @@ async def test_upstream_json_answer_keeps_negative_integers_below_int64(gateway:
 async def test_upstream_answer_keeps_integers_beyond_64_bits(gateway: GatewayFactory, transport: str) -> None:
     """Only the answer's parsing: the upstream makes the integer itself (the gateway never saw it)."""
     async with probe_gateway(gateway, transport) as rt, Client(rt.url, mode="legacy") as c:
-        values = [2**70, -(2**70), 2**64, 10**30 + 1]
-        if transport != "http-json":  # there the JSON answer is parsed by loads_json: see the xfail above
-            values += EDGE_INTEGERS
+        values = [2**70, -(2**70), 2**64, 10**30 + 1, *EDGE_INTEGERS]
         for value in values:
             result = await c.call_tool("wp__emit_int", {"digits": str(value)})
             assert result.structured_content == {"value": value}
@@ -229,16 +217,10 @@ async def test_upstream_jsonrpc_error_is_a_tool_error_under_invoke(tmp_path: Pat
 # ---- 4. deadline cancellation ----------------------------------------------------------------
 
 
-STDIO_CANCEL_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="toolcrib/router/wire.py Wire.request, `if sent and not answer.done()`: on stdio the deadline cancels "
-    "the task while it awaits the answer future, asyncio cancels that future too, so answer.done() is True and "
-    "notifications/cancelled is never sent (HTTP is cancelled inside _Conn.exchange, before the await)",
-)
 
 
 @pytest.mark.parametrize("client_era", CLIENT_ERAS)
-@pytest.mark.parametrize("transport", [pytest.param("stdio", marks=STDIO_CANCEL_BUG), "http-sse", "http-json"])
+@pytest.mark.parametrize("transport", ["stdio", "http-sse", "http-json"])
 async def test_deadline_cancels_upstream_request_and_connection_keeps_working(
     gateway: GatewayFactory, transport: str, client_era: str
 ) -> None:
@@ -289,12 +271,12 @@ async def _shaped(c: Client) -> dict[str, Outcome]:
 
 SDK_PATH_OUTCOMES: dict[str, Outcome] = {
     "ok": ("result", False, {"count": 3}),
-    "mismatch": ("error", types.INTERNAL_ERROR, "Internal server error"),
-    "missing": ("error", types.INTERNAL_ERROR, "Internal server error"),
+    "mismatch": ("result", True, None),
+    "missing": ("result", True, None),
 }
-"""What a client gets through the SDK path (a 2026-07-28 upstream), measured by
-``test_output_schema_outcomes_match_the_sdk_path``: ``ClientSession.validate_tool_result`` raises
-``RuntimeError``, which no layer of the gateway maps, so the client gets -32603."""
+"""What a client gets on either path (the SDK's ``ClientSession`` for a 2026-07-28 upstream, the wire
+for a 2025-11-25 one), compared by ``test_output_schema_outcomes_match_the_sdk_path``: the output-schema
+check's ``RuntimeError`` becomes a tool error naming the violation (``UpstreamInvalidResult``)."""
 
 
 @pytest.mark.parametrize("client_era", CLIENT_ERAS)
@@ -321,13 +303,6 @@ async def test_output_schema_outcomes_match_the_sdk_path(gateway: GatewayFactory
     assert outcomes["wire"] == outcomes["sdk"] == SDK_PATH_OUTCOMES
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not the wire's (the SDK path does the same): the RuntimeError of validate_tool_result reaches no "
-    "handler in toolcrib/gateway/forward.py Forwarder.__call__ (it catches UpstreamError and MCPError only), so "
-    "the client gets -32603 'Internal server error' and the gateway logs a traceback, instead of a tool error "
-    "naming the tool and the schema violation",
-)
 @pytest.mark.parametrize("transport", ["stdio", "http-json"])
 async def test_output_schema_violation_is_a_tool_error_naming_it(gateway: GatewayFactory, transport: str) -> None:
     async with probe_gateway(gateway, transport) as rt, Client(rt.url, mode="legacy") as c:

@@ -25,7 +25,7 @@ import mcp_types as types
 from mcp.client import Client
 from mcp.shared.exceptions import MCPError
 
-from toolcrib.errors import UpstreamError
+from toolcrib.errors import UpstreamError, UpstreamInvalidResult
 from toolcrib.gateway.mrtr import INPUT_METHODS, Mrtr, MrtrRefusal, Op, Progress, Retry
 from toolcrib.gateway.pipeline import MODERN, UpstreamCall, tool_error
 from toolcrib.gateway.relay import Relay
@@ -113,9 +113,15 @@ def operation(call: UpstreamCall, retry: Retry | None, progress: Progress | None
 
             async def call_tool(c: Client) -> Any:
                 wire = wire_of(c)  # a 2025-11-25 upstream: toolcrib frames the request itself
-                if wire is not None:
-                    return await wire.call_tool(c, name, args, progress)
-                return await c.call_tool(name, args, progress_callback=progress)
+                try:
+                    if wire is not None:
+                        return await wire.call_tool(c, name, args, progress)
+                    return await c.call_tool(name, args, progress_callback=progress)
+                except RuntimeError as exc:  # the SDK's output-schema check (validate_tool_result)
+                    raise UpstreamInvalidResult(
+                        f"{call.server}: {name} answered with a result that breaks its declared contract "
+                        f"({str(exc).splitlines()[0][:200]}); the server is at fault, report it to its maintainers"
+                    ) from None
 
             return call_tool
         if call.method == "prompts/get":

@@ -139,6 +139,7 @@ _OUTCOMES = {
     "UpstreamTimeout": "timeout",
     "UpstreamCrashed": "upstream_crash",
     "UpstreamUnavailable": "upstream_crash",
+    "UpstreamInvalidResult": "protocol_error",
     "protocol_error": "protocol_error",
     "invalid_arguments": "tool_error",
     "denied": "denied",

@@ -285,10 +285,15 @@ class Gateway:
         principal = info.principal
         if self._search_slots is None:
             self._search_slots = anyio.CapacityLimiter(SEARCH_CONCURRENCY)
-        results = await anyio.to_thread.run_sync(
-            lambda: disp.search(self.index, self.pool.catalog, args, lambda k: self.may_use(principal, k)),  # type: ignore[arg-type]
-            limiter=self._search_slots,
-        )
+        index = self.index
+
+        def run() -> list[Any]:
+            return disp.search(index, self.pool.catalog, args, lambda k: self.may_use(principal, k))
+
+        if index.needs_model(list(args.queries)):  # embedding a query: ~5-10 ms of model, in a worker thread
+            results = await anyio.to_thread.run_sync(run, limiter=self._search_slots)
+        else:  # every query vector cached (or BM25 only): well under a millisecond, cheaper than a thread hop
+            results = run()
         keys = [e.key for e, _ in results]
         if self._on_search is not None:
             call = self._call(ctx, info, "tools/call", "tool", disp.SEARCH, "", disp.SEARCH, arguments=arguments)

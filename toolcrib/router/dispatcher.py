@@ -79,6 +79,10 @@ class Searcher(Protocol):
         allowed: Callable[[str], bool] | None = None,
     ) -> Sequence[Any]: ...
 
+    def needs_model(self, query: str | Sequence[str]) -> bool:
+        """Whether :meth:`search` would run the embedding model (else it is cheap numpy/FAISS work)."""
+        ...
+
 
 @dataclass(frozen=True)
 class SearchArgs:

@@ -115,7 +115,8 @@ class Wire:
                 await self._write.send(SessionMessage(message))
             return await answer
         except BaseException:
-            if sent and not answer.done():
+            # Cancelled while waiting, asyncio cancels the awaited future too: unanswered all the same.
+            if sent and (not answer.done() or answer.cancelled()):
                 await self._cancel(rid)
             raise
         finally:

@@ -120,12 +120,13 @@ def _finite_float(text: str) -> float:
     return value
 
 
-_LONG_DIGITS_TEXT = re.compile(r"[0-9]{20}")  # linear: one fixed-width class, no backtracking
-_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{20}")
+_LONG_DIGITS_TEXT = re.compile(r"[0-9]{19}")  # linear: one fixed-width class, no backtracking
+_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
 
 
 def _long_digits(data: bytes | str) -> bool:
-    """Whether a document holds 20 digits in a row (an integer beyond 64 bits, or a long fraction)."""
+    """Whether a document holds 19 digits in a row: an integer orjson might not keep exact (below
+    -2**63 or above 2**64 - 1; it reads those as floats), or a long fraction."""
     pattern = _LONG_DIGITS_TEXT if isinstance(data, str) else _LONG_DIGITS_BYTES
     return pattern.search(data) is not None  # type: ignore[arg-type]
 
@@ -138,7 +139,7 @@ def loads_json(data: bytes | str) -> Any:
     nesting too deep for the parser (instead of :class:`RecursionError`). Everything else, including
     errors (:class:`json.JSONDecodeError`, :class:`UnicodeDecodeError`), is as :func:`json.loads`.
     """
-    if not _long_digits(data):  # orjson would read a long integer as a float: json keeps it exact
+    if not _long_digits(data):  # orjson reads an integer beyond 64 bits as a float: json keeps it exact
         try:
             return orjson.loads(data)  # the fast path: strict RFC 8259 already (no NaN, Infinity, 1e400)
         except orjson.JSONDecodeError:
