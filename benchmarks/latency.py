@@ -8,6 +8,9 @@ over stdio, see :mod:`benchmarks.fixtures`) one trivial ``echo`` call is made:
   policy; auth = none on loopback);
 - ``passthrough-notrust``: the same with the trust layers removed (their share);
 - ``invoke``: through ``toolcrib`` in dispatcher mode, calling ``invoke``;
+- ``baseline``: ``passthrough`` as an earlier commit built it (``--baseline REF``, unpacked with
+  ``git archive`` into ``.toolcrib/baseline-<sha>`` and run with the same interpreter), so a change
+  is measured against what it replaced in the same run on the same machine;
 - ``mcp-proxy``: the peer proxy (PyPI ``mcp-proxy`` 0.13.0, installed into
   ``.tools/mcp-proxy-venv`` on first run). It serves HTTP only in front of stdio servers, so it
   appears in the stdio rows.
@@ -42,10 +45,23 @@ from benchmarks.driver import PY, ROOT, HttpClient, Proc, StdioClient, free_port
 RESULTS = Path(__file__).resolve().parent / "results"
 MCP_PROXY_VERSION = "0.13.0"
 MCP_PROXY_VENV = ROOT / ".tools" / "mcp-proxy-venv"
-MODES = ("direct", "passthrough", "passthrough-notrust", "invoke", "mcp-proxy")
+MODES = ("direct", "passthrough", "passthrough-notrust", "invoke", "mcp-proxy", "baseline")
 CONCURRENCY = (1, 16, 64)
 FULL_CALLS = {1: 300, 16: 1200, 64: 2400}
 QUICK_CALLS = {1: 100, 16: 300, 64: 600}
+
+
+def ensure_baseline(ref: str) -> Path:
+    """The source tree of commit ``ref`` (``git archive``), unpacked once under ``.toolcrib/``."""
+    sha = subprocess.run(["git", "rev-parse", "--short=12", ref], cwd=ROOT, capture_output=True, text=True)
+    if sha.returncode != 0:
+        raise SystemExit(f"--baseline {ref!r}: not a commit here ({sha.stderr.strip()}); give a sha or tag")
+    tree = ROOT / ".toolcrib" / f"baseline-{sha.stdout.strip()}"
+    if not (tree / "toolcrib").is_dir():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", "--format=tar", ref], cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
 
 
 def ensure_mcp_proxy() -> Path:
@@ -149,7 +165,13 @@ def gateway_config(tmp: Path, name: str, mode: str, kind: str, transport: str, u
 
 @contextlib.asynccontextmanager
 async def setup(
-    kind: str, transport: str, modes: list[str], tmp: Path, http: aiohttp.ClientSession, profile: Path | None
+    kind: str,
+    transport: str,
+    modes: list[str],
+    tmp: Path,
+    http: aiohttp.ClientSession,
+    profile: Path | None,
+    baseline: Path | None = None,
 ) -> AsyncIterator[list[Target]]:
     procs: list[Proc] = []
     stdio_clients: list[StdioClient] = []
@@ -195,7 +217,11 @@ async def setup(
                     argv.append("--no-trust")
                 if profile is not None and mode == "passthrough":
                     argv += ["--profile", str(profile / f"{name}.pstats")]
-                proc = Proc(argv)
+                if mode == "baseline":
+                    assert baseline is not None
+                    proc = Proc(argv, cwd=baseline, env={"PYTHONPATH": str(baseline)})
+                else:
+                    proc = Proc(argv)
                 procs.append(proc)
                 url = proc.wait_line("LISTENING ", timeout=120)
                 targets.append(Target(mode, http_worker(http, url, "up__echo", mode == "invoke"), proc))
@@ -213,7 +239,7 @@ async def measure(kind: str, transport: str, args: argparse.Namespace, tmp: Path
     conn = aiohttp.TCPConnector(limit=0, force_close=False)
     async with (
         aiohttp.ClientSession(connector=conn) as http,
-        setup(kind, transport, args.modes, tmp, http, args.profile) as targets,
+        setup(kind, transport, args.modes, tmp, http, args.profile, args.baseline_tree) as targets,
     ):
         pools: dict[tuple[str, int], list[Call]] = {}
         for t in targets:
@@ -342,6 +368,16 @@ def verdicts(all_rows: dict[str, list[dict[str, Any]]]) -> list[str]:
                     f"- {setup_name}: gateway CPU per {mode} call {min(cpus):.2f}-{max(cpus):.2f} ms "
                     f"(target <= {target}): {mark(max(cpus) <= target)}"
                 )
+        before = {r["c"]: r for r in rows if r["mode"] == "baseline" and r["cpu_ms"] is not None}
+        now = [r for r in rows if r["mode"] == "passthrough" and r["cpu_ms"] is not None and r["c"] in before]
+        if now:
+            desc = ", ".join(
+                f"c={r['c']}: CPU {r['cpu_ms']:.2f} vs {before[r['c']]['cpu_ms']:.2f} ms "
+                f"({before[r['c']]['cpu_ms'] / r['cpu_ms']:.2f}x less), calls/s "
+                f"{r['rate'] / before[r['c']]['rate']:.2f}x, p50 {r['p50']:.2f} vs {before[r['c']]['p50']:.2f} ms"
+                for r in now
+            )
+            out.append(f"- {setup_name}: passthrough now vs baseline: {desc}")
         on = [r for r in rows if r["mode"] == "passthrough" and r["cpu_ms"] is not None]
         off = {r["c"]: r for r in rows if r["mode"] == "passthrough-notrust" and r["cpu_ms"] is not None}
         share = [
@@ -361,7 +397,8 @@ def write(all_rows: dict[str, list[dict[str, Any]]], args: argparse.Namespace, s
         "",
         machine.describe(),
         "",
-        f"Reproduce: `python -m benchmarks.latency{' --quick' if args.quick else ''}` "
+        f"Reproduce: `python -m benchmarks.latency{' --quick' if args.quick else ''}"
+        f"{f' --baseline {args.baseline}' if getattr(args, 'baseline', None) else ''}` "
         f"({args.rounds or (2 if args.quick else 3)} alternating rounds, calls per run per concurrency "
         f"{calls}; took {seconds:.0f} s).",
         "",
@@ -369,7 +406,8 @@ def write(all_rows: dict[str, list[dict[str, Any]]], args: argparse.Namespace, s
         "Everything (driver, gateway, upstream) shares the same 2 cores, so calls/s at high concurrency are "
         "bounded by total CPU, and the ratio to direct reflects the gateway's CPU cost.",
         "toolcrib: `passthrough` = trust layers on (audit to SQLite, redaction, policy; auth = none on loopback); "
-        "`passthrough-notrust` = the same pipeline without them; `invoke` = dispatcher mode calling `invoke`.",
+        "`passthrough-notrust` = the same pipeline without them; `invoke` = dispatcher mode calling `invoke`; "
+        "`baseline` = `passthrough` as the commit given with `--baseline` built it (same run, same machine).",
         f"mcp-proxy {MCP_PROXY_VERSION} (PyPI, own venv with mcp 1.x) serves HTTP only in front of a stdio "
         "server, so it is measured in the stdio setups. CPU ms/call = utime+stime of the proxy process only.",
         "Stdio rows: `direct` is the raw client on the server's own pipe (no HTTP at all), so `x direct` "
@@ -383,7 +421,13 @@ def write(all_rows: dict[str, list[dict[str, Any]]], args: argparse.Namespace, s
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "latency.md").write_text(text, encoding="utf-8")
-        raw = {"rows": all_rows, "seconds": seconds, "quick": args.quick, "rounds": args.rounds}
+        raw = {
+            "rows": all_rows,
+            "seconds": seconds,
+            "quick": args.quick,
+            "rounds": args.rounds,
+            "baseline": getattr(args, "baseline", None),
+        }
         (RESULTS / "latency.json").write_text(json.dumps(raw, indent=1), encoding="utf-8")
     return text
 
@@ -391,11 +435,18 @@ def write(all_rows: dict[str, list[dict[str, Any]]], args: argparse.Namespace, s
 async def amain(args: argparse.Namespace) -> None:
     if args.render:
         raw = json.loads(args.render.read_text(encoding="utf-8"))
-        args.quick, args.rounds = raw["quick"], raw["rounds"]
+        args.quick, args.rounds, args.baseline = raw["quick"], raw["rounds"], raw.get("baseline")
         print(write(raw["rows"], args, raw["seconds"]))
         return
     if "mcp-proxy" in args.modes:
         ensure_mcp_proxy()
+    args.baseline_tree = None
+    if args.baseline:
+        args.baseline_tree = ensure_baseline(args.baseline)
+        if "baseline" not in args.modes:
+            args.modes = [*args.modes, "baseline"]
+    elif "baseline" in args.modes:
+        raise SystemExit("mode baseline needs --baseline REF (the commit to compare with)")
     all_rows: dict[str, list[dict[str, Any]]] = {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="toolcrib-latency-") as tmp:
@@ -420,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--upstreams", nargs="+", default=["sdk", "fast"], choices=["sdk", "fast"])
     p.add_argument("--transports", nargs="+", default=["http", "stdio"], choices=["http", "stdio"])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--baseline", metavar="REF", help="also run passthrough as commit REF built it (mode baseline)")
     p.add_argument("--profile", type=Path, help="write cProfile stats of the passthrough gateway into this directory")
     p.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
     p.add_argument("--render", type=Path, metavar="JSON", help="re-render the report from a saved latency.json")

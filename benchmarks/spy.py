@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,14 @@ import aiohttp
 
 from benchmarks.driver import PY, HttpClient, Proc
 from benchmarks.latency import fixture_argv, gateway_config
+
+
+def split_cpu(pid: int) -> tuple[float, float]:
+    """(user, kernel) CPU seconds of process ``pid`` so far, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def report(raw: Path, top: int, focus: str | None) -> str:
@@ -116,13 +125,15 @@ def main() -> int:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            cpu0 = gw.cpu_seconds()
+            user0, sys0 = split_cpu(gw.pid)
             n = asyncio.run(drive(gw_url, "up__echo", args.concurrency, args.seconds, args.mode == "invoke"))
-            cpu = gw.cpu_seconds() - cpu0
+            user1, sys1 = split_cpu(gw.pid)
             rec.wait(timeout=60)
+            per = 1000 / max(n, 1)
             print(
-                f"{n} calls in {args.seconds:g} s at concurrency {args.concurrency}: "
-                f"{n / args.seconds:.0f} calls/s, gateway CPU {1000 * cpu / max(n, 1):.2f} ms/call"
+                f"{n} calls in {args.seconds:g} s at concurrency {args.concurrency}: {n / args.seconds:.0f} calls/s, "
+                f"gateway CPU {per * (user1 + sys1 - user0 - sys0):.2f} ms/call "
+                f"(user {per * (user1 - user0):.2f}, kernel {per * (sys1 - sys0):.2f})"
             )
             print(report(raw, args.top, args.focus))
         finally:
