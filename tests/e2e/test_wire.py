@@ -217,8 +217,6 @@ async def test_upstream_jsonrpc_error_is_a_tool_error_under_invoke(tmp_path: Pat
 # ---- 4. deadline cancellation ----------------------------------------------------------------
 
 
-
-
 @pytest.mark.parametrize("client_era", CLIENT_ERAS)
 @pytest.mark.parametrize("transport", ["stdio", "http-sse", "http-json"])
 async def test_deadline_cancels_upstream_request_and_connection_keeps_working(
