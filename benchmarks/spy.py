@@ -23,7 +23,7 @@ from pathlib import Path
 import aiohttp
 
 from benchmarks.driver import PY, HttpClient, Proc
-from benchmarks.latency import fixture_argv, gateway_config
+from benchmarks.latency import ensure_baseline, fixture_argv, gateway_config
 
 
 def split_cpu(pid: int) -> tuple[float, float]:
@@ -32,6 +32,47 @@ def split_cpu(pid: int) -> tuple[float, float]:
         fields = f.read().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+PARTS: list[tuple[str, tuple[str, ...]]] = [
+    ("audit rows (hash chain, SQLite group commit)", ("toolcrib/gateway/audit/",)),
+    ("models (pydantic validation and dumps)", ("pydantic/", "pydantic_core/")),
+    (
+        "upstream edge (wire, back channel, aiohttp client)",
+        ("toolcrib/router/", "toolcrib/gateway/forward.py", "aiohttp/client", "aiohttp/connector.py", "mcp/client/"),
+    ),
+    (
+        "trust layers and pipeline (policy, validation, redaction, approvals)",
+        ("toolcrib/gateway/pipeline.py", "toolcrib/gateway/trust/", "toolcrib/gateway/approval.py", "jsonschema/"),
+    ),
+    ("client edge (aiohttp server, guard, /mcp)", ("toolcrib/gateway/edge/", "aiohttp/web", "aiohttp/http")),
+    ("MCP handlers (gateway/server.py, mrtr, tasks, relay)", ("toolcrib/gateway/",)),
+    ("SDK server kernel (serve_one)", ("mcp/server/", "mcp/shared/", "mcp_types/")),
+    ("anyio (tasks, cancel scopes, streams)", ("anyio/",)),
+]
+"""Each sample goes to the part of its deepest frame that names one (so a pydantic call made by the
+audit counts as pydantic, and the pipeline's own frames as the pipeline); the rest is the event loop."""
+
+
+def parts(raw: Path) -> str:
+    """The share of samples per part of the path (:data:`PARTS`), as markdown table rows."""
+    counts: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text(encoding="utf-8").splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        part = "event loop, sockets and the rest"
+        for frame in reversed(stack.split(";")):
+            function, _, where = frame.partition(" (")
+            if function in ("run", "AsyncIOBackend.run"):  # anyio.run at the root of every loop sample
+                continue
+            found = next((name for name, keys in PARTS if where.startswith(keys)), None)
+            if found is not None:
+                part = found
+                break
+        counts[part] += n
+    return "\n".join(f"| {part} | {100 * n / max(total, 1):.0f}% |" for part, n in counts.most_common())
 
 
 def report(raw: Path, top: int, focus: str | None) -> str:
@@ -85,6 +126,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--top", type=int, default=45)
     p.add_argument("--focus", help="show only inclusive rows containing this text")
+    p.add_argument("--baseline", metavar="REF", help="sample the gateway of commit REF instead (git archive)")
     p.add_argument("--raw", type=Path, help="keep py-spy's raw stacks here")
     args = p.parse_args()
     spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
@@ -100,7 +142,12 @@ def main() -> int:
             mode = "dispatcher" if args.mode == "invoke" else "passthrough"
             cfg = gateway_config(tmp, "spy", mode, "fast", args.transport, url)
             port = __import__("benchmarks.driver", fromlist=["free_port"]).free_port()
-            gw = Proc([PY, "-m", "benchmarks.gateway_proc", str(cfg), "--port", str(port)])
+            argv = [PY, "-m", "benchmarks.gateway_proc", str(cfg), "--port", str(port)]
+            if args.baseline:  # the gateway as an earlier commit built it
+                tree = ensure_baseline(args.baseline)
+                gw = Proc(argv, cwd=tree, env={"PYTHONPATH": str(tree)})
+            else:
+                gw = Proc(argv)
             procs.append(gw)
             gw_url = gw.wait_line("LISTENING ", timeout=120)
             asyncio.run(drive(gw_url, "up__echo", args.concurrency, 1.0, args.mode == "invoke"))  # warm up
@@ -136,6 +183,8 @@ def main() -> int:
                 f"(user {per * (user1 - user0):.2f}, kernel {per * (sys1 - sys0):.2f})"
             )
             print(report(raw, args.top, args.focus))
+            print("| part of the path | share of on-CPU samples |\n|---|---:|")
+            print(parts(raw))
         finally:
             for proc in reversed(procs):
                 proc.stop()
