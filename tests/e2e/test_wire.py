@@ -81,6 +81,9 @@ async def _seen(c: Client) -> dict[str, Any]:
 
 # ---- 1. exact numbers and text ---------------------------------------------------------------
 
+UPSTREAM_ERAS = [pytest.param((), id="upstream-2025-11-25"), pytest.param(("--modern",), id="upstream-2026-07-28")]
+"""The probe's own era: the wire frames both (a 2026-07-28 request with the SDK session's stamp)."""
+
 EXACT = {
     "big": 2**70,
     "negative_big": -(2**70),
@@ -92,12 +95,13 @@ EXACT = {
 }
 
 
+@pytest.mark.parametrize("upstream", UPSTREAM_ERAS)
 @pytest.mark.parametrize("client_era", CLIENT_ERAS)
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_big_integers_and_non_ascii_arrive_and_return_exactly(
-    gateway: GatewayFactory, transport: str, client_era: str
+    gateway: GatewayFactory, transport: str, client_era: str, upstream: tuple[str, ...]
 ) -> None:
-    async with probe_gateway(gateway, transport) as rt, Client(rt.url, mode=client_era) as c:
+    async with probe_gateway(gateway, transport, *upstream) as rt, Client(rt.url, mode=client_era) as c:
         result = await c.call_tool("wp__echo_args", EXACT)
         seen = _payload(result)
         assert _wire_id(seen["request_id"]), seen
@@ -151,17 +155,18 @@ async def test_upstream_answer_keeps_integers_beyond_64_bits(gateway: GatewayFac
 # ---- 2. progress -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("upstream", UPSTREAM_ERAS)
 @pytest.mark.parametrize("client_era", CLIENT_ERAS)
 @pytest.mark.parametrize("transport", ["stdio", "http-sse"])
 async def test_progress_reaches_the_asking_client_in_order_before_the_result(
-    gateway: GatewayFactory, transport: str, client_era: str
+    gateway: GatewayFactory, transport: str, client_era: str, upstream: tuple[str, ...]
 ) -> None:
     events: list[tuple[str, float, float | None, str | None]] = []
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         events.append(("progress", progress, total, message))
 
-    async with probe_gateway(gateway, transport) as rt, Client(rt.url, mode=client_era) as c:
+    async with probe_gateway(gateway, transport, *upstream) as rt, Client(rt.url, mode=client_era) as c:
         with anyio.fail_after(30):
             result = await c.call_tool("wp__progress", {"steps": 4}, progress_callback=on_progress)
         events.append(("result", 0, None, None))
@@ -186,12 +191,13 @@ ERROR_CODE = -32042
 ERROR_MESSAGE = "probe refused: ünïcode reason"
 
 
+@pytest.mark.parametrize("upstream", UPSTREAM_ERAS)
 @pytest.mark.parametrize("client_era", CLIENT_ERAS)
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_upstream_jsonrpc_error_reaches_a_passthrough_client_unchanged(
-    gateway: GatewayFactory, transport: str, client_era: str
+    gateway: GatewayFactory, transport: str, client_era: str, upstream: tuple[str, ...]
 ) -> None:
-    async with probe_gateway(gateway, transport) as rt, Client(rt.url, mode=client_era) as c:
+    async with probe_gateway(gateway, transport, *upstream) as rt, Client(rt.url, mode=client_era) as c:
         with pytest.raises(MCPError) as caught:
             await c.call_tool("wp__fail", {"code": ERROR_CODE, "message": ERROR_MESSAGE})
         assert caught.value.error.code == ERROR_CODE
@@ -291,14 +297,14 @@ async def test_structured_content_that_misses_its_output_schema_is_refused_as_on
 
 @pytest.mark.parametrize("transport", ["stdio", "http-json"])
 async def test_output_schema_outcomes_match_the_sdk_path(gateway: GatewayFactory, transport: str) -> None:
-    """The same probe on 2026-07-28 takes the SDK's ClientSession: the client sees the same thing."""
+    """The same probe in both eras (each framed by the wire): the client sees the same thing."""
     outcomes: dict[str, dict[str, Outcome]] = {}
-    for path, flags in (("wire", ()), ("sdk", ("--modern",))):
+    for era, flags in (("2025-11-25", ()), ("2026-07-28", ("--modern",))):
         async with probe_gateway(gateway, transport, *flags) as rt, Client(rt.url, mode="legacy") as c:
-            outcomes[path] = await _shaped(c)
+            outcomes[era] = await _shaped(c)
             request_id = _payload(await c.call_tool("wp__echo_args", {}))["request_id"]
-            assert _wire_id(request_id) is (path == "wire"), request_id
-    assert outcomes["wire"] == outcomes["sdk"] == SDK_PATH_OUTCOMES
+            assert _wire_id(request_id), request_id
+    assert outcomes["2025-11-25"] == outcomes["2026-07-28"] == SDK_PATH_OUTCOMES
 
 
 @pytest.mark.parametrize("transport", ["stdio", "http-json"])

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import mcp_types as types
 from mcp.client import Client
+from mcp.client.extension import UnexpectedClaimedResult
 from mcp.shared.exceptions import MCPError
 
 from toolcrib.errors import UpstreamError, UpstreamInvalidResult
@@ -108,22 +109,35 @@ def operation(call: UpstreamCall, retry: Retry | None, progress: Progress | None
     back as it is. Without, the SDK client answers any round through toolcrib's callbacks.
     """
     name, args = call.name, call.arguments
-    if retry is None:
-        if call.method == "tools/call":
+    if call.method == "tools/call":
+        # The first round (no inputResponses, no requestState) is framed by toolcrib: router/wire.py
+        first = retry is None or (retry.input_responses is None and retry.request_state is None)
 
-            async def call_tool(c: Client) -> Any:
-                wire = wire_of(c)  # a 2025-11-25 upstream: toolcrib frames the request itself
-                try:
-                    if wire is not None:
-                        return await wire.call_tool(c, name, args, progress)
+        async def call_tool(c: Client) -> Any:
+            wire = wire_of(c) if first else None
+            try:
+                if wire is not None:
+                    return await wire.call_tool(c, name, args, progress, drive=retry is None)
+                if retry is None:
                     return await c.call_tool(name, args, progress_callback=progress)
-                except RuntimeError as exc:  # the SDK's output-schema check (validate_tool_result)
-                    raise UpstreamInvalidResult(
-                        f"{call.server}: {name} answered with a result that breaks its declared contract "
-                        f"({str(exc).splitlines()[0][:200]}); the server is at fault, report it to its maintainers"
-                    ) from None
+                return await c.session.call_tool(
+                    name,
+                    args,
+                    progress_callback=progress,
+                    input_responses=retry.input_responses,
+                    request_state=retry.request_state,
+                    allow_input_required=True,
+                )
+            except UnexpectedClaimedResult:
+                raise  # a task (a RuntimeError too): the task relay's, gateway/tasks.py
+            except RuntimeError as exc:  # the SDK's output-schema check (validate_tool_result)
+                raise UpstreamInvalidResult(
+                    f"{call.server}: {name} answered with a result that breaks its declared contract "
+                    f"({str(exc).splitlines()[0][:200]}); the server is at fault, report it to its maintainers"
+                ) from None
 
-            return call_tool
+        return call_tool
+    if retry is None:
         if call.method == "prompts/get":
             return lambda c: c.get_prompt(name, args)
         return lambda c: c.read_resource(name, cache_mode="bypass")
@@ -131,15 +145,6 @@ def operation(call: UpstreamCall, retry: Retry | None, progress: Progress | None
 
     async def op(c: Client) -> Any:
         session = c.session
-        if call.method == "tools/call":
-            return await session.call_tool(
-                name,
-                args,
-                progress_callback=progress,
-                input_responses=responses,
-                request_state=state,
-                allow_input_required=True,
-            )
         if call.method == "prompts/get":
             return await session.get_prompt(
                 name, args, input_responses=responses, request_state=state, allow_input_required=True

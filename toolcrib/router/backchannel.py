@@ -120,7 +120,7 @@ class Backchannel:
         self._tg: anyio.abc.TaskGroup | None = None
         self._warned: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
-        self._wire: dict[RequestId, tuple[asyncio.Future[dict[str, Any]], str]] = {}
+        self._wire: dict[RequestId, tuple[asyncio.Future[dict[str, Any]], str, str | None]] = {}
         """toolcrib's own requests in flight (:mod:`toolcrib.router.wire`): answer future and method, by id."""
         self._progress: dict[RequestId, Callable[[float, float | None, str | None], Coroutine[Any, Any, None]]] = {}
         self.transport_write: Any = None
@@ -188,12 +188,14 @@ class Backchannel:
         rid: RequestId,
         method: str,
         progress: Callable[[float, float | None, str | None], Coroutine[Any, Any, None]] | None = None,
+        version: str | None = None,
     ) -> asyncio.Future[dict[str, Any]]:
         """Register request ``rid`` (about to be sent outside the SDK session) as the current call's;
         the future gets its result object, or raises :class:`MCPError` for its error answer.
-        ``progress`` receives the ``notifications/progress`` carrying ``rid`` as token."""
+        ``progress`` receives the ``notifications/progress`` carrying ``rid`` as token; ``version`` is
+        the 2026-07-28 revision the request names in its ``_meta`` (None for a session request)."""
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._wire[rid] = (fut, method)
+        self._wire[rid] = (fut, method, version)
         if progress is not None:
             self._progress[rid] = progress
         call = current_call.get()
@@ -210,7 +212,7 @@ class Backchannel:
         entry = self._wire.pop(rid, None)
         if entry is None:
             return False
-        fut, method = entry
+        fut, method, version = entry
         call = self._outbound.pop(rid, None)
         if call is not None:
             call.ids.discard(rid)
@@ -218,7 +220,7 @@ class Backchannel:
             return True
         result, error = message.get("result"), message.get("error")
         if isinstance(result, dict) and error is None:
-            fut.set_result(tolerate(method, None, result, upstream=self.upstream))
+            fut.set_result(tolerate(method, version, result, upstream=self.upstream))
         elif isinstance(error, dict) and isinstance(error.get("code"), int) and isinstance(error.get("message"), str):
             fut.set_exception(MCPError(code=error["code"], message=error["message"], data=error.get("data")))
         else:
@@ -238,7 +240,7 @@ class Backchannel:
     def _lose_wire(self) -> None:
         """The connection ended: every request of toolcrib's own still waiting fails as the SDK's do."""
         wire, self._wire = self._wire, {}
-        for fut, _ in wire.values():
+        for fut, _, _ in wire.values():
             if not fut.done():
                 fut.set_exception(MCPError(code=types.CONNECTION_CLOSED, message="Connection closed"))
 

@@ -142,15 +142,18 @@ class _Conn:
                 )
                 await self.fail(rid, types.CONNECTION_CLOSED, text)
 
-    async def exchange(self, rid: str, body: bytes, answer: Callable[[dict[str, Any]], bool]) -> None:
+    async def exchange(
+        self, rid: str, body: bytes, answer: Callable[[dict[str, Any]], bool], extra: Mapping[str, str] | None = None
+    ) -> None:
         """POST one request framed by toolcrib (:mod:`toolcrib.router.wire`) from the calling task.
 
         A JSON answer carrying ``rid`` is parsed once and given to ``answer``; anything else (an SSE
         stream, an HTTP error, a lost session, a failed connection) is delivered on the read stream
-        exactly as :meth:`post` delivers it, marked as related to ``rid``.
+        exactly as :meth:`post` delivers it, marked as related to ``rid``. ``extra``: the request's
+        own headers (a 2026-07-28 request's ``MCP-Protocol-Version``, ``Mcp-Method``, ``Mcp-Name``...).
         """
         try:
-            async with self.http.post(self.url, data=body, headers=self.headers()) as resp:
+            async with self.http.post(self.url, data=body, headers=self.headers(extra)) as resp:
                 if resp.status != 200 or not resp.headers.get("Content-Type", "").lower().startswith(
                     "application/json"
                 ):

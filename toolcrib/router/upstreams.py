@@ -218,8 +218,9 @@ class Upstream:
         self.state.error = None
         self.state.connects += 1
         self._client = client
-        if not self.state.modern:  # toolcrib frames this era's tools/call itself: router/wire.py
-            Wire(self._backchannel, self._backchannel.transport_write, self._conn).attach(client)
+        stamp = getattr(client.session, "_stamp", None) if self.state.modern else None  # the SDK's per-era stamp
+        if not self.state.modern or callable(stamp):  # toolcrib frames tools/call itself: router/wire.py
+            Wire(self._backchannel, self._backchannel.transport_write, self._conn, stamp).attach(client)
         self._optional.refused.clear()  # a restarted server may have gained them
         self._connected.set()
         self.attempted.set()

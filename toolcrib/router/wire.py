@@ -22,8 +22,13 @@ passes :func:`~toolcrib.router.tolerate.tolerate` and is validated once into a `
 (and against the tool's output schema, as the SDK client does); a ``resultType: "task"`` answer
 raises :class:`~mcp.client.extension.UnexpectedClaimedResult` as the SDK's claim does.
 
-Only 2025-11-25-era (handshake) upstreams get a :class:`Wire`: a 2026-07-28 request carries a
-per-request envelope and may answer ``input_required``, which the SDK client drives.
+A 2026-07-28 upstream's request carries its per-request envelope (``_meta`` protocol version,
+client info and capabilities, log level) and routing headers (``MCP-Protocol-Version``,
+``Mcp-Method``, ``Mcp-Name``, ``Mcp-Param-*``), stamped by the SDK session's own per-era stamp, so
+both paths send the same. Its rarer answers are finished by the SDK client: an ``input_required``
+round (SEP-2322) is driven by the client's input-request driver, whose retries go through the SDK
+session; a ``HEADER_MISMATCH`` (-32020) refusal, which the server sends before running anything,
+is retried through ``Client.call_tool`` (which re-lists the tool and resends once).
 """
 
 from __future__ import annotations
@@ -33,16 +38,19 @@ import itertools
 import json
 import weakref
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import mcp_types as types
 import orjson
 from mcp import Client
 from mcp.client.extension import UnexpectedClaimedResult
+from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
+from mcp_types.jsonrpc import HEADER_MISMATCH
 
 from toolcrib.router.task_claim import CreateTaskResult
+from toolcrib.router.tolerate import honest_capabilities, request_version
 
 if TYPE_CHECKING:
     from toolcrib.router.backchannel import Backchannel
@@ -66,11 +74,19 @@ def wire_of(client: Client) -> Wire | None:
 class Wire:
     """Direct ``tools/call`` requests on one upstream connection (see the module docstring)."""
 
-    def __init__(self, backchannel: Backchannel, write: Any, conn: _Conn | None = None) -> None:
+    def __init__(
+        self,
+        backchannel: Backchannel,
+        write: Any,
+        conn: _Conn | None = None,
+        stamp: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+    ) -> None:
         self._bc = backchannel
         self._write = write
         """The transport's own write stream (requests registered here, not by the recording wrapper)."""
         self._conn = conn
+        self._stamp = stamp
+        """The SDK session's per-era stamp of a 2026-07-28 connection (``_meta`` envelope, headers), else None."""
         self._ids = itertools.count(1)
 
     def attach(self, client: Client) -> None:
@@ -79,9 +95,17 @@ class Wire:
         _WIRES[key] = (weakref.ref(client, lambda _: _WIRES.pop(key, None)), self)
 
     async def call_tool(
-        self, client: Client, name: str, arguments: dict[str, Any], progress: Progress | None = None
-    ) -> types.CallToolResult:
-        """``tools/call`` ``name`` with ``arguments``; the validated result.
+        self,
+        client: Client,
+        name: str,
+        arguments: dict[str, Any],
+        progress: Progress | None = None,
+        *,
+        drive: bool = True,
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        """``tools/call`` ``name`` with ``arguments``; the validated result. With ``drive`` an
+        ``input_required`` answer is finished by the SDK client's driver (as ``Client.call_tool``);
+        without, it is returned (as ``ClientSession.call_tool(allow_input_required=True)``).
 
         Raises :class:`~mcp.shared.exceptions.MCPError` for the upstream's JSON-RPC error (and
         ``CONNECTION_CLOSED`` when the connection or session is lost, as the SDK does),
@@ -89,10 +113,50 @@ class Wire:
         result that is not a ``CallToolResult``, ``RuntimeError`` for structured content that does
         not fit the tool's output schema.
         """
-        raw = await self.request("tools/call", {"name": name, "arguments": arguments}, progress)
-        if raw.get("resultType") == "task":
+        try:
+            raw = await self.request("tools/call", {"name": name, "arguments": arguments}, progress)
+        except MCPError as exc:
+            if exc.error.code != HEADER_MISMATCH or self._stamp is None:
+                raise
+            # Refused before anything ran: resent the SDK's way (Client.call_tool re-lists the tool first).
+            if drive:
+                return await client.call_tool(name, arguments, progress_callback=cast(Any, progress))
+            return await client.session.call_tool(
+                name, arguments, progress_callback=cast(Any, progress), allow_input_required=True
+            )
+        kind = raw.get("resultType")
+        if kind == "task":
             raise UnexpectedClaimedResult(CreateTaskResult.model_validate(raw, by_name=False))
+        if kind == "input_required":
+            if not drive:
+                return types.InputRequiredResult.model_validate(raw, by_name=False)
+            if self._stamp is not None:
+                return await self._drive(client, name, arguments, progress, raw)
         result = types.CallToolResult.model_validate(raw, by_name=False)
+        if not result.is_error:
+            await client.session.validate_tool_result(name, result)
+        return result
+
+    async def _drive(
+        self, client: Client, name: str, arguments: dict[str, Any], progress: Progress | None, raw: dict[str, Any]
+    ) -> types.CallToolResult:
+        """Finish a call whose first round answered ``input_required`` as ``Client.call_tool`` does."""
+        first = types.InputRequiredResult.model_validate(raw, by_name=False)
+
+        async def retry(responses: Any, state: str | None) -> Any:
+            return await client.session.call_tool(
+                name,
+                arguments,
+                progress_callback=cast(Any, progress),
+                input_responses=responses,
+                request_state=state,
+                allow_input_required=True,
+                allow_claimed=True,
+            )
+
+        result = await client._drive_input_required(first, retry)
+        if not isinstance(result, types.CallToolResult):
+            raise UnexpectedClaimedResult(result)
         if not result.is_error:
             await client.session.validate_tool_result(name, result)
         return result
@@ -100,15 +164,22 @@ class Wire:
     async def request(self, method: str, params: dict[str, Any], progress: Progress | None = None) -> dict[str, Any]:
         """Send one request and return its result object (wire form, tolerated)."""
         rid = f"tc-{next(self._ids)}"
+        headers: dict[str, str] | None = None
+        if self._stamp is not None:
+            data: dict[str, Any] = {"method": method, "params": dict(params)}
+            opts: dict[str, Any] = {}
+            self._stamp(data, opts)
+            # declared capabilities made true, as on every request the SDK writes (backchannel._RecordedWrite)
+            params, headers = honest_capabilities(data["params"]) or {}, opts.get("headers")
         if progress is not None:
             params = {**params, "_meta": {**(params.get("_meta") or {}), "progressToken": rid}}
-        answer = self._bc.expect(rid, method, progress)
+        answer = self._bc.expect(rid, method, progress, request_version(params))
         sent = False
         try:
             if self._conn is not None:
                 body = dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
                 sent = True
-                await self._conn.exchange(rid, body, self._bc.answer)
+                await self._conn.exchange(rid, body, self._bc.answer, headers)
             else:
                 message = types.JSONRPCRequest(jsonrpc="2.0", id=rid, method=method, params=params)
                 sent = True
