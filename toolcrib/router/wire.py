@@ -182,8 +182,12 @@ class Wire:
                 await self._conn.exchange(rid, body, self._bc.answer, headers)
             else:
                 message = types.JSONRPCRequest(jsonrpc="2.0", id=rid, method=method, params=params)
-                sent = True
-                await self._write.send(SessionMessage(message))
+                sent = True  # a started write counts as issued (it may have been delivered when cancelled)
+                try:
+                    await self._write.send(SessionMessage(message))
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    # the transport is gone (a child that died): the SDK's contract for a closed connection
+                    raise MCPError(code=types.CONNECTION_CLOSED, message="Connection closed") from None
             return await answer
         except BaseException:
             # Cancelled while waiting, asyncio cancels the awaited future too: unanswered all the same.
