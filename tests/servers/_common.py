@@ -15,7 +15,7 @@ import json
 import socket
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import anyio
@@ -155,8 +155,9 @@ async def serve_stdio(server: Server[Any], *, legacy: bool = False) -> None:
             tg.cancel_scope.cancel()
 
 
-def refuse_discover_asgi(app: ASGIApp) -> ASGIApp:
-    """ASGI wrapper answering a POSTed `server/discover` with a JSON-RPC -32601 error."""
+def posted_body_asgi(app: ASGIApp, on_body: Callable[[bytes, Send], Awaitable[bool]]) -> ASGIApp:
+    """ASGI wrapper that reads a POST's whole body and shows it to ``on_body(body, send)`` first:
+    when that returns True it has answered the request itself; else the body is replayed to ``app``."""
 
     async def wrapper(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -171,16 +172,7 @@ def refuse_discover_asgi(app: ASGIApp) -> ASGIApp:
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict) and parsed.get("method") == "server/discover" and "id" in parsed:
-            error = {"code": METHOD_NOT_FOUND, "message": DISCOVER_REFUSAL}
-            payload = json.dumps({"jsonrpc": "2.0", "id": parsed["id"], "error": error}).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": payload})
+        if await on_body(body, send):
             return
         replayed = False
 
@@ -194,6 +186,26 @@ def refuse_discover_asgi(app: ASGIApp) -> ASGIApp:
         await app(scope, replay, send)
 
     return wrapper
+
+
+def refuse_discover_asgi(app: ASGIApp) -> ASGIApp:
+    """ASGI wrapper answering a POSTed `server/discover` with a JSON-RPC -32601 error."""
+
+    async def refuse(body: bytes, send: Send) -> bool:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        if not (isinstance(parsed, dict) and parsed.get("method") == "server/discover" and "id" in parsed):
+            return False
+        error = {"code": METHOD_NOT_FOUND, "message": DISCOVER_REFUSAL}
+        payload = json.dumps({"jsonrpc": "2.0", "id": parsed["id"], "error": error}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+        return True
+
+    return posted_body_asgi(app, refuse)
 
 
 async def serve_http(server: Server[Any], port: int, *, json_response: bool = False, legacy: bool = False) -> None:

@@ -44,13 +44,14 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Send
 
 from tests.servers._common import (
     DISCOVER_REFUSAL,
     FixtureServer,
     InMemoryEventStore,
     _serve_asgi,
+    posted_body_asgi,
     refuse_discover_asgi,
 )
 
@@ -215,33 +216,12 @@ async def serve_stdio(*, modern: bool) -> None:
 def tap_asgi(app: ASGIApp) -> ASGIApp:
     """ASGI wrapper recording every POSTed ``notifications/cancelled`` (the body is replayed to ``app``)."""
 
-    async def wrapper(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await app(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
+    async def note(body: bytes, send: Send) -> bool:
         with contextlib.suppress(ValueError):
             _note_cancel(json.loads(body))
-        replayed = False
+        return False
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await app(scope, replay, send)
-
-    return wrapper
+    return posted_body_asgi(app, note)
 
 
 async def serve_http(port: int, *, json_response: bool, modern: bool) -> None:
