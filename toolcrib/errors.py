@@ -100,3 +100,7 @@ class ApprovalPending(ToolcribError):
 
 class AuditError(ToolcribError):
     """The audit log could not be written, or failed verification."""
+
+
+class AuditBusy(AuditError):
+    """Another writer holds the audit database's write lock right now (SQLite busy); try again."""

@@ -155,11 +155,6 @@ async def _progress(progress: float, total: float | None, message: str | None) -
     return None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backchannel._wire_progress: float(10**400) raises OverflowError in the read path; the "
-    "connection is torn down (every call on the upstream fails) instead of the note being dropped",
-)
 @pytest.mark.parametrize("tool", ["progress_overflow", "total_overflow"])
 async def test_progress_with_an_integer_beyond_float_range_is_dropped(gateway: GatewayFactory, tool: str) -> None:
     async with attack_gateway(gateway) as rt, Client(rt.url, mode="legacy") as c:
@@ -221,12 +216,6 @@ async def test_unparsable_answers_end_at_the_deadline_as_tool_errors(gateway: Ga
         await _still_works(c)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wire.Wire.call_tool: CallToolResult.model_validate raises pydantic.ValidationError, which "
-    "forward.operation does not catch (RuntimeError only); the SDK server maps it to -32602 'Invalid "
-    "request parameters', blaming the client for the upstream's malformed result",
-)
 async def test_a_result_that_is_not_a_call_tool_result_is_a_tool_error(gateway: GatewayFactory) -> None:
     async with attack_gateway(gateway) as rt, Client(rt.url, mode="legacy") as c:
         outcome = await _outcome(c, "bad_shape")
@@ -234,12 +223,6 @@ async def test_a_result_that_is_not_a_call_tool_result_is_a_tool_error(gateway: 
         await _still_works(c)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="audit/writer.py: the group commit runs on the event loop; BEGIN IMMEDIATE waits on another "
-    "writer's lock (busy_timeout 5 s, e.g. `toolcrib audit prune`) with the loop blocked, freezing "
-    "every client and upstream of the gateway",
-)
 async def test_a_locked_audit_log_does_not_freeze_the_event_loop(gateway: GatewayFactory, tmp_path: Path) -> None:
     hold = 3.0
     async with attack_gateway(gateway) as rt, Client(rt.url, mode="legacy") as c:

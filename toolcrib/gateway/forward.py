@@ -25,6 +25,7 @@ import mcp_types as types
 from mcp.client import Client
 from mcp.client.extension import UnexpectedClaimedResult
 from mcp.shared.exceptions import MCPError
+from pydantic import ValidationError
 
 from toolcrib.errors import UpstreamError, UpstreamInvalidResult
 from toolcrib.gateway.mrtr import INPUT_METHODS, Mrtr, MrtrRefusal, Op, Progress, Retry
@@ -130,10 +131,10 @@ def operation(call: UpstreamCall, retry: Retry | None, progress: Progress | None
                 )
             except UnexpectedClaimedResult:
                 raise  # a task (a RuntimeError too): the task relay's, gateway/tasks.py
-            except RuntimeError as exc:  # the SDK's output-schema check (validate_tool_result)
+            except (RuntimeError, ValidationError) as exc:  # not a CallToolResult, or breaks its output schema
                 raise UpstreamInvalidResult(
                     f"{call.server}: {name} answered with a result that breaks its declared contract "
-                    f"({str(exc).splitlines()[0][:200]}); the server is at fault, report it to its maintainers"
+                    f"({_first_line(exc)}); the server is at fault, report it to its maintainers"
                 ) from None
 
         return call_tool
@@ -154,6 +155,15 @@ def operation(call: UpstreamCall, retry: Retry | None, progress: Progress | None
         )
 
     return op
+
+
+def _first_line(exc: Exception) -> str:
+    """What went wrong, in at most 200 characters of one line (a pydantic error names the first field)."""
+    if isinstance(exc, ValidationError) and exc.errors():
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(result)"
+        return f"{where}: {first['msg']}"[:200]
+    return (str(exc).splitlines() or [""])[0][:200]
 
 
 RESOURCE_NOT_FOUND_2025 = -32002

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -245,19 +246,17 @@ class Backchannel:
                 fut.set_exception(MCPError(code=types.CONNECTION_CLOSED, message="Connection closed"))
 
     def _wire_progress(self, params: Any) -> bool:
+        """Deliver a ``notifications/progress`` for one of toolcrib's own requests; True when it was
+        one (consumed, delivered or, when malformed, dropped)."""
         token = params.get("progressToken") if isinstance(params, dict) else None
         callback = self._progress.get(token) if isinstance(token, str | int) else None
-        progress = params.get("progress") if callback is not None else None
         if callback is None or self._tg is None:
             return False
-        if isinstance(progress, int | float) and not isinstance(progress, bool):
-            total, message = params.get("total"), params.get("message")
-            self._tg.start_soon(
-                callback,
-                float(progress),
-                float(total) if isinstance(total, int | float) and not isinstance(total, bool) else None,
-                message if isinstance(message, str) else None,
-            )
+        progress, total, message = _number(params.get("progress")), params.get("total"), params.get("message")
+        if progress is None or (total is not None and _number(total) is None):
+            log.debug("upstream %s: dropped a progress notification with a malformed number", self.upstream)
+            return True
+        self._tg.start_soon(callback, progress, _number(total), message if isinstance(message, str) else None)
         return True
 
     # ---- read side ---------------------------------------------------------------------------
@@ -398,6 +397,17 @@ class Backchannel:
     async def roots(self, context: Any) -> Any:
         """SDK ``list_roots_callback``: ask the call's client; an ``ErrorData`` if there is none."""
         return await self._relay(context, "roots request", lambda c: c.list_roots(), types.ListRootsResult)
+
+
+def _number(value: Any) -> float | None:
+    """A JSON number as a finite float, or None (not a number, a boolean, or beyond a float's range)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 async def _pump(

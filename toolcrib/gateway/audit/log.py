@@ -39,7 +39,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from toolcrib.errors import AuditError
+from toolcrib.errors import AuditBusy, AuditError
 from toolcrib.gateway.audit.anchor import Anchor
 from toolcrib.gateway.audit.events import AuditEvent, AuditSink, Kind, Outcome, auth_refused
 from toolcrib.gateway.audit.keys import (
@@ -67,6 +67,9 @@ from toolcrib.gateway.audit.verify import VerifyReport, verify
 
 if TYPE_CHECKING:
     from toolcrib.gateway.trust.secrets import Redactor
+
+BUSY_TIMEOUT_MS = 5000
+"""How long a write waits for another writer's lock (SQLite ``busy_timeout``) before failing."""
 
 __all__ = [
     "COLUMNS",
@@ -125,7 +128,7 @@ class SqliteAuditLog:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._db.execute("PRAGMA wal_autocheckpoint=10000")
             upgraded = migrate(self._db) if create else False
             self.schema = version(self._db)
@@ -183,13 +186,23 @@ class SqliteAuditLog:
         """Record ``event``; return its sequence number. Raises :class:`AuditError` when unwritable."""
         return self.append_many([event])[0]
 
-    def append_many(self, events: Sequence[AuditEvent]) -> list[int]:
-        """Record several events in one transaction (group commit); return their sequence numbers."""
+    def append_many(self, events: Sequence[AuditEvent], *, wait: bool = True) -> list[int]:
+        """Record several events in one transaction (group commit); return their sequence numbers.
+
+        With ``wait`` False, a write lock held by another connection (another process appending,
+        ``toolcrib audit prune``) raises :class:`AuditBusy` at once instead of waiting up to
+        ``busy_timeout`` (5 s): the caller can then wait somewhere that blocks nobody."""
         rows = [self._row(event) for event in events]
         if not rows:
             return []
         with self._lock:
-            return self._append_locked(events, rows)
+            if wait:
+                return self._append_locked(events, rows)
+            self._db.execute("PRAGMA busy_timeout=0")
+            try:
+                return self._append_locked(events, rows)
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def _append_locked(
         self, events: Sequence[AuditEvent], rows: list[dict[str, Any]] | None = None, *, anchor_note: bool = False
@@ -210,6 +223,8 @@ class SqliteAuditLog:
                 self._db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise AuditBusy(f"the audit log {self.path} is locked by another writer ({exc})") from None
             raise AuditError(f"cannot write the audit log {self.path} ({exc}); check the disk") from None
         lost = self._anchor.write(rows[-1]["seq"], rows[-1]["hash"])
         if lost and start[0] and self._hmac_key is not None and not anchor_note:

@@ -13,9 +13,12 @@ transaction per batch:
 
 The write runs on the loop's own thread: with WAL and ``synchronous=NORMAL`` a commit is a few
 ``write`` calls and no ``fsync`` (about 50 us for a small batch here), cheaper than handing rows to
-a thread and waking the loop back (two context switches and the GIL per call). Called outside the
-loop's thread (or with no loop running), :meth:`submit` hands the row to the loop, or writes it at
-once when there is none. :meth:`close` flushes what is left.
+a thread and waking the loop back (two context switches and the GIL per call). It never waits for a
+lock there: when another writer holds the database (another process, ``toolcrib audit prune``) the
+batch goes to a worker thread, which waits up to the log's ``busy_timeout``, and later batches queue
+behind it so the chain keeps its order; the loop serves everything else meanwhile. Called outside
+the loop's thread (or with no loop running), :meth:`submit` hands the row to the loop, or writes it
+at once when there is none. :meth:`close` flushes what is left.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import asyncio
 import logging
 import threading
 
-from toolcrib.errors import AuditError
+from toolcrib.errors import AuditBusy, AuditError
 from toolcrib.gateway.audit.log import AuditEvent, SqliteAuditLog
 
 log = logging.getLogger("toolcrib.audit")
@@ -47,6 +50,8 @@ class AuditWriter:
         self._thread = threading.get_ident()
         self._now: asyncio.Handle | None = None
         self._later: asyncio.TimerHandle | None = None
+        self._offloop = False
+        """A batch is being written by a worker thread (the database was locked): later ones wait."""
         self._closed = False
 
     async def append(self, event: AuditEvent) -> int:
@@ -89,9 +94,12 @@ class AuditWriter:
             self._later = loop.call_later(LINGER, self._flush)
 
     def close(self) -> None:
-        """Flush every queued event; later appends are refused and later submits logged and dropped."""
+        """Flush every queued event (waiting for the lock if another writer holds it); later appends
+        are refused and later submits logged and dropped."""
         if self._closed:
             return
+        self._loop = None  # from here on a batch waits for the lock where it is: nothing else is served
+        self._offloop = False
         self._flush()
         self._closed = True
 
@@ -108,21 +116,43 @@ class AuditWriter:
         if self._later is not None:
             self._later.cancel()
             self._later = None
-        while self._batch:
+        while self._batch and not self._offloop:
             batch, self._batch = self._batch[:MAX_BATCH], self._batch[MAX_BATCH:]
-            self._write(batch)
+            events = [event for event, _ in batch]
+            try:
+                seqs: list[int | None] = list(self.sink.append_many(events, wait=self._loop is None))
+            except AuditBusy:
+                self._offload(batch)
+            except Exception as exc:  # reported to every waiter; queued-only rows are logged
+                self._settle(batch, None, exc)
+            else:
+                self._settle(batch, seqs, None)
 
-    def _write(self, batch: list[_Item]) -> None:
-        try:
-            seqs: list[int | None] = list(self.sink.append_many([event for event, _ in batch]))
-            error: BaseException | None = None
-        except Exception as exc:  # reported to every waiter; queued-only rows are logged
-            seqs, error = [None] * len(batch), exc
-            log.error("audit write failed for %d events: %s", len(batch), exc)
-        for (_, fut), seq in zip(batch, seqs, strict=True):
+    def _offload(self, batch: list[_Item]) -> None:
+        """Write ``batch`` in a worker thread that may wait for the lock; flush the rest after it."""
+        loop = self._loop
+        assert loop is not None
+        self._offloop = True
+        events = [event for event, _ in batch]
+        done = loop.run_in_executor(None, lambda: self.sink.append_many(events))
+
+        def finished(fut: asyncio.Future[list[int]]) -> None:
+            self._offloop = False
+            error = fut.exception()
+            self._settle(batch, None if error else list(fut.result()), error)
+            if self._batch and not self._closed:
+                self._flush()
+
+        done.add_done_callback(finished)
+
+    def _settle(self, batch: list[_Item], seqs: list[int | None] | None, error: BaseException | None) -> None:
+        if error is not None:
+            log.error("audit write failed for %d events: %s", len(batch), error)
+        for i, (_, fut) in enumerate(batch):
             if fut is None or fut.done():
                 continue
-            if error is not None:
-                fut.set_exception(error)
+            if error is not None or seqs is None:
+                fut.set_exception(error or AuditError("the audit write failed"))
             else:
+                seq = seqs[i]
                 fut.set_result(seq if seq is not None else 0)
