@@ -175,10 +175,7 @@ class Backchannel:
             self._pending[message.id] = (message.method, request_version(message.params))
             if len(self._pending) > PENDING_LIMIT:
                 del self._pending[next(iter(self._pending))]
-            call = current_call.get()
-            if call is not None and call in self._calls:
-                self._outbound[message.id] = call
-                call.ids.add(message.id)
+            self._claim(message.id)
         elif isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and message.id is not None:
             self._inbound.pop(message.id, None)
 
@@ -199,11 +196,21 @@ class Backchannel:
         self._wire[rid] = (fut, method, version)
         if progress is not None:
             self._progress[rid] = progress
+        self._claim(rid)
+        return fut
+
+    def _claim(self, rid: RequestId) -> None:
+        """Request ``rid`` is the current call's (if a client call is in flight): what it causes is routed there."""
         call = current_call.get()
         if call is not None and call in self._calls:
             self._outbound[rid] = call
             call.ids.add(rid)
-        return fut
+
+    def _release(self, rid: RequestId) -> None:
+        """Request ``rid`` is answered or over: it no longer names its call."""
+        call = self._outbound.pop(rid, None)
+        if call is not None:
+            call.ids.discard(rid)
 
     def answer(self, message: dict[str, Any]) -> bool:
         """Settle the request a wire-form JSON-RPC answer is for; False when it is not one of ours."""
@@ -214,9 +221,7 @@ class Backchannel:
         if entry is None:
             return False
         fut, method, version = entry
-        call = self._outbound.pop(rid, None)
-        if call is not None:
-            call.ids.discard(rid)
+        self._release(rid)
         if fut.done():
             return True
         result, error = message.get("result"), message.get("error")
@@ -234,9 +239,7 @@ class Backchannel:
         """The request ``rid`` is over (answered, abandoned or failed): drop what was kept for it."""
         self._wire.pop(rid, None)
         self._progress.pop(rid, None)
-        call = self._outbound.pop(rid, None)
-        if call is not None:
-            call.ids.discard(rid)
+        self._release(rid)
 
     def _lose_wire(self) -> None:
         """The connection ended: every request of toolcrib's own still waiting fails as the SDK's do."""
@@ -267,7 +270,11 @@ class Backchannel:
         message = item.message
         related = item.metadata.related_request_id if isinstance(item.metadata, ServerMessageMetadata) else None
         if self._wire and isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and message.id in self._wire:
-            return not self.answer(message.model_dump(by_alias=True, exclude_none=True))
+            if isinstance(message, types.JSONRPCResponse):  # already parsed: only the error needs its wire form
+                return not self.answer({"id": message.id, "result": message.result})
+            return not self.answer(
+                {"id": message.id, "error": message.error.model_dump(by_alias=True, exclude_none=True)}
+            )
         if (
             self._progress
             and isinstance(message, types.JSONRPCNotification)
@@ -279,9 +286,8 @@ class Backchannel:
             sent = self._pending.pop(message.id, None) if message.id is not None else None
             if sent is not None and isinstance(message, types.JSONRPCResponse):
                 message.result = tolerate(sent[0], sent[1], message.result, upstream=self.upstream)
-            call = self._outbound.pop(message.id, None) if message.id is not None else None
-            if call is not None:
-                call.ids.discard(message.id)
+            if message.id is not None:
+                self._release(message.id)
         elif isinstance(message, types.JSONRPCRequest) and message.method in RELAYED:
             call, why = self._origin(related)
             if call is not None and call.caller is None:

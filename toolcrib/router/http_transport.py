@@ -136,11 +136,7 @@ class _Conn:
                 await self._answer(resp, rid)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             if rid is not None:
-                reason = connect_reason(exc)
-                text = (
-                    f"HTTP request to the server failed: {exc}" if reason is None else cannot_connect(self.url, reason)
-                )
-                await self.fail(rid, types.CONNECTION_CLOSED, text)
+                await self._unreachable(rid, exc)
 
     async def exchange(
         self, rid: str, body: bytes, answer: Callable[[dict[str, Any]], bool], extra: Mapping[str, str] | None = None
@@ -170,9 +166,13 @@ class _Conn:
                 else:
                     await self.fail(rid, types.INVALID_REQUEST, "the server answered with another request's id")
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            reason = connect_reason(exc)
-            text = f"HTTP request to the server failed: {exc}" if reason is None else cannot_connect(self.url, reason)
-            await self.fail(rid, types.CONNECTION_CLOSED, text)
+            await self._unreachable(rid, exc)
+
+    async def _unreachable(self, rid: Any, exc: BaseException) -> None:
+        """Fail request ``rid`` whose POST could not be made or read (``CONNECTION_CLOSED``, one line why)."""
+        reason = connect_reason(exc)
+        text = f"HTTP request to the server failed: {exc}" if reason is None else cannot_connect(self.url, reason)
+        await self.fail(rid, types.CONNECTION_CLOSED, text)
 
     async def _answer(self, resp: aiohttp.ClientResponse, rid: Any) -> None:
         ctype = resp.headers.get("Content-Type", "").lower()

@@ -122,18 +122,17 @@ class AuditWriter:
             try:
                 seqs: list[int | None] = list(self.sink.append_many(events, wait=self._loop is None))
             except AuditBusy:
-                self._offload(batch)
+                self._offload(batch, events)
             except Exception as exc:  # reported to every waiter; queued-only rows are logged
                 self._settle(batch, None, exc)
             else:
                 self._settle(batch, seqs, None)
 
-    def _offload(self, batch: list[_Item]) -> None:
-        """Write ``batch`` in a worker thread that may wait for the lock; flush the rest after it."""
+    def _offload(self, batch: list[_Item], events: list[AuditEvent]) -> None:
+        """Write ``batch`` (its ``events``) in a worker thread that may wait for the lock; flush the rest after it."""
         loop = self._loop
         assert loop is not None
         self._offloop = True
-        events = [event for event, _ in batch]
         done = loop.run_in_executor(None, lambda: self.sink.append_many(events))
 
         def finished(fut: asyncio.Future[list[int]]) -> None:
