@@ -130,27 +130,31 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
 DISCOVER_REFUSAL = "Method not found: server/discover (this server speaks the handshake era only)"
 
 
-async def serve_stdio(server: Server[Any], *, legacy: bool = False) -> None:
+async def serve_stdio(server: Server[Any], *, legacy: bool = False, watch: Callable[[Any], None] | None = None) -> None:
+    """``server`` on stdin/stdout; ``legacy`` refuses ``server/discover`` (handshake era only);
+    ``watch`` sees every incoming JSON-RPC message first (None for a transport error item)."""
     async with stdio_server() as (read_stream, write_stream):
-        if not legacy:
+        if not legacy and watch is None:
             await server.run(read_stream, write_stream, server.create_initialization_options())
             return
         # The dual-era loop lets the first request pick the era; refusing server/discover
         # before the loop sees it makes `initialize` the first request it gets.
         send, receive = anyio.create_memory_object_stream[SessionMessage | Exception](16)
 
-        async def refuse_discover() -> None:
+        async def screen() -> None:
             async with send:
                 async for item in read_stream:
                     message = item.message if isinstance(item, SessionMessage) else None
-                    if isinstance(message, JSONRPCRequest) and message.method == "server/discover":
+                    if watch is not None:
+                        watch(message)
+                    if legacy and isinstance(message, JSONRPCRequest) and message.method == "server/discover":
                         error = ErrorData(code=METHOD_NOT_FOUND, message=DISCOVER_REFUSAL)
                         await write_stream.send(SessionMessage(JSONRPCError(jsonrpc="2.0", id=message.id, error=error)))
                     else:
                         await send.send(item)
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(refuse_discover)
+            tg.start_soon(screen)
             await server.run(receive, write_stream, server.create_initialization_options())
             tg.cancel_scope.cancel()
 

@@ -40,19 +40,17 @@ from typing import Any
 import anyio
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
-from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
-from mcp.shared.message import SessionMessage
-from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND
+from mcp_types import INVALID_PARAMS
 from starlette.types import ASGIApp, Send
 
 from tests.servers._common import (
-    DISCOVER_REFUSAL,
     FixtureServer,
     InMemoryEventStore,
     _serve_asgi,
     posted_body_asgi,
     refuse_discover_asgi,
+    serve_stdio,
 )
 
 _sleeps: dict[str, Any] = {}
@@ -190,29 +188,6 @@ async def list_tools(
 server = FixtureServer("toolcrib-wire-probe", version="1.0.0", on_list_tools=list_tools, on_call_tool=call_tool)
 
 
-async def serve_stdio(*, modern: bool) -> None:
-    """stdio; each message is looked at first: cancellations recorded, ``server/discover`` refused unless ``modern``."""
-    async with stdio_server() as (read_stream, write_stream):
-        send, receive = anyio.create_memory_object_stream[SessionMessage | Exception](16)
-
-        async def tap() -> None:
-            async with send:
-                async for item in read_stream:
-                    message = item.message if isinstance(item, SessionMessage) else None
-                    _note_cancel(message)
-                    if not modern and isinstance(message, types.JSONRPCRequest) and message.method == "server/discover":
-                        error = types.ErrorData(code=METHOD_NOT_FOUND, message=DISCOVER_REFUSAL)
-                        refusal = types.JSONRPCError(jsonrpc="2.0", id=message.id, error=error)
-                        await write_stream.send(SessionMessage(refusal))
-                    else:
-                        await send.send(item)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(tap)
-            await server.run(receive, write_stream, server.create_initialization_options())
-            tg.cancel_scope.cancel()
-
-
 def tap_asgi(app: ASGIApp) -> ASGIApp:
     """ASGI wrapper recording every POSTed ``notifications/cancelled`` (the body is replayed to ``app``)."""
 
@@ -240,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.http is None:
-            anyio.run(lambda: serve_stdio(modern=args.modern))
+            anyio.run(lambda: serve_stdio(server, legacy=not args.modern, watch=_note_cancel))
         else:
             anyio.run(lambda: serve_http(args.http, json_response=args.json_response, modern=args.modern))
     except KeyboardInterrupt:
