@@ -18,7 +18,8 @@ that line (never a traceback) and exits with :attr:`ToolcribError.exit_code`.
     ├── AuthError              the caller is not authenticated (HTTP 401)
     ├── Forbidden              authenticated, but not allowed (HTTP 403 / policy deny)
     ├── ApprovalPending        the call waits for an operator's approval
-    └── AuditError             the audit log cannot be written or failed verification
+    ├── AuditError             the audit log cannot be written or failed verification
+    └── StorageError           the shared database ([storage] url) is unreachable or refuses us
 """
 
 from __future__ import annotations
@@ -104,3 +105,10 @@ class AuditError(ToolcribError):
 
 class AuditBusy(AuditError):
     """Another writer holds the audit database's write lock right now (SQLite busy); try again."""
+
+
+class StorageError(ToolcribError):
+    """The shared database (``[storage] url``, PostgreSQL) is unreachable, refuses us, or its schema
+    is newer than this toolcrib."""
+
+    exit_code = 3

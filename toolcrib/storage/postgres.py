@@ -1,0 +1,228 @@
+"""PostgreSQL access for every store: a connection pool, NOTIFY, and one LISTEN connection.
+
+:class:`Database` is synchronous (psycopg 3 with ``psycopg_pool``): the CLI calls it directly and the
+gateway calls it from worker threads (``anyio.to_thread``), as it does with SQLite, so no store has
+two implementations of its logic. :class:`Listener` is the gateway's one asynchronous connection:
+it ``LISTEN``\\s on the channels stores subscribed to and calls their handlers on the event loop; a
+lost connection is re-established with back-off, and every handler's ``on_reconnect`` runs then,
+because notifications sent while it was away are lost (PostgreSQL does not queue them).
+
+Channels (``NOTIFY`` payloads are at most 8000 bytes): see :data:`CHANNELS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from toolcrib.errors import StorageError
+
+log = logging.getLogger("toolcrib.storage")
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # its per-attempt warnings span lines; ours say it once
+
+CHANNELS = {
+    "toolcrib_approvals": "an approval was decided; payload: its id",
+    "toolcrib_documents": "a shared document changed (API keys, pins); payload: its name",
+    "toolcrib_sessions": "a message for a 2025-11-25 session's GET stream; payload: JSON {session, message}",
+}
+"""Every channel toolcrib uses, with what its payload is."""
+
+Handler = Callable[[str], Awaitable[None] | None]
+
+
+def describe(url: str) -> str:
+    """``url`` without credentials, for messages and logs (``postgresql://user@host:port/db``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{parts.username + '@' if parts.username else ''}{host}{f':{parts.port}' if parts.port else ''}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class Database:
+    """A pool of synchronous connections to one PostgreSQL database (autocommit; use
+    :meth:`transaction` for several statements). ``password`` is the resolved secret (never part of
+    ``url``). Raises :class:`StorageError` (one line, with what to do) when the server is unreachable
+    or refuses us; never a driver traceback."""
+
+    def __init__(
+        self, url: str, *, password: str | None = None, pool_size: int = 4, connect_timeout: float = 10.0
+    ) -> None:
+        self.url = url
+        self.where = describe(url)
+        self._kwargs: dict[str, Any] = {"autocommit": True, "application_name": "toolcrib"}
+        if password is not None:
+            self._kwargs["password"] = password
+        self.connect_timeout = connect_timeout
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs=self._kwargs,
+            open=False,
+            timeout=connect_timeout,
+            name="toolcrib",
+        )
+        self._opened = False
+
+    def open(self) -> Database:
+        """Connect (waiting up to ``connect_timeout`` seconds for the first connection)."""
+        if not self._opened:
+            try:  # one direct attempt first: its error says why (refused, bad password, no database)
+                psycopg.connect(self.url, connect_timeout=max(1, int(self.connect_timeout)), **self._kwargs).close()
+            except psycopg.Error as exc:
+                raise StorageError(self._unreachable(exc)) from None
+            try:
+                self._pool.open(wait=True, timeout=self.connect_timeout)
+            except PoolTimeout:
+                self._pool.close()
+                raise StorageError(self._unreachable()) from None
+            self._opened = True
+        return self
+
+    def _unreachable(self, exc: BaseException | None = None) -> str:
+        why = f" ({_first_line(exc)})" if exc is not None else f" within {self.connect_timeout:g} s"
+        return (
+            f"cannot reach PostgreSQL at {self.where}{why}; check [storage] url and password, "
+            "and that the server runs and accepts this user"
+        )
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection in autocommit mode. Driver errors become :class:`StorageError`."""
+        self.open()
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except PoolTimeout:
+            raise StorageError(self._unreachable()) from None
+        except psycopg.OperationalError as exc:
+            raise StorageError(self._unreachable(exc)) from None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection inside one transaction (committed on exit, rolled back on error)."""
+        with self.connection() as conn, conn.transaction():
+            yield conn
+
+    def notify(self, channel: str, payload: str, conn: psycopg.Connection[Any] | None = None) -> None:
+        """``NOTIFY channel, payload``; inside ``conn``'s transaction when given (sent at commit)."""
+        if conn is not None:
+            conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+            return
+        with self.connection() as own:
+            own.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+    def ping(self) -> str | None:
+        """None when a query round-trips; otherwise why not (for ``/readyz``)."""
+        try:
+            with self.connection() as conn:
+                conn.execute("SELECT 1")
+        except StorageError as exc:
+            return exc.message
+        except psycopg.Error as exc:
+            return _first_line(exc)
+        return None
+
+    def connect_args(self) -> tuple[str, dict[str, Any]]:
+        """What a dedicated connection (the :class:`Listener`) needs: the URL and keyword arguments."""
+        return self.url, dict(self._kwargs)
+
+    def close(self) -> None:
+        if self._opened:
+            self._pool.close()
+            self._opened = False
+
+
+@dataclass
+class _Subscription:
+    handler: Handler
+    on_reconnect: Callable[[], Awaitable[None] | None] | None
+
+
+@dataclass
+class Listener:
+    """The gateway's LISTEN connection. :meth:`subscribe` before :meth:`run` (or at any time: a
+    channel subscribed later is LISTENed at the next (re)connect and at once when connected).
+    ``connected`` says whether notifications are being received now (``/readyz``)."""
+
+    db: Database
+    retry_max: float = 5.0
+    connected: bool = False
+    _subs: dict[str, list[_Subscription]] = field(default_factory=dict)
+    _conn: psycopg.AsyncConnection[Any] | None = None
+
+    def subscribe(
+        self, channel: str, handler: Handler, on_reconnect: Callable[[], Awaitable[None] | None] | None = None
+    ) -> None:
+        """Call ``handler(payload)`` for every NOTIFY on ``channel``; ``on_reconnect()`` after the
+        connection was lost and re-made (state may have changed unseen meanwhile)."""
+        if channel not in CHANNELS:
+            raise ValueError(f"unknown channel {channel!r}; add it to CHANNELS")
+        self._subs.setdefault(channel, []).append(_Subscription(handler, on_reconnect))
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """LISTEN until cancelled, reconnecting with back-off (0.2 s doubling to ``retry_max``)."""
+        started, delay, lost = False, 0.2, False
+        while True:
+            try:
+                url, kwargs = self.db.connect_args()
+                async with await psycopg.AsyncConnection.connect(
+                    url, connect_timeout=max(1, int(self.db.connect_timeout)), **kwargs
+                ) as conn:
+                    self._conn = conn
+                    for channel in self._subs:
+                        await conn.execute(f'LISTEN "{channel}"')
+                    self.connected, delay = True, 0.2
+                    if lost:
+                        log.info("storage: LISTEN connection to %s re-established", self.db.where)
+                        await self._reconnected()
+                    if not started:
+                        started = True
+                        task_status.started()
+                    async for note in conn.notifies():
+                        await self._dispatch(note.channel, note.payload)
+            except (psycopg.Error, OSError) as exc:
+                if not started:
+                    started = True
+                    task_status.started()
+                if not lost:
+                    log.warning("storage: LISTEN connection to %s lost (%s); retrying", self.db.where, _first_line(exc))
+                lost = True
+            finally:
+                self.connected, self._conn = False, None
+            await anyio.sleep(delay)
+            delay = min(delay * 2, self.retry_max)
+
+    async def _dispatch(self, channel: str, payload: str) -> None:
+        for sub in self._subs.get(channel, ()):
+            try:
+                result = sub.handler(payload)
+                if result is not None:
+                    await result
+            except Exception:
+                log.exception("storage: handler for %s failed", channel)
+
+    async def _reconnected(self) -> None:
+        for subs in self._subs.values():
+            for sub in subs:
+                if sub.on_reconnect is not None:
+                    try:
+                        result = sub.on_reconnect()
+                        if result is not None:
+                            await result
+                    except Exception:
+                        log.exception("storage: reconnect handler failed")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
