@@ -135,6 +135,54 @@ class AuthConfig(_Model):
     required_scopes: list[str] = []
 
 
+class StorageConfig(_Model):
+    """``[storage]``: where shared state lives. Unset ``url``: the embedded default (SQLite and files
+    beside the config, one process). ``url = "postgresql://USER@HOST:PORT/DB"``: PostgreSQL, shared by
+    every replica (audit log, approvals, API keys, pins and quarantine, 2025-11-25 sessions, the tool
+    index's vectors); the password is never in the URL but a ``secret:NS/NAME`` reference in
+    ``password``. Query parameters of a libpq URI (``sslmode=verify-full``, ...) are kept."""
+
+    url: str | None = None
+    password: str | None = None
+    """A ``secret:NS/NAME`` reference (keyring, ``[secrets] file`` or ``TOOLCRIB_SECRET_*``)."""
+    pool_size: Annotated[int, Field(ge=1, le=64)] = 4
+    """Connections per replica for reads and writes (LISTEN uses one more)."""
+    connect_timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
+    """Seconds to wait for the database at start-up before failing with a clear error."""
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError(
+                f"url must start with postgresql:// (got {parts.scheme or 'no scheme'!r}); "
+                "unset it for the embedded default"
+            )
+        if parts.password is not None:
+            raise ValueError('url must not hold a password; put it in the keyring and set password = "secret:NS/NAME"')
+        if not parts.hostname:
+            raise ValueError("url names no host: postgresql://USER@HOST:PORT/DATABASE")
+        return url
+
+    @field_validator("password")
+    @classmethod
+    def _password_ref(cls, password: str | None) -> str | None:
+        if password is not None and not password.startswith("secret:"):
+            raise ValueError(
+                'password must be a secret reference such as "secret:toolcrib/postgres", never the password itself'
+            )
+        return password
+
+    @property
+    def postgres(self) -> bool:
+        return self.url is not None
+
+
 class SecretsConfig(_Model):
     """``[secrets]``: where ``secret:NS/NAME`` references are looked up."""
 
@@ -248,6 +296,7 @@ class Config(_Model):
     audit: AuditConfig = AuditConfig()
     auth: AuthConfig = AuthConfig()
     secrets: SecretsConfig = SecretsConfig()
+    storage: StorageConfig = StorageConfig()
     servers: dict[str, ServerConfig] = {}
     policy: PolicyConfig = PolicyConfig()
 
