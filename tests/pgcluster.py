@@ -36,7 +36,7 @@ import psycopg
 from psycopg import sql
 
 _SERVER_TOOLS = ("initdb", "pg_ctl", "pg_isready", "postgres")
-_STOP_GRACE_S = 5.0
+_STOP_GRACE_S = 5  # seconds pg_ctl stop may take, then again before SIGKILL
 _REAP_WAIT_S = 10.0
 _START_TIMEOUT_S = 60
 _LOG_TAIL_LINES = 20
@@ -155,16 +155,22 @@ class Cluster:
     (``postgresql://postgres@127.0.0.1:PORT/postgres``), ``pid`` (the postmaster's PID
     from ``postmaster.pid``), ``datadir``, ``sockdir``, ``logfile``.
 
+    ``max_connections`` is the server setting; ``stop_grace_s`` (seconds) is how long
+    ``pg_ctl stop -m fast`` may take, and then how long the postmaster gets before SIGKILL.
+
     Raises ``ClusterError`` (with the server log's last lines) if the binaries are
     missing or initdb/start fails.
     """
 
-    def __init__(self, bindir: Path | None = None, *, max_connections: int = 200) -> None:
+    def __init__(
+        self, bindir: Path | None = None, *, max_connections: int = 200, stop_grace_s: int = _STOP_GRACE_S
+    ) -> None:
         found = bindir if bindir is not None else find_bindir()
         if found is None:
             raise ClusterError("PostgreSQL server binaries not found: apt-get install postgresql")
         self.bindir = found
         self.max_connections = max_connections
+        self.stop_grace_s = stop_grace_s
         self.port = 0
         self.pid = 0
         self._tmp: Path | None = None
@@ -298,9 +304,9 @@ class Cluster:
             if proc is not None and proc.alive():
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self._run(
-                        "pg_ctl", "stop", "-m", "fast", "-w", "-t", str(int(_STOP_GRACE_S)), "-D", str(self.datadir)
+                        "pg_ctl", "stop", "-m", "fast", "-w", "-t", str(self.stop_grace_s), "-D", str(self.datadir)
                     )
-                if not proc.wait(_STOP_GRACE_S):
+                if not proc.wait(self.stop_grace_s):
                     proc.kill()
                     proc.wait(_STOP_GRACE_S)
             if proc is not None:

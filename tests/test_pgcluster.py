@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -82,6 +83,16 @@ def test_own_cluster_stops_its_postmaster_and_removes_its_dir() -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert not root.exists()
+
+
+def test_a_postmaster_that_ignores_shutdown_is_killed_by_pid() -> None:
+    if find_bindir() is None:
+        pytest.skip("PostgreSQL server binaries not found")
+    with Cluster(stop_grace_s=1) as pg:
+        pid = pg.pid
+        os.kill(pid, signal.SIGSTOP)  # a stopped postmaster cannot act on pg_ctl's shutdown request
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 def test_failed_start_raises_with_the_server_log() -> None:
