@@ -30,6 +30,7 @@ from toolcrib.gateway.edge.http import HttpTransport
 from toolcrib.gateway.edge.slowclients import apply_client_timeouts
 from toolcrib.gateway.pipeline import (
     audit_layer,
+    limits_layer,
     policy_layer,
     quarantine_layer,
     redact_layer,
@@ -45,6 +46,7 @@ from toolcrib.gateway.trust.auth import (
     protected_resource_metadata,
 )
 from toolcrib.gateway.trust.identity import LOCAL_OPERATOR
+from toolcrib.gateway.trust.limits import Limiter
 from toolcrib.gateway.trust.quarantine import Trust
 from toolcrib.gateway.trust.redaction import Redactor, install_log_redaction
 from toolcrib.gateway.trust.sealed import Sealer
@@ -127,6 +129,7 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
 
     layers = [
         audit_layer(writer),
+        limits_layer(Limiter.from_config(config.limits)),  # per replica; a refusal is still audited
         redact_layer(redactor),
         quarantine_layer(trust.is_quarantined),
         policy_layer(trust.decide),

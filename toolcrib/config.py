@@ -183,6 +183,25 @@ class StorageConfig(_Model):
         return self.url is not None
 
 
+class LimitsGroupConfig(_Model):
+    """``[limits.groups.NAME]``: the limits of principals in group NAME; an unset key takes ``[limits]``'s."""
+
+    calls_per_minute: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    concurrent_calls: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+
+
+class LimitsConfig(_Model):
+    """``[limits]``: per-principal limits (by ``Principal.id``), each 0 for off. They hold PER REPLICA:
+    R replicas admit up to R times these figures in total. See :mod:`toolcrib.gateway.trust.limits`."""
+
+    calls_per_minute: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    """Upstream-bound calls one principal may make in any 60 seconds (a burst of all of them is allowed)."""
+    concurrent_calls: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    """Upstream-bound calls one principal may have in flight at once."""
+    groups: dict[str, LimitsGroupConfig] = {}
+    """Per-group overrides; a principal in several gets the most generous figure of each key (0 = off wins)."""
+
+
 class SecretsConfig(_Model):
     """``[secrets]``: where ``secret:NS/NAME`` references are looked up."""
 
@@ -299,6 +318,7 @@ class Config(_Model):
     storage: StorageConfig = StorageConfig()
     servers: dict[str, ServerConfig] = {}
     policy: PolicyConfig = PolicyConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     @field_validator("servers")
     @classmethod

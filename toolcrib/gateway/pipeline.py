@@ -5,7 +5,7 @@ An :class:`UpstreamCall` is one client request bound for one upstream: ``tools/c
 ``resources/subscribe`` / ``unsubscribe``, ``prompts/get`` and ``completion/complete``. It passes
 layers of shape ``(call, next) -> result``, outermost first:
 
-    audit -> redaction -> quarantine -> policy -> argument validation -> approvals -> upstream edge
+    audit -> limits -> redaction -> quarantine -> policy -> argument validation -> approvals -> upstream edge
     (the order :func:`toolcrib.app.build` composes them in; approvals: :mod:`toolcrib.gateway.approval`)
 
 Audit observes and never decides; redaction scrubs the result *and* any error on the way out;
@@ -14,7 +14,9 @@ approve, so an approved call cannot then fail validation. Layers share the typed
 :class:`CallState`, never an untyped dict.
 
 Refusals take the shape the method allows: a tool call gets a tool-level error result the model
-can read (``isError: true``); every other method gets a JSON-RPC error (:func:`refuse`).
+can read (``isError: true``); every other method gets a JSON-RPC error (:func:`refuse`). The
+per-principal limits are the exception: every method gets the JSON-RPC error :data:`LIMITED`
+(:func:`limits_layer`), since retrying the same call later succeeds.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from toolcrib.errors import InvalidArguments
 from toolcrib.gateway.audit.log import AuditEvent
 from toolcrib.gateway.audit.writer import AuditWriter
 from toolcrib.gateway.trust.identity import Principal
+from toolcrib.gateway.trust.limits import Limiter, Refusal
 from toolcrib.gateway.trust.policy import Decision, Kind
 from toolcrib.gateway.trust.redaction import Redactor
 from toolcrib.router.validation import validate_arguments
@@ -280,5 +283,46 @@ def quarantine_layer(is_quarantined: Callable[[str], bool]) -> Layer:
             )
             return refuse(call, text, "denied")
         return await nxt(call)
+
+    return layer
+
+
+LIMITED = -32000
+"""JSON-RPC code of a per-principal limit's refusal, as for the other per-principal caps (listen
+streams, parked calls): a server-side condition that passes, unlike -32602 (the request is wrong)."""
+UNLIMITED_METHODS = frozenset({"resources/unsubscribe", "tasks/cancel"})
+"""Requests that only give something back: never refused by a limit, never counted."""
+
+
+def limits_layer(limiter: Limiter) -> Layer:
+    """Per-principal rate and concurrency limits (:mod:`toolcrib.gateway.trust.limits`, per replica).
+
+    Placed right inside the audit layer, so a refused call is audited (outcome ``denied``, decision
+    ``deny``, rule ``limits.rate`` or ``limits.concurrency``) and costs nothing further. A refusal is
+    the JSON-RPC error :data:`LIMITED` for every method, tools included, so the client (not only
+    the model) sees it; the rate limit's carries ``data = {"retryAfter": SECONDS}``. The concurrency
+    slot is given back when the call ends in any way: result, error, cancellation or timeout.
+    Every call of :data:`UNLIMITED_METHODS` passes uncounted. With every figure 0 the layer only
+    forwards."""
+    if not limiter.enabled:
+
+        async def off(call: UpstreamCall, nxt: Next) -> Result:
+            return await nxt(call)
+
+        return off
+
+    async def layer(call: UpstreamCall, nxt: Next) -> Result:
+        if call.method in UNLIMITED_METHODS:
+            return await nxt(call)
+        admitted = limiter.admit(call.principal)
+        if isinstance(admitted, Refusal):
+            call.state.decision = Decision(action="deny", rule=admitted.rule, reason=admitted.message)
+            call.state.outcome = "denied"
+            data = None if admitted.retry_after is None else {"retryAfter": admitted.retry_after}
+            raise MCPError(code=LIMITED, message=admitted.message, data=data)
+        try:
+            return await nxt(call)
+        finally:
+            admitted.release()
 
     return layer
