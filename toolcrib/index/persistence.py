@@ -1,8 +1,14 @@
-"""On-disk form of a snapshot: ``vectors.faiss``, ``records.json`` and ``meta.json`` in one directory.
+"""Stored form of a snapshot, and where it is stored.
 
-Each file is written to a temporary name and moved into place with ``os.replace``; ``meta.json``
-is written last and carries the sha256 of the other two, so a crash between writes, a truncated
-file or files from another program are detected at load and the index is rebuilt.
+A snapshot is stored as three parts (:func:`encode` / :func:`decode`): the records (JSON: each
+tool's document and content hash), the vectors (a serialised FAISS ``IndexIDMap2``) and the meta
+(JSON: format, model, fingerprint, dimension, count and the sha256 of the other two), so a crash
+between writes, a truncated part or another program's data is detected at load and the index is
+rebuilt. The content hashes are what lets a sync reuse stored vectors instead of re-embedding.
+
+On disk (:func:`save`, :func:`load`, :class:`FileSnapshots`): ``vectors.faiss``, ``records.json`` and
+``meta.json`` in one directory; each file is written to a temporary name and moved into place with
+``os.replace``, ``meta.json`` last. In PostgreSQL: :class:`toolcrib.index.snapshots.PgSnapshots`.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import faiss
 import numpy as np
@@ -32,12 +38,12 @@ VECTORS = "vectors.faiss"
 
 
 class CorruptIndex(Exception):
-    """The directory holds no usable index (damaged, partial or foreign); the reason is the message."""
+    """The store holds no usable index (damaged, partial or foreign); the reason is the message."""
 
 
 @dataclass(frozen=True)
 class Loaded:
-    """A snapshot read from disk and the model it was embedded with."""
+    """A snapshot read from a store and the model it was embedded with."""
 
     snapshot: Snapshot
     model_id: str
@@ -58,53 +64,51 @@ def _atomic_write(path: Path, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def save(directory: Path, snapshot: Snapshot, *, model_id: str, fingerprint: str) -> None:
-    """Write ``snapshot`` to ``directory`` atomically; IndexError_ if the directory is unwritable."""
+@dataclass(frozen=True)
+class Encoded:
+    """A snapshot as stored by every backend: ``meta`` (JSON object) carries the sha256 of the other two."""
+
+    meta: dict[str, Any]
+    records: bytes
+    vectors: bytes
+
+
+def encode(snapshot: Snapshot, *, model_id: str, fingerprint: str) -> Encoded:
+    """The stored form of ``snapshot``: records JSON (with content hashes), FAISS bytes, and meta."""
     records = [{**doc.to_json(), "hash": h} for doc, h in zip(snapshot.docs, snapshot.hashes, strict=True)]
+    records_raw = json.dumps(records, ensure_ascii=False, separators=(",", ":")).encode()
+    vectors_raw = faiss.serialize_index(snapshot.dense).tobytes()
+    meta = {
+        "format": FORMAT,
+        "model_id": model_id,
+        "fingerprint": fingerprint,
+        "dim": snapshot.dim,
+        "count": len(snapshot),
+        "records_sha256": hashlib.sha256(records_raw).hexdigest(),
+        "vectors_sha256": hashlib.sha256(vectors_raw).hexdigest(),
+    }
+    return Encoded(meta, records_raw, vectors_raw)
+
+
+def decode(
+    meta: Any, records_raw: bytes, vectors_raw: bytes, *, names: tuple[str, str, str] = (META, RECORDS, VECTORS)
+) -> Loaded:
+    """Verify and rebuild a snapshot from its stored form; :class:`CorruptIndex` if anything is off.
+
+    ``names`` (meta, records, vectors) only label the parts in error messages.
+    """
+    meta_name, records_name, vectors_name = names
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        vectors_sha = _atomic_write(directory / VECTORS, faiss.serialize_index(snapshot.dense).tobytes())
-        records_sha = _atomic_write(
-            directory / RECORDS, json.dumps(records, ensure_ascii=False, separators=(",", ":")).encode()
-        )
-        meta = {
-            "format": FORMAT,
-            "model_id": model_id,
-            "fingerprint": fingerprint,
-            "dim": snapshot.dim,
-            "count": len(snapshot),
-            "records_sha256": records_sha,
-            "vectors_sha256": vectors_sha,
-        }
-        _atomic_write(directory / META, json.dumps(meta, indent=1).encode())
-    except OSError as exc:
-        raise IndexError_(
-            f"cannot write the tool index to {directory} ({exc.strerror or exc}); "
-            "fix its permissions or set [index] path to a writable directory"
-        ) from exc
-
-
-def exists(directory: Path) -> bool:
-    """Whether ``directory`` holds anything that looks like an index (even a damaged one)."""
-    return any((directory / name).exists() for name in (META, RECORDS, VECTORS))
-
-
-def _read_verified(path: Path, expected_sha: Any) -> bytes:
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != expected_sha:
-        raise CorruptIndex(f"{path.name} does not match the checksum in {META}")
-    return data
-
-
-def load(directory: Path) -> Loaded:
-    """Read the index in ``directory``; raise :class:`CorruptIndex` if anything is off."""
-    try:
-        meta = json.loads((directory / META).read_bytes())
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise CorruptIndex(f"{META} is not a {FORMAT} index")
-        records = json.loads(_read_verified(directory / RECORDS, meta.get("records_sha256")))
-        raw = _read_verified(directory / VECTORS, meta.get("vectors_sha256"))
-        dense: Any = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))
+            raise CorruptIndex(f"{meta_name} is not a {FORMAT} index")
+        for name, raw, key in (
+            (records_name, records_raw, "records_sha256"),
+            (vectors_name, vectors_raw, "vectors_sha256"),
+        ):
+            if hashlib.sha256(raw).hexdigest() != meta.get(key):
+                raise CorruptIndex(f"{name} does not match the checksum in {meta_name}")
+        records = json.loads(records_raw)
+        dense: Any = faiss.deserialize_index(np.frombuffer(vectors_raw, dtype=np.uint8))
         dim, count = int(meta["dim"]), int(meta["count"])
         if not isinstance(records, list) or len(records) != count or dense.ntotal != count or dense.d != dim:
             raise CorruptIndex("record, vector and metadata counts disagree")
@@ -118,5 +122,82 @@ def load(directory: Path) -> Loaded:
         return Loaded(snapshot, str(meta["model_id"]), str(meta["fingerprint"]))
     except CorruptIndex:
         raise
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
         raise CorruptIndex(f"{type(exc).__name__}: {exc}") from exc
+
+
+def save(directory: Path, snapshot: Snapshot, *, model_id: str, fingerprint: str) -> None:
+    """Write ``snapshot`` to ``directory`` atomically; IndexError_ if the directory is unwritable."""
+    encoded = encode(snapshot, model_id=model_id, fingerprint=fingerprint)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic_write(directory / VECTORS, encoded.vectors)
+        _atomic_write(directory / RECORDS, encoded.records)
+        _atomic_write(directory / META, json.dumps(encoded.meta, indent=1).encode())
+    except OSError as exc:
+        raise IndexError_(
+            f"cannot write the tool index to {directory} ({exc.strerror or exc}); "
+            "fix its permissions or set [index] path to a writable directory"
+        ) from exc
+
+
+def exists(directory: Path) -> bool:
+    """Whether ``directory`` holds anything that looks like an index (even a damaged one)."""
+    return any((directory / name).exists() for name in (META, RECORDS, VECTORS))
+
+
+def load(directory: Path) -> Loaded:
+    """Read the index in ``directory``; raise :class:`CorruptIndex` if anything is off."""
+    try:
+        meta = json.loads((directory / META).read_bytes())
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise CorruptIndex(f"{META} is not a {FORMAT} index")
+        records = (directory / RECORDS).read_bytes()
+        vectors = (directory / VECTORS).read_bytes()
+    except CorruptIndex:
+        raise
+    except (OSError, ValueError) as exc:
+        raise CorruptIndex(f"{type(exc).__name__}: {exc}") from exc
+    return decode(meta, records, vectors)
+
+
+@runtime_checkable
+class SnapshotStore(Protocol):
+    """Where a :class:`~toolcrib.index.snapshots.StoredIndex` keeps its snapshot.
+
+    Implementations: :class:`FileSnapshots` (a directory, as ``[index] path``) and
+    :class:`toolcrib.index.snapshots.PgSnapshots` (a row of ``index_snapshots`` in PostgreSQL).
+    """
+
+    @property
+    def where(self) -> str:
+        """Where the snapshot lives, for log lines and errors (no credentials)."""
+        ...
+
+    def load(self) -> Loaded | None:
+        """The stored snapshot; None when nothing is stored. :class:`CorruptIndex` when what is
+        stored is damaged, partial or foreign (checksums are verified);
+        :class:`~toolcrib.errors.IndexError_` when the store cannot be read at all."""
+        ...
+
+    def save(self, snapshot: Snapshot, *, model_id: str, fingerprint: str) -> None:
+        """Replace the stored snapshot atomically (a reader sees the old or the new one, whole);
+        :class:`~toolcrib.errors.IndexError_` when the store cannot be written."""
+        ...
+
+
+@dataclass(frozen=True)
+class FileSnapshots:
+    """A :class:`SnapshotStore` in one directory (``vectors.faiss``, ``records.json``, ``meta.json``)."""
+
+    path: Path
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+    def load(self) -> Loaded | None:
+        return load(self.path) if exists(self.path) else None
+
+    def save(self, snapshot: Snapshot, *, model_id: str, fingerprint: str) -> None:
+        save(self.path, snapshot, model_id=model_id, fingerprint=fingerprint)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -19,6 +20,9 @@ from toolcrib.index.documents import ToolDoc
 from toolcrib.index.embedder import Embedder, load_embedder
 from toolcrib.index.search import SyncReport, ToolIndex
 from toolcrib.router.catalog import Catalog
+
+if TYPE_CHECKING:
+    from toolcrib.storage.postgres import Database
 
 log = logging.getLogger("toolcrib.reindex")
 
@@ -47,9 +51,20 @@ def docs_for(catalog: Catalog, servers: Collection[str] | None = None, visible: 
     return docs
 
 
-def open_index(config: Config, embedder: Embedder | None = None) -> ToolIndex:
-    """Open (or create) the persisted index named by ``[index]``."""
+def open_index(config: Config, embedder: Embedder | None = None, db: Database | None = None) -> ToolIndex:
+    """Open (or create) the persisted index.
+
+    ``db`` None (the embedded default): the directory ``[index] path``. With the ``[storage]``
+    database: its ``index_snapshots`` row ``"default"`` (:class:`~toolcrib.index.snapshots.PgSnapshots`),
+    shared by every replica, so one whose catalog matches starts with zero embeddings; ``[index] path``
+    is then unused. Raises :class:`~toolcrib.errors.IndexError_` when the model cannot be loaded or
+    the database cannot be read (a damaged snapshot is not an error: it is rebuilt at the next sync).
+    """
     emb = embedder or load_embedder(config.index.model)
+    if db is not None:
+        from toolcrib.index.snapshots import PgSnapshots, StoredIndex
+
+        return StoredIndex.open_store(PgSnapshots(db), emb, ranking=config.index.ranking)
     return ToolIndex.open(Path(config.index.path), emb, ranking=config.index.ranking)
 
 
