@@ -1,4 +1,5 @@
-"""Human approvals, held outside the model's reach, in a SQLite file shared with the CLI.
+"""Human approvals, held outside the model's reach: a SQLite file shared with the CLI (the embedded
+default), or PostgreSQL shared by every replica (:mod:`toolcrib.gateway.trust.approvals_pg`).
 
 A call whose policy decision is ``approve`` becomes an :class:`Approval` bound to the caller's typed
 identity (:attr:`Principal.id <toolcrib.gateway.trust.identity.Principal.id>`, ``KIND:SUBJECT``: an
@@ -12,13 +13,17 @@ an approval is good for one call, with those arguments, by that principal, befor
 
 Statuses: ``pending`` -> ``approved`` | ``denied`` | ``expired``; ``approved`` -> ``used`` | ``expired``.
 
-Two faces over one file (created 0600, like its WAL and shared-memory files):
+Faces (:func:`open_approvals` picks the store from the config):
 
-- :class:`ApprovalStore`: synchronous, for the CLI and for code already on a worker thread.
-- :class:`AsyncApprovals`: what the gateway uses. Every SQLite call runs on one worker thread at a
-  time (a ``CapacityLimiter(1)``), never on the event loop; ``wait`` wakes at once on a decision made
-  through the same facade and polls the file (every ``poll`` seconds, default 0.5) for decisions
-  made by other processes.
+- :class:`ApprovalStore`: synchronous, over one SQLite file (created 0600, like its WAL and
+  shared-memory files), for the CLI and for code already on a worker thread.
+- :class:`~toolcrib.gateway.trust.approvals_pg.PgApprovalStore`: the same interface and semantics
+  over PostgreSQL; a decision NOTIFYs ``toolcrib_approvals`` (payload: the id) when it commits.
+- :class:`AsyncApprovals`: what the gateway uses. Store calls run on worker threads (one at a time
+  for SQLite, up to the pool size for PostgreSQL: the store's ``concurrency``), never on the event
+  loop; ``wait`` wakes at once on a decision made through the same facade or, given a
+  :class:`~toolcrib.storage.postgres.Listener`, announced by any replica, and otherwise re-reads the
+  status every ``poll`` seconds (0.5; 5 as a safety net while the listener is connected).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
 import anyio
 import anyio.to_thread
@@ -44,7 +49,10 @@ from toolcrib.errors import Forbidden, ToolcribError
 from toolcrib.gateway.trust.identity import KINDS
 
 if TYPE_CHECKING:
+    from toolcrib.config import Config
+    from toolcrib.gateway.trust.approvals_pg import PgApprovalStore
     from toolcrib.gateway.trust.secrets import Redactor
+    from toolcrib.storage.postgres import Database, Listener
 
 T = TypeVar("T")
 Status = Literal["pending", "approved", "denied", "expired", "used"]
@@ -60,6 +68,8 @@ _ADDED_COLUMNS = ("rule", "note")
 """Columns later versions added; :class:`ApprovalStore` adds them to a file created before."""
 BUSY_TIMEOUT_MS = 5000
 """How long one SQLite statement waits for another process's write lock (on the worker thread)."""
+CHANNEL = "toolcrib_approvals"
+"""The NOTIFY channel a PostgreSQL decision is announced on; payload: the approval id."""
 
 
 class ApprovalError(ToolcribError):
@@ -106,13 +116,59 @@ def typed_id(principal_id: str) -> str:
     return principal_id
 
 
-class ApprovalStore:
+class ApprovalBackend(Protocol):
+    """What :class:`AsyncApprovals` needs of a store (:class:`ApprovalStore` and ``PgApprovalStore``)."""
+
+    concurrency: int
+    """How many calls may run at once on worker threads."""
+
+    def request(
+        self, principal: str, tool: str, arguments: Mapping[str, Any], ttl: float, rule: str | None = None
+    ) -> Approval: ...
+    def get(self, approval_id: str) -> Approval: ...
+    def status(self, approval_id: str) -> Status: ...
+    def list(self, status: str | None = None) -> list[Approval]: ...
+    def approve(self, approval_id: str, approver: str, note: str | None = None) -> Approval: ...
+    def deny(self, approval_id: str, approver: str, note: str | None = None) -> Approval: ...
+    def consume(self, principal: str, tool: str, arguments: Mapping[str, Any]) -> Approval | None: ...
+    def close(self) -> None: ...
+
+
+class _Decisions:
+    """The store logic both backends share; a backend supplies ``_decide`` and ``get``."""
+
+    def _decide(self, approval_id: str, status: Status, approver: str, note: str | None) -> Approval:
+        raise NotImplementedError
+
+    def get(self, approval_id: str) -> Approval:
+        raise NotImplementedError
+
+    def approve(self, approval_id: str, approver: str, note: str | None = None) -> Approval:
+        """Approve a pending request, recording ``approver`` and ``note``; :class:`ApprovalError`
+        if it is not pending any more."""
+        return self._decide(approval_id, "approved", approver, note)
+
+    def deny(self, approval_id: str, approver: str, note: str | None = None) -> Approval:
+        """Deny a pending request, recording ``approver`` and ``note``; :class:`ApprovalError` if
+        it is not pending any more."""
+        return self._decide(approval_id, "denied", approver, note)
+
+    def _not_pending(self, approval_id: str) -> ApprovalError:
+        """The error for a decision that changed nothing (reads the current status)."""
+        current = self.get(approval_id)
+        return ApprovalError(f"approval {approval_id} is {current.status}, not pending; nothing changed")
+
+
+class ApprovalStore(_Decisions):
     """Approval requests in ``path``; several processes may open the same file.
 
     Thread-safe (one lock around one connection), but every method blocks on SQLite for up to
     :data:`BUSY_TIMEOUT_MS` while another process writes: call it from a worker thread or the CLI,
     and use :class:`AsyncApprovals` from async code.
     """
+
+    concurrency = 1
+    """One connection behind one lock: :class:`AsyncApprovals` runs one call at a time."""
 
     def __init__(self, path: str | os.PathLike[str], redactor: Redactor | None = None) -> None:
         self.path = Path(path)
@@ -164,28 +220,20 @@ class ApprovalStore:
         """A pending approval for this exact call (``ttl`` seconds to be decided and used): the
         existing one if still pending, else a new one recording ``rule``. ``principal`` must be a
         typed id (:func:`typed_id`)."""
-        principal = typed_id(principal)
-        digest = args_hash(arguments)
-        now = time.time()
+        principal, digest, now = typed_id(principal), args_hash(arguments), time.time()
         with self._lock:
-            self._expire(now)
-            row = self._db.execute(
-                "SELECT * FROM approvals WHERE principal = ? AND tool = ? AND args_hash = ? "
-                "AND status = 'pending' AND expires > ? ORDER BY created DESC LIMIT 1",
-                (principal, tool, digest, now),
-            ).fetchone()
+            self._db.execute(EXPIRE_SQL.replace("%s", "?"), (now,))
+            row = self._db.execute(PENDING_SQL.replace("%s", "?"), (principal, tool, digest, now)).fetchone()
             if row is not None:
-                return _approval(row, now)
-            shown = self._redactor.scrub_json(dict(arguments)) if self._redactor else dict(arguments)
+                return row_approval(row, now)
+            shown = shown_arguments(self._redactor, arguments)
             while True:
-                approval_id = secrets.token_hex(5)
                 try:
                     row = self._db.execute(
-                        "INSERT INTO approvals (id, principal, tool, args_hash, arguments, status, created, expires,"
-                        " rule) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?) RETURNING *",
-                        (approval_id, principal, tool, digest, json.dumps(shown), now, now + ttl, rule),
+                        INSERT_SQL.replace("%s", "?"),
+                        (new_id(), principal, tool, digest, shown, now, now + ttl, rule),
                     ).fetchone()
-                    return _approval(row, now)
+                    return row_approval(row, now)
                 except sqlite3.IntegrityError:
                     continue
 
@@ -194,8 +242,8 @@ class ApprovalStore:
         with self._lock:
             row = self._db.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
         if row is None:
-            raise ApprovalError(f"no approval {approval_id!r}; run `toolcrib approvals list` to see them")
-        return _approval(row, time.time())
+            raise missing(approval_id)
+        return row_approval(row, time.time())
 
     def status(self, approval_id: str) -> Status:
         """The current status of one approval (``expired`` once past its expiry); read-only, so it
@@ -203,91 +251,94 @@ class ApprovalStore:
         with self._lock:
             row = self._db.execute("SELECT status, expires FROM approvals WHERE id = ?", (approval_id,)).fetchone()
         if row is None:
-            raise ApprovalError(f"no approval {approval_id!r}; run `toolcrib approvals list` to see them")
-        return _effective(row["status"], row["expires"], time.time())
+            raise missing(approval_id)
+        return effective(row["status"], row["expires"], time.time())
 
     def list(self, status: str | None = None) -> list[Approval]:
         """Approvals, newest first; only those with ``status`` when given. Read-only."""
         now = time.time()
         with self._lock:
             rows = self._db.execute("SELECT * FROM approvals ORDER BY created DESC").fetchall()
-        items = [_approval(r, now) for r in rows]
-        return items if status is None else [a for a in items if a.status == status]
-
-    def approve(self, approval_id: str, approver: str, note: str | None = None) -> Approval:
-        """Approve a pending request, recording ``approver`` and ``note``; :class:`ApprovalError`
-        if it is not pending any more."""
-        return self._decide(approval_id, "approved", approver, note)
-
-    def deny(self, approval_id: str, approver: str, note: str | None = None) -> Approval:
-        """Deny a pending request, recording ``approver`` and ``note``; :class:`ApprovalError` if
-        it is not pending any more."""
-        return self._decide(approval_id, "denied", approver, note)
+        return select([row_approval(r, now) for r in rows], status)
 
     def _decide(self, approval_id: str, status: Status, approver: str, note: str | None) -> Approval:
         now = time.time()
         with self._lock:
-            self._expire(now)
+            self._db.execute(EXPIRE_SQL.replace("%s", "?"), (now,))
             row = self._db.execute(
-                "UPDATE approvals SET status = ?, decided = ?, approver = ?, note = ?"
-                " WHERE id = ? AND status = 'pending' AND expires > ? RETURNING *",
-                (status, now, approver, note, approval_id, now),
+                DECIDE_SQL.replace("%s", "?"), (status, now, approver, note, approval_id, now)
             ).fetchone()
         if row is None:
-            current = self.get(approval_id)
-            raise ApprovalError(f"approval {approval_id} is {current.status}, not pending; nothing changed")
-        return _approval(row, now)
+            raise self._not_pending(approval_id)
+        return row_approval(row, now)
 
     def consume(self, principal: str, tool: str, arguments: Mapping[str, Any]) -> Approval | None:
         """Use up one approved, unexpired approval for exactly this call by exactly this typed
-        principal id; None when there is none."""
-        principal = typed_id(principal)
-        now = time.time()
+        principal id; None when there is none. Atomic: one statement under SQLite's write lock."""
+        principal, now = typed_id(principal), time.time()
         with self._lock:
             row = self._db.execute(
-                "UPDATE approvals SET status = 'used', used = ? WHERE id = ("
-                " SELECT id FROM approvals WHERE principal = ? AND tool = ? AND args_hash = ?"
-                " AND status = 'approved' AND expires > ? ORDER BY created LIMIT 1"
-                ") RETURNING *",
-                (now, principal, tool, args_hash(arguments), now),
+                CONSUME_SQL.format(lock="").replace("%s", "?"), (now, principal, tool, args_hash(arguments), now)
             ).fetchone()
-        return _approval(row, now) if row is not None else None
+        return row_approval(row, now) if row is not None else None
 
-    async def wait(self, approval_id: str, timeout: float, poll: float = 0.2) -> Status:
-        """Deprecated: use :meth:`AsyncApprovals.wait`. Polls :meth:`status` off the event loop
-        until the request leaves ``pending`` or ``timeout`` seconds pass; returns the status then."""
-        deadline = time.monotonic() + timeout
-        while True:
-            status = await anyio.to_thread.run_sync(self.status, approval_id)
-            if status != "pending" or time.monotonic() >= deadline:
-                return status
-            await anyio.sleep(min(poll, max(0.0, deadline - time.monotonic())))
 
-    def _expire(self, now: float) -> None:
-        self._db.execute(
-            "UPDATE approvals SET status = 'expired' WHERE status IN ('pending', 'approved') AND expires <= ?",
-            (now,),
-        )
+# The statements both backends run (PostgreSQL placeholders; SQLite replaces %s with ?).
+EXPIRE_SQL = "UPDATE approvals SET status = 'expired' WHERE status IN ('pending', 'approved') AND expires <= %s"
+PENDING_SQL = (
+    "SELECT * FROM approvals WHERE principal = %s AND tool = %s AND args_hash = %s"
+    " AND status = 'pending' AND expires > %s ORDER BY created DESC LIMIT 1"
+)
+INSERT_SQL = (
+    "INSERT INTO approvals (id, principal, tool, args_hash, arguments, status, created, expires, rule)"
+    " VALUES (%s, %s, %s, %s, %s, 'pending', %s, %s, %s) RETURNING *"
+)
+DECIDE_SQL = (
+    "UPDATE approvals SET status = %s, decided = %s, approver = %s, note = %s"
+    " WHERE id = %s AND status = 'pending' AND expires > %s RETURNING *"
+)
+CONSUME_SQL = (
+    "UPDATE approvals SET status = 'used', used = %s WHERE status = 'approved' AND id = ("
+    " SELECT id FROM approvals WHERE principal = %s AND tool = %s AND args_hash = %s"
+    " AND status = 'approved' AND expires > %s ORDER BY created LIMIT 1{lock}"
+    ") RETURNING *"
+)
+"""``{lock}``: empty for SQLite (one writer), ``FOR UPDATE SKIP LOCKED`` for PostgreSQL."""
 
 
 class AsyncApprovals:
-    """The gateway's face of an :class:`ApprovalStore`: the same operations, each run on one worker
-    thread at a time so that neither a held call nor a busy file ever blocks the event loop.
+    """The gateway's face of a store (:class:`ApprovalStore` or ``PgApprovalStore``): the same
+    operations, run on worker threads (at most ``store.concurrency`` at once) so that neither a held
+    call nor a busy database ever blocks the event loop.
 
-    ``poll`` (seconds) is how often :meth:`wait` re-reads the file for decisions made by another
-    process (``toolcrib approvals approve``); a decision made through this object wakes waiters at
-    once. Errors are those of :class:`ApprovalStore`.
+    ``listener`` (PostgreSQL): subscribe to :data:`CHANNEL`, so a decision made on any replica wakes
+    this one's waiters on that id at once; a re-made LISTEN connection wakes every waiter to
+    re-read. ``poll`` (seconds) is how often :meth:`wait` re-reads the status otherwise (decisions
+    by another process on SQLite, or while the listener is disconnected); ``safety_poll`` (seconds)
+    replaces it while the listener is connected. A decision made through this object wakes its
+    waiters at once. Errors are those of the store.
     """
 
-    def __init__(self, store: ApprovalStore, *, poll: float = 0.5) -> None:
+    def __init__(
+        self,
+        store: ApprovalBackend,
+        listener: Listener | None = None,
+        *,
+        poll: float = 0.5,
+        safety_poll: float = 5.0,
+    ) -> None:
         self.store = store
+        self.listener = listener
         self.poll = poll
+        self.safety_poll = safety_poll
         self._limiter: anyio.CapacityLimiter | None = None
         self._waiters: dict[str, set[anyio.Event]] = {}
+        if listener is not None:
+            listener.subscribe(CHANNEL, self._wake, self._wake_all)
 
     async def _run(self, func: Callable[[], T]) -> T:
         if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(1)
+            self._limiter = anyio.CapacityLimiter(max(1, self.store.concurrency))
         return await anyio.to_thread.run_sync(func, limiter=self._limiter)
 
     async def request(
@@ -325,18 +376,22 @@ class AsyncApprovals:
         its status then (``pending`` on timeout). :class:`ApprovalError` if there is no such id."""
         deadline = anyio.current_time() + timeout
         event = anyio.Event()
-        self._waiters.setdefault(approval_id, set()).add(event)
+        self._waiters.setdefault(approval_id, set()).add(event)  # before the first read: no wake-up is lost
         try:
+            first = await self.get(approval_id)
+            status, expires = first.status, first.expires
             while True:
-                status = await self._run(functools.partial(self.store.status, approval_id))
                 remaining = deadline - anyio.current_time()
                 if status != "pending" or remaining <= 0:
                     return status
-                with anyio.move_on_after(min(self.poll, remaining)):
+                interval = self.safety_poll if self.listener is not None and self.listener.connected else self.poll
+                until_expiry = max(0.0, expires - time.time()) + 0.01  # notice the expiry without a poll
+                with anyio.move_on_after(min(interval, remaining, until_expiry)):
                     await event.wait()
-                if event.is_set():  # woken by a decision here (which dropped it): re-read at once
+                if event.is_set():  # woken (which dropped it): re-register before the re-read
                     event = anyio.Event()
                     self._waiters.setdefault(approval_id, set()).add(event)
+                status = await self._run(functools.partial(self.store.status, approval_id))
         finally:
             waiters = self._waiters.get(approval_id)
             if waiters is not None:
@@ -348,9 +403,43 @@ class AsyncApprovals:
         for event in self._waiters.pop(approval_id, set()):
             event.set()
 
+    def _wake_all(self) -> None:
+        for approval_id in list(self._waiters):
+            self._wake(approval_id)
+
     def close(self) -> None:
         """Close the underlying store."""
         self.store.close()
+
+
+def open_approvals(config: Config, db: Database | None, redactor: Redactor | None) -> ApprovalStore | PgApprovalStore:
+    """The configured store: PostgreSQL over ``db`` (an opened, migrated :class:`Database`; up to
+    ``[storage] pool_size`` calls at once), else the SQLite file ``[policy] approvals_path``."""
+    if db is None:
+        return ApprovalStore(config.policy.approvals_path, redactor=redactor)
+    from toolcrib.gateway.trust.approvals_pg import PgApprovalStore
+
+    return PgApprovalStore(db, redactor=redactor, concurrency=config.storage.pool_size)
+
+
+def missing(approval_id: str) -> ApprovalError:
+    """The error for an unknown id."""
+    return ApprovalError(f"no approval {approval_id!r}; run `toolcrib approvals list` to see them")
+
+
+def new_id() -> str:
+    """A fresh approval id: 10 hex digits (retried on the rare collision)."""
+    return secrets.token_hex(5)
+
+
+def shown_arguments(redactor: Redactor | None, arguments: Mapping[str, Any]) -> str:
+    """The JSON text stored for the operator: ``arguments`` with secrets redacted."""
+    return json.dumps(redactor.scrub_json(dict(arguments)) if redactor else dict(arguments))
+
+
+def select(items: list[Approval], status: str | None) -> list[Approval]:
+    """``items`` with ``status`` (the effective one, so ``expired`` finds lapsed requests), or all."""
+    return items if status is None else [a for a in items if a.status == status]
 
 
 def _owner_only(path: Path) -> None:
@@ -363,14 +452,16 @@ def _owner_only(path: Path) -> None:
         os.chmod(path, 0o600)
 
 
-def _effective(status: str, expires: float, now: float) -> Status:
+def effective(status: str, expires: float, now: float) -> Status:
+    """``status`` as seen at ``now``: a pending or approved request past ``expires`` is ``expired``."""
     if status in ("pending", "approved") and expires <= now:
         return "expired"
     return cast(Status, status)
 
 
-def _approval(row: sqlite3.Row, now: float) -> Approval:
+def row_approval(row: sqlite3.Row | Mapping[str, Any], now: float) -> Approval:
+    """An :class:`Approval` from a table row (SQLite or PostgreSQL, same columns)."""
     data = dict(row)
     data["arguments"] = json.loads(data["arguments"])
-    data["status"] = _effective(data["status"], data["expires"], now)
+    data["status"] = effective(data["status"], data["expires"], now)
     return Approval(**data)
