@@ -11,27 +11,31 @@ configured it. After that, a tool that the server did not have before follows ``
 A definition that changes back to the pinned one is trusted again. Tools named like the
 dispatcher's own (:data:`RESERVED_NAMES`) are refused outright and cannot be approved.
 
-The store is one JSON file shared with the CLI: each method re-reads it when its mtime changed,
-and every change happens under an exclusive ``flock`` and is written atomically.
+The store is one :class:`~toolcrib.storage.documents.Document` shared with the CLI (a JSON file, or
+the ``pins`` row in PostgreSQL): each method re-reads it when it changed, and every change happens
+under an exclusive lock (``flock``, or ``SELECT ... FOR UPDATE``) and is written atomically.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
-import fcntl
 import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import mcp_types as types
 
 from toolcrib.errors import ToolcribError
+from toolcrib.storage.documents import Document, FileDocument, open_document
+
+if TYPE_CHECKING:
+    from toolcrib.storage.postgres import Database
 
 RESERVED_NAMES = frozenset({"search_tools", "invoke"})
 """The dispatcher's own tool names; an upstream tool with one of these names is refused."""
@@ -85,13 +89,15 @@ class PinEntry:
 
 
 class PinStore:
-    """Pinned tool hashes in a JSON file: ``{"servers": [...], "pins": {key: ...}, "pending": {...}}``."""
+    """Pinned tool hashes in a document (a JSON file or a PostgreSQL row):
+    ``{"version": 1, "servers": [...], "pins": {key: ...}, "pending": {...}}``. Failures raise :class:`PinError`."""
 
-    def __init__(self, path: str | os.PathLike[str], separator: str = "__") -> None:
-        self.path = Path(path)
+    def __init__(self, source: str | os.PathLike[str] | Document, separator: str = "__") -> None:
+        """``source``: the pin file's path, or a :class:`~toolcrib.storage.documents.Document`
+        (see :func:`pin_document`)."""
+        self.document = pin_document(None, source) if isinstance(source, (str, os.PathLike)) else source
+        self.path: Path | None = self.document.path if isinstance(self.document, FileDocument) else None
         self.separator = separator
-        self._stamp: tuple[int, int, int] | None = None
-        self._data: dict[str, Any] = _empty()
 
     def key(self, server: str, name: str) -> str:
         return f"{server}{self.separator}{name}"
@@ -186,40 +192,36 @@ class PinStore:
             entries[key] = PinEntry(key, "quarantined", pending["hash"], pinned_at, pending.get("reason"))
         return [entries[k] for k in sorted(entries)]
 
-    def _load(self) -> dict[str, Any]:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            self._stamp, self._data = None, _empty()
-            return self._data
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if stamp != self._stamp:
-            try:
-                loaded = json.loads(self.path.read_text("utf-8"))
-            except (OSError, ValueError) as exc:
-                raise PinError(
-                    f"pin file {self.path} is unreadable ({exc}); restore it or delete it to re-pin"
-                ) from None
-            self._data = {**_empty(), **loaded}
-            self._stamp = stamp
-        return self._data
+    def stamp(self) -> Hashable:
+        """A value that changes whenever the pins change (in this process or another)."""
+        return self.document.stamp()
 
-    @contextlib.contextmanager
-    def _changing(self) -> Iterator[dict[str, Any]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            data = json.loads(json.dumps(self._load()))
-            yield data
-            if data != self._data:
-                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(data, indent=1, sort_keys=True), "utf-8")
-                os.replace(tmp, self.path)
-                st = self.path.stat()
-                self._data, self._stamp = data, (st.st_ino, st.st_mtime_ns, st.st_size)
-        finally:
-            os.close(lock_fd)
+    def _load(self) -> dict[str, Any]:
+        return self.document.load()
+
+    def _changing(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        return self.document.changing()
+
+
+def pin_document(db: Database | None, path: str | os.PathLike[str]) -> Document:
+    """The pins' document: the file at ``path``, or the row ``pins`` of ``db``'s ``documents``."""
+    return open_document(
+        db,
+        path,
+        "pins",
+        _empty,
+        PinError,
+        what="pin file",
+        remedy="restore it or delete it to re-pin",
+        parse=_parse,
+        sort_keys=True,
+    )
+
+
+def _parse(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise TypeError("not a JSON object")
+    return {**_empty(), **data}
 
 
 def _empty() -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """API keys: ``tcb_`` + 43 random URL-safe characters, shown once; only SHA-256 digests are stored.
 
-The store is a 0600 JSON file shared by the server and the CLI. Every lookup checks the file's
-identity (inode, mtime, size) and re-reads it when it changed, so ``toolcrib keys revoke`` takes
-effect on the next request of a running server. SHA-256 is enough here: the keys carry 256 bits
+The store is a :class:`~toolcrib.storage.documents.Document` shared by the server and the CLI: a
+0600 JSON file whose identity (inode, mtime, size) every lookup checks, or the ``keys`` row in
+PostgreSQL, which a running gateway re-reads when notified. Either way ``toolcrib keys revoke``
+takes effect on the next request of a running server. SHA-256 is enough here: the keys carry 256 bits
 of entropy, so there is nothing to brute-force. An unreadable store raises
 :class:`~toolcrib.gateway.trust.auth.AuthUnavailable` (fail closed).
 """
@@ -11,10 +12,8 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import fcntl
 import hashlib
 import hmac
-import json
 import os
 import re
 import secrets
@@ -22,10 +21,14 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolcrib.errors import AuthError, ToolcribError
 from toolcrib.gateway.trust.identity import Principal
+from toolcrib.storage.documents import Document, FileDocument, open_document
+
+if TYPE_CHECKING:
+    from toolcrib.storage.postgres import Database
 
 KEY_PREFIX = "tcb_"
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
@@ -49,12 +52,14 @@ class ApiKeyInfo:
 
 
 class ApiKeyStore:
-    """API keys in a 0600 JSON file holding only SHA-256 digests; re-read whenever the file changes."""
+    """API keys (only their SHA-256 digests) in a document: ``{"version": 1, "keys": [{name, sha256,
+    groups, created, prefix}]}``; re-read whenever it changes. Failures raise :class:`AuthUnavailable`."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._stamp: tuple[int, int, int] | None = None
-        self._keys: builtins.list[dict[str, Any]] = []
+    def __init__(self, source: str | os.PathLike[str] | Document) -> None:
+        """``source``: the key file's path, or a :class:`~toolcrib.storage.documents.Document`
+        (see :func:`key_document`)."""
+        self.document = key_document(None, source) if isinstance(source, (str, os.PathLike)) else source
+        self.path: Path | None = self.document.path if isinstance(self.document, FileDocument) else None
 
     def add(self, name: str, groups: Iterable[str] = ()) -> str:
         """Create a key for ``name``; return it (this is the only time it is shown)."""
@@ -102,40 +107,31 @@ class ApiKeyStore:
         return Principal("key", found["name"], frozenset(found.get("groups", ())))
 
     def _load(self) -> builtins.list[dict[str, Any]]:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            self._stamp, self._keys = None, []
-            return self._keys
-        except OSError as exc:
-            raise AuthUnavailable(f"cannot read the API key store {self.path} ({exc.strerror})") from None
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if stamp != self._stamp:
-            try:
-                data = json.loads(self.path.read_text("utf-8"))
-                keys = data["keys"]
-                if not isinstance(keys, list) or not all(isinstance(k, dict) and "name" in k for k in keys):
-                    raise ValueError("bad key list")
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise AuthUnavailable(f"the API key store {self.path} is unreadable ({exc}); restore it") from None
-            self._keys, self._stamp = keys, stamp
-        return self._keys
+        keys: builtins.list[dict[str, Any]] = self.document.load()["keys"]
+        return keys
 
     @contextlib.contextmanager
     def _changing(self) -> Iterator[builtins.list[dict[str, Any]]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            keys = [dict(k) for k in self._load()]
-            yield keys
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as fp:
-                json.dump({"version": 1, "keys": keys}, fp, indent=1)
-            os.replace(tmp, self.path)
-        finally:
-            os.close(lock_fd)
+        with self.document.changing() as data:
+            yield data["keys"]
+
+
+def key_document(db: Database | None, path: str | os.PathLike[str]) -> Document:
+    """The API keys' document: the file at ``path``, or the row ``keys`` of ``db``'s ``documents``."""
+    return open_document(
+        db, path, "keys", _empty, AuthUnavailable, what="the API key store", remedy="restore it", parse=_parse
+    )
+
+
+def _empty() -> dict[str, Any]:
+    return {"version": 1, "keys": []}
+
+
+def _parse(data: Any) -> dict[str, Any]:
+    keys = data["keys"]
+    if not isinstance(keys, list) or not all(isinstance(k, dict) and "name" in k for k in keys):
+        raise ValueError("bad key list")
+    return dict(data)
 
 
 def _digest(key: str) -> str:

@@ -1,15 +1,16 @@
 """What a principal may see and call: policy listability plus tool pinning (quarantine).
 
 The quarantine set is recomputed when an upstream's tools change and when an operator changes
-the pin file (``toolcrib tools approve`` in another process); the check on the hot path is a set
-lookup plus, at most once a second, a ``stat`` of the pin file.
+the pins (``toolcrib tools approve`` in another process); the check on the hot path is a set
+lookup plus, at most once a second, :meth:`PinStore.stamp` (a ``stat`` of the pin file, or a
+version query / nothing at all for PostgreSQL, see :mod:`toolcrib.storage.documents`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 from toolcrib.config import Config
@@ -25,14 +26,16 @@ log = logging.getLogger("toolcrib.trust")
 class Trust:
     """Policy filter and pin quarantine, shared by search, tools/list and every call path."""
 
-    def __init__(self, config: Config, pool: Pool) -> None:
+    def __init__(self, config: Config, pool: Pool, pins: PinStore | None = None) -> None:
+        """``pins``: the pin store (default: the file at ``[policy] pins_path``; pass
+        ``PinStore(pin_document(db, path), separator)`` for PostgreSQL)."""
         self.config = config
         self.pool = pool
         self.rules = config.policy.rules
         self.default = policy.effective_default(config.policy, config.gateway)
-        self.pins = PinStore(config.policy.pins_path, separator=config.gateway.separator)
+        self.pins = pins if pins is not None else PinStore(config.policy.pins_path, separator=config.gateway.separator)
         self.quarantined: dict[str, str] = {}
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: Hashable = None
         self._checked = 0.0
 
     def may_use(self, principal: Principal, target: str, kind: policy.Kind = "tool") -> bool:
@@ -85,12 +88,11 @@ class Trust:
         self.quarantined = quarantined
         self._stamp = self._pin_stamp()
 
-    def _pin_stamp(self) -> tuple[int, int] | None:
+    def _pin_stamp(self) -> Hashable:
         try:
-            st = self.pins.path.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
+            return self.pins.stamp()
+        except ToolcribError as exc:  # unreadable: refresh() quarantines and logs why
+            return ("unavailable", exc.message)
 
     def _maybe_reload(self) -> None:
         now = time.monotonic()
