@@ -27,6 +27,7 @@ from toolcrib.gateway.audit.writer import AuditWriter
 from toolcrib.gateway.edge.admin import AdminApi
 from toolcrib.gateway.edge.guard import Guard, access
 from toolcrib.gateway.edge.http import HttpTransport
+from toolcrib.gateway.edge.shared_sessions import SessionDirectory
 from toolcrib.gateway.edge.slowclients import apply_client_timeouts
 from toolcrib.gateway.pipeline import (
     audit_layer,
@@ -53,10 +54,12 @@ from toolcrib.gateway.trust.sealed import Sealer
 from toolcrib.gateway.trust.secrets import ChainStore, expander
 from toolcrib.router.pool import Pool
 from toolcrib.startup import StartupInterrupted, bind_error, check_port_free, unless
+from toolcrib.storage import open_database
 
 if TYPE_CHECKING:
     from toolcrib.index.embedder import Embedder
     from toolcrib.router.reindex import Reindexer
+    from toolcrib.storage.postgres import Database, Listener
 
 log = logging.getLogger("toolcrib.serve")
 
@@ -96,16 +99,29 @@ class Parts:
     trust: Trust
     origin: dict[str, str] = field(default_factory=dict)
     """``{"url": public origin}`` once the endpoint is bound (what challenges and approval URLs name)."""
+    db: Database | None = None
+    """The shared PostgreSQL database (``[storage] url``); None for the embedded default."""
+    listener: Listener | None = None
+    """Its LISTEN connection (cross-replica signals), run by :func:`running_gateway`."""
 
     def close(self) -> None:
         self.writer.close()
         self.audit.close()
         self.approvals.close()
+        if self.db is not None:
+            self.db.close()
 
 
-def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
-    """Wire credentials, pool, index, audit, policy, approvals, pins and the dispatch pipeline."""
+def build(config: Config, *, embedder: Embedder | None = None, db: Database | None = None) -> Parts:
+    """Wire credentials, pool, index, audit, policy, approvals, pins and the dispatch pipeline.
+
+    ``db``: the shared database (:func:`open_storage`), or None for the embedded default."""
     store = ChainStore(config.secrets.file)
+    listener = None
+    if db is not None:
+        from toolcrib.storage.postgres import Listener
+
+        listener = Listener(db)
     redactor = Redactor()
     pool = Pool(config, expand_secret=expander(store, redactor), scrub=redactor.scrub_model)
     install_log_redaction(redactor)
@@ -166,7 +182,7 @@ def build(config: Config, *, embedder: Embedder | None = None) -> Parts:
     gateway.mrtr.parking.ttl = config.gateway.input_wait  # [gateway] input_wait: parked calls' wait for a retry
     if reindexer is not None:
         _reindex_on_change(pool, reindexer)
-    return Parts(pool, gateway, reindexer, audit, writer, approvals, redactor, trust, origin)
+    return Parts(pool, gateway, reindexer, audit, writer, approvals, redactor, trust, origin, db, listener)
 
 
 def _reindex_on_change(pool: Pool, reindexer: Reindexer) -> None:
@@ -178,6 +194,23 @@ def _reindex_on_change(pool: Pool, reindexer: Reindexer) -> None:
                 log.error("reindex of %s failed: %s", server, exc.message)
 
     pool.subscribe(listener)
+
+
+def open_storage(config: Config) -> Database | None:
+    """The shared database, connected and migrated to this version's schema; None when embedded.
+    Raises :class:`~toolcrib.errors.StorageError` (unreachable, or newer than this toolcrib)."""
+    db = open_database(config)
+    if db is not None:
+        from toolcrib.storage import migrations
+
+        try:
+            before, after = migrations.upgrade(db)
+        except BaseException:
+            db.close()
+            raise
+        if before != after:
+            log.info("storage: %s schema upgraded from version %d to %d", db.where, before, after)
+    return db
 
 
 def check_bind(config: Config) -> None:
@@ -205,7 +238,13 @@ async def running_gateway(
     check_bind(config)
     check_port_free(config.gateway.host, config.gateway.port)
     authenticator = build_authenticator(config)
-    parts = build(config, embedder=embedder)
+    db = open_storage(config)
+    try:
+        parts = build(config, embedder=embedder, db=db)
+    except BaseException:
+        if db is not None:
+            db.close()
+        raise
     try:
         async with AsyncExitStack() as stack:
             if hasattr(authenticator, "__aenter__"):
@@ -244,8 +283,14 @@ async def _start_http(
         challenge=challenger(config, lambda: base.get("url", "")),
     )
     app = web.Application(middlewares=[guard.middleware], client_max_size=config.gateway.max_body_bytes + 1024)
-    transport = HttpTransport(parts.gateway, config, tg)
+    directory = SessionDirectory(parts.db, ttl=config.gateway.session_ttl) if parts.db is not None else None
+    transport = HttpTransport(parts.gateway, config, tg, directory)
     transport.add_routes(app)
+    if parts.listener is not None:
+        if directory is not None:
+            directory.listen(parts.listener, transport.deliver, transport.closed_elsewhere)
+            tg.start_soon(directory.reap)
+        await tg.start(parts.listener.run)
     reindex = None
     if parts.reindexer is not None:
         reindexer = parts.reindexer

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -41,6 +42,7 @@ from toolcrib.gateway.edge.jsonrpc import BadMessage, parse_message
 from toolcrib.gateway.edge.replies import SSE_HEADERS, dump, note_request, respond, rpc_error, sse
 from toolcrib.gateway.edge.resume import LAST_EVENT_ID, RETRY_MS, Refused, Replay, StreamLog, serve
 from toolcrib.gateway.edge.sessions import HttpSession, SessionExchange, SessionTable, Standalone, answer
+from toolcrib.gateway.edge.shared_sessions import SessionDirectory, StoredSession, apply, snapshot
 from toolcrib.gateway.edge.stateless import Stateless, is_modern
 from toolcrib.gateway.server import Gateway, Peer, RequestInfo
 from toolcrib.gateway.trust.identity import Principal
@@ -61,8 +63,11 @@ class HttpTransport:
         gateway: Gateway,
         config: Config,
         tg: anyio.abc.TaskGroup,
+        directory: SessionDirectory | None = None,
     ) -> None:
         self.gateway = gateway
+        self.directory = directory
+        """Set with ``[storage] url``: sessions live in PostgreSQL and any replica serves them."""
         self.cfg = config.gateway
         self.tg = tg
         self.table = SessionTable(self.cfg)
@@ -79,17 +84,92 @@ class HttpTransport:
 
     # ---- checks ------------------------------------------------------------------------------
 
-    def _session(self, request: web.Request, principal: Principal) -> HttpSession | web.Response | None:
+    async def _session(self, request: web.Request, principal: Principal) -> HttpSession | web.Response | None:
         sid = request.headers.get(SESSION_HEADER)
         if sid is None:
             return None
         sess = self.sessions.get(sid)
-        if sess is None or sess.closed.is_set():
+        if sess is not None and sess.closed.is_set():
+            sess = None
+        if self.directory is not None:
+            stored = await self.directory.load(sid)
+            if stored is None:
+                if sess is not None:  # deleted or expired on another replica
+                    sess.scope.cancel()
+                    self.table.drop(sess)
+                sess = None
+            elif stored.principal.id != principal.id:
+                return web.Response(status=403, text="Forbidden: this session belongs to another principal\n")
+            elif sess is None:
+                sess = await self._adopt(stored, principal)
+            elif stored.state != snapshot(sess):
+                apply(sess, stored.state)
+                self.directory.seen(sid, stored.state)
+        if sess is None:
             return rpc_error(-32001, "Session not found or expired; start a new session with initialize", status=404)
         if sess.peer.principal.id != principal.id:
             return web.Response(status=403, text="Forbidden: this session belongs to another principal\n")
         sess.last_seen = time.monotonic()
         return sess
+
+    async def _adopt(self, stored: StoredSession, principal: Principal) -> HttpSession:
+        """Serve a session another replica opened: a local server loop primed with its ``initialize``."""
+        assert self.directory is not None
+        init = dict(stored.state.get("init") or {})
+        sess = self._open(Peer(transport="http", principal=principal, id=stored.id), init)
+        send, recv = anyio.create_memory_object_stream[types.JSONRPCMessage](1)
+        rid = f"toolcrib-adopt-{stored.id[:8]}"
+        sess.waiters[rid] = send
+        try:
+            prime = types.JSONRPCRequest(jsonrpc="2.0", id=rid, method="initialize", params=init)
+            info = RequestInfo(sess.peer, principal)
+            await sess.to_server.send(SessionMessage(prime, ServerMessageMetadata(request_context=info)))
+            with anyio.fail_after(10):
+                await recv.receive()
+            done = types.JSONRPCNotification(jsonrpc="2.0", method="notifications/initialized")
+            await sess.to_server.send(SessionMessage(done, ServerMessageMetadata(request_context=info)))
+        finally:
+            sess.waiters.pop(rid, None)
+            send.close()
+            recv.close()
+        apply(sess, stored.state)
+        self.directory.seen(stored.id, stored.state)
+        log.info("session %s adopted from the database", stored.id[:8])
+        return sess
+
+    async def _saved(self, sess: HttpSession | None) -> None:
+        if self.directory is not None and sess is not None and not sess.closed.is_set():
+            try:
+                await self.directory.save(sess)
+            except Exception as exc:
+                log.warning("session %s: state not saved (%s)", sess.peer.id[:8], str(exc).splitlines()[0])
+
+    def deliver(self, sid: str, message: dict[str, object]) -> None:
+        """A notification another replica published for ``sid``: onto its GET stream if held here."""
+        sess = self.sessions.get(sid)
+        if sess is None or sess.standalone is None:
+            return
+        try:
+            note = types.JSONRPCNotification.model_validate(message)
+            sess.standalone.send_nowait(note)
+        except Exception:
+            log.debug("session %s: a relayed notification was not delivered", sid[:8], exc_info=True)
+
+    def closed_elsewhere(self, sid: str) -> None:
+        """Another replica ended ``sid`` (``DELETE``): drop this replica's copy."""
+        sess = self.sessions.get(sid)
+        if sess is not None:
+            sess.scope.cancel()
+            self.table.drop(sess)
+
+    def relay(self, sess: HttpSession, msg: types.JSONRPCMessage) -> bool:
+        """Publish a GET-stream message of ``sess`` for the replica holding its GET stream; False
+        when sessions are not shared."""
+        if self.directory is None or not isinstance(msg, types.JSONRPCNotification):
+            return False
+        data = msg.model_dump(by_alias=True, exclude_none=True, mode="json")
+        self.tg.start_soon(self.directory.publish, sess.peer.id, data)
+        return True
 
     # ---- POST --------------------------------------------------------------------------------
 
@@ -108,9 +188,22 @@ class HttpTransport:
             note_request(request, message)
             if response_mode(request.headers.get("Accept")) == "none":
                 return web.Response(status=406, text=NOT_ACCEPTABLE)
-        sess = self._session(request, principal)
+        sess = await self._session(request, principal)
         if isinstance(sess, web.Response):
             return sess
+        try:
+            return await self._post(request, principal, message, raw, sess)
+        finally:
+            await self._saved(sess)
+
+    async def _post(
+        self,
+        request: web.Request,
+        principal: Principal,
+        message: types.JSONRPCMessage,
+        raw: dict[str, Any],
+        sess: HttpSession | None,
+    ) -> web.StreamResponse:
         if sess is None and is_modern(request.headers, raw):
             return await self.stateless.post(request, principal, message, raw)
         version = request.headers.get("MCP-Protocol-Version")
@@ -178,7 +271,7 @@ class HttpTransport:
         requested = init.get("protocolVersion")
         version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
         connection = Connection.from_envelope(
-            version, init.get("clientInfo"), init.get("capabilities"), outbound=Standalone(sess)
+            version, init.get("clientInfo"), init.get("capabilities"), outbound=Standalone(sess, self.relay)
         )
         token = progress_token_from_params(message.params)
         dctx = SessionExchange(sess, rid, request.headers, info, token)
@@ -215,18 +308,29 @@ class HttpTransport:
         full = self.table.make_room(principal)
         if full is not None:
             return rpc_error(-32000, full, status=503)
-        peer = Peer(transport="http", principal=principal)
+        sess = self._open(Peer(transport="http", principal=principal), dict(message.params or {}))
+        if self.directory is not None:
+            try:
+                await self.directory.create(sess)
+            except Exception as exc:
+                self.table.drop(sess)
+                sess.scope.cancel()
+                log.error("session not recorded in the database: %s", str(exc).splitlines()[0])
+                return rpc_error(-32000, "Session store unavailable; retry shortly", message.id, status=503)
+        return await self._exchange(request, sess, message, RequestInfo(sess.peer, principal))
+
+    def _open(self, peer: Peer, init: dict[str, object]) -> HttpSession:
+        """A local session with its server loop started (not yet initialized)."""
         to_server, server_read = anyio.create_memory_object_stream[SessionMessage | Exception](64)
         server_write, from_server = anyio.create_memory_object_stream[SessionMessage](64)
-        sess = HttpSession(peer=peer, to_server=to_server, init=dict(message.params or {}))
-        requested = sess.init.get("protocolVersion") if sess.init else None
+        sess = HttpSession(peer=peer, to_server=to_server, init=init)
+        requested = init.get("protocolVersion")
         version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
-        if version >= RESUMABLE_SINCE:
+        if isinstance(version, str) and version >= RESUMABLE_SINCE:
             sess.replay = Replay(self.tg.start_soon)
         self.sessions[peer.id] = sess
         self.tg.start_soon(self._run_session, sess, server_read, server_write, from_server)
-        resp = await self._exchange(request, sess, message, RequestInfo(peer, principal))
-        return resp
+        return sess
 
     async def _run_session(
         self,
@@ -243,6 +347,8 @@ class HttpTransport:
                 finally:
                     tg.cancel_scope.cancel()
         self.table.drop(sess)
+        if self.directory is not None:
+            self.directory.forget(sess.peer.id)
 
     async def _route(self, sess: HttpSession, from_server: MemoryObjectReceiveStream[SessionMessage]) -> None:
         async with from_server:
@@ -259,6 +365,8 @@ class HttpTransport:
                     target = sess.waiters.get(related) if related is not None else None
                     if target is None:
                         target = sess.standalone
+                        if target is None and self.relay(sess, msg):
+                            continue
                 if target is None:
                     continue
                 try:
@@ -313,7 +421,7 @@ class HttpTransport:
     async def get(self, request: web.Request) -> web.StreamResponse:
         if not accepted(request.headers.get("Accept"))[1]:
             return web.Response(status=406, text="Not Acceptable: GET /mcp needs Accept: text/event-stream\n")
-        sess = self._session(request, request[PRINCIPAL])
+        sess = await self._session(request, request[PRINCIPAL])
         if sess is None:
             return web.Response(status=405, headers={"Allow": "POST"}, text="Method Not Allowed without a session\n")
         if isinstance(sess, web.Response):
@@ -370,11 +478,13 @@ class HttpTransport:
         return resp
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
-        sess = self._session(request, request[PRINCIPAL])
+        sess = await self._session(request, request[PRINCIPAL])
         if sess is None:
             return web.Response(status=400, text=f"Bad Request: DELETE needs {SESSION_HEADER}\n")
         if isinstance(sess, web.Response):
             return sess
         sess.scope.cancel()
         self.table.drop(sess)
+        if self.directory is not None:
+            await self.directory.delete(sess.peer.id)
         return web.Response(status=204)

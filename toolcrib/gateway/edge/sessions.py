@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,18 +195,24 @@ class SessionExchange(Exchange):
 class Standalone:
     """A session's standalone channel (its GET stream) for directly served calls: notifications only."""
 
-    def __init__(self, sess: HttpSession) -> None:
+    def __init__(
+        self, sess: HttpSession, relay: Callable[[HttpSession, types.JSONRPCMessage], bool] | None = None
+    ) -> None:
         self._sess = sess
+        self._relay = relay
+        """With shared sessions: publishes a message for the replica holding the GET stream."""
 
     async def send_raw_request(self, method: str, params: Any, opts: CallOptions | None = None) -> dict[str, Any]:
         raise NoBackChannelError(method)
 
     async def notify(self, method: str, params: Any, opts: CallOptions | None = None) -> None:
         stream = self._sess.standalone
+        note = types.JSONRPCNotification(jsonrpc="2.0", method=method, params=dict(params) if params else None)
         if stream is not None:
-            note = types.JSONRPCNotification(jsonrpc="2.0", method=method, params=dict(params) if params else None)
             with contextlib.suppress(anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
                 stream.send_nowait(note)
+        elif self._relay is not None:
+            self._relay(self._sess, note)
 
 
 async def answer(server: Any, dctx: Any, message: types.JSONRPCRequest, connection: Connection) -> types.JSONRPCMessage:

@@ -1,0 +1,128 @@
+"""2025-11-25 sessions any replica serves: two gateways on one real PostgreSQL database, raw HTTP.
+
+The replicas run in this process on their own ports (the nginx + 3 processes set-up is
+``test_replicas.py``); each has its own upstream children and state files, and shares only the
+database, exactly as two machines would.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+
+from tests.e2e.conftest import make_config, stdio_server
+from toolcrib.app import Running, running_gateway
+from toolcrib.index.embedder import HashingEmbedder
+
+pytestmark = pytest.mark.anyio
+
+ECHO = "tests.servers.echo"
+HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "replicas", "version": "1"}},
+}
+
+
+@asynccontextmanager
+async def replicas(tmp_path: Path, pg_url: str, n: int = 2, **gateway: Any) -> AsyncIterator[list[Running]]:
+    async with AsyncExitStack() as stack:
+        out = []
+        for i in range(n):
+            cfg = make_config({"echo": stdio_server(ECHO)}, tmp_path / f"r{i}", mode="dispatcher", **gateway)
+            cfg = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"url": pg_url})})
+            rt = await stack.enter_async_context(running_gateway(cfg, connect_wait=20, embedder=HashingEmbedder()))
+            assert rt.reindexer is not None
+            await rt.reindexer.sync({"echo"})
+            out.append(rt)
+        yield out
+
+
+async def rpc(s: aiohttp.ClientSession, url: str, body: dict[str, Any], sid: str | None) -> tuple[int, Any]:
+    headers = {**HEADERS, **({"Mcp-Session-Id": sid} if sid else {})}
+    async with s.post(url, data=json.dumps(body), headers=headers) as r:
+        text = await r.text()
+        if r.headers.get("Content-Type", "").startswith("text/event-stream"):
+            datas = [
+                json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:") and line[5:].strip()
+            ]
+            return r.status, next((d for d in datas if "id" in d), datas[-1] if datas else None)
+        return r.status, (json.loads(text) if text.strip().startswith("{") else text)
+
+
+async def test_a_session_alternating_replicas(tmp_path: Path, pg_url: str) -> None:
+    async with replicas(tmp_path, pg_url) as (a, b), aiohttp.ClientSession() as s:
+        async with s.post(a.url, data=json.dumps(INIT), headers=HEADERS) as r:
+            assert r.status == 200
+            sid = r.headers["Mcp-Session-Id"]
+        status, _ = await rpc(s, b.url, {"jsonrpc": "2.0", "method": "notifications/initialized"}, sid)
+        assert status == 202
+        for i, rt in enumerate([b, a, b, a]):
+            status, answer = await rpc(s, rt.url, {"jsonrpc": "2.0", "id": 10 + i, "method": "tools/list"}, sid)
+            assert status == 200, answer
+            assert [t["name"] for t in answer["result"]["tools"]][:2] == ["search_tools", "invoke"]
+        # search_tools on B loads echo__echo into the session; A sees it and can call it by name
+        call = {"name": "search_tools", "arguments": {"query": "echo text back", "limit": 2}}
+        status, answer = await rpc(s, b.url, {"jsonrpc": "2.0", "id": 20, "method": "tools/call", "params": call}, sid)
+        assert status == 200 and not answer["result"].get("isError"), answer
+        status, answer = await rpc(s, a.url, {"jsonrpc": "2.0", "id": 21, "method": "tools/list"}, sid)
+        assert "echo__echo" in [t["name"] for t in answer["result"]["tools"]]
+        by_name = {"name": "echo__echo", "arguments": {"text": "across replicas"}}
+        status, answer = await rpc(
+            s, a.url, {"jsonrpc": "2.0", "id": 22, "method": "tools/call", "params": by_name}, sid
+        )
+        assert answer["result"]["content"][0]["text"] == "across replicas"
+        # DELETE on A ends it on B too
+        async with s.delete(a.url, headers={"Mcp-Session-Id": sid}) as r:
+            assert r.status == 204
+        status, _ = await rpc(s, b.url, {"jsonrpc": "2.0", "id": 30, "method": "tools/list"}, sid)
+        assert status == 404
+
+
+async def test_list_changed_reaches_the_get_stream_held_by_another_replica(tmp_path: Path, pg_url: str) -> None:
+    async with replicas(tmp_path, pg_url) as (a, b), aiohttp.ClientSession() as s:
+        async with s.post(a.url, data=json.dumps(INIT), headers=HEADERS) as r:
+            sid = r.headers["Mcp-Session-Id"]
+        await rpc(s, a.url, {"jsonrpc": "2.0", "method": "notifications/initialized"}, sid)
+        got: list[dict[str, Any]] = []
+        opened = anyio.Event()
+
+        async def hold_get_stream_on_a() -> None:
+            headers = {"Accept": "text/event-stream", "Mcp-Session-Id": sid}
+            async with s.get(a.url, headers=headers) as r:
+                assert r.status == 200
+                opened.set()
+                async for line in r.content:
+                    text = line.decode().strip()
+                    if text.startswith("data:") and text[5:].strip():
+                        got.append(json.loads(text[5:]))
+                        return
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hold_get_stream_on_a)
+            with anyio.fail_after(10):
+                await opened.wait()
+            call = {"name": "search_tools", "arguments": {"query": "echo text back", "limit": 2}}
+            status, answer = await rpc(
+                s, b.url, {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": call}, sid
+            )
+            assert status == 200, answer
+            with anyio.fail_after(10):
+                while not got:
+                    await anyio.sleep(0.05)
+        assert got[0]["method"] == "notifications/tools/list_changed"
+
+
+async def test_unknown_and_foreign_sessions(tmp_path: Path, pg_url: str) -> None:
+    async with replicas(tmp_path, pg_url) as (a, b), aiohttp.ClientSession() as s:
+        status, _ = await rpc(s, b.url, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, "f" * 32)
+        assert status == 404
