@@ -2,7 +2,8 @@
 
 One secret, kept outside the database, authenticates everything the audit log can authenticate:
 ``secret:toolcrib/audit-hmac`` from the credential store (environment, OS keyring or the secrets
-file) if set, else a random 32-byte file ``<db>.key`` created 0600 next to the database. Three keys
+file) if set, else a random 32-byte file ``<db>.key`` created 0600 next to the database; with the
+PostgreSQL backend only the secret (:func:`load_shared_hmac_key`: every replica must share it). Three keys
 are derived from it (HMAC-SHA256 of a label, so one leaked derived key reveals nothing of the
 others): the arguments HMAC uses the secret itself (unchanged since the first release), the anchor
 and the prune checkpoints use :func:`derive` with their own labels.
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 HMAC_KEY_REF = "toolcrib/audit-hmac"
 ANCHOR_LABEL = b"toolcrib audit anchor v1"
 CHECKPOINT_LABEL = b"toolcrib audit checkpoint v1"
+HEAD_LABEL = b"toolcrib audit head v1"
+"""Derives the key of the PostgreSQL log's keyed head row (``audit_head.mac``)."""
 PRIVATE = 0o600
 
 
@@ -71,6 +74,22 @@ def load_hmac_key(
         key = secrets.token_bytes(32)
         fp.write(key)
     return key
+
+
+def load_shared_hmac_key(store: CredentialStore | None) -> bytes:
+    """The audit key every replica of a PostgreSQL-backed gateway shares: ``secret:toolcrib/audit-hmac``.
+
+    There is no file fallback (a key file per replica would give every replica its own key, and
+    their rows would not verify under one). Raises :class:`AuditError` (one line, with the command
+    to run) when the secret is not set."""
+    value = store.get(HMAC_KEY_REF) if store is not None else None
+    if not value:
+        raise AuditError(
+            f"with [storage] url set, every replica needs the same audit key secret:{HMAC_KEY_REF}; generate one "
+            "with `python3 -c 'import secrets; print(secrets.token_hex(32))'` and store it on each replica with "
+            "`toolcrib creds set toolcrib audit-hmac` (or TOOLCRIB_SECRET_TOOLCRIB_AUDIT_HMAC)"
+        )
+    return value.encode()
 
 
 def _read_private(path: Path) -> bytes:

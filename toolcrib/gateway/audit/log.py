@@ -28,8 +28,6 @@ The database, its ``-wal`` and ``-shm`` files, the anchor and the key file are 0
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import sqlite3
@@ -63,6 +61,7 @@ from toolcrib.gateway.audit.schema import (
     row_hash,
     version,
 )
+from toolcrib.gateway.audit.shared import MAX_ARGUMENT_CHARS, args_hmac, build_row, decode, filters
 from toolcrib.gateway.audit.verify import VerifyReport, verify
 
 if TYPE_CHECKING:
@@ -75,6 +74,7 @@ __all__ = [
     "COLUMNS",
     "GENESIS",
     "HMAC_KEY_REF",
+    "MAX_ARGUMENT_CHARS",
     "AuditEvent",
     "AuditSink",
     "Kind",
@@ -89,9 +89,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MAX_ARGUMENT_CHARS = 65536
-"""Redacted arguments longer than this are truncated in the row (the HMAC covers the originals)."""
-
 
 class SqliteAuditLog:
     """The default :class:`AuditSink`: one SQLite file in WAL mode plus a keyed anchor file.
@@ -104,6 +101,10 @@ class SqliteAuditLog:
     the head is re-read under SQLite's write lock. Raises :class:`AuditError` when unusable.
     """
 
+    blocking_io = False
+    """An append is a local commit (tens of microseconds): :class:`~toolcrib.gateway.audit.writer.AuditWriter`
+    may run it on the event loop."""
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -114,6 +115,8 @@ class SqliteAuditLog:
         create: bool = True,
     ) -> None:
         self.path = Path(path)
+        self.where = str(self.path)
+        """Where the log is, for messages (the file's path)."""
         if not create and not self.path.exists():
             raise AuditError(f"no audit log at {self.path}; it is created when `toolcrib serve` first runs")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,9 +176,7 @@ class SqliteAuditLog:
 
     def args_hmac(self, arguments: Mapping[str, Any]) -> str:
         """HMAC-SHA256 (hex) of the canonical JSON of ``arguments`` under this log's key."""
-        if self._hmac_key is None:
-            raise AuditError("this audit log was opened without an HMAC key; it cannot record calls")
-        return mac(self._hmac_key, canonical_json(arguments))
+        return args_hmac(self._hmac_key, arguments)
 
     def _checkpoint_mac(self, seq: int, digest: str) -> str:
         if self._checkpoint_key is None:
@@ -232,33 +233,7 @@ class SqliteAuditLog:
         return [int(row["seq"]) for row in rows]
 
     def _row(self, event: AuditEvent) -> dict[str, Any]:
-        row: dict[str, Any] = {k: getattr(event, k, None) for k in COLUMNS}
-        row["ts"] = float(event.ts if event.ts is not None else time.time())
-        if event.request_id is not None:
-            row["request_id"] = str(event.request_id)
-        if event.latency_ms is not None:
-            row["latency_ms"] = float(event.latency_ms)
-        if event.arguments is not None:
-            if self._hmac_key is None:
-                raise AuditError("this audit log was opened without an HMAC key; it cannot record calls")
-            arguments = dict(event.arguments)
-            original = canonical_json(arguments)
-            row["args_hmac"] = mac(self._hmac_key, original)
-            scrubbed = self._scrub(arguments)
-            text = original if scrubbed is arguments else canonical_json(scrubbed)
-            row["args_stored"] = "full" if text == original else "redacted"
-            if len(text) > MAX_ARGUMENT_CHARS:
-                text, row["args_stored"] = text[:MAX_ARGUMENT_CHARS] + "…", "truncated"
-            row["arguments"] = text
-        if event.results is not None:
-            row["results"] = canonical_json(list(event.results))
-        for key in ("query", "error", "target"):
-            if row[key] is not None:
-                row[key] = self._scrub(row[key])
-        return row
-
-    def _scrub(self, value: Any) -> Any:
-        return self._redactor.scrub_json(value) if self._redactor is not None else value
+        return build_row(event, self._hmac_key, self._redactor)
 
     def _head(self) -> tuple[int, str]:
         head = self._db.execute(HEAD).fetchone() or self._db.execute(CHECKPOINT).fetchone()
@@ -306,23 +281,22 @@ class SqliteAuditLog:
         """The most recent ``limit`` rows matching every filter, oldest first. ``tool`` and ``method``
         are globs (``git__*``, ``resources/*``)."""
         clauses, params = [], []
-        for column, op, value in (
-            ("principal", "=", principal),
-            ("tool", "GLOB", tool),
-            ("ts", ">=", since),
-            ("outcome", "=", outcome),
-            ("kind", "=", kind),
-            ("request_id", "=", request_id),
-            ("method", "GLOB", method),
+        for column, op, value in filters(
+            principal=principal,
+            tool=tool,
+            since=since,
+            outcome=outcome,
+            kind=kind,
+            request_id=request_id,
+            method=method,
         ):
-            if value is not None:
-                clauses.append(f"{column} {op} ?")
-                params.append(value)
+            clauses.append(f"{column} {'GLOB' if op == 'glob' else op} ?")
+            params.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT * FROM events {where} ORDER BY seq DESC LIMIT ?"  # noqa: S608
         with self._lock:
             rows = list(self._rows(sql, [*params, limit]))
-        return [_decode(r) for r in reversed(rows)]
+        return [decode(r) for r in reversed(rows)]
 
     def tail(self, n: int = 20) -> list[dict[str, Any]]:
         """The last ``n`` rows, oldest first."""
@@ -336,6 +310,15 @@ class SqliteAuditLog:
                 fp.write(canonical_json(row) + "\n")
                 count += 1
         return count
+
+    def prune_count(self, before_ts: float) -> int:
+        """How many rows :meth:`prune` would delete now: every row up to the newest one older than
+        ``before_ts`` (seconds since the epoch)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM events WHERE seq <= (SELECT MAX(seq) FROM events WHERE ts < ?)", (before_ts,)
+            ).fetchone()
+        return int(row[0]) if row else 0
 
     def prune(self, before_ts: float) -> int:
         """Delete rows older than ``before_ts`` behind a keyed checkpoint; return how many were
@@ -366,12 +349,3 @@ class SqliteAuditLog:
         """Check the chain, the checkpoints, the anchor and ``args_hmac``; see
         :func:`toolcrib.gateway.audit.verify.verify` for what is detected and what cannot be."""
         return verify(self._db, self._lock, self._anchor, self._hmac_key, self.path, self.schema)
-
-
-def _decode(row: dict[str, Any]) -> dict[str, Any]:
-    out = dict(row)
-    for key in ("arguments", "results"):
-        if isinstance(out.get(key), str):
-            with contextlib.suppress(ValueError):
-                out[key] = json.loads(out[key])
-    return out

@@ -13,7 +13,11 @@ Detected (with the audit key):
   records an ``anchor`` row (``rule = "reset"``) in the chain, reported here for ever;
 * arguments edited in a row stored in full (``args_hmac`` recomputed from them does not match).
 
-Not detectable, listed in :attr:`VerifyReport.limits` every time: see :func:`limits`.
+Not detectable, listed in :attr:`VerifyReport.limits` every time: see :func:`limits` (SQLite) and
+:func:`pg_limits` (PostgreSQL, whose anchor is the keyed ``audit_head`` row rather than a file).
+
+The scan itself (:func:`check_chain`) reads rows through a :class:`RowSource`, so both backends are
+checked by the same code: :class:`SqliteRows` here, ``PgRows`` in :mod:`~toolcrib.gateway.audit.log_pg`.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import hmac
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from toolcrib.gateway.audit.anchor import Anchor
 from toolcrib.gateway.audit.keys import CHECKPOINT_LABEL, derive, mac
@@ -83,6 +88,57 @@ def limits(key: bool, anchor_beside_db: bool) -> list[str]:
     return out
 
 
+def pg_limits(key: bool) -> list[str]:
+    """The tamperings no verify of the PostgreSQL log (:mod:`~toolcrib.gateway.audit.log_pg`) can detect."""
+    out = [
+        "An attacker holding the audit key can forge everything: rows, checkpoints and the head row.",
+        "The keyed head row (audit_head) is in the same database as the rows: a database administrator who "
+        "cuts rows from the tail and puts back an earlier head row (copied from a backup or read before) "
+        "rolls the log back undetected; so does restoring the whole database from a backup.",
+        "Rows removed by `toolcrib audit prune` behind a keyed checkpoint are gone: the chain is checked from "
+        "the latest checkpoint on.",
+        "Dropping the audit tables (or the database) leaves nothing to check, and verify proves that what is "
+        "in the log was not altered, not that every request reached the log.",
+    ]
+    if not key:
+        out.append(
+            "The audit key was not available (secret:toolcrib/audit-hmac): the head row and the checkpoints were "
+            "not authenticated and args_hmac not checked at all, so anyone able to write the tables could have "
+            "rewritten the whole log."
+        )
+    return out
+
+
+class RowSource(Protocol):
+    """Rows of one consistent snapshot of an audit log, whichever backend holds them."""
+
+    def checkpoints(self) -> list[tuple[int, str, str | None]]:
+        """Every prune checkpoint as ``(seq, hash, mac)``, oldest first."""
+        ...
+
+    def events(self) -> Iterable[Mapping[str, Any]]:
+        """Every row as ``{column: value}`` (:data:`~toolcrib.gateway.audit.schema.COLUMNS`), by seq."""
+        ...
+
+
+class SqliteRows:
+    """:class:`RowSource` over an open SQLite audit database (call inside one read transaction)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def checkpoints(self) -> list[tuple[int, str, str | None]]:
+        cursor = self._db.execute("SELECT * FROM checkpoints ORDER BY seq")
+        names = [d[0] for d in cursor.description]
+        return [(int(r[0]), str(r[1]), dict(zip(names, r, strict=True)).get("mac")) for r in cursor]
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        cursor = self._db.execute("SELECT * FROM events ORDER BY seq")
+        names = [d[0] for d in cursor.description]
+        for values in cursor:
+            yield dict(zip(names, values, strict=True))
+
+
 def verify(
     db: sqlite3.Connection, lock: threading.Lock, anchor: Anchor, key: bytes | None, db_path: Path, schema: int
 ) -> VerifyReport:
@@ -104,8 +160,7 @@ def verify(
     with lock:
         db.execute("BEGIN")
         try:
-            _checkpoints(db, report, key)
-            _scan(db, report, head, key)
+            check_chain(SqliteRows(db), report, head, key)
         finally:
             db.execute("COMMIT")
     last = report.last_seq if report.last_seq is not None else report.checkpoint_seq
@@ -130,19 +185,29 @@ def verify(
             problems.append(f"rows {head[0] + 1}..{last} come after the anchored head (appended outside)")
     else:
         report.checked.append(f"the head matches the anchor at row {head[0]} ({how})")
+    finish(report, limits(key is not None, anchor.path.resolve().parent == db_path.resolve().parent))
+    return report
+
+
+def finish(report: VerifyReport, backend_limits: list[str]) -> None:
+    """Put the backend's limits first, after them the ones the scan found (unchecked args_hmac)."""
     if report.args_unchecked:
         report.limits.append(
             f"args_hmac of {report.args_unchecked} rows cannot be checked: their stored arguments are redacted "
             "or truncated (or predate the marker that says so), and the HMAC covers the originals."
         )
-    report.limits[:0] = limits(key is not None, anchor.path.resolve().parent == db_path.resolve().parent)
-    return report
+    report.limits[:0] = backend_limits
 
 
-def _checkpoints(db: sqlite3.Connection, report: VerifyReport, key: bytes | None) -> None:
-    cursor = db.execute("SELECT * FROM checkpoints ORDER BY seq")
-    names = [d[0] for d in cursor.description]
-    rows = [(r[0], r[1], dict(zip(names, r, strict=True)).get("mac")) for r in cursor]
+def check_chain(source: RowSource, report: VerifyReport, head: tuple[int, str] | None, key: bytes | None) -> None:
+    """Check the checkpoints' HMACs and the chain from the latest checkpoint on, against ``head``
+    (the anchored ``(seq, hash)``, None when there is none): fills ``report``."""
+    checkpoints = source.checkpoints()
+    _checkpoints(checkpoints, report, key)
+    _scan(source.events(), checkpoints[-1][:2] if checkpoints else None, report, head, key)
+
+
+def _checkpoints(rows: list[tuple[int, str, str | None]], report: VerifyReport, key: bytes | None) -> None:
     if not rows:
         return
     report.checkpoint_seq = int(rows[-1][0])
@@ -157,15 +222,17 @@ def _checkpoints(db: sqlite3.Connection, report: VerifyReport, key: bytes | None
     report.checked.append(f"the HMAC of {len(rows)} prune checkpoints")
 
 
-def _scan(db: sqlite3.Connection, report: VerifyReport, head: tuple[int, str] | None, key: bytes | None) -> None:
+def _scan(
+    rows: Iterable[Mapping[str, Any]],
+    checkpoint: tuple[int, str] | None,
+    report: VerifyReport,
+    head: tuple[int, str] | None,
+    key: bytes | None,
+) -> None:
     problems = report.problems
-    checkpoint = db.execute("SELECT seq, hash FROM checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
     prev_seq, prev_hash = (int(checkpoint[0]), str(checkpoint[1])) if checkpoint else (0, GENESIS)
     anchored_hash = prev_hash if head and head[0] == prev_seq else None
-    cursor = db.execute("SELECT * FROM events ORDER BY seq")
-    names = [d[0] for d in cursor.description]
-    for values in cursor:
-        row = dict(zip(names, values, strict=True))
+    for row in rows:
         seq = int(row["seq"])
         report.rows += 1
         report.first_seq = seq if report.first_seq is None else report.first_seq
@@ -192,7 +259,7 @@ def _scan(db: sqlite3.Connection, report: VerifyReport, head: tuple[int, str] | 
         report.checked.append(f"args_hmac recomputed for {report.args_checked} rows whose arguments are stored in full")
 
 
-def _anchor_row(row: dict[str, Any], report: VerifyReport) -> None:
+def _anchor_row(row: Mapping[str, Any], report: VerifyReport) -> None:
     """A writer's note about the anchor: one upgrade adoption is a limit, anything else a problem."""
     adopted = row["rule"] == "adopt-unkeyed"
     if adopted and not any(line.startswith("Rows before row") for line in report.limits):
@@ -205,7 +272,7 @@ def _anchor_row(row: dict[str, Any], report: VerifyReport) -> None:
         report.problems.append(f"row {row['seq']}: {again}{row['error']}")
 
 
-def _check_args(row: dict[str, Any], report: VerifyReport, key: bytes | None) -> None:
+def _check_args(row: Mapping[str, Any], report: VerifyReport, key: bytes | None) -> None:
     stored, arguments = row.get("args_stored"), row["arguments"]
     if key is None or arguments is None or stored not in (None, "full"):
         report.args_unchecked += 1

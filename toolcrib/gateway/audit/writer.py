@@ -19,16 +19,24 @@ batch goes to a worker thread, which waits up to the log's ``busy_timeout``, and
 behind it so the chain keeps its order; the loop serves everything else meanwhile. Called outside
 the loop's thread (or with no loop running), :meth:`submit` hands the row to the loop, or writes it
 at once when there is none. :meth:`close` flushes what is left.
+
+A log whose appends block on the network (``blocking_io``: the PostgreSQL log, where a commit is a
+round trip) is never written on the loop: every batch goes to the worker thread, one at a time, and
+rows that arrive meanwhile (awaited or queued) gather into the next batch, written as soon as the
+one in flight commits. Awaited rows are still settled only once committed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
+from collections.abc import Sequence
+from typing import Protocol
 
 from toolcrib.errors import AuditBusy, AuditError
-from toolcrib.gateway.audit.log import AuditEvent, SqliteAuditLog
+from toolcrib.gateway.audit.events import AuditEvent
 
 log = logging.getLogger("toolcrib.audit")
 
@@ -40,11 +48,26 @@ LINGER = 0.005
 so one commit serves both: at most this much of outcome rows is in memory only."""
 
 
-class AuditWriter:
-    """Batches rows for a :class:`SqliteAuditLog` and commits each batch in one transaction."""
+class BatchLog(Protocol):
+    """What the writer needs of a log (both backends in :mod:`toolcrib.gateway.audit.backends`)."""
 
-    def __init__(self, sink: SqliteAuditLog) -> None:
+    @property
+    def blocking_io(self) -> bool:
+        """True when an append may block on the network: the writer then never runs it on the loop."""
+        ...
+
+    def append_many(self, events: Sequence[AuditEvent], *, wait: bool = True) -> list[int]: ...
+
+
+class AuditWriter:
+    """Batches rows for an audit log and commits each batch in one transaction."""
+
+    def __init__(self, sink: BatchLog) -> None:
         self.sink = sink
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._inflight: concurrent.futures.Future[list[int]] | None = None
+        self._idle: list[asyncio.Future[None]] = []
+        """:meth:`flush` callers waiting for the batches in flight and queued to be written."""
         self._batch: list[_Item] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.get_ident()
@@ -70,8 +93,13 @@ class AuditWriter:
 
     async def flush(self) -> None:
         """Return once everything queued before this call is committed (readers call it first)."""
-        if not self._closed:
-            self._flush()
+        if self._closed:
+            return
+        self._flush()
+        if self._offloop or self._batch:
+            idle: asyncio.Future[None] = self._bind().create_future()
+            self._idle.append(idle)
+            await idle
 
     def submit(self, event: AuditEvent) -> None:
         """Queue ``event``; it is committed with the next batch (within ``LINGER``)."""
@@ -98,10 +126,14 @@ class AuditWriter:
         are refused and later submits logged and dropped."""
         if self._closed:
             return
+        if self._inflight is not None:  # let the batch in the worker commit first: the chain keeps its order
+            concurrent.futures.wait([self._inflight])
         self._loop = None  # from here on a batch waits for the lock where it is: nothing else is served
         self._offloop = False
         self._flush()
         self._closed = True
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
 
     def _bind(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
@@ -119,6 +151,9 @@ class AuditWriter:
         while self._batch and not self._offloop:
             batch, self._batch = self._batch[:MAX_BATCH], self._batch[MAX_BATCH:]
             events = [event for event, _ in batch]
+            if self.sink.blocking_io and self._loop is not None:
+                self._offload(batch, events)
+                break
             try:
                 seqs: list[int | None] = list(self.sink.append_many(events, wait=self._loop is None))
             except AuditBusy:
@@ -127,19 +162,27 @@ class AuditWriter:
                 self._settle(batch, None, exc)
             else:
                 self._settle(batch, seqs, None)
+        if not self._offloop and not self._batch:
+            idle, self._idle = self._idle, []
+            for waiter in idle:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def _offload(self, batch: list[_Item], events: list[AuditEvent]) -> None:
         """Write ``batch`` (its ``events``) in a worker thread that may wait for the lock; flush the rest after it."""
         loop = self._loop
         assert loop is not None
         self._offloop = True
-        done = loop.run_in_executor(None, lambda: self.sink.append_many(events))
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
+        self._inflight = self._executor.submit(self.sink.append_many, events)
+        done = asyncio.wrap_future(self._inflight, loop=loop)
 
         def finished(fut: asyncio.Future[list[int]]) -> None:
-            self._offloop = False
+            self._offloop, self._inflight = False, None
             error = fut.exception()
             self._settle(batch, None if error else list(fut.result()), error)
-            if self._batch and not self._closed:
+            if not self._closed:
                 self._flush()
 
         done.add_done_callback(finished)

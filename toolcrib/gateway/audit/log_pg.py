@@ -1,0 +1,360 @@
+"""The audit log in PostgreSQL: ONE tamper-evident chain that every replica appends to.
+
+Same rows, same columns and the same row hash as :class:`~toolcrib.gateway.audit.log.SqliteAuditLog`
+(:func:`~toolcrib.gateway.audit.schema.row_hash`), in the tables of
+:mod:`toolcrib.storage.migrations`: ``audit_events``, ``audit_checkpoints`` and ``audit_head``. So
+``export_jsonl`` output verifies the same way whichever backend wrote it.
+
+One chain across replicas: every append is one transaction that locks the single ``audit_head``
+row (``SELECT ... FOR UPDATE``; inserted when missing), numbers its rows from it (``seq`` and
+``prev_hash``), inserts them and moves the head to the last one with ``mac`` = HMAC-SHA256 of
+``"{seq}:{hash}"`` under a key derived from the audit key (:data:`~toolcrib.gateway.audit.keys.HEAD_LABEL`),
+then commits. Appends from all replicas are therefore serialised by that row lock: the chain has no
+gaps and no forks, and a replica killed mid-append leaves no trace (its transaction is rolled back,
+its lock released). An append returns only after its ``COMMIT``: its rows are durable (with the
+server's ``synchronous_commit``). Each append is a few network round trips, so it never runs on an
+event loop (:attr:`PostgresAuditLog.blocking_io`; the :class:`~toolcrib.gateway.audit.writer.AuditWriter`
+offloads it to a worker thread). All replicas must hold the same audit key: it comes only from
+``secret:toolcrib/audit-hmac`` (:func:`~toolcrib.gateway.audit.keys.load_shared_hmac_key`).
+
+The anchor is the keyed head row, committed in the same transaction as the rows it names.
+:meth:`PostgresAuditLog.verify` reads it and the rows in one ``REPEATABLE READ`` snapshot and checks:
+
+* every row's hash and link, gaps (rows deleted), the checkpoints' HMACs (rows removed outside
+  prune), arguments stored in full against ``args_hmac``: the same scan as SQLite
+  (:func:`~toolcrib.gateway.audit.verify.check_chain`);
+* the head row's HMAC (forged, or written with another key), that the last row is the one it names
+  (rows cut from the tail, or rows appended or rewritten without the key);
+* a head row deleted or forged and later re-made by a writer: the writer records an ``anchor`` row
+  (``rule = "reset"``) in the chain before signing a head again, reported by verify for ever.
+
+What it cannot detect (also in every report's ``limits``, :func:`~toolcrib.gateway.audit.verify.pg_limits`):
+the head row lives in the same database as the rows, so a database administrator who cuts rows from
+the tail *and* puts back an older head row (its seq, hash and mac copied earlier or from a backup)
+rolls the log back unseen, as does restoring the whole database from a backup; whoever holds the
+audit key can forge everything; dropping the tables leaves nothing to check. Unlike the SQLite
+file anchor there is no window after a commit in which the tail is unanchored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+
+from toolcrib.errors import AuditBusy, AuditError, StorageError
+from toolcrib.gateway.audit.events import AuditEvent
+from toolcrib.gateway.audit.keys import CHECKPOINT_LABEL, HEAD_LABEL, derive, mac
+from toolcrib.gateway.audit.schema import COLUMNS, GENESIS, VERSION, canonical_json, row_hash
+from toolcrib.gateway.audit.shared import args_hmac, build_row, decode, filters, glob_to_regex, is_literal
+from toolcrib.gateway.audit.verify import VerifyReport, check_chain, finish, pg_limits
+
+if TYPE_CHECKING:
+    from toolcrib.gateway.trust.secrets import Redactor
+    from toolcrib.storage.postgres import Database
+
+log = logging.getLogger(__name__)
+
+LOCK_TIMEOUT_S = 10
+"""How long an append waits for the head row lock (another replica's append, a prune) before failing."""
+
+_SELECT = ", ".join(COLUMNS)
+_INSERT = f"INSERT INTO audit_events ({_SELECT}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"  # noqa: S608
+_LOCK_HEAD = "SELECT seq, hash, mac FROM audit_head WHERE id = 1 FOR UPDATE"
+_LAST = """SELECT seq, hash FROM (
+    (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1)
+    UNION ALL (SELECT seq, hash FROM audit_checkpoints ORDER BY seq DESC LIMIT 1)) last
+    ORDER BY seq DESC LIMIT 1"""
+
+
+class PgRows:
+    """:class:`~toolcrib.gateway.audit.verify.RowSource` over ``conn``'s open transaction (rows
+    streamed through a server-side cursor, 2000 at a time)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def checkpoints(self) -> list[tuple[int, str, str | None]]:
+        rows = self._conn.execute("SELECT seq, hash, mac FROM audit_checkpoints ORDER BY seq").fetchall()
+        return [(int(r[0]), str(r[1]), r[2]) for r in rows]
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        with self._conn.cursor("toolcrib_audit_scan", row_factory=dict_row) as cursor:
+            cursor.itersize = 2000
+            cursor.execute(f"SELECT {_SELECT} FROM audit_events ORDER BY seq")  # noqa: S608
+            yield from cursor
+
+
+class PostgresAuditLog:
+    """The audit log of a PostgreSQL-backed gateway (``[storage] url``); the public interface of
+    :class:`~toolcrib.gateway.audit.log.SqliteAuditLog`.
+
+    ``db`` is the shared :class:`~toolcrib.storage.postgres.Database` (not closed by :meth:`close`:
+    its owner closes it). ``hmac_key`` is the shared audit key; without it the log can be read and
+    verified (unkeyed) but not appended to or pruned. ``create`` applies pending migrations
+    (:func:`toolcrib.storage.migrations.upgrade`); without it the schema must be current. Methods
+    are thread-safe (each takes a pooled connection) and block on the network: call them from
+    worker threads in async code. Errors are one-line :class:`AuditError` (:class:`AuditBusy` for
+    ``append_many(wait=False)`` when another replica holds the head lock) or
+    :class:`~toolcrib.errors.StorageError` (the database is unreachable at open).
+    """
+
+    blocking_io = True
+    """Each append is a network round trip or more: never run it on the event loop."""
+
+    schema = VERSION
+    """The PostgreSQL tables have every column of the current SQLite schema."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        hmac_key: bytes | None = None,
+        redactor: Redactor | None = None,
+        create: bool = True,
+    ) -> None:
+        from toolcrib.storage import migrations
+
+        self._db = db
+        self.where = f"{db.where} (audit_events)"
+        """Where the log is, for messages (the database URL without credentials)."""
+        self._hmac_key = hmac_key
+        self._head_key = derive(hmac_key, HEAD_LABEL) if hmac_key is not None else None
+        self._checkpoint_key = derive(hmac_key, CHECKPOINT_LABEL) if hmac_key is not None else None
+        self._redactor = redactor
+        if create:
+            migrations.upgrade(db)
+        else:
+            migrations.require_current(db)
+
+    def args_hmac(self, arguments: Mapping[str, Any]) -> str:
+        """HMAC-SHA256 (hex) of the canonical JSON of ``arguments`` under this log's key."""
+        return args_hmac(self._hmac_key, arguments)
+
+    def append(self, event: AuditEvent) -> int:
+        """Record ``event``; return its sequence number once committed. Raises :class:`AuditError`."""
+        return self.append_many([event])[0]
+
+    def append_many(self, events: Sequence[AuditEvent], *, wait: bool = True) -> list[int]:
+        """Record several events in one transaction; return their sequence numbers once committed.
+
+        With ``wait`` False, a head lock held by another transaction raises :class:`AuditBusy` at
+        once; otherwise the append waits up to :data:`LOCK_TIMEOUT_S` seconds for it, then raises
+        :class:`AuditError`."""
+        rows = [build_row(event, self._hmac_key, self._redactor) for event in events]
+        if not rows:
+            return []
+        if self._head_key is None:
+            raise AuditError("this audit log was opened without the audit key; it cannot be appended to")
+        try:
+            with self._db.transaction() as conn:
+                conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'")
+                start, note = self._lock_head(conn, wait)
+                if note is not None:
+                    rows.insert(0, build_row(AuditEvent(kind="anchor", rule="reset", error=note), None, None))
+                seq, prev = start
+                for row in rows:
+                    seq += 1
+                    row["seq"], row["prev_hash"] = seq, prev
+                    row["hash"] = prev = row_hash(row)
+                with conn.cursor() as cursor:
+                    cursor.executemany(_INSERT, [[row[c] for c in COLUMNS] for row in rows])
+                conn.execute(
+                    "UPDATE audit_head SET seq = %s, hash = %s, mac = %s WHERE id = 1",
+                    (seq, prev, self._head_mac(seq, prev)),
+                )
+        except pg_errors.LockNotAvailable as exc:
+            if not wait:
+                raise AuditBusy(f"the audit log {self.where} is locked by another writer") from None
+            raise AuditError(f"cannot write the audit log {self.where}: {_first_line(exc)}") from None
+        except psycopg.Error as exc:
+            raise AuditError(f"cannot write the audit log {self.where} ({_first_line(exc)})") from None
+        except StorageError as exc:
+            raise AuditError(f"cannot write the audit log: {exc.message}") from None
+        seqs = [int(row["seq"]) for row in rows]
+        return seqs[1:] if note is not None else seqs
+
+    def _lock_head(self, conn: psycopg.Connection[Any], wait: bool) -> tuple[tuple[int, str], str | None]:
+        """Lock the head row (creating it if missing); return where the chain continues and, when
+        the head cannot be authenticated yet rows exist, the note of an ``anchor`` reset row."""
+        lock = _LOCK_HEAD if wait else f"{_LOCK_HEAD} NOWAIT"
+        head = conn.execute(lock).fetchone()
+        if head is None:
+            conn.execute(
+                "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, %s) ON CONFLICT (id) DO NOTHING", (GENESIS,)
+            )
+            head = conn.execute(lock).fetchone()
+            assert head is not None
+        seq, digest, tag = int(head[0]), str(head[1]), head[2]
+        if tag is not None and tag == self._head_mac(seq, digest):
+            return (seq, digest), None
+        found = conn.execute(_LAST).fetchone()
+        last = (int(found[0]), str(found[1])) if found else (0, GENESIS)
+        if last[0] == 0 and seq == 0:
+            return (0, GENESIS), None  # a new log: nothing to vouch for
+        what = "missing" if tag is None and seq == 0 else "not signed with this key (forged, or another key)"
+        note = (
+            f"the audit head row was {what} for a log with rows up to {last[0]}; re-anchored here: "
+            "rows cut before this one cannot be ruled out"
+        )
+        log.error("audit: %s; run `toolcrib audit verify`", note)
+        return last, note
+
+    def _head_mac(self, seq: int, digest: str) -> str:
+        assert self._head_key is not None
+        return mac(self._head_key, f"{seq}:{digest}")
+
+    def checkpoint(self) -> None:
+        """Nothing to do (SQLite folds its WAL here; PostgreSQL checkpoints by itself)."""
+
+    def close(self) -> None:
+        """Nothing to release: the :class:`~toolcrib.storage.postgres.Database` is closed by its owner."""
+
+    def __enter__(self) -> PostgresAuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def query(
+        self,
+        *,
+        principal: str | None = None,
+        tool: str | None = None,
+        since: float | None = None,
+        outcome: str | None = None,
+        kind: str | None = None,
+        request_id: str | None = None,
+        method: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """The most recent ``limit`` rows matching every filter, oldest first. ``tool`` and ``method``
+        are SQLite globs (``git__*``, ``resources/*``, ``[abc]?``), matched as regular expressions
+        (:func:`~toolcrib.gateway.audit.shared.glob_to_regex`)."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, op, value in filters(
+            principal=principal,
+            tool=tool,
+            since=since,
+            outcome=outcome,
+            kind=kind,
+            request_id=request_id,
+            method=method,
+        ):
+            if op != "glob" or is_literal(value):
+                clauses.append(f"{column} {'=' if op == 'glob' else op} %s")
+                params.append(value)
+            elif (regex := glob_to_regex(value)) is None:
+                clauses.append("FALSE")
+            else:
+                clauses.append(f"{column} ~ %s")
+                params.append(regex)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {_SELECT} FROM audit_events {where} ORDER BY seq DESC LIMIT %s"  # noqa: S608
+        rows = self._fetch(sql, [*params, limit])
+        return [decode(r) for r in reversed(rows)]
+
+    def tail(self, n: int = 20) -> list[dict[str, Any]]:
+        """The last ``n`` rows, oldest first."""
+        return self.query(limit=n)
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        try:
+            with self._db.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+                cursor.execute(sql.encode(), params)
+                return cursor.fetchall()
+        except psycopg.Error as exc:
+            raise AuditError(f"cannot read the audit log {self.where} ({_first_line(exc)})") from None
+
+    def export_jsonl(self, fp: IO[str]) -> int:
+        """Write every row as stored (so each ``hash`` can be recomputed), one JSON object a line,
+        from one consistent snapshot."""
+        count = 0
+        try:
+            with self._db.transaction() as conn:
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                for row in PgRows(conn).events():
+                    fp.write(canonical_json(row) + "\n")
+                    count += 1
+        except psycopg.Error as exc:
+            raise AuditError(f"cannot read the audit log {self.where} ({_first_line(exc)})") from None
+        return count
+
+    def prune_count(self, before_ts: float) -> int:
+        """How many rows :meth:`prune` would delete now: every row up to the newest one older than
+        ``before_ts`` (seconds since the epoch)."""
+        rows = self._fetch(
+            "SELECT count(*) AS n FROM audit_events WHERE seq <= (SELECT max(seq) FROM audit_events WHERE ts < %s)",
+            (before_ts,),
+        )
+        return int(rows[0]["n"]) if rows else 0
+
+    def prune(self, before_ts: float) -> int:
+        """Delete rows older than ``before_ts`` behind a keyed checkpoint (under the head lock, so no
+        replica appends meanwhile); return how many were deleted. Raises :class:`AuditError`
+        without the audit key."""
+        if self._checkpoint_key is None:
+            raise AuditError("prune needs the audit key (secret:toolcrib/audit-hmac)")
+        try:
+            with self._db.transaction() as conn:
+                conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'")
+                conn.execute(_LOCK_HEAD)
+                last = conn.execute(
+                    "SELECT seq, hash FROM audit_events WHERE ts < %s ORDER BY seq DESC LIMIT 1", (before_ts,)
+                ).fetchone()
+                if last is None:
+                    return 0
+                seq, digest = int(last[0]), str(last[1])
+                conn.execute(
+                    "INSERT INTO audit_checkpoints (seq, hash, ts, mac) VALUES (%s, %s, %s, %s)",
+                    (seq, digest, time.time(), mac(self._checkpoint_key, f"{seq}:{digest}")),
+                )
+                return conn.execute("DELETE FROM audit_events WHERE seq <= %s", (seq,)).rowcount
+        except psycopg.Error as exc:
+            raise AuditError(f"cannot prune the audit log {self.where} ({_first_line(exc)})") from None
+
+    def verify(self) -> VerifyReport:
+        """Check the chain, the checkpoints, the keyed head row and ``args_hmac`` in one snapshot;
+        what is detected and what cannot be: this module's docstring and the report's ``limits``."""
+        key = self._hmac_key
+        report = VerifyReport(keyed=key is not None)
+        problems = report.problems
+        try:
+            with self._db.transaction() as conn:
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                found = conn.execute("SELECT seq, hash, mac FROM audit_head WHERE id = 1").fetchone()
+                head = (int(found[0]), str(found[1])) if found else None
+                tag = found[2] if found else None
+                forged = head is not None and key is not None and tag != self._head_mac(*head)
+                check_chain(PgRows(conn), report, None if forged else head, key)
+        except psycopg.Error as exc:
+            raise AuditError(f"cannot read the audit log {self.where} ({_first_line(exc)})") from None
+        last = report.last_seq if report.last_seq is not None else report.checkpoint_seq
+        report.anchor_seq = head[0] if head else None
+        how = "its HMAC checked" if key is not None else "unauthenticated: no key"
+        if head is None:
+            if last:
+                problems.append(f"the audit_head row is missing, yet the log has rows up to {last}")
+        elif forged:
+            problems.append(
+                f"the audit_head row naming row {head[0]} has a wrong or missing HMAC (forged, or another key)"
+            )
+        elif head[0] > last:
+            problems.append(f"the log ends at row {last} but the head row says {head[0]}: the tail was cut")
+        elif head[0] < last:
+            problems.append(f"rows {head[0] + 1}..{last} come after the head row (appended outside)")
+        else:
+            report.checked.append(f"the last row matches the keyed head row at row {head[0]} ({how})")
+        finish(report, pg_limits(key is not None))
+        return report
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
