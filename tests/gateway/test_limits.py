@@ -166,7 +166,7 @@ def test_limits_config_errors_name_the_key() -> None:
 steps = st.lists(
     st.tuples(st.integers(min_value=0, max_value=40_000), st.sampled_from([A, B])),  # 1/1024 s between calls
     min_size=1,
-    max_size=120,
+    max_size=60,
 )
 
 
@@ -209,7 +209,7 @@ def test_after_retry_after_the_call_is_admitted(per_minute: int, gaps: list[int]
 
 
 @settings(max_examples=1000, deadline=None)
-@given(ops=st.lists(st.tuples(st.booleans(), st.sampled_from([A, B])), max_size=80), cap=st.integers(1, 4))
+@given(ops=st.lists(st.tuples(st.booleans(), st.sampled_from([A, B])), max_size=50), cap=st.integers(1, 4))
 def test_in_flight_never_exceeds_the_figure(ops: list[tuple[bool, Principal]], cap: int) -> None:
     limiter, _ = _limiter(concurrent=cap)
     held: dict[str, list[Slot]] = {"key:a": [], "key:b": []}
