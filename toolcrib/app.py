@@ -39,7 +39,8 @@ from toolcrib.gateway.pipeline import (
 )
 from toolcrib.gateway.server import Gateway
 from toolcrib.gateway.trust import policy
-from toolcrib.gateway.trust.approvals import ApprovalStore, AsyncApprovals
+from toolcrib.gateway.trust.apikeys import ApiKeyStore
+from toolcrib.gateway.trust.approvals import AsyncApprovals, open_approvals
 from toolcrib.gateway.trust.auth import (
     Authenticator,
     build_authenticator,
@@ -125,7 +126,12 @@ def build(config: Config, *, embedder: Embedder | None = None, db: Database | No
     redactor = Redactor()
     pool = Pool(config, expand_secret=expander(store, redactor), scrub=redactor.scrub_model)
     install_log_redaction(redactor)
-    trust = Trust(config, pool)
+    pins = None
+    if db is not None:
+        from toolcrib.router.pins import PinStore, pin_document
+
+        pins = PinStore(pin_document(db, config.policy.pins_path), separator=config.gateway.separator)
+    trust = Trust(config, pool, pins)
 
     async def on_change(server: str, what: str) -> None:
         if what in ("connected", "tools_changed"):
@@ -140,7 +146,7 @@ def build(config: Config, *, embedder: Embedder | None = None, db: Database | No
         anchor_path=config.audit.anchor_path,
     )
     writer = AuditWriter(audit)
-    approvals = AsyncApprovals(ApprovalStore(config.policy.approvals_path, redactor=redactor))
+    approvals = AsyncApprovals(open_approvals(config, db, redactor), listener)
     sealer, origin = Sealer(root_key), dict[str, str]()  # origin["url"]: the public origin, known once bound
 
     layers = [
@@ -163,7 +169,7 @@ def build(config: Config, *, embedder: Embedder | None = None, db: Database | No
         from toolcrib.router.reindex import Reindexer, open_index
 
         try:
-            index = open_index(config, embedder)
+            index = open_index(config, embedder, db)
         except ToolcribError as exc:
             log.error("tool index unavailable, search_tools will fail: %s", exc.message)
         else:
@@ -213,6 +219,23 @@ def open_storage(config: Config) -> Database | None:
     return db
 
 
+def keys_store(config: Config, db: Database | None) -> ApiKeyStore | None:
+    """The API key store in ``db`` (None: the default file store)."""
+    if db is None:
+        return None
+    from toolcrib.gateway.trust.apikeys import key_document
+
+    return ApiKeyStore(key_document(db, config.auth.keys_path))
+
+
+def _live_documents(listener: Listener, keys: ApiKeyStore | None, trust: Trust) -> None:
+    """Keys and pins cached per replica, refreshed when any replica changes them (NOTIFY)."""
+    from toolcrib.storage.documents import PgDocument, subscribe_documents
+
+    docs = [trust.pins.document, *([keys.document] if keys is not None else [])]
+    subscribe_documents(listener, [d for d in docs if isinstance(d, PgDocument)])
+
+
 def check_bind(config: Config) -> None:
     if config.gateway.auth == "none" and not policy.is_loopback(config.gateway.host):
         raise ConfigError(
@@ -237,10 +260,13 @@ async def running_gateway(
     started so far and raises :class:`StartupInterrupted`."""
     check_bind(config)
     check_port_free(config.gateway.host, config.gateway.port)
-    authenticator = build_authenticator(config)
     db = open_storage(config)
     try:
+        keys = keys_store(config, db)
+        authenticator = build_authenticator(config, keys)
         parts = build(config, embedder=embedder, db=db)
+        if parts.listener is not None:
+            _live_documents(parts.listener, keys, parts.trust)
     except BaseException:
         if db is not None:
             db.close()

@@ -280,8 +280,10 @@ class StaticAuthenticator:
         return self.principal
 
 
-def build_authenticator(config: Config) -> Authenticator:
-    """The authenticator for ``[gateway] auth``; refuses ``none`` on a non-loopback bind."""
+def build_authenticator(config: Config, keys_store: ApiKeyStore | None = None) -> Authenticator:
+    """The authenticator for ``[gateway] auth``; refuses ``none`` on a non-loopback bind.
+    ``keys_store``: the API keys (default: the file ``[auth] keys_path``; with ``[storage] url``
+    the ``keys`` document in PostgreSQL, see :func:`~toolcrib.gateway.trust.apikeys.key_document`)."""
     mode = config.gateway.auth
     if mode == "none":
         if not is_loopback(config.gateway.host):
@@ -290,7 +292,7 @@ def build_authenticator(config: Config) -> Authenticator:
                 'set [gateway] auth = "keys" or "oauth"'
             )
         return StaticAuthenticator(ANONYMOUS)
-    keys = ApiKeyAuthenticator(ApiKeyStore(config.auth.keys_path))
+    keys = ApiKeyAuthenticator(keys_store or ApiKeyStore(config.auth.keys_path))
     if mode == "keys":
         return keys
     oauth = JwtValidator(config.auth)
