@@ -324,7 +324,9 @@ async def _start_http(
         async def reindex(server: str | None, full: bool) -> Any:
             return await reindexer.sync({server} if server else None, full=full)
 
-    AdminApi(config, pool, parts.audit, parts.writer, parts.approvals, reindex).add_routes(app)
+    AdminApi(
+        config, pool, parts.audit, parts.writer, parts.approvals, reindex, ready_checks=_ready_checks(parts)
+    ).add_routes(app)
     if config.gateway.auth in ("oauth", "keys+oauth"):
         metadata = access("public", _metadata_handler(config, base))
         app.router.add_get("/.well-known/oauth-protected-resource", metadata)
@@ -371,6 +373,21 @@ async def _start_http(
     tg.start_soon(_audit_upkeep, parts.audit, config.audit.retention_days)
     settle_heap()
     return Running(config, parts, transport, f"{local}/mcp", port)
+
+
+def _ready_checks(parts: Parts) -> dict[str, Callable[[], Any]]:
+    """``/readyz`` with ``[storage] url``: the database answers a query and LISTEN is connected."""
+    db, listener = parts.db, parts.listener
+    if db is None or listener is None:
+        return {}
+
+    async def database() -> str | None:
+        why = await anyio.to_thread.run_sync(db.ping)
+        if why is None and not listener.connected:
+            return "LISTEN connection down: approvals, key revocations and session messages from other replicas wait"
+        return why
+
+    return {"database": database}
 
 
 def settle_heap() -> None:

@@ -30,7 +30,9 @@ def _cmd_index(args: argparse.Namespace, config: Config) -> int:
     if args.server and args.server not in config.enabled_servers:
         raise ConfigError(f"no enabled server named {args.server!r}; see `toolcrib check` for the list")
     console = Console(stderr=True)
-    index = open_index(config)
+    from toolcrib.cli.db import cli_database
+
+    index = open_index(config, db=cli_database(config))
     cfg = config
     if args.server:
         cfg = config.model_copy(update={"servers": {args.server: config.servers[args.server]}})
@@ -62,7 +64,7 @@ def _cmd_index(args: argparse.Namespace, config: Config) -> int:
 
     report = anyio.run(run)
     console.print(
-        f"index {config.index.path}: {report.added} added, {report.changed} changed, {report.removed} removed, "
+        f"index {_where(index, config)}: {report.added} added, {report.changed} changed, {report.removed} removed, "
         f"{report.unchanged} unchanged; {report.embedded} embedded in {report.seconds:.2f} s",
         soft_wrap=True,
     )
@@ -79,9 +81,11 @@ def _cmd_search(args: argparse.Namespace, config: Config) -> int:
         raise ConfigError(f"--limit must be from 1 to {MAX_LIMIT} (as for search_tools), not {args.limit}")
     if args.server and args.server not in config.servers:
         raise ConfigError(f"no server named {args.server!r}; see `toolcrib check` for the list")
-    index = open_index(config)
+    from toolcrib.cli.db import cli_database
+
+    index = open_index(config, db=cli_database(config))
     if len(index) == 0:
-        raise IndexError_(f"the index at {config.index.path} is empty; run `toolcrib index` first")
+        raise IndexError_(f"the index at {_where(index, config)} is empty; run `toolcrib index` first")
     hits = index.search(args.query, limit=args.limit, server=args.server)
     rows = []
     for hit in hits:
@@ -119,3 +123,9 @@ def register(sub: Any) -> None:
     p.add_argument("--server", help="only tools of this server")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_search)
+
+
+def _where(index: Any, config: Config) -> str:
+    """Where the index lives: its database row with ``[storage] url``, else ``[index] path``."""
+    store = getattr(index, "store", None)
+    return str(getattr(store, "where", config.index.path))

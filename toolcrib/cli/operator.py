@@ -96,9 +96,10 @@ def _operator() -> str:
 
 
 def _keys(args: argparse.Namespace, config: Config) -> int:
-    from toolcrib.gateway.trust.apikeys import ApiKeyStore
+    from toolcrib.cli.db import cli_database
+    from toolcrib.gateway.trust.apikeys import ApiKeyStore, key_document
 
-    store = ApiKeyStore(config.auth.keys_path)
+    store = ApiKeyStore(key_document(cli_database(config), config.auth.keys_path))
     if args.action == "add":
         groups = [g.strip() for g in (args.groups or "").split(",") if g.strip()]
         key = store.add(args.name, groups)
@@ -174,11 +175,12 @@ def _creds(args: argparse.Namespace, config: Config) -> int:
 def _approvals(args: argparse.Namespace, config: Config) -> int:
     import sqlite3
 
-    from toolcrib.gateway.trust.approvals import ApprovalError, ApprovalStore
+    from toolcrib.cli.db import cli_database
+    from toolcrib.gateway.trust.approvals import ApprovalError, open_approvals
 
     path = config.policy.approvals_path
     try:
-        store = ApprovalStore(path)
+        store = open_approvals(config, cli_database(config), None)
     except sqlite3.OperationalError as exc:
         raise ApprovalError(f"{path}: {exc}; another toolcrib process may be writing it, try again") from None
     try:
@@ -220,9 +222,10 @@ def _approvals(args: argparse.Namespace, config: Config) -> int:
 
 
 def _tools(args: argparse.Namespace, config: Config) -> int:
-    from toolcrib.router.pins import PinStore
+    from toolcrib.cli.db import cli_database
+    from toolcrib.router.pins import PinStore, pin_document
 
-    pins = PinStore(config.policy.pins_path, config.gateway.separator)
+    pins = PinStore(pin_document(cli_database(config), config.policy.pins_path), config.gateway.separator)
     if args.action == "list":
         entries = pins.list()
         if args.json:
