@@ -4,6 +4,7 @@ process) releasing a call held on another through LISTEN/NOTIFY."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -323,7 +324,7 @@ async def test_without_a_listener_the_poll_still_releases(pg_url: str) -> None:
     other = PgApprovalStore(db_b)
     held = await a.request("key:alice", "t__x", ARGS, ttl=60)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(anyio.to_thread.run_sync, other.approve, held.id, "operator:ann")
+        tg.start_soon(functools.partial(anyio.to_thread.run_sync, other.approve, held.id, "operator:ann"))
         with anyio.fail_after(20):
             assert await a.wait(held.id, timeout=60) == "approved"
     db_a.close()

@@ -221,21 +221,20 @@ class ApprovalStore(_Decisions):
         existing one if still pending, else a new one recording ``rule``. ``principal`` must be a
         typed id (:func:`typed_id`)."""
         principal, digest, now = typed_id(principal), args_hash(arguments), time.time()
+        shown = shown_arguments(self._redactor, arguments)
         with self._lock:
-            self._db.execute(EXPIRE_SQL.replace("%s", "?"), (now,))
-            row = self._db.execute(PENDING_SQL.replace("%s", "?"), (principal, tool, digest, now)).fetchone()
-            if row is not None:
-                return row_approval(row, now)
-            shown = shown_arguments(self._redactor, arguments)
-            while True:
-                try:
-                    row = self._db.execute(
-                        INSERT_SQL.replace("%s", "?"),
-                        (new_id(), principal, tool, digest, shown, now, now + ttl, rule),
-                    ).fetchone()
-                    return row_approval(row, now)
-                except sqlite3.IntegrityError:
-                    continue
+            self._db.execute("BEGIN IMMEDIATE")  # the look-up and the insert under one write lock
+            try:
+                self._db.execute(EXPIRE_SQL.replace("%s", "?"), (now,))
+                row = self._db.execute(PENDING_SQL.replace("%s", "?"), (principal, tool, digest, now)).fetchone()
+                while row is None:
+                    values = (new_id(), principal, tool, digest, shown, now, now + ttl, rule)
+                    row = self._db.execute(INSERT_SQL.replace("%s", "?"), values).fetchone()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return row_approval(row, now)
 
     def get(self, approval_id: str) -> Approval:
         """The approval with this id; :class:`ApprovalError` when there is none. Read-only."""
@@ -291,7 +290,7 @@ PENDING_SQL = (
 )
 INSERT_SQL = (
     "INSERT INTO approvals (id, principal, tool, args_hash, arguments, status, created, expires, rule)"
-    " VALUES (%s, %s, %s, %s, %s, 'pending', %s, %s, %s) RETURNING *"
+    " VALUES (%s, %s, %s, %s, %s, 'pending', %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING *"
 )
 DECIDE_SQL = (
     "UPDATE approvals SET status = %s, decided = %s, approver = %s, note = %s"

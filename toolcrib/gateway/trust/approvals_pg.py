@@ -56,7 +56,6 @@ _EXPIRE = (  # never waits on, nor deadlocks with, another replica's sweep or de
     "UPDATE approvals SET status = 'expired' WHERE id IN (SELECT id FROM approvals"
     " WHERE status IN ('pending', 'approved') AND expires <= %s FOR UPDATE SKIP LOCKED)"
 )
-_INSERT = INSERT_SQL.replace(" RETURNING *", " ON CONFLICT (id) DO NOTHING RETURNING *")
 
 
 class PgApprovalStore(_Decisions):
@@ -89,7 +88,9 @@ class PgApprovalStore(_Decisions):
             cur.execute(_EXPIRE, (now,))
             row = cur.execute(PENDING_SQL, (principal, tool, digest, now)).fetchone()
             while row is None:
-                row = cur.execute(_INSERT, (new_id(), principal, tool, digest, shown, now, now + ttl, rule)).fetchone()
+                row = cur.execute(
+                    INSERT_SQL, (new_id(), principal, tool, digest, shown, now, now + ttl, rule)
+                ).fetchone()
             return row_approval(row, now)
 
     def get(self, approval_id: str) -> Approval:
