@@ -218,12 +218,15 @@ class Replica:
         assert self.proc is not None
         return self.proc.pid
 
-    def kill(self) -> None:
-        """SIGKILL by PID (its stdio children are recorded first and reaped by the set's stop)."""
+    def kill(self) -> float:
+        """SIGKILL by PID (its stdio children are recorded first and reaped by :meth:`stop`); returns
+        ``time.monotonic()`` right after the signal was sent."""
         assert self.proc is not None
         self.killed_children = descendants(self.proc.pid)
         os.kill(self.proc.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
         self.proc.wait()
+        return killed_at
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -343,6 +346,7 @@ def replica_config(
         "policy": {
             "pins_path": str(rdir / "pins.json"),
             "approvals_path": str(rdir / "approvals.db"),
+            "default": "allow",  # with auth on, an unset default denies everything
             **(policy or {}),
         },
         **dict(extra or {}),
