@@ -188,6 +188,10 @@ def build(config: Config, *, embedder: Embedder | None = None, db: Database | No
     gateway.mrtr.parking.ttl = config.gateway.input_wait  # [gateway] input_wait: parked calls' wait for a retry
     if reindexer is not None:
         _reindex_on_change(pool, reindexer)
+    if db is not None and listener is not None:
+        from toolcrib.router.replicas import share_list_changes
+
+        share_list_changes(pool, db, listener)
     return Parts(pool, gateway, reindexer, audit, writer, approvals, redactor, trust, origin, db, listener)
 
 

@@ -18,6 +18,7 @@ import anyio
 import pytest
 
 from tests.e2e.conftest import make_config, stdio_server
+from tests.e2e.test_upstream_faults import _free_port, _start_http, _stop
 from toolcrib.app import Running, running_gateway
 from toolcrib.index.embedder import HashingEmbedder
 
@@ -34,15 +35,18 @@ INIT = {
 
 
 @asynccontextmanager
-async def replicas(tmp_path: Path, pg_url: str, n: int = 2, **gateway: Any) -> AsyncIterator[list[Running]]:
+async def replicas(
+    tmp_path: Path, pg_url: str, n: int = 2, servers: dict[str, Any] | None = None, **gateway: Any
+) -> AsyncIterator[list[Running]]:
+    gateway.setdefault("mode", "dispatcher")
     async with AsyncExitStack() as stack:
         out = []
         for i in range(n):
-            cfg = make_config({"echo": stdio_server(ECHO)}, tmp_path / f"r{i}", mode="dispatcher", **gateway)
+            cfg = make_config(servers or {"echo": stdio_server(ECHO)}, tmp_path / f"r{i}", **gateway)
             cfg = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"url": pg_url})})
             rt = await stack.enter_async_context(running_gateway(cfg, connect_wait=20, embedder=HashingEmbedder()))
-            assert rt.reindexer is not None
-            await rt.reindexer.sync({"echo"})
+            if rt.reindexer is not None:
+                await rt.reindexer.sync({"echo"})
             out.append(rt)
         yield out
 
@@ -122,7 +126,62 @@ async def test_list_changed_reaches_the_get_stream_held_by_another_replica(tmp_p
         assert got[0]["method"] == "notifications/tools/list_changed"
 
 
-async def test_unknown_and_foreign_sessions(tmp_path: Path, pg_url: str) -> None:
-    async with replicas(tmp_path, pg_url) as (a, b), aiohttp.ClientSession() as s:
-        status, _ = await rpc(s, b.url, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, "f" * 32)
-        assert status == 404
+async def test_an_unknown_session_is_404_on_every_replica(tmp_path: Path, pg_url: str) -> None:
+    async with replicas(tmp_path, pg_url) as pair, aiohttp.ClientSession() as s:
+        for rt in pair:
+            status, _ = await rpc(s, rt.url, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, "f" * 32)
+            assert status == 404
+
+
+async def test_an_upstream_list_change_seen_by_one_replica_reaches_sessions_on_another(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """One Streamable HTTP upstream shared by both replicas: a tool added through replica A is
+    announced only on A's upstream session; B re-lists on NOTIFY and tells the session whose GET
+    stream it holds."""
+    port = _free_port()
+    upstream = _start_http(port, "--legacy")  # 2025-11-25: list_changed goes only to the calling session
+    try:
+        servers = {"echo": {"url": f"http://127.0.0.1:{port}/mcp"}}
+        async with (
+            replicas(tmp_path, pg_url, servers=servers, mode="passthrough") as (a, b),
+            aiohttp.ClientSession() as s,
+        ):
+            async with s.post(b.url, data=json.dumps(INIT), headers=HEADERS) as r:
+                sid = r.headers["Mcp-Session-Id"]
+            await rpc(s, b.url, {"jsonrpc": "2.0", "method": "notifications/initialized"}, sid)
+            status, answer = await rpc(s, b.url, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, sid)
+            assert "echo__fresh" not in [t["name"] for t in answer["result"]["tools"]]
+            got: list[dict[str, Any]] = []
+            opened = anyio.Event()
+
+            async def hold_get_stream_on_b() -> None:
+                async with s.get(b.url, headers={"Accept": "text/event-stream", "Mcp-Session-Id": sid}) as r:
+                    assert r.status == 200
+                    opened.set()
+                    async for line in r.content:
+                        text = line.decode().strip()
+                        if text.startswith("data:") and text[5:].strip():
+                            got.append(json.loads(text[5:]))
+                            return
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hold_get_stream_on_b)
+                with anyio.fail_after(10):
+                    await opened.wait()
+                add = {"name": "echo__add_tool", "arguments": {"name": "fresh"}}
+                async with s.post(a.url, data=json.dumps(INIT), headers=HEADERS) as r:
+                    other = r.headers["Mcp-Session-Id"]
+                await rpc(s, a.url, {"jsonrpc": "2.0", "method": "notifications/initialized"}, other)
+                status, answer = await rpc(
+                    s, a.url, {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": add}, other
+                )
+                assert status == 200 and not answer["result"].get("isError"), answer
+                with anyio.fail_after(15):
+                    while not got:
+                        await anyio.sleep(0.05)
+            assert got[0]["method"] == "notifications/tools/list_changed"
+            status, answer = await rpc(s, b.url, {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, sid)
+            assert "echo__fresh" in [t["name"] for t in answer["result"]["tools"]]
+    finally:
+        _stop(upstream)

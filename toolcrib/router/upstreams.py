@@ -20,7 +20,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
@@ -265,6 +265,14 @@ class Upstream:
                 self._expired |= kinds
                 self._refresh_event.set()
             await anyio.sleep(MIN_TTL_REFRESH if kinds else min(wait, MIN_TTL_REFRESH))
+
+    def relist(self, kinds: Iterable[str]) -> None:
+        """Re-list ``kinds`` (``tools``, ``resources``, ``prompts``) soon, telling listeners only if the
+        listing changed: another replica's connection to this server saw a change this one may not."""
+        wanted = set(kinds) & {"tools", "resources", "prompts"}
+        if wanted and self._client is not None:
+            self._expired |= wanted
+            self._refresh_event.set()
 
     async def _watch_closed(self, scope: anyio.CancelScope) -> None:
         await self._closed.wait()

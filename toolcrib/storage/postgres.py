@@ -31,6 +31,7 @@ CHANNELS = {
     "toolcrib_approvals": "an approval was decided; payload: its id",
     "toolcrib_documents": "a shared document changed (API keys, pins); payload: its name",
     "toolcrib_sessions": "a message for a 2025-11-25 session's GET stream; payload: JSON {session, message}",
+    "toolcrib_upstreams": "a replica saw an upstream's list change; payload: JSON {replica, server, kind}",
 }
 """Every channel toolcrib uses, with what its payload is."""
 
