@@ -134,7 +134,7 @@ class ApprovalBackend(Protocol):
     def close(self) -> None: ...
 
 
-class _Decisions:
+class StoreBase:
     """The store logic both backends share; a backend supplies ``_decide`` and ``get``."""
 
     def _decide(self, approval_id: str, status: Status, approver: str, note: str | None) -> Approval:
@@ -159,7 +159,7 @@ class _Decisions:
         return ApprovalError(f"approval {approval_id} is {current.status}, not pending; nothing changed")
 
 
-class ApprovalStore(_Decisions):
+class ApprovalStore(StoreBase):
     """Approval requests in ``path``; several processes may open the same file.
 
     Thread-safe (one lock around one connection), but every method blocks on SQLite for up to

@@ -36,7 +36,7 @@ from toolcrib.gateway.trust.approvals import (
     PENDING_SQL,
     Approval,
     Status,
-    _Decisions,
+    StoreBase,
     args_hash,
     effective,
     missing,
@@ -58,7 +58,7 @@ _EXPIRE = (  # never waits on, nor deadlocks with, another replica's sweep or de
 )
 
 
-class PgApprovalStore(_Decisions):
+class PgApprovalStore(StoreBase):
     """Approval requests in the ``approvals`` table of ``db`` (opened and migrated:
     :func:`toolcrib.storage.migrations.upgrade`). Thread-safe: each call takes a pooled connection.
 
