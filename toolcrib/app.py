@@ -21,7 +21,7 @@ from aiohttp import web
 from toolcrib.config import Config
 from toolcrib.errors import ConfigError, ToolcribError
 from toolcrib.gateway.approval import approval_layer
-from toolcrib.gateway.audit.log import SqliteAuditLog, load_hmac_key
+from toolcrib.gateway.audit.backends import AuditLog, audit_key, open_audit_log
 from toolcrib.gateway.audit.rows import refused_auth_event, refused_call_event, search_event
 from toolcrib.gateway.audit.writer import AuditWriter
 from toolcrib.gateway.edge.admin import AdminApi
@@ -93,7 +93,7 @@ class Parts:
     pool: Pool
     gateway: Gateway
     reindexer: Reindexer | None
-    audit: SqliteAuditLog
+    audit: AuditLog
     writer: AuditWriter
     approvals: AsyncApprovals
     redactor: Redactor
@@ -138,13 +138,9 @@ def build(config: Config, *, embedder: Embedder | None = None, db: Database | No
             trust.refresh()
 
     pool.subscribe(on_change)  # before the gateway and the index: quarantine is settled first
-    root_key = load_hmac_key(config.audit.path, store)
-    audit = SqliteAuditLog(
-        config.audit.path,
-        hmac_key=root_key,
-        redactor=redactor,
-        anchor_path=config.audit.anchor_path,
-    )
+    root_key = audit_key(config, db, store)
+    assert root_key is not None  # with create (the default) a missing key is made or raises AuditError
+    audit = open_audit_log(config, db, hmac_key=root_key, redactor=redactor)
     writer = AuditWriter(audit)
     approvals = AsyncApprovals(open_approvals(config, db, redactor), listener)
     sealer, origin = Sealer(root_key), dict[str, str]()  # origin["url"]: the public origin, known once bound
@@ -407,7 +403,7 @@ async def _sync(reindexer: Reindexer | None, servers: set[str]) -> None:
         await reindexer.sync(servers)
 
 
-async def _audit_upkeep(audit: SqliteAuditLog, retention_days: int) -> None:
+async def _audit_upkeep(audit: AuditLog, retention_days: int) -> None:
     """Fold the WAL every minute; with retention set, prune old rows (behind a checkpoint) daily."""
     last_prune = 0.0
     while True:

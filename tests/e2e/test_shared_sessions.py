@@ -24,6 +24,13 @@ from toolcrib.index.embedder import HashingEmbedder
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture(autouse=True)
+def shared_audit_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every replica of one database shares the audit key (a secret; here from the environment)."""
+    monkeypatch.setenv("TOOLCRIB_SECRET_TOOLCRIB_AUDIT_HMAC", "ab" * 32)
+
+
 ECHO = "tests.servers.echo"
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 INIT = {

@@ -16,7 +16,7 @@ from toolcrib.config import Config
 from toolcrib.errors import AuditError, ToolcribError
 
 if TYPE_CHECKING:
-    from toolcrib.gateway.audit.log import SqliteAuditLog
+    from toolcrib.gateway.audit.backends import AuditLog
 
 
 def principal_ids(text: str) -> list[str]:
@@ -31,11 +31,13 @@ def principal_ids(text: str) -> list[str]:
 
 
 def _audit(args: argparse.Namespace, config: Config) -> int:
-    from toolcrib.gateway.audit.log import SqliteAuditLog, load_hmac_key
+    from toolcrib.cli.db import cli_database
+    from toolcrib.gateway.audit.backends import audit_key, open_audit_log
     from toolcrib.gateway.trust.secrets import ChainStore
 
-    key = load_hmac_key(config.audit.path, ChainStore(config.secrets.file), create=False)
-    log = SqliteAuditLog(config.audit.path, hmac_key=key, anchor_path=config.audit.anchor_path, create=False)
+    db = cli_database(config)
+    key = audit_key(config, db, ChainStore(config.secrets.file), create=False)
+    log = open_audit_log(config, db, hmac_key=key, create=False)
     try:
         if args.action == "verify":
             return _audit_verify(log, args.json)
@@ -93,9 +95,11 @@ def _audit(args: argparse.Namespace, config: Config) -> int:
         return 0
     finally:
         log.close()
+        if db is not None:
+            db.close()
 
 
-def _audit_prune(log: SqliteAuditLog, args: argparse.Namespace) -> int:
+def _audit_prune(log: AuditLog, args: argparse.Namespace) -> int:
     """Refuse a cut-off in the future; count with ``--dry-run``; otherwise confirm, then prune."""
     before = parse_time(args.before)
     if before > time.time():
@@ -103,11 +107,7 @@ def _audit_prune(log: SqliteAuditLog, args: argparse.Namespace) -> int:
             f"--before {args.before} is in the future ({_iso(before)}) and would delete every row; "
             "give a past time such as 90d or 2026-01-31"
         )
-    count = next(
-        log._rows(  # the rows prune deletes: everything up to the newest row older than the cut-off
-            "SELECT COUNT(*) AS n FROM events WHERE seq <= (SELECT MAX(seq) FROM events WHERE ts < ?)", (before,)
-        )
-    )["n"]
+    count = log.prune_count(before)
     if args.dry_run:
         print(f"would prune {count} rows older than {_iso(before)} (dry run: nothing deleted)")
         return 0
@@ -120,7 +120,7 @@ def _audit_prune(log: SqliteAuditLog, args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit_verify(log: SqliteAuditLog, as_json: bool) -> int:
+def _audit_verify(log: AuditLog, as_json: bool) -> int:
     """Print what was checked, every problem and every limit; non-zero exit when there are problems."""
     report = log.verify()
     if as_json:
@@ -136,7 +136,7 @@ def _audit_verify(log: SqliteAuditLog, as_json: bool) -> int:
                 for line in lines:
                     print(f"  - {line}")
         span = f"rows {report.first_seq}..{report.last_seq}" if report.rows else "no rows"
-        print(f"audit {log.path}: {span}, checkpoint {report.checkpoint_seq}, anchor {report.anchor_seq}")
+        print(f"audit {log.where}: {span}, checkpoint {report.checkpoint_seq}, anchor {report.anchor_seq}")
     if not report.ok:
         raise AuditError(
             f"audit log failed verification ({len(report.problems)} problems); keep a copy of it and investigate"

@@ -151,8 +151,8 @@ class _Subscription:
 
 @dataclass
 class Listener:
-    """The gateway's LISTEN connection. :meth:`subscribe` before :meth:`run` (or at any time: a
-    channel subscribed later is LISTENed at the next (re)connect and at once when connected).
+    """The gateway's LISTEN connection. :meth:`subscribe` before :meth:`run`: a channel first
+    subscribed while connected is LISTENed only from the next reconnect.
     ``connected`` says whether notifications are being received now (``/readyz``)."""
 
     db: Database

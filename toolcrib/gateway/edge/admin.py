@@ -29,7 +29,7 @@ from aiohttp import web
 
 from toolcrib.config import Config
 from toolcrib.errors import ToolcribError
-from toolcrib.gateway.audit.log import SqliteAuditLog
+from toolcrib.gateway.audit.backends import AuditLog
 from toolcrib.gateway.audit.writer import AuditWriter
 from toolcrib.gateway.edge.guard import BODY, PRINCIPAL, access, error_body
 from toolcrib.gateway.trust.approvals import AsyncApprovals
@@ -52,7 +52,7 @@ class AdminApi:
         self,
         config: Config,
         pool: Pool,
-        audit: SqliteAuditLog,
+        audit: AuditLog,
         writer: AuditWriter,
         approvals: AsyncApprovals,
         reindex: Callable[[str | None, bool], Awaitable[Any]] | None = None,
