@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= toolcrib/demo/toolcrib.toml
 NODE_DIR := .tools/node
 
-.PHONY: install run test lint typecheck pytest conformance load bench profile fuzz clean
+.PHONY: install run test lint typecheck pytest test-postgres replicas conformance load bench profile fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,7 +37,18 @@ typecheck: $(STAMP)
 # servers they start, so 3 keep 2 cores busy.
 TEST_JOBS ?= 3
 pytest: $(STAMP)
-	$(BIN)/pytest -q -n $(TEST_JOBS)
+	$(BIN)/pytest -q -n $(TEST_JOBS) -m "not replicas"
+
+# The end-to-end suite again with every in-process gateway's state (audit, approvals, keys, pins,
+# sessions, index) in PostgreSQL: a throw-away cluster per test process from the machine's server
+# binaries (tests/pgcluster.py), a fresh database per test.
+test-postgres: $(STAMP)
+	TOOLCRIB_TEST_STORAGE=postgresql $(BIN)/pytest -q -n $(TEST_JOBS) -m "not replicas" tests/e2e
+
+# Three `toolcrib serve` replicas behind a real nginx on one PostgreSQL: a session alternating
+# replicas, an approval granted on another replica, key revocation everywhere, SIGKILL under load.
+replicas: $(STAMP)
+	$(BIN)/pytest -q -m replicas tests/e2e/test_replicas.py
 
 test: lint typecheck pytest
 

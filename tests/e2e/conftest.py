@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,11 +26,35 @@ def stdio_server(module: str, *args: str, **extra: Any) -> dict[str, Any]:
     return {"command": PY, "args": ["-m", module, *args], "cwd": str(ROOT), **extra}
 
 
+STORAGE_ENV = "TOOLCRIB_TEST_STORAGE"
+"""``postgresql``: every in-process gateway of these tests keeps its state in a fresh PostgreSQL
+database (``make test-postgres``); unset: the embedded default (``make test``)."""
+_storage: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _storage_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """With ``TOOLCRIB_TEST_STORAGE=postgresql``: a fresh database per test for :func:`make_config`,
+    and the audit key every replica of it shares."""
+    if os.environ.get(STORAGE_ENV, "") != "postgresql":
+        yield
+        return
+    _storage["url"] = request.getfixturevalue("pg_url")
+    monkeypatch.setenv("TOOLCRIB_SECRET_TOOLCRIB_AUDIT_HMAC", "cd" * 32)
+    try:
+        yield
+    finally:
+        _storage.clear()
+
+
 def make_config(
     servers: dict[str, dict[str, Any]], tmp: Path | None = None, policy: dict[str, Any] | None = None, **gateway: Any
 ) -> Config:
-    """A config on an ephemeral port whose state files (index, audit, pins, approvals) live in ``tmp``."""
+    """A config on an ephemeral port whose state files (index, audit, pins, approvals) live in ``tmp``
+    (or, under ``TOOLCRIB_TEST_STORAGE=postgresql``, in this test's PostgreSQL database)."""
     data: dict[str, Any] = {"gateway": {"port": 0, **gateway}, "servers": servers, "policy": dict(policy or {})}
+    if "url" in _storage:
+        data["storage"] = {"url": _storage["url"]}
     if tmp is not None:
         data["index"] = {"path": str(tmp / "index")}
         data["audit"] = {"path": str(tmp / "audit.db")}
