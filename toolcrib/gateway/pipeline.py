@@ -21,15 +21,17 @@ per-principal limits are the exception: every method gets the JSON-RPC error :da
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from toolcrib.errors import InvalidArguments
+from toolcrib.errors import AuditError, InvalidArguments
 from toolcrib.gateway.audit.log import AuditEvent
 from toolcrib.gateway.audit.writer import AuditWriter
 from toolcrib.gateway.trust.identity import Principal
@@ -49,6 +51,8 @@ Result = Any
 """A result model of the call's method (``CallToolResult``, ``ReadResourceResult``, ...)."""
 Next = Callable[["UpstreamCall"], Awaitable[Result]]
 Layer = Callable[["UpstreamCall", Next], Awaitable[Result]]
+
+log = logging.getLogger("toolcrib.audit")
 
 
 @dataclass
@@ -179,7 +183,9 @@ def call_fields(call: UpstreamCall) -> dict[str, Any]:
 
 
 def audit_layer(sink: AuditWriter) -> Layer:
-    """Observe: a row before forwarding (attempt) and one after (outcome). Never decides."""
+    """Observe: a row before forwarding (attempt) and one after (outcome), both committed before the
+    call goes on (the attempt before forwarding, the outcome before the answer reaches the client;
+    a cancelled call's outcome is queued, not awaited). Never decides."""
 
     async def layer(call: UpstreamCall, nxt: Next) -> Result:
         common = call_fields(call)
@@ -201,20 +207,26 @@ def audit_layer(sink: AuditWriter) -> Layer:
             raise
         finally:
             state = call.state
-            sink.submit(
-                AuditEvent(
-                    kind="outcome",
-                    attempt_seq=attempt,
-                    outcome=outcome,  # type: ignore[arg-type]
-                    decision=state.decision.action if state.decision else None,
-                    rule=state.decision.rule if state.decision else None,
-                    approver=state.approver,
-                    latency_ms=(time.perf_counter() - call.started) * 1000,
-                    bytes=_result_bytes(result) if result is not None else None,
-                    error=state.error,
-                    **common,
-                )
+            row = AuditEvent(
+                kind="outcome",
+                attempt_seq=attempt,
+                outcome=outcome,  # type: ignore[arg-type]
+                decision=state.decision.action if state.decision else None,
+                rule=state.decision.rule if state.decision else None,
+                approver=state.approver,
+                latency_ms=(time.perf_counter() - call.started) * 1000,
+                bytes=_result_bytes(result) if result is not None else None,
+                error=state.error,
+                **common,
             )
+            if outcome == "cancelled":
+                sink.submit(row)  # nobody waits for this answer: never hold the cancellation up
+            else:  # committed before the answer leaves: a replica killed after answering loses no row
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await sink.append(row)
+                    except AuditError as exc:  # the call happened: its answer is not turned into an error
+                        log.error("audit: the outcome of %s was not recorded (%s)", call.target, exc.message)
 
     return layer
 
