@@ -13,8 +13,14 @@ from typing import Any
 
 import pytest
 
-from toolcrib.app import Running, running_gateway
+from toolcrib.app import Running, open_storage, running_gateway
 from toolcrib.config import Config
+from toolcrib.gateway.audit.backends import AuditLog, audit_key, open_audit_log
+from toolcrib.gateway.trust.apikeys import ApiKeyStore, key_document
+from toolcrib.gateway.trust.approvals import ApprovalBackend, open_approvals
+from toolcrib.gateway.trust.secrets import ChainStore
+from toolcrib.router.pins import PinStore, pin_document
+from toolcrib.storage.postgres import Database
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -30,21 +36,29 @@ STORAGE_ENV = "TOOLCRIB_TEST_STORAGE"
 """``postgresql``: every in-process gateway of these tests keeps its state in a fresh PostgreSQL
 database (``make test-postgres``); unset: the embedded default (``make test``)."""
 _storage: dict[str, str] = {}
+_databases: dict[str, Database] = {}
+"""One open :class:`Database` per ``[storage] url`` for the running test (closed at its end)."""
+
+embedded_only = pytest.mark.skipif(
+    os.environ.get(STORAGE_ENV, "") == "postgresql",
+    reason="checks the embedded backend's files themselves (SQLite, JSON, permissions)",
+)
+"""Marks a test that inspects or damages the embedded state files: skipped on PostgreSQL."""
 
 
 @pytest.fixture(autouse=True)
 def _storage_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """With ``TOOLCRIB_TEST_STORAGE=postgresql``: a fresh database per test for :func:`make_config`,
     and the audit key every replica of it shares."""
-    if os.environ.get(STORAGE_ENV, "") != "postgresql":
-        yield
-        return
-    _storage["url"] = request.getfixturevalue("pg_url")
-    monkeypatch.setenv("TOOLCRIB_SECRET_TOOLCRIB_AUDIT_HMAC", "cd" * 32)
+    if os.environ.get(STORAGE_ENV, "") == "postgresql":
+        _storage["url"] = request.getfixturevalue("pg_url")
+        monkeypatch.setenv("TOOLCRIB_SECRET_TOOLCRIB_AUDIT_HMAC", "cd" * 32)
     try:
         yield
     finally:
         _storage.clear()
+        while _databases:
+            _databases.popitem()[1].close()
 
 
 def make_config(
@@ -62,6 +76,68 @@ def make_config(
         data["policy"].setdefault("pins_path", str(tmp / "pins.json"))
         data["policy"].setdefault("approvals_path", str(tmp / "approvals.db"))
     return Config.model_validate(data)
+
+
+def storage_toml() -> str:
+    """The ``[storage]`` table :func:`make_config` applies, as TOML for a config file a test writes
+    (empty when embedded)."""
+    return f"[storage]\nurl = {json.dumps(_storage['url'])}\n" if "url" in _storage else ""
+
+
+def database(cfg: Config) -> Database | None:
+    """The database ``cfg``'s ``[storage] url`` names, connected and migrated (one per URL for the
+    test, closed at its end); None when embedded."""
+    url = cfg.storage.url
+    if url is None:
+        return None
+    if url not in _databases:
+        db = open_storage(cfg)
+        assert db is not None
+        _databases[url] = db
+    return _databases[url]
+
+
+def key_store(cfg: Config) -> ApiKeyStore:
+    """The API key store ``cfg`` names: ``[auth] keys_path`` or the shared database."""
+    return ApiKeyStore(key_document(database(cfg), cfg.auth.keys_path))
+
+
+def approval_store(cfg: Config) -> ApprovalBackend:
+    """The approval store ``cfg`` names (close it when done): ``[policy] approvals_path`` or the database."""
+    return open_approvals(cfg, database(cfg), None)
+
+
+def audit_log(cfg: Config) -> AuditLog:
+    """The existing audit log ``cfg`` names, for reading (usable with ``with``). SQLite: unkeyed, as
+    a reader without the key file sees it; PostgreSQL: with the shared key from the environment."""
+    db = database(cfg)
+    key = None if db is None else audit_key(cfg, db, ChainStore(cfg.secrets.file), create=False)
+    return open_audit_log(cfg, db, hmac_key=key, create=False)
+
+
+def stored_audit(cfg: Config) -> bytes:
+    """Everything the audit log ``cfg`` names has stored, as bytes: the SQLite file and its siblings
+    (WAL, anchor, key), or the text of every row of the database's audit tables."""
+    db = database(cfg)
+    if db is None:
+        path = Path(cfg.audit.path)
+        return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")))
+    with db.connection() as conn:
+        rows = [
+            str(row[0])
+            for query in (
+                "SELECT t::text FROM audit_events t",
+                "SELECT t::text FROM audit_checkpoints t",
+                "SELECT t::text FROM audit_head t",
+            )
+            for row in conn.execute(query).fetchall()
+        ]
+    return "\n".join(rows).encode()
+
+
+def pin_store(cfg: Config) -> PinStore:
+    """The pin store ``cfg`` names: ``[policy] pins_path`` or the shared database."""
+    return PinStore(pin_document(database(cfg), cfg.policy.pins_path), cfg.gateway.separator)
 
 
 GatewayFactory = Callable[..., AbstractAsyncContextManager[Running]]

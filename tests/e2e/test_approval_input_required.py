@@ -26,11 +26,9 @@ from mcp.client.session import ClientRequestContext, IncomingMessage
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from tests.e2e.conftest import make_config, stdio_server
+from tests.e2e.conftest import approval_store, audit_log, key_store, make_config, stdio_server
 from toolcrib.app import Running, running_gateway
-from toolcrib.gateway.audit.log import SqliteAuditLog
-from toolcrib.gateway.trust.apikeys import ApiKeyStore
-from toolcrib.gateway.trust.approvals import ApprovalStore
+from toolcrib.gateway.trust.approvals import ApprovalBackend
 
 pytestmark = pytest.mark.anyio
 
@@ -44,7 +42,7 @@ async def approving_gateway(tmp_path: Path, **policy: Any) -> AsyncIterator[tupl
     alice is an operator (group ``admins``), bob a guest."""
     policy = {"rules": RULES, "default": "allow", "approval_mode": "hold", "approval_timeout": 30, **policy}
     cfg = make_config({"echo": stdio_server("tests.servers.echo")}, tmp_path, policy, mode="passthrough", auth="keys")
-    keys = ApiKeyStore(cfg.auth.keys_path)
+    keys = key_store(cfg)
     tokens = {"alice": keys.add("alice", ["admins"]), "bob": keys.add("bob", ["guests"])}
     async with running_gateway(cfg, connect_wait=20) as rt:
         yield rt, tokens
@@ -100,7 +98,7 @@ async def operator_decides(rt: Running, token: str, approval_id: str, decision: 
 
 def audit_outcomes(rt: Running, principal: str) -> list[tuple[str, str | None]]:
     """(outcome, approver) of every echo call ``principal`` made, oldest first."""
-    with SqliteAuditLog(rt.config.audit.path, create=False) as audit:
+    with audit_log(rt.config) as audit:
         rows = audit.query(principal=principal, tool=TOOL, kind="outcome", limit=100)
     return [(r["outcome"], r["approver"]) for r in rows]
 
@@ -184,7 +182,7 @@ async def test_input_responses_never_approve(tmp_path: Path) -> None:
         assert the_elicitation(fresh)[1].url == ask.url
         declined = await call(alice, "hello", state, **{key: "decline"})
         assert declined.is_error and "declined" in text_of(declined)
-        store = ApprovalStore(rt.config.policy.approvals_path)
+        store = approval_store(rt.config)
         try:
             assert store.get(approval_id).status == "pending"
         finally:
@@ -207,7 +205,7 @@ async def test_modern_client_without_url_elicitation_gets_the_pending_error(tmp_
 
 async def test_modern_client_without_url_elicitation_is_held_in_hold_mode(tmp_path: Path) -> None:
     """No URL elicitation to show: the 2026-07-28 request itself waits for the operator, as a session's does."""
-    store: ApprovalStore | None = None
+    store: ApprovalBackend | None = None
     async with (
         approving_gateway(tmp_path) as (rt, tokens),
         client_as(rt, tokens["alice"], elicitation_callback=None) as alice,
@@ -217,7 +215,7 @@ async def test_modern_client_without_url_elicitation_is_held_in_hold_mode(tmp_pa
         async def held() -> None:
             results.append(await call(alice, "hello"))
 
-        store = ApprovalStore(rt.config.policy.approvals_path)
+        store = approval_store(rt.config)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(held)
@@ -263,7 +261,7 @@ async def test_session_client_sees_the_url_elicitation_while_held(tmp_path: Path
             approval_id = ask.url.rsplit("/", 1)[1]
             assert ask.url == f"http://127.0.0.1:{rt.port}/admin/approvals/{approval_id}"
             assert TOOL in ask.message and approval_id in ask.message and ask.elicitation_id
-            store = ApprovalStore(rt.config.policy.approvals_path)
+            store = approval_store(rt.config)
             try:  # the client answered "accept": the call is still held, the approval still pending
                 assert store.get(approval_id).status == "pending" and not results
             finally:

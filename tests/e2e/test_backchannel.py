@@ -24,10 +24,9 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.e2e.conftest import make_config, stdio_server
+from tests.e2e.conftest import key_store, make_config, stdio_server
 from tests.test_fixtures import http_server
 from toolcrib.app import Running, running_gateway
-from toolcrib.gateway.trust.apikeys import ApiKeyStore
 
 pytestmark = pytest.mark.anyio
 
@@ -63,7 +62,7 @@ def _own(text: str, name: str) -> bool:
 @asynccontextmanager
 async def keyed_gateway(tmp_path: Path, server: dict[str, Any]) -> AsyncIterator[tuple[Running, dict[str, str]]]:
     cfg = make_config({"bc": server}, tmp_path, {"default": "allow"}, mode="passthrough", auth="keys")
-    keys = ApiKeyStore(cfg.auth.keys_path)
+    keys = key_store(cfg)
     tokens = {name: keys.add(name, ["users"]) for name in PRINCIPALS}
     async with running_gateway(cfg, connect_wait=20) as rt:
         yield rt, tokens

@@ -20,11 +20,9 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from tests.e2e.conftest import make_config, stdio_server
+from tests.e2e.conftest import audit_log, embedded_only, key_store, make_config, stdio_server
 from tests.e2e.test_http import INIT, JSON_HEADERS
 from toolcrib.app import Running, running_gateway
-from toolcrib.gateway.audit.log import SqliteAuditLog
-from toolcrib.gateway.trust.apikeys import ApiKeyStore
 
 pytestmark = pytest.mark.anyio
 ECHO = "tests.servers.echo"
@@ -43,7 +41,7 @@ async def two_servers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncI
     policy = {"rules": [*ONLY_TIME, {"id": "alice-all", "principals": ["key:alice"], "action": "allow"}]}
     policy["default"] = "deny"
     cfg = make_config(servers, tmp_path, policy, mode="passthrough", auth="keys")
-    keys = ApiKeyStore(cfg.auth.keys_path)
+    keys = key_store(cfg)
     tokens = {"alice": keys.add("alice", ["admins"]), "bob": keys.add("bob", ["guests"])}
     async with running_gateway(cfg, connect_wait=20) as rt:
         yield rt, tokens
@@ -86,7 +84,7 @@ async def test_policy_governs_resources_prompts_completion_and_subscribe(
                     await probe
                 assert CANARY not in str(err.value) and "Unknown" in err.value.error.message
         assert (await bob.call_tool("time__t_echo", {"text": "ok"})).is_error is False
-    with SqliteAuditLog(rt.config.audit.path) as audit:
+    with audit_log(rt.config) as audit:
         refused = [r for r in audit.query(principal="key:bob", limit=100) if r["outcome"] == "denied"]
     methods = {r["method"] for r in refused}
     assert any(r["target"] == "echo+echo://env/ECHO_TOKEN" for r in refused)
@@ -134,6 +132,7 @@ async def test_admin_and_health_are_behind_the_guard(tmp_path: Path, monkeypatch
             assert set((await r.json())["upstreams"]) == {"echo", "time"}
 
 
+@embedded_only  # it corrupts keys.json itself
 async def test_auth_failures_get_their_status_and_a_generic_body(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -155,7 +154,7 @@ async def test_auth_failures_get_their_status_and_a_generic_body(
         ) as r:
             body = await r.text()
             assert r.status == 503 and "keys.json" not in body and "Expecting" not in body
-    with SqliteAuditLog(rt.config.audit.path) as audit:
+    with audit_log(rt.config) as audit:
         auth_rows = [r for r in audit.query(limit=100) if r["kind"] == "auth"]
     assert len(auth_rows) >= 5
 
@@ -248,7 +247,7 @@ async def test_one_principal_cannot_exhaust_sessions(tmp_path: Path) -> None:
         {"echo": stdio_server(ECHO)}, tmp_path, {"default": "allow"}, mode="passthrough", auth="keys",
         max_sessions=20, max_sessions_per_principal=5,
     )  # fmt: skip
-    keys = ApiKeyStore(cfg.auth.keys_path)
+    keys = key_store(cfg)
     greedy, other = keys.add("greedy"), keys.add("other")
     async with running_gateway(cfg, connect_wait=20) as rt, aiohttp.ClientSession() as s:
         for _ in range(30):

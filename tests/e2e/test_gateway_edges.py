@@ -15,13 +15,12 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.e2e.conftest import make_config, stdio_server
+from tests.e2e.conftest import key_store, make_config, stdio_server, storage_toml
 from tests.gateway import test_auth
 from tests.gateway.test_auth import AUDIENCE, ISSUER, JwksServer, Keys, sign
 from tests.test_fixtures import http_server
 from toolcrib.app import running_gateway
 from toolcrib.cli import main
-from toolcrib.gateway.trust.apikeys import ApiKeyStore
 from toolcrib.index.embedder import HashingEmbedder
 
 pytestmark = pytest.mark.anyio
@@ -80,7 +79,7 @@ async def test_secrets_reach_only_their_upstream_and_the_client_token_never(
             "other": {"url": other},
         }
         cfg = make_config(servers, tmp_path, {"default": "allow"}, mode="passthrough", auth="keys")
-        token = ApiKeyStore(cfg.auth.keys_path).add("alice")
+        token = key_store(cfg).add("alice")
         async with (
             running_gateway(cfg, connect_wait=20) as rt,
             httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http,
@@ -102,7 +101,7 @@ async def test_rug_pull_is_quarantined_until_approved(tmp_path: Path, monkeypatc
     server = stdio_server(ECHO, env={"FIXTURE_ECHO_DESCRIPTION": poisoned})
     cfg = make_config({"echo": server}, tmp_path, {"default": "allow"}, mode="passthrough")
     config_file = tmp_path / "toolcrib.toml"
-    config_file.write_text(f'[policy]\npins_path = "{cfg.policy.pins_path}"\n')
+    config_file.write_text(f'[policy]\npins_path = "{cfg.policy.pins_path}"\n' + storage_toml())
     async with running_gateway(cfg, connect_wait=20) as rt, Client(rt.url) as c:
         names = {t.name for t in (await c.list_tools()).tools}
         assert "echo__echo" not in names and "echo__add" in names
@@ -146,7 +145,7 @@ async def test_a_jwt_subject_never_uses_a_key_session_of_the_same_name(
     )
     auth = {"issuer": ISSUER, "jwks_url": jwks.url, "audience": AUDIENCE, "keys_path": str(tmp_path / "keys.json")}
     cfg = cfg.model_copy(update={"auth": cfg.auth.model_copy(update=auth)})
-    api_key = ApiKeyStore(cfg.auth.keys_path).add("agent")
+    api_key = key_store(cfg).add("agent")
     token = sign(keys, sub="agent")
     headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
     init = {

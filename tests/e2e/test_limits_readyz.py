@@ -18,13 +18,12 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from tests.e2e.conftest import make_config, stdio_server
+from tests.e2e.conftest import key_store, make_config, stdio_server
 from toolcrib.app import Running, running_gateway
 from toolcrib.config import LimitsConfig
 from toolcrib.gateway.edge.admin import AdminApi
 from toolcrib.gateway.edge.guard import Guard
 from toolcrib.gateway.pipeline import LIMITED
-from toolcrib.gateway.trust.apikeys import ApiKeyStore
 from toolcrib.gateway.trust.auth import build_authenticator
 
 pytestmark = pytest.mark.anyio
@@ -40,7 +39,7 @@ async def limited_gateway(tmp_path: Path, limits: dict[str, Any]) -> AsyncIterat
     servers = {"echo": stdio_server(ECHO), "bc": stdio_server(BACKCHANNEL)}
     cfg = make_config(servers, tmp_path, {"default": "allow"}, mode="passthrough", auth="keys")
     cfg = cfg.model_copy(update={"limits": LimitsConfig.model_validate(limits)})
-    store = ApiKeyStore(cfg.auth.keys_path)
+    store = key_store(cfg)
     tokens = {"a": store.add("a"), "b": store.add("b"), "ops": store.add("ops", ["admins"])}
     async with running_gateway(cfg, connect_wait=20) as rt:
         yield rt, tokens

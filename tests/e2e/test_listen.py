@@ -21,10 +21,8 @@ import anyio
 import httpx
 import pytest
 
-from tests.e2e.conftest import ROOT, make_config, serve_process, stdio_server
+from tests.e2e.conftest import ROOT, audit_log, key_store, make_config, serve_process, stdio_server
 from toolcrib.app import Running, running_gateway
-from toolcrib.gateway.audit.log import SqliteAuditLog
-from toolcrib.gateway.trust.apikeys import ApiKeyStore
 
 pytestmark = pytest.mark.anyio
 
@@ -119,7 +117,7 @@ async def listen(
 async def toolcrib(tmp_path: Path, **gateway: Any) -> AsyncIterator[tuple[Running, dict[str, str]]]:
     servers = {"every": stdio_server("tests.servers.everything")}
     cfg = make_config(servers, tmp_path, POLICY, mode="passthrough", auth="keys", **gateway)
-    keys = ApiKeyStore(cfg.auth.keys_path)
+    keys = key_store(cfg)
     tokens = {"alice": keys.add("alice", ["admins"]), "bob": keys.add("bob", ["guests"])}
     async with running_gateway(cfg, connect_wait=20) as rt:
         yield rt, tokens
@@ -178,7 +176,7 @@ async def test_resource_update_reaches_only_the_subscribed_reader(tmp_path: Path
             ] == reader.rid
             for other in (unsubscribed, hidden, unknown):
                 assert [f["method"] for f in await other.until(TOOLS_CHANGED)] == [TOOLS_CHANGED]
-    with SqliteAuditLog(rt.config.audit.path) as audit:
+    with audit_log(rt.config) as audit:
         rows = audit.query(principal="key:bob", limit=100)
     assert any(r["target"] == WATCHED and r["outcome"] == "denied" for r in rows)  # the refusal is audited
     assert not any(

@@ -26,10 +26,9 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from tests.e2e.conftest import make_config, stdio_server
+from tests.e2e.conftest import key_store, make_config, stdio_server
 from tests.test_fixtures import http_server
 from toolcrib.app import Running, running_gateway
-from toolcrib.gateway.trust.apikeys import ApiKeyStore
 
 pytestmark = pytest.mark.anyio
 
@@ -54,7 +53,7 @@ async def keyed_gateway(
     tmp_path: Path, server: dict[str, Any], mode: str = "passthrough"
 ) -> AsyncIterator[tuple[Running, dict[str, str]]]:
     cfg = make_config({"m": server}, tmp_path, {"default": "allow"}, mode=mode, auth="keys")
-    keys = ApiKeyStore(cfg.auth.keys_path)
+    keys = key_store(cfg)
     tokens = {name: keys.add(name, ["users"]) for name in PRINCIPALS}
     async with running_gateway(cfg, connect_wait=20) as rt:
         yield rt, tokens

@@ -28,13 +28,11 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from tests.e2e.conftest import make_config, stdio_server
+from tests.e2e.conftest import audit_log, key_store, make_config, stdio_server
 from tests.e2e.test_mrtr import FIXTURE, MODERN, PRINCIPALS, Answers, client, text
 from toolcrib.app import Running, running_gateway
 from toolcrib.config import parse_config
 from toolcrib.errors import ConfigError
-from toolcrib.gateway.audit.log import SqliteAuditLog
-from toolcrib.gateway.trust.apikeys import ApiKeyStore
 from toolcrib.gateway.trust.redaction import REDACTED
 
 pytestmark = pytest.mark.anyio
@@ -55,7 +53,7 @@ async def gateway(tmp_path: Path, era: str, **options: Any) -> AsyncIterator[tup
     ``MRTR_SECRET`` is the ``secret:m/secret`` reference, which toolcrib resolves (and so redacts)."""
     server = stdio_server(FIXTURE, *(() if era == MODERN else ("--legacy",)), env={"MRTR_SECRET": "secret:m/secret"})
     cfg = make_config({"m": server}, tmp_path, {"default": "allow"}, mode="passthrough", auth="keys", **options)
-    keys = ApiKeyStore(cfg.auth.keys_path)
+    keys = key_store(cfg)
     tokens = {name: keys.add(name, ["users"]) for name in PRINCIPALS}
     async with running_gateway(cfg, connect_wait=20) as rt:
         assert rt.pool.upstream("m").state.protocol_version == era
@@ -95,7 +93,7 @@ async def ledger(c: Client) -> dict[str, Any]:
 
 def audited(rt: Running, principal: str, tool: str) -> list[tuple[int, str | None]]:
     """(attempt seq, outcome) of each attempt ``principal`` made at ``tool``, oldest first."""
-    with SqliteAuditLog(rt.config.audit.path, create=False) as audit:
+    with audit_log(rt.config) as audit:
         attempts = audit.query(principal=principal, tool=tool, kind="attempt", limit=100)
         outcomes = {r["attempt_seq"]: r["outcome"] for r in audit.query(principal=principal, tool=tool, kind="outcome")}
     return [(a["seq"], outcomes.get(a["seq"])) for a in attempts]

@@ -19,11 +19,17 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.e2e.conftest import ROOT, make_config, stdio_server
+from tests.e2e.conftest import (
+    ROOT,
+    approval_store,
+    audit_log,
+    database,
+    key_store,
+    make_config,
+    stdio_server,
+    stored_audit,
+)
 from toolcrib.app import Running, running_gateway
-from toolcrib.gateway.audit.log import SqliteAuditLog
-from toolcrib.gateway.trust.apikeys import ApiKeyStore
-from toolcrib.gateway.trust.approvals import ApprovalStore
 from toolcrib.index.embedder import HashingEmbedder
 
 pytestmark = pytest.mark.anyio
@@ -47,7 +53,7 @@ async def trusted_gateway(
 ) -> AsyncIterator[tuple[Running, dict[str, str]]]:
     policy = {"rules": RULES, "default": "allow", "approval_mode": "pending", **policy}
     cfg = make_config(servers or {"echo": stdio_server(ECHO)}, tmp_path, policy, mode=mode, auth="keys")
-    keys = ApiKeyStore(cfg.auth.keys_path)
+    keys = key_store(cfg)
     tokens = {"alice": keys.add("alice", ["admins"]), "bob": keys.add("bob", ["guests"])}
     async with running_gateway(cfg, connect_wait=20, embedder=HashingEmbedder()) as rt:
         if rt.reindexer is not None:
@@ -83,7 +89,7 @@ async def test_revoked_key_stops_a_live_session(tmp_path: Path) -> None:
         client_as(rt, tokens["bob"], mode="legacy") as c,
     ):
         assert (await c.list_tools()).tools
-        ApiKeyStore(rt.config.auth.keys_path).revoke("bob")
+        key_store(rt.config).revoke("bob")
         with pytest.raises(Exception):  # noqa: B017 - the transport surfaces the 401 as any of several errors
             await c.list_tools()
 
@@ -122,7 +128,7 @@ async def test_policy_matrix_every_path(tmp_path: Path, mode: str) -> None:
                     call = ("invoke", {"tool": "echo__echo", "arguments": {"text": "rm -rf /"}})
                 denied = await c.call_tool(*call)
                 assert denied.is_error and "no-rm" in _text(denied)
-        rows = SqliteAuditLog(rt.config.audit.path, create=False).query(limit=1000)
+        rows = audit_log(rt.config).query(limit=1000)
         outcomes = [r for r in rows if r["kind"] == "outcome"]
         # refused as unknown, recorded with the rule that decided (never a placeholder such as "hidden")
         hidden = [r for r in outcomes if r["rule"] == "guests-no-add" and r["principal"] == "key:bob"]
@@ -179,7 +185,7 @@ async def test_approval_bound_to_exact_arguments(tmp_path: Path) -> None:
         assert not ok.is_error
         again = await c.call_tool("echo__sleep", {"seconds": 0.01})
         assert again.is_error  # single use
-        store = ApprovalStore(rt.config.policy.approvals_path)
+        store = approval_store(rt.config)
         assert store.get(approval_id).status == "used"
         store.close()
 
@@ -202,11 +208,9 @@ async def test_canary_secrets_never_leak(tmp_path: Path, monkeypatch: pytest.Mon
         assert "[REDACTED]" in _text(seen[0])
         assert _text(seen[2]) == "<unset>" and _text(seen[3]) == "<unset>"  # server B never gets A's secret
         assert CANARY not in blob and b64 not in blob and CANARY.encode().hex() not in blob
-    db = Path(rt.config.audit.path)
-    for path in db.parent.glob(db.name + "*"):
-        data = path.read_bytes()
-        assert CANARY.encode() not in data and b64.encode() not in data
-    assert tokens["alice"] not in db.read_bytes().decode("latin-1")
+    data = stored_audit(rt.config)
+    assert CANARY.encode() not in data and b64.encode() not in data
+    assert tokens["alice"] not in data.decode("latin-1")
 
 
 async def test_audit_has_attempt_and_outcome_for_every_call(tmp_path: Path) -> None:
@@ -214,7 +218,7 @@ async def test_audit_has_attempt_and_outcome_for_every_call(tmp_path: Path) -> N
         await c.call_tool("search_tools", {"query": "echo text"})
         await c.call_tool("invoke", {"tool": "echo__echo", "arguments": {"text": "hi"}})
         await c.call_tool("invoke", {"tool": "echo__add", "arguments": {"a": 1}})
-    log = SqliteAuditLog(rt.config.audit.path, create=False)
+    log = audit_log(rt.config)
     rows = log.query(limit=100)
     search = [r for r in rows if r["kind"] == "search"]
     assert search and search[0]["query"] == "echo text" and "echo__echo" in search[0]["results"]
@@ -225,10 +229,15 @@ async def test_audit_has_attempt_and_outcome_for_every_call(tmp_path: Path) -> N
     assert sorted(o["outcome"] for o in outcomes) == ["ok", "tool_error"]
     assert all(r["principal"] == "key:alice" and r["tool_hash"] for r in outcomes)
     assert log.verify().ok
-    with sqlite3.connect(rt.config.audit.path) as db:
-        db.execute("DROP TRIGGER events_no_update")
-        db.execute("UPDATE events SET outcome = 'ok' WHERE kind = 'outcome' AND outcome = 'tool_error'")
-    assert not SqliteAuditLog(rt.config.audit.path, create=False).verify().ok
+    if (pg := database(rt.config)) is None:
+        with sqlite3.connect(rt.config.audit.path) as db:
+            db.execute("DROP TRIGGER events_no_update")
+            db.execute("UPDATE events SET outcome = 'ok' WHERE kind = 'outcome' AND outcome = 'tool_error'")
+    else:  # the same tampering in the shared database, by someone able to lift its guard
+        with pg.transaction() as conn:
+            conn.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only")
+            conn.execute("UPDATE audit_events SET outcome = 'ok' WHERE kind = 'outcome' AND outcome = 'tool_error'")
+    assert not audit_log(rt.config).verify().ok
 
 
 async def test_held_call_waits_for_the_operator(tmp_path: Path) -> None:
@@ -241,7 +250,7 @@ async def test_held_call_waits_for_the_operator(tmp_path: Path) -> None:
         async def call() -> None:
             results.append(await c.call_tool("echo__sleep", {"seconds": 0.01}))
 
-        store = ApprovalStore(rt.config.policy.approvals_path)
+        store = approval_store(rt.config)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(call)
