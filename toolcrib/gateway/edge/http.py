@@ -68,6 +68,7 @@ class HttpTransport:
         self.gateway = gateway
         self.directory = directory
         """Set with ``[storage] url``: sessions live in PostgreSQL and any replica serves them."""
+        self._adopting: dict[str, anyio.Event] = {}
         self.cfg = config.gateway
         self.tg = tg
         self.table = SessionTable(self.cfg)
@@ -91,7 +92,7 @@ class HttpTransport:
         sess = self.sessions.get(sid)
         if sess is not None and sess.closed.is_set():
             sess = None
-        if self.directory is not None:
+        if self.directory is not None and not (sess is not None and self.directory.fresh(sid)):
             stored = await self.directory.load(sid)
             if stored is None:
                 if sess is not None:  # deleted or expired on another replica
@@ -101,7 +102,10 @@ class HttpTransport:
             elif stored.principal.id != principal.id:
                 return web.Response(status=403, text="Forbidden: this session belongs to another principal\n")
             elif sess is None:
-                sess = await self._adopt(stored, principal)
+                adopted = await self._adopt_once(stored, principal)
+                if isinstance(adopted, web.Response):
+                    return adopted
+                sess = adopted
             elif stored.state != snapshot(sess):
                 apply(sess, stored.state)
                 self.directory.seen(sid, stored.state)
@@ -111,6 +115,29 @@ class HttpTransport:
             return web.Response(status=403, text="Forbidden: this session belongs to another principal\n")
         sess.last_seen = time.monotonic()
         return sess
+
+    async def _adopt_once(self, stored: StoredSession, principal: Principal) -> HttpSession | web.Response:
+        """Adopt ``stored`` unless a request racing this one already is: then use that adoption."""
+        pending = self._adopting.get(stored.id)
+        if pending is not None:
+            await pending.wait()
+            sess = self.sessions.get(stored.id)
+            if sess is not None and not sess.closed.is_set():
+                return sess
+            return rpc_error(-32001, "Session not found or expired; start a new session with initialize", status=404)
+        done = self._adopting[stored.id] = anyio.Event()
+        try:
+            return await self._adopt(stored, principal)
+        except (TimeoutError, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            sess = self.sessions.get(stored.id)
+            if sess is not None:
+                sess.scope.cancel()
+                self.table.drop(sess)
+            log.warning("session %s: could not be adopted from the database", stored.id[:8])
+            return rpc_error(-32000, "Session could not be resumed here; retry shortly", status=503)
+        finally:
+            del self._adopting[stored.id]
+            done.set()
 
     async def _adopt(self, stored: StoredSession, principal: Principal) -> HttpSession:
         """Serve a session another replica opened: a local server loop primed with its ``initialize``."""

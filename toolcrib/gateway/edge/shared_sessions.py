@@ -5,10 +5,11 @@ client's ``initialize`` params, whether it sent ``notifications/initialized``, t
 ``search_tools`` loaded into it, its resource subscriptions and log level, and a revision number.
 A replica that receives a POST for a session it does not hold *adopts* it: it checks the row's
 principal against the caller (``KIND:SUBJECT``; another principal gets 403 as on one replica),
-starts a local server loop primed with the stored ``initialize``, and applies the stored state. On
-every request a replica re-reads the row (one indexed query, off the event loop) when another
-replica may have changed it, and writes it back when the request changed it (last writer wins for
-two requests of one session racing on two replicas).
+starts a local server loop primed with the stored ``initialize``, and applies the stored state. A
+request that changed the state writes it back and publishes ``{"session", "changed"}``; a replica
+holding a copy then re-reads the row (one indexed query, off the event loop) before that session's
+next request there, and otherwise serves it from memory with no query. Two requests of one session
+racing on two replicas: the last write wins. A lost LISTEN connection marks every copy stale.
 
 A session's GET stream is held by one replica. A message for that stream produced on another
 replica (a ``tools/list_changed`` after ``search_tools`` loaded tools there, a resource update) is
@@ -16,15 +17,16 @@ published with ``NOTIFY toolcrib_sessions``; the replica holding the stream deli
 ``DELETE`` on any replica removes the row and tells every replica to drop its copy. Rows idle longer
 than ``[gateway] session_ttl`` are deleted by any replica's reaper.
 
-Payloads are JSON: ``{"session": ID, "message": JSON-RPC notification}`` or
-``{"session": ID, "close": true}`` (at most 8000 bytes; a larger notification is dropped with a
-debug log, as a notification to a gone client is).
+Payloads are JSON: ``{"session": ID, "message": JSON-RPC notification}``,
+``{"session": ID, "changed": REPLICA}`` or ``{"session": ID, "close": true}`` (at most 8000 bytes;
+a larger notification is dropped with a debug log, as a notification to a gone client is).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +44,8 @@ log = logging.getLogger("toolcrib.http")
 CHANNEL = "toolcrib_sessions"
 NOTIFY_MAX = 7900
 TOUCH_EVERY = 30.0
-"""Seconds between ``last_seen`` writes of a session whose state did not change."""
+"""Seconds between ``last_seen`` writes of a session whose state did not change (at most a quarter
+of ``session_ttl``, so a session in use never looks idle to another replica's reaper)."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,13 @@ class SessionDirectory:
     def __init__(self, db: Database, *, ttl: float) -> None:
         self.db = db
         self.ttl = ttl
+        self.replica = secrets.token_hex(6)
+        self.touch_every = min(TOUCH_EVERY, ttl / 4)
         self._saved: dict[str, tuple[dict[str, Any], float]] = {}
+        self._fresh: set[str] = set()
+        """Sessions whose local copy is known to match the row (no other replica changed it since)."""
+        self.live = False
+        """Set once :meth:`listen` subscribed: without notifications no copy is ever fresh."""
 
     def listen(
         self, listener: Listener, deliver: Callable[[str, dict[str, Any]], None], close: Callable[[str], None]
@@ -99,17 +108,31 @@ class SessionDirectory:
                 log.debug("sessions: ignored a malformed notification")
                 return
             if note.get("close"):
+                self._fresh.discard(sid)
                 close(sid)
+            elif "changed" in note:
+                if note["changed"] != self.replica:
+                    self._fresh.discard(sid)
             elif isinstance(note.get("message"), dict):
                 deliver(sid, note["message"])
 
-        listener.subscribe(CHANNEL, on_note)
+        self.live = True
+        listener.subscribe(CHANNEL, on_note, self._fresh.clear)
+
+    def fresh(self, sid: str) -> bool:
+        """True when this replica's copy of ``sid`` needs no re-read before serving a request."""
+        return sid in self._fresh
 
     async def create(self, sess: HttpSession) -> None:
         """Record a new session (right after its ``initialize`` was answered)."""
         principal, state, now = sess.peer.principal, snapshot(sess), time.time()
         await anyio.to_thread.run_sync(self._insert, sess.peer.id, principal, state, now)
         self._saved[sess.peer.id] = (state, now)
+        self._mark(sess.peer.id)
+
+    def _mark(self, sid: str) -> None:
+        if self.live:
+            self._fresh.add(sid)
 
     def _insert(self, sid: str, principal: Principal, state: dict[str, Any], now: float) -> None:
         with self.db.connection() as conn:
@@ -139,22 +162,27 @@ class SessionDirectory:
         """Write ``sess``'s state back when it changed (or its ``last_seen`` is older than 30 s)."""
         sid, state, now = sess.peer.id, snapshot(sess), time.time()
         last = self._saved.get(sid)
-        if last is not None and last[0] == state and now - last[1] < TOUCH_EVERY:
+        if last is not None and last[0] == state and now - last[1] < self.touch_every:
             return
+        changed = last is None or last[0] != state
         self._saved[sid] = (state, now)
-        await anyio.to_thread.run_sync(self._update, sid, state, now)
+        await anyio.to_thread.run_sync(self._update, sid, state, now, changed)
 
-    def _update(self, sid: str, state: dict[str, Any], now: float) -> None:
-        with self.db.connection() as conn:
+    def _update(self, sid: str, state: dict[str, Any], now: float, changed: bool) -> None:
+        with self.db.transaction() as conn:
             conn.execute("UPDATE sessions SET state = %s, last_seen = %s WHERE id = %s", (json.dumps(state), now, sid))
+            if changed:
+                self.db.notify(CHANNEL, json.dumps({"session": sid, "changed": self.replica}), conn)
 
     def seen(self, sid: str, state: dict[str, Any]) -> None:
         """Remember ``state`` as what the row holds (after adopting or refreshing from it)."""
-        self._saved[sid] = (state, self._saved.get(sid, ({}, time.time()))[1])
+        self._saved[sid] = (state, 0.0)  # the row's last_seen is not ours: the next save touches it
+        self._mark(sid)
 
     async def delete(self, sid: str) -> None:
         """Remove the session everywhere (``DELETE /mcp`` on any replica)."""
         self._saved.pop(sid, None)
+        self._fresh.discard(sid)
         await anyio.to_thread.run_sync(self._delete, sid)
 
     def _delete(self, sid: str) -> None:
@@ -165,6 +193,7 @@ class SessionDirectory:
     def forget(self, sid: str) -> None:
         """This replica dropped its copy (idle, evicted): the row stays for the others."""
         self._saved.pop(sid, None)
+        self._fresh.discard(sid)
 
     async def publish(self, sid: str, message: dict[str, Any]) -> None:
         """Send a notification to whichever replica holds ``sid``'s GET stream."""
