@@ -180,7 +180,7 @@ async def test_readyz_is_503_without_any_connected_upstream(tmp_path: Path) -> N
 @asynccontextmanager
 async def admin_app(rt: Running, checks: dict[str, Callable[[], Awaitable[str | None]]]) -> AsyncIterator[str]:
     """The admin routes behind the real guard, with extra readiness checks, on a free loopback port."""
-    guard = Guard(rt.config, build_authenticator(rt.config).authenticate)
+    guard = Guard(rt.config, build_authenticator(rt.config, key_store(rt.config)).authenticate)
     app = web.Application(middlewares=[guard.middleware])
     api = AdminApi(rt.config, rt.pool, rt.parts.audit, rt.parts.writer, rt.parts.approvals, ready_checks=checks)
     api.ready_timeout = 0.5
@@ -213,7 +213,8 @@ async def test_readyz_follows_its_checks_while_healthz_stays_200(tmp_path: Path)
         operator = {"Authorization": f"Bearer {tokens['ops']}"}
         async with s.get(f"http://127.0.0.1:{rt.port}/readyz") as r:  # the gateway's own: public, no credentials
             assert r.status == 200
-            assert await r.json() == {"status": "ready", "checks": {"upstreams": {"ok": True}}}
+            own = {"upstreams": {"ok": True}} | ({"database": {"ok": True}} if rt.config.storage.url else {})
+            assert await r.json() == {"status": "ready", "checks": own}
         async with admin_app(rt, {"database": database}) as base:
             async with s.get(f"{base}/readyz") as r:
                 assert r.status == 200
