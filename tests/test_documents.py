@@ -269,13 +269,22 @@ async def test_live_document_trusts_its_cache_until_a_notification(pg_url: str) 
         key = cli.add("alice")
         assert gateway.lookup(key) is not None
         cli.revoke("alice")
-        assert gateway.lookup(key) is not None, "live and not notified: the cache is trusted (no query)"
-        doc.invalidate()
-        assert gateway.lookup(key) is None
+        assert gateway.lookup(key) is None, "the listener is not connected: the cache is never trusted"
 
         async with anyio.create_task_group() as tg:
             await tg.start(listener.run)
             assert listener.connected
+            key = await anyio.to_thread.run_sync(cli.add, "carol")
+            doc.invalidate()
+            assert gateway.lookup(key) is not None
+            with db_a.connection() as conn:  # a change nobody announced: the connected cache trusts itself
+                conn.execute(
+                    "UPDATE documents SET body = %s, version = version + 1 WHERE name = 'keys'",
+                    ('{"version": 1, "keys": []}',),
+                )
+            assert gateway.lookup(key) is not None, "live, connected and not notified: no query"
+            doc.invalidate()
+            assert gateway.lookup(key) is None
             key = await anyio.to_thread.run_sync(cli.add, "bob")
             assert await anyio.to_thread.run_sync(_poll, lambda: gateway.lookup(key) is not None)
             await anyio.to_thread.run_sync(cli.revoke, "bob")

@@ -168,7 +168,9 @@ class PgDocument:
 
     ``live`` is False for a process without a :class:`~toolcrib.storage.postgres.Listener`: each
     :meth:`load` then runs one query (the body travels only when the version moved). When True
-    (set by :func:`subscribe_documents`) the cache is trusted until :meth:`invalidate`. Thread-safe.
+    (set by :func:`subscribe_documents`) the cache is trusted until :meth:`invalidate`, and only
+    while the listener is connected: with it down, changes would go unseen (a revoked key still
+    accepted), so each load queries again until it is back. Thread-safe.
     An unreachable database or a missing table raises ``error(message)`` (fail closed).
     """
 
@@ -191,13 +193,15 @@ class PgDocument:
         self.remedy = remedy
         self.parse = parse
         self.live = False
+        self.listening: Callable[[], bool] = lambda: True
+        """Whether notifications arrive now (set by :func:`subscribe_documents`)."""
         self._lock = threading.Lock()
         self._cache: tuple[int | None, Body] | None = None
         self._stale = True
 
     def load(self) -> Body:
         """The body: from the cache when live and not invalidated, else after one version query."""
-        if self.live and not self._stale and self._cache is not None:
+        if self.live and not self._stale and self._cache is not None and self.listening():
             return self._cache[1]
         with self._lock:
             self._stale = False  # an invalidate() from now on makes the next load read again
@@ -337,6 +341,7 @@ def subscribe_documents(listener: Listener, docs: Iterable[PgDocument]) -> None:
     by_name = {doc.name: doc for doc in docs}
     for doc in by_name.values():
         doc.live = True
+        doc.listening = lambda: listener.connected
 
     async def changed(payload: str) -> None:
         doc = by_name.get(payload)
