@@ -6,6 +6,7 @@ Strict xfails are confirmed problems; plain tests are regressions that hold toda
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -20,7 +21,13 @@ from tests.e2e.conftest import approval_store, key_store, make_config, stdio_ser
 from toolcrib.app import Running, running_gateway
 from toolcrib.index.embedder import HashingEmbedder
 
-pytestmark = pytest.mark.anyio
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(
+        os.environ.get("TOOLCRIB_TEST_STORAGE") == "postgresql",
+        reason="PostgreSQL-only already: run once, by make test",
+    ),
+]
 
 ECHO = "tests.servers.echo"
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}

@@ -8,6 +8,7 @@ database, exactly as two machines would.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -22,7 +23,13 @@ from tests.e2e.test_upstream_faults import _free_port, _start_http, _stop
 from toolcrib.app import Running, running_gateway
 from toolcrib.index.embedder import HashingEmbedder
 
-pytestmark = pytest.mark.anyio
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(
+        os.environ.get("TOOLCRIB_TEST_STORAGE") == "postgresql",
+        reason="PostgreSQL-only already: run once, by make test",
+    ),
+]
 
 
 @pytest.fixture(autouse=True)
