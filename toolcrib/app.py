@@ -315,7 +315,7 @@ async def _start_http(
     if parts.listener is not None:
         if directory is not None:
             directory.listen(parts.listener, transport.deliver, transport.closed_elsewhere)
-            tg.start_soon(directory.reap)
+            tg.start_soon(directory.reap, transport.busy_sessions)
         await tg.start(parts.listener.run)
     reindex = None
     if parts.reindexer is not None:

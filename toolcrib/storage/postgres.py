@@ -176,10 +176,11 @@ class Listener:
         while True:
             try:
                 url, kwargs = self.db.connect_args()
-                async with await psycopg.AsyncConnection.connect(
+                conn = await psycopg.AsyncConnection.connect(
                     url, connect_timeout=max(1, int(self.db.connect_timeout)), **kwargs
-                ) as conn:
-                    self._conn = conn
+                )
+                self._conn = conn
+                try:
                     for channel in self._subs:
                         await conn.execute(f'LISTEN "{channel}"')
                     self.connected, delay = True, 0.2
@@ -191,6 +192,9 @@ class Listener:
                         task_status.started()
                     async for note in conn.notifies():
                         await self._dispatch(note.channel, note.payload)
+                finally:
+                    with anyio.CancelScope(shield=True):  # closed even when cancelled (shutdown)
+                        await conn.close()
             except (psycopg.Error, OSError) as exc:
                 if not started:
                     started = True

@@ -72,6 +72,12 @@ class HttpTransport:
         self.cfg = config.gateway
         self.tg = tg
         self.table = SessionTable(self.cfg)
+        if directory is not None:  # a session closed to make room is closed on every replica
+
+            def evicted(sid: str) -> None:
+                tg.start_soon(directory.delete, sid)
+
+            self.table.on_evict = evicted
         self.sessions = self.table.by_id
         self.accepting = True
         self.inflight = 0
@@ -130,9 +136,12 @@ class HttpTransport:
             return await self._adopt(stored, principal)
         except (TimeoutError, anyio.ClosedResourceError, anyio.BrokenResourceError):
             sess = self.sessions.get(stored.id)
-            if sess is not None:
-                sess.scope.cancel()
-                self.table.drop(sess)
+            if sess is None or sess.closed.is_set():  # ended meanwhile (a DELETE on another replica)
+                return rpc_error(
+                    -32001, "Session not found or expired; start a new session with initialize", status=404
+                )
+            sess.scope.cancel()
+            self.table.drop(sess)
             log.warning("session %s: could not be adopted from the database", stored.id[:8])
             return rpc_error(-32000, "Session could not be resumed here; retry shortly", status=503)
         finally:
@@ -170,6 +179,10 @@ class HttpTransport:
                 await self.directory.save(sess)
             except Exception as exc:
                 log.warning("session %s: state not saved (%s)", sess.peer.id[:8], str(exc).splitlines()[0])
+
+    def busy_sessions(self) -> list[str]:
+        """Ids of the sessions with a call in flight or a GET stream open here (never idle)."""
+        return [sid for sid, sess in self.sessions.items() if not sess.idle]
 
     def deliver(self, sid: str, message: dict[str, object]) -> None:
         """A notification another replica published for ``sid``: onto its GET stream if held here."""

@@ -67,6 +67,8 @@ class SessionTable:
     def __init__(self, cfg: GatewayConfig) -> None:
         self.cfg = cfg
         self.by_id: dict[str, HttpSession] = {}
+        self.on_evict: Callable[[str], None] | None = None
+        """Told the id of a session closed to make room (shared sessions: closed on every replica)."""
 
     def make_room(self, principal: Principal) -> str | None:
         """Enforce the session caps before a new session of ``principal``; a reason when it cannot have one.
@@ -93,6 +95,8 @@ class SessionTable:
         log.info("session %s closed to make room (least recently used, idle)", victim.peer.id[:8])
         victim.scope.cancel()
         self.drop(victim)
+        if self.on_evict is not None:
+            self.on_evict(victim.peer.id)
         return True
 
     def drop(self, sess: HttpSession) -> None:

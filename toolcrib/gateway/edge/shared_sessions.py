@@ -203,15 +203,20 @@ class SessionDirectory:
             return
         await anyio.to_thread.run_sync(self.db.notify, CHANNEL, payload)
 
-    async def reap(self) -> None:
-        """Delete rows idle longer than ``ttl``; runs until cancelled."""
+    async def reap(self, busy: Callable[[], list[str]]) -> None:
+        """Every ``min(60 s, ttl/4)``: touch the sessions this replica is busy with (``busy()``: a call
+        in flight or a GET stream open, so never idle) and delete rows idle longer than ``ttl``;
+        runs until cancelled."""
         while True:
-            await anyio.sleep(min(60.0, max(1.0, self.ttl / 2)))
+            await anyio.sleep(min(60.0, max(0.05, self.ttl / 4)))
             try:
-                await anyio.to_thread.run_sync(self._reap)
+                await anyio.to_thread.run_sync(self._reap, busy())
             except Exception as exc:  # the database being away must not end the replica
                 log.warning("sessions: could not expire idle sessions (%s)", str(exc).splitlines()[0])
 
-    def _reap(self) -> None:
-        with self.db.connection() as conn:
-            conn.execute("DELETE FROM sessions WHERE last_seen < %s", (time.time() - self.ttl,))
+    def _reap(self, busy: list[str]) -> None:
+        now = time.time()
+        with self.db.transaction() as conn:
+            if busy:
+                conn.execute("UPDATE sessions SET last_seen = %s WHERE id = ANY(%s)", (now, busy))
+            conn.execute("DELETE FROM sessions WHERE last_seen < %s", (now - self.ttl,))
