@@ -45,10 +45,11 @@ pytest: $(STAMP)
 test-postgres: $(STAMP)
 	TOOLCRIB_TEST_STORAGE=postgresql $(BIN)/pytest -q -n $(TEST_JOBS) -m "not replicas" tests/e2e
 
-# Three `toolcrib serve` replicas behind a real nginx on one PostgreSQL: a session alternating
-# replicas, an approval granted on another replica, key revocation everywhere, SIGKILL under load.
+# Scale-out: two in-process replicas on one PostgreSQL (shared sessions, the attack review), and
+# three `toolcrib serve` replicas behind a real nginx: a session alternating replicas, an approval
+# granted on another replica, key revocation everywhere, SIGKILL under load.
 replicas: $(STAMP)
-	$(BIN)/pytest -q -m replicas tests/e2e/test_replicas.py
+	$(BIN)/pytest -q -n $(TEST_JOBS) -m replicas tests/e2e
 
 test: lint typecheck pytest
 

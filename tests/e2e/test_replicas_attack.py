@@ -23,6 +23,7 @@ from toolcrib.index.embedder import HashingEmbedder
 
 pytestmark = [
     pytest.mark.anyio,
+    pytest.mark.replicas,  # scale-out suites: `make replicas` (and .ci/run), not `make test`
     pytest.mark.skipif(
         os.environ.get("TOOLCRIB_TEST_STORAGE") == "postgresql",
         reason="PostgreSQL-only already: run once, by make test",
