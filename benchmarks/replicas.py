@@ -219,10 +219,11 @@ def report(runs: list[Run], args: argparse.Namespace) -> str:
             "",
             "## What these figures say, and what they do not",
             "",
-            "- This machine has 2 cores. One replica already keeps them busy together with the driver, nginx, "
-            "PostgreSQL and the upstream (see *machine busy*), so 3 replicas cannot add throughput here: they "
-            "split the same 2 cores three ways and add context switches. A ratio near 1x (or below) is the "
-            "expected result on this machine, not a measure of how toolcrib scales.",
+            "- This machine has 2 cores, shared by the driver, nginx, PostgreSQL, the upstream and the replicas. "
+            "One replica is one Python process, so it uses at most one core at a time (see *machine busy* with "
+            "1 replica); 3 replicas can use both, and then contend with everything else for them. So the ratio "
+            "here is bounded near 2x at best and in practice near 1x: it is not a measure of how toolcrib "
+            "scales on a larger machine.",
             "- What the figures do say: the per-call cost of the scaled-out path (session adopted from the "
             "database when a request lands on a replica that does not hold it, key and pin caches, NOTIFY "
             "traffic) measured as replica CPU per call, and that round robin spreads requests evenly "
