@@ -91,6 +91,27 @@ def test_check_zero_servers_is_a_warning(tmp_path: Path, capsys: pytest.CaptureF
     assert ": ok" not in captured.out.splitlines()[0]  # the header no longer claims ok
 
 
+def test_check_names_the_storage_secrets_without_contacting_the_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TOOLCRIB_SECRET_TOOLCRIB_AUDIT_HMAC", raising=False)
+    monkeypatch.delenv("TOOLCRIB_SECRET_PG_PASSWORD", raising=False)
+    body = (
+        f'[servers.py]\ncommand = "{sys.executable}"\n[secrets]\nfile = "{tmp_path / "none.toml"}"\n'
+        '[storage]\nurl = "postgresql://toolcrib@127.0.0.1:1/toolcrib"\npassword = "secret:pg/password"\n'
+    )
+    cfg = _write(tmp_path / "t.toml", body)
+    assert main(["--config", str(cfg), "check"]) == 1  # port 1: nothing listens, and nothing was contacted
+    captured = capsys.readouterr()
+    assert "storage: postgresql://toolcrib@127.0.0.1:1/toolcrib" in captured.out
+    assert "secret:pg/password: NOT SET" in captured.err and "toolcrib creds set pg password" in captured.err
+    assert "secret:toolcrib/audit-hmac: NOT SET" in captured.err
+    monkeypatch.setenv("TOOLCRIB_SECRET_PG_PASSWORD", "pw")
+    monkeypatch.setenv("TOOLCRIB_SECRET_TOOLCRIB_AUDIT_HMAC", "ab" * 32)
+    assert main(["--config", str(cfg), "check"]) == 0
+    assert "secret:pg/password: set (env)" in capsys.readouterr().out
+
+
 def test_check_reports_each_mistake_and_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _write(
         tmp_path / "t.toml",

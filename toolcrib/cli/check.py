@@ -1,6 +1,7 @@
 """``toolcrib check``: validate the config file and report what would go wrong, without starting anything.
 
-Problems (exit 1): an enabled stdio server's command that cannot be found, a malformed ``secret:``
+Problems (exit 1): an enabled stdio server's command that cannot be found, with ``[storage] url`` its
+password reference or the shared audit key not stored anywhere, a malformed ``secret:``
 reference, a ``secret:`` reference that is not stored anywhere, a bind refused by :func:`check_bind`
 (raised as a one-line error). Warnings (exit 0): no enabled servers, a number or boolean written as a
 string (pydantic accepts ``port = "8765"``; the file should say ``port = 8765``), a literal that looks
@@ -151,6 +152,22 @@ def run_check(args: argparse.Namespace, config: Config) -> int:
         value = getattr(getattr(config, section), key)
         if value is not None:
             print(f"    [{section}] {key}: {value}")
+    store = ChainStore(config.secrets.file)
+    if config.storage.url is not None:
+        from toolcrib.storage.postgres import describe
+
+        print(f"  storage: {describe(config.storage.url)} (PostgreSQL, shared by every replica; not contacted)")
+        for ref, why in (
+            (config.storage.password, "[storage] password"),
+            ("secret:toolcrib/audit-hmac", "the audit key every replica must share"),
+        ):
+            if ref is None:
+                continue
+            if store.source(ref) is None:
+                ns, _, key = ref.removeprefix("secret:").partition("/")
+                problems.append(f"storage: {ref}: NOT SET ({why}); run `toolcrib creds set {ns} {key}`")
+            else:
+                print(f"    {ref}: set ({store.source(ref)})")
     if not servers:
         warnings.append("no enabled servers: clients will see no tools; add a [servers.NAME] table")
     try:
@@ -158,7 +175,6 @@ def run_check(args: argparse.Namespace, config: Config) -> int:
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
         raw = {}
     warnings.extend(_stringly(raw, config, ""))
-    store = ChainStore(config.secrets.file)
     for name, s in sorted(config.servers.items()):
         flagged = list(_literal_secrets_in_args_and_url(s))
         target = _shown(s, flagged)
