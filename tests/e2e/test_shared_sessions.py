@@ -78,6 +78,20 @@ async def rpc(s: aiohttp.ClientSession, url: str, body: dict[str, Any], sid: str
         return r.status, (json.loads(text) if text.strip().startswith("{") else text)
 
 
+async def first_event_on_get_stream(
+    s: aiohttp.ClientSession, url: str, sid: str, opened: anyio.Event, got: list[dict[str, Any]]
+) -> None:
+    """Hold ``sid``'s GET stream on ``url``: set ``opened`` once it is open, append its first message."""
+    async with s.get(url, headers={"Accept": "text/event-stream", "Mcp-Session-Id": sid}) as r:
+        assert r.status == 200
+        opened.set()
+        async for line in r.content:
+            text = line.decode().strip()
+            if text.startswith("data:") and text[5:].strip():
+                got.append(json.loads(text[5:]))
+                return
+
+
 async def test_a_session_alternating_replicas(tmp_path: Path, pg_url: str) -> None:
     async with replicas(tmp_path, pg_url) as (a, b), aiohttp.ClientSession() as s:
         async with s.post(a.url, data=json.dumps(INIT), headers=HEADERS) as r:
@@ -114,20 +128,8 @@ async def test_list_changed_reaches_the_get_stream_held_by_another_replica(tmp_p
         await rpc(s, a.url, {"jsonrpc": "2.0", "method": "notifications/initialized"}, sid)
         got: list[dict[str, Any]] = []
         opened = anyio.Event()
-
-        async def hold_get_stream_on_a() -> None:
-            headers = {"Accept": "text/event-stream", "Mcp-Session-Id": sid}
-            async with s.get(a.url, headers=headers) as r:
-                assert r.status == 200
-                opened.set()
-                async for line in r.content:
-                    text = line.decode().strip()
-                    if text.startswith("data:") and text[5:].strip():
-                        got.append(json.loads(text[5:]))
-                        return
-
         async with anyio.create_task_group() as tg:
-            tg.start_soon(hold_get_stream_on_a)
+            tg.start_soon(first_event_on_get_stream, s, a.url, sid, opened, got)
             with anyio.fail_after(10):
                 await opened.wait()
             call = {"name": "search_tools", "arguments": {"query": "echo text back", "limit": 2}}
@@ -169,19 +171,8 @@ async def test_an_upstream_list_change_seen_by_one_replica_reaches_sessions_on_a
             assert "echo__fresh" not in [t["name"] for t in answer["result"]["tools"]]
             got: list[dict[str, Any]] = []
             opened = anyio.Event()
-
-            async def hold_get_stream_on_b() -> None:
-                async with s.get(b.url, headers={"Accept": "text/event-stream", "Mcp-Session-Id": sid}) as r:
-                    assert r.status == 200
-                    opened.set()
-                    async for line in r.content:
-                        text = line.decode().strip()
-                        if text.startswith("data:") and text[5:].strip():
-                            got.append(json.loads(text[5:]))
-                            return
-
             async with anyio.create_task_group() as tg:
-                tg.start_soon(hold_get_stream_on_b)
+                tg.start_soon(first_event_on_get_stream, s, b.url, sid, opened, got)
                 with anyio.fail_after(10):
                     await opened.wait()
                 add = {"name": "echo__add_tool", "arguments": {"name": "fresh"}}

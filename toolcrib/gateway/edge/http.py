@@ -116,7 +116,7 @@ class HttpTransport:
                 apply(sess, stored.state)
                 self.directory.seen(sid, stored.state)
         if sess is None:
-            return rpc_error(-32001, "Session not found or expired; start a new session with initialize", status=404)
+            return _session_gone()
         if sess.peer.principal.id != principal.id:
             return web.Response(status=403, text="Forbidden: this session belongs to another principal\n")
         sess.last_seen = time.monotonic()
@@ -130,16 +130,14 @@ class HttpTransport:
             sess = self.sessions.get(stored.id)
             if sess is not None and not sess.closed.is_set():
                 return sess
-            return rpc_error(-32001, "Session not found or expired; start a new session with initialize", status=404)
+            return _session_gone()
         done = self._adopting[stored.id] = anyio.Event()
         try:
             return await self._adopt(stored, principal)
         except (TimeoutError, anyio.ClosedResourceError, anyio.BrokenResourceError):
             sess = self.sessions.get(stored.id)
             if sess is None or sess.closed.is_set():  # ended meanwhile (a DELETE on another replica)
-                return rpc_error(
-                    -32001, "Session not found or expired; start a new session with initialize", status=404
-                )
+                return _session_gone()
             sess.scope.cancel()
             self.table.drop(sess)
             log.warning("session %s: could not be adopted from the database", stored.id[:8])
@@ -528,3 +526,8 @@ class HttpTransport:
         if self.directory is not None:
             await self.directory.delete(sess.peer.id)
         return web.Response(status=204)
+
+
+def _session_gone() -> web.Response:
+    """The 404 for a session id that names no live session (never created, deleted, expired)."""
+    return rpc_error(-32001, "Session not found or expired; start a new session with initialize", status=404)
