@@ -1,0 +1,1 @@
+"""Observability: token-savings ledger, metrics and traces (issue 13)."""
