@@ -53,6 +53,7 @@ from toolcrib.gateway.trust.quarantine import Trust
 from toolcrib.gateway.trust.redaction import Redactor, install_log_redaction
 from toolcrib.gateway.trust.sealed import Sealer
 from toolcrib.gateway.trust.secrets import ChainStore, expander
+from toolcrib.observe.savings import SavingsLedger, SavingsMeter, open_savings_store
 from toolcrib.router.pool import Pool
 from toolcrib.startup import StartupInterrupted, bind_error, check_port_free, unless
 from toolcrib.storage import open_database
@@ -104,11 +105,15 @@ class Parts:
     """The shared PostgreSQL database (``[storage] url``); None for the embedded default."""
     listener: Listener | None = None
     """Its LISTEN connection (cross-replica signals), run by :func:`running_gateway`."""
+    savings: SavingsLedger | None = None
+    """Tokens of the full tool list vs what clients loaded, per day and principal (the console reads it)."""
 
     def close(self) -> None:
         self.writer.close()
         self.audit.close()
         self.approvals.close()
+        if self.savings is not None:
+            self.savings.close()  # its last flush, before the database it may write to closes
         if self.db is not None:
             self.db.close()
 
@@ -181,6 +186,8 @@ def build(config: Config, *, embedder: Embedder | None = None, db: Database | No
         on_refused=lambda call, rule, reason: writer.submit(refused_call_event(call, rule, reason)),
         sealer=sealer,
     )
+    savings = SavingsLedger(open_savings_store(config, db))
+    gateway.savings = SavingsMeter(savings)
     gateway.mrtr.parking.ttl = config.gateway.input_wait  # [gateway] input_wait: parked calls' wait for a retry
     if reindexer is not None:
         _reindex_on_change(pool, reindexer)
@@ -188,7 +195,7 @@ def build(config: Config, *, embedder: Embedder | None = None, db: Database | No
         from toolcrib.router.replicas import share_list_changes
 
         share_list_changes(pool, db, listener)
-    return Parts(pool, gateway, reindexer, audit, writer, approvals, redactor, trust, origin, db, listener)
+    return Parts(pool, gateway, reindexer, audit, writer, approvals, redactor, trust, origin, db, listener, savings)
 
 
 def _reindex_on_change(pool: Pool, reindexer: Reindexer) -> None:

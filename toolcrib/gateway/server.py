@@ -47,6 +47,7 @@ from toolcrib.gateway.trust.identity import Principal
 from toolcrib.gateway.trust.quarantine import Trust
 from toolcrib.gateway.trust.redaction import Redactor
 from toolcrib.gateway.trust.sealed import Sealer
+from toolcrib.observe.savings import SavingsMeter
 from toolcrib.router import dispatcher as disp
 from toolcrib.router.pool import Pool
 from toolcrib.router.tolerate import client_declared
@@ -113,6 +114,8 @@ class Gateway:
         self._on_search = on_search
         self._on_refused = on_refused
         self._search_slots: anyio.CapacityLimiter | None = None
+        self.savings: SavingsMeter | None = None
+        """Records what each tools/list and search_tools answer cost in tokens (set by ``app.build``)."""
         self.mrtr = Mrtr(redactor, self.sealer)
         self.mrtr.parking = Parking(self.mrtr, lambda: pool.task_group)  # parked calls live as long as the pool serves
         self.forwarder = forwarder = Forwarder(pool, self.mrtr)
@@ -236,7 +239,10 @@ class Gateway:
 
     async def _list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         info = self._peer(ctx)
-        return types.ListToolsResult(tools=self.visible_tools(info.peer, info.principal))
+        tools = self.visible_tools(info.peer, info.principal)
+        if self.savings is not None:
+            self.savings.listed(self, info.principal, tools)
+        return types.ListToolsResult(tools=tools)
 
     def _callable_by_name(self, peer: Peer, key: str) -> bool:
         if self.mode == "passthrough":
@@ -299,7 +305,10 @@ class Gateway:
             call = self._call(ctx, info, "tools/call", "tool", disp.SEARCH, "", disp.SEARCH, arguments=arguments)
             self._on_search(call, keys)
         await self._load(info.peer, keys)
-        return disp.render_results(results)
+        rendered = disp.render_results(results)
+        if self.savings is not None:
+            self.savings.searched(principal, rendered)
+        return rendered
 
     async def _load(self, peer: Peer, keys: Sequence[str]) -> None:
         """Dynamic loading: add found tools to this session's tools/list and tell the client."""

@@ -15,6 +15,12 @@ Tables (version 1):
 - ``documents``: named JSON documents with a version (API keys ``keys``, pins ``pins``).
 - ``sessions``: 2025-11-25 sessions any replica can serve (typed principal, state as JSON).
 - ``index_snapshots``: the tool index's vectors and records, so a new replica starts warm.
+
+Version 2:
+
+- ``token_savings``: per UTC day and principal (kind, subject), the tokens of the full tool list,
+  the tokens really loaded and the tools/list count; every replica adds into the same rows
+  (:mod:`toolcrib.observe.savings`).
 """
 
 from __future__ import annotations
@@ -102,8 +108,17 @@ _V1 = [
         vectors bytea NOT NULL, updated double precision NOT NULL)""",
 ]
 
+_V2 = [
+    """CREATE TABLE token_savings (
+        day date NOT NULL, principal_kind text NOT NULL, principal_subject text NOT NULL,
+        full_tokens bigint NOT NULL DEFAULT 0, loaded_tokens bigint NOT NULL DEFAULT 0,
+        lists bigint NOT NULL DEFAULT 0,
+        PRIMARY KEY (day, principal_kind, principal_subject))""",
+]
+
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "audit chain, approvals, documents, sessions, index snapshots", _V1),
+    (2, "token savings per day and principal", _V2),
 ]
 """``(version, description, statements)``, oldest first. Never edit a released entry: add one."""
 
