@@ -121,7 +121,13 @@ def _accept_config_after_verb(parser: argparse.ArgumentParser) -> None:
 
 def _register_optional(sub: Any) -> None:
     """Verbs that live with the subsystem they operate on."""
-    for module in ("toolcrib.cli.index", "toolcrib.cli.operator", "toolcrib.cli.db", "toolcrib.bench"):
+    for module in (
+        "toolcrib.cli.index",
+        "toolcrib.cli.operator",
+        "toolcrib.cli.db",
+        "toolcrib.cli.savings",
+        "toolcrib.bench",
+    ):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:
