@@ -19,6 +19,8 @@ import anyio.abc
 from aiohttp import web
 
 from toolcrib.config import Config
+from toolcrib.console.app import Console
+from toolcrib.console.session import ConsoleLogins
 from toolcrib.errors import ConfigError, ToolcribError
 from toolcrib.gateway.approval import approval_layer
 from toolcrib.gateway.audit.backends import AuditLog, audit_key, open_audit_log
@@ -309,13 +311,18 @@ async def _start_http(
     pool = parts.pool
     base = parts.origin
 
+    logins = None
+    if config.console.enabled:
+        logins = ConsoleLogins(parts.gateway.sealer, authenticator.authenticate, ttl=config.console.login_ttl)
     guard = Guard(
         config,
         authenticator.authenticate,
         on_refused=lambda request, detail, status: parts.writer.submit(refused_auth_event(request, detail, status)),
         challenge=challenger(config, lambda: base.get("url", "")),
+        console=logins,
     )
     app = web.Application(middlewares=[guard.middleware], client_max_size=config.gateway.max_body_bytes + 1024)
+    app.on_response_prepare.append(guard.on_prepare)
     directory = SessionDirectory(parts.db, ttl=config.gateway.session_ttl) if parts.db is not None else None
     transport = HttpTransport(parts.gateway, config, tg, directory)
     transport.add_routes(app)
@@ -334,6 +341,8 @@ async def _start_http(
     AdminApi(
         config, pool, parts.audit, parts.writer, parts.approvals, reindex, ready_checks=_ready_checks(parts)
     ).add_routes(app)
+    if logins is not None:
+        Console(config, parts, logins).add_routes(app)
     if config.gateway.auth in ("oauth", "keys+oauth"):
         metadata = access("public", _metadata_handler(config, base))
         app.router.add_get("/.well-known/oauth-protected-resource", metadata)

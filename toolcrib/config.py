@@ -183,6 +183,35 @@ class StorageConfig(_Model):
         return self.url is not None
 
 
+class TelemetryConfig(_Model):
+    """``[telemetry]``: OpenTelemetry traces (:mod:`toolcrib.observe.tracing`). Unset ``otlp_endpoint``:
+    tracing is off and costs nothing. ``/metrics`` (Prometheus) is always served, to operators."""
+
+    otlp_endpoint: str | None = None
+    """OTLP/HTTP (protobuf) traces URL of a collector, e.g. ``http://127.0.0.1:4318/v1/traces``."""
+    service_name: Annotated[str, Field(min_length=1, max_length=200)] = "toolcrib"
+    """The ``service.name`` resource attribute of every span."""
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0
+    """Share of new traces recorded (0..1); a request carrying a ``traceparent`` follows its sampled flag."""
+    headers: dict[str, str] = {}
+    """HTTP headers sent to the collector (e.g. ``authorization``); values may hold ``secret:NS/NAME``
+    references, resolved at start-up like every other secret."""
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"otlp_endpoint must be an http:// or https:// URL such as http://127.0.0.1:4318/v1/traces (got {url!r})"
+            )
+        return url
+
+
 class LimitsGroupConfig(_Model):
     """``[limits.groups.NAME]``: the limits of principals in group NAME; an unset key takes ``[limits]``'s."""
 
@@ -200,6 +229,14 @@ class LimitsConfig(_Model):
     """Upstream-bound calls one principal may have in flight at once."""
     groups: dict[str, LimitsGroupConfig] = {}
     """Per-group overrides; a principal in several gets the most generous figure of each key (0 = off wins)."""
+
+
+class ConsoleConfig(_Model):
+    """``[console]``: the operator's web console at ``/console`` (see :mod:`toolcrib.console`)."""
+
+    enabled: bool = True
+    login_ttl: Annotated[float, Field(ge=60, le=7 * 86400)] = 8 * 3600.0
+    """Seconds a console login lasts before the operator logs in again."""
 
 
 class SecretsConfig(_Model):
@@ -319,6 +356,8 @@ class Config(_Model):
     servers: dict[str, ServerConfig] = {}
     policy: PolicyConfig = PolicyConfig()
     limits: LimitsConfig = LimitsConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    console: ConsoleConfig = ConsoleConfig()
 
     @field_validator("servers")
     @classmethod

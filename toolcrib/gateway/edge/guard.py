@@ -17,10 +17,21 @@ Every request passes, in this order:
    the operators group, and for state-changing methods ``Content-Type: application/json`` (415
    otherwise), so no HTML form or CORS "simple request" can change anything), ``"public"``
    (``/healthz``, OAuth metadata: credentials optional; an authenticated principal is still
-   attached when valid ones are sent). A route that declares nothing is treated as ``"operator"``.
+   attached when valid ones are sent), ``"console"`` (``/console/*`` pages: an operator logged in
+   with the console cookie, see below) and ``"console-public"`` (the login page and the console's
+   static files). A route that declares nothing is treated as ``"operator"``.
 5. **Body**, only for a caller that got this far: the WHOLE body is read, however it arrives
    (several TCP segments, chunked transfer encoding), and kept under :data:`BODY`; a body that
    grows past the cap while read is 413.
+
+The web console (:mod:`toolcrib.console`) authenticates by its sealed login cookie
+(:mod:`toolcrib.console.session`) instead of an ``Authorization`` header, re-checked on every request;
+a GET without a valid operator login is redirected (303) to ``/console/login``. Every state-changing
+console request (HTML forms are allowed there: ``application/x-www-form-urlencoded``) must be
+same-origin (``Origin`` equal to this gateway's ``Host``, or without ``Origin`` a same-origin
+``Sec-Fetch-Site`` or ``Referer``; a loopback page on another port is another origin) and, once
+logged in, carry the login's CSRF token (form field ``csrf_token`` or header ``X-CSRF-Token``); else
+403. Console responses get a strict Content-Security-Policy (:data:`CONSOLE_HEADERS`).
 
 Every ``/mcp`` request is logged on ``toolcrib.requests`` at INFO (``toolcrib -v``), one line when it
 ends: HTTP method, JSON-RPC method, target (tool, prompt or resource URI; for ``invoke`` the tool it
@@ -39,11 +50,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from aiohttp import web
 
 from toolcrib.config import Config
+from toolcrib.console.session import COOKIE, CSRF_FIELD, CSRF_HEADER, ConsoleLogin, ConsoleLogins, csrf_matches
 from toolcrib.errors import AuthError, Forbidden
 from toolcrib.gateway.trust.identity import ANONYMOUS, LOCAL_OPERATOR, OPERATORS_GROUP, Principal
 from toolcrib.gateway.trust.policy import is_loopback
@@ -51,7 +63,7 @@ from toolcrib.gateway.trust.policy import is_loopback
 log = logging.getLogger("toolcrib.guard")
 request_log = logging.getLogger("toolcrib.requests")
 
-Access = Literal["client", "operator", "public"]
+Access = Literal["client", "operator", "public", "console", "console-public"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Authenticate = Callable[[Mapping[str, str], Mapping[str, str]], Awaitable[Principal]]
 Refused = Callable[[web.Request, str, int], None]
@@ -62,6 +74,24 @@ PRINCIPAL = web.RequestKey("toolcrib_principal", Principal)
 """The authenticated caller of this request (``public`` routes: absent unless credentials were valid)."""
 BODY = web.RequestKey("toolcrib_body", bytes)
 """The whole request body, read by the guard (empty for methods without one)."""
+CONSOLE = web.RequestKey("toolcrib_console", ConsoleLogin)
+"""The console login of a ``console`` request (and of a ``console-public`` one when logged in)."""
+FORM = web.RequestKey[dict[str, str]]("toolcrib_form", dict)
+"""A console request's urlencoded form fields (first value of each), parsed once by the guard."""
+CONSOLE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+"""Headers of every ``/console`` response: no inline script or style, nothing from another origin,
+never framed (clickjacking), never cached."""
 NOTE = web.RequestKey[dict[str, str]]("toolcrib_note", dict)
 """What handlers add to the request log line (``method``, ``target``, ``outcome``); present only when it is logged."""
 
@@ -106,6 +136,7 @@ class Guard:
         *,
         on_refused: Refused | None = None,
         challenge: Challenge | None = None,
+        console: ConsoleLogins | None = None,
     ) -> None:
         gw = config.gateway
         self.auth_mode = gw.auth
@@ -115,6 +146,7 @@ class Guard:
         self._authenticate = authenticate
         self._on_refused = on_refused or (lambda _r, _d, _s: None)
         self._challenge = challenge or (lambda _r, _e: {})
+        self.console = console
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -155,6 +187,8 @@ class Guard:
         if request.content_length is not None and request.content_length > self.max_body:
             return self._too_large()
         level = _level(request)
+        if level in ("console", "console-public"):
+            return await self._console(request, handler, level)
         principal = await self._principal(request, level)
         if isinstance(principal, web.Response):
             return principal
@@ -233,6 +267,78 @@ class Guard:
                 headers = {"Retry-After": "5"}
             return error_body(status, error, message, headers)
 
+    # ---- the web console -----------------------------------------------------------------------
+
+    async def _console(self, request: web.Request, handler: Handler, level: Access) -> web.StreamResponse:
+        unsafe = request.method in _UNSAFE
+        if self.console is None:
+            raise web.HTTPNotFound()
+        if unsafe and not self._same_origin(request):
+            self._on_refused(request, "cross-site console request", 403)
+            return _console_refusal(403, "refused: a console form must be sent from this console's own pages")
+        login = await self._console_login(request)
+        if login is not None:
+            request[CONSOLE] = login
+            request[PRINCIPAL] = login.principal
+        elif level == "console":
+            if request.method in ("GET", "HEAD"):
+                target = request.path_qs if request.path != "/console/login" else "/console"
+                raise web.HTTPSeeOther(f"/console/login?next={quote(target, safe='/')}")
+            return _console_refusal(401, "your console login has ended: log in again")
+        request[BODY] = b""
+        request[FORM] = {}
+        if unsafe:
+            body = await self._read_body(request)
+            if isinstance(body, web.Response):
+                return body
+            request[BODY] = body
+            if request.content_type == "application/x-www-form-urlencoded":
+                fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=200)
+                request[FORM] = {k: v[0] for k, v in fields.items()}
+            if level == "console":
+                assert login is not None
+                sent = request.headers.get(CSRF_HEADER) or request[FORM].get(CSRF_FIELD)
+                if not csrf_matches(login.csrf, sent):
+                    self._on_refused(request, "console request without its CSRF token", 403)
+                    return _console_refusal(403, "refused: the form is stale or forged; reload the page and retry")
+        return await handler(request)
+
+    async def _console_login(self, request: web.Request) -> ConsoleLogin | None:
+        assert self.console is not None
+        if self.auth_mode == "none":
+            return self.console.local(LOCAL_OPERATOR) if is_loopback(request.remote or "") else None
+        try:
+            login = await self.console.check(request.cookies.get(COOKIE))
+        except (AuthError, Forbidden) as exc:
+            self._on_refused(request, f"console login no longer valid: {exc.message}", 401)
+            return None
+        if login is not None and not login.principal.is_operator:
+            self._on_refused(request, f"{login.principal.id} is not an operator", 403)
+            return None
+        return login
+
+    @staticmethod
+    def _same_origin(request: web.Request) -> bool:
+        """True when a state-changing request comes from this gateway's own pages (see the module docstring)."""
+        host = (request.headers.get("Host") or "").strip().lower()
+        site = request.headers.get("Sec-Fetch-Site")
+        if site is not None and site not in ("same-origin", "none"):
+            return False
+        sender = request.headers.get("Origin") or request.headers.get("Referer")
+        if sender is None or sender == "null":
+            return site == "same-origin"
+        try:
+            parts = urlsplit(sender.strip())
+        except ValueError:
+            return False
+        return parts.scheme in ("http", "https") and parts.netloc.lower() == host
+
+    async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        """``on_response_prepare`` hook: :data:`CONSOLE_HEADERS` on every ``/console`` response."""
+        if request.path == "/console" or request.path.startswith("/console/"):
+            for name, value in CONSOLE_HEADERS.items():
+                response.headers.setdefault(name, value)
+
     # ---- 4. operator routes --------------------------------------------------------------------
 
     def _operator_only(self, request: web.Request, principal: Principal | None) -> web.Response | None:
@@ -244,3 +350,7 @@ class Guard:
         if request.method in _UNSAFE and request.content_type != "application/json":
             return error_body(415, "unsupported_media_type", "send the request body as Content-Type: application/json")
         return None
+
+
+def _console_refusal(status: int, message: str) -> web.Response:
+    return web.Response(status=status, text=f"{message}\n", content_type="text/plain")
