@@ -24,6 +24,7 @@ Queries add the counts not flushed yet.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -169,8 +170,9 @@ class SqliteSavingsStore:
                 )
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
                 raise StorageError(f"cannot write token savings to {self.path}: {exc}") from None
 
     def _select(self, sql: str, since: dt.date, until: dt.date) -> list[tuple[Any, ...]]:
