@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= toolcrib/demo/toolcrib.toml
 NODE_DIR := .tools/node
 
-.PHONY: install run test lint typecheck pytest test-postgres replicas conformance load bench profile fuzz clean
+.PHONY: install browser run test lint typecheck pytest test-postgres replicas conformance load bench profile fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -51,7 +51,14 @@ test-postgres: $(STAMP)
 replicas: $(STAMP)
 	$(BIN)/pytest -q -n $(TEST_JOBS) -m replicas tests/e2e
 
-test: lint typecheck pytest
+# The console's browser tests drive Debian's Chromium (Playwright's own browser download cannot work
+# offline): installed here when missing and we may (root + apt-get); otherwise those tests skip.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get update -q && apt-get install -y -q chromium; \
+	  else echo "note: the console's browser tests skip without Chromium: sudo apt-get install chromium"; fi; }
+
+test: lint typecheck browser pytest
 
 clean:
 	rm -rf $(VENV) .tools .toolcrib
