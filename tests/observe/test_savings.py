@@ -205,7 +205,7 @@ def test_two_replicas_add_into_the_same_postgres_rows(pg_url: str) -> None:
     by = reader.by_principal(day, day)
     assert by == {(p.kind, p.subject): Counts(2 * 200 * 11, 2 * 200 * 2, 2 * 200) for p in principals}
     with dbs[0].connection() as conn:
-        assert conn.execute("SELECT count(*) FROM token_savings").fetchone()[0] == 3
+        assert conn.execute("SELECT count(*) FROM token_savings").fetchone() == (3,)
     for d in dbs:
         d.close()
 
