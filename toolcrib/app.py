@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,7 @@ from toolcrib.gateway.edge.http import HttpTransport
 from toolcrib.gateway.edge.shared_sessions import SessionDirectory
 from toolcrib.gateway.edge.slowclients import apply_client_timeouts
 from toolcrib.gateway.pipeline import (
+    UpstreamCall,
     audit_layer,
     limits_layer,
     policy_layer,
@@ -56,6 +57,7 @@ from toolcrib.gateway.trust.redaction import Redactor, install_log_redaction
 from toolcrib.gateway.trust.sealed import Sealer
 from toolcrib.gateway.trust.secrets import ChainStore, expander
 from toolcrib.observe.savings import SavingsLedger, SavingsMeter, open_savings_store
+from toolcrib.observe.telemetry import Telemetry, TimedSearcher, open_telemetry
 from toolcrib.router.pool import Pool
 from toolcrib.startup import StartupInterrupted, bind_error, check_port_free, unless
 from toolcrib.storage import open_database
@@ -109,6 +111,8 @@ class Parts:
     """Its LISTEN connection (cross-replica signals), run by :func:`running_gateway`."""
     savings: SavingsLedger | None = None
     """Tokens of the full tool list vs what clients loaded, per day and principal (the console reads it)."""
+    telemetry: Telemetry | None = None
+    """Prometheus metrics (``/metrics``) and, with ``[telemetry] otlp_endpoint``, OpenTelemetry traces."""
 
     def close(self) -> None:
         self.writer.close()
@@ -116,6 +120,8 @@ class Parts:
         self.approvals.close()
         if self.savings is not None:
             self.savings.close()  # its last flush, before the database it may write to closes
+        if self.telemetry is not None:
+            self.telemetry.close()  # flushes buffered spans to the collector
         if self.db is not None:
             self.db.close()
 
@@ -151,22 +157,38 @@ def build(config: Config, *, embedder: Embedder | None = None, db: Database | No
     writer = AuditWriter(audit)
     approvals = AsyncApprovals(open_approvals(config, db, redactor), listener)
     sealer, origin = Sealer(root_key), dict[str, str]()  # origin["url"]: the public origin, known once bound
+    telemetry = open_telemetry(config, store, redactor)
 
     layers = [
+        telemetry.layer(),  # names the request's upstream call for /metrics and the trace
         audit_layer(writer),
         limits_layer(Limiter.from_config(config.limits)),  # per replica; a refusal is still audited
         redact_layer(redactor),
         quarantine_layer(trust.is_quarantined),
-        policy_layer(trust.decide),
+        telemetry.timed("policy", policy_layer(trust.decide)),
         validation_layer(lambda key: e.tool.input_schema if (e := pool.catalog.tools.get(key)) else None),
-        approval_layer(
-            approvals,
-            mode=config.policy.approval_mode,
-            timeout=config.policy.approval_timeout,
-            sealer=sealer,
-            base_url=lambda: origin.get("url", ""),
+        telemetry.timed(
+            "approval",
+            approval_layer(
+                approvals,
+                mode=config.policy.approval_mode,
+                timeout=config.policy.approval_timeout,
+                sealer=sealer,
+                base_url=lambda: origin.get("url", ""),
+            ),
         ),
     ]
+    if (upstream_span := telemetry.upstream_layer()) is not None:  # tracing on: the upstream CLIENT span
+        layers.append(upstream_span)
+
+    def searched(call: UpstreamCall, results: Sequence[str]) -> None:
+        writer.submit(search_event(call, results))
+        telemetry.search_results(results)
+
+    def refused(call: UpstreamCall, rule: str, reason: str) -> None:
+        writer.submit(refused_call_event(call, rule, reason))
+        telemetry.refused(call, reason)
+
     reindexer: Reindexer | None = None
     if config.gateway.mode == "dispatcher":
         from toolcrib.router.reindex import Reindexer, open_index
@@ -182,10 +204,10 @@ def build(config: Config, *, embedder: Embedder | None = None, db: Database | No
         pool,
         trust,
         redactor,
-        index=reindexer.index if reindexer else None,
+        index=TimedSearcher(reindexer.index, telemetry) if reindexer else None,
         layers=layers,
-        on_search=lambda call, results: writer.submit(search_event(call, results)),
-        on_refused=lambda call, rule, reason: writer.submit(refused_call_event(call, rule, reason)),
+        on_search=searched,
+        on_refused=refused,
         sealer=sealer,
     )
     savings = SavingsLedger(open_savings_store(config, db))
@@ -197,7 +219,10 @@ def build(config: Config, *, embedder: Embedder | None = None, db: Database | No
         from toolcrib.router.replicas import share_list_changes
 
         share_list_changes(pool, db, listener)
-    return Parts(pool, gateway, reindexer, audit, writer, approvals, redactor, trust, origin, db, listener, savings)
+    telemetry.attach(gateway, pool, writer, approvals)
+    return Parts(
+        pool, gateway, reindexer, audit, writer, approvals, redactor, trust, origin, db, listener, savings, telemetry
+    )
 
 
 def _reindex_on_change(pool: Pool, reindexer: Reindexer) -> None:
@@ -326,6 +351,8 @@ async def _start_http(
     directory = SessionDirectory(parts.db, ttl=config.gateway.session_ttl) if parts.db is not None else None
     transport = HttpTransport(parts.gateway, config, tg, directory)
     transport.add_routes(app)
+    if parts.telemetry is not None:
+        parts.telemetry.add_route(app, lambda: len(transport.sessions))  # GET /metrics, operators only
     if parts.listener is not None:
         if directory is not None:
             directory.listen(parts.listener, transport.deliver, transport.closed_elsewhere)

@@ -207,7 +207,8 @@ class TelemetryConfig(_Model):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(
-                f"otlp_endpoint must be an http:// or https:// URL such as http://127.0.0.1:4318/v1/traces (got {url!r})"
+                "otlp_endpoint must be an http:// or https:// URL such as "
+                f"http://127.0.0.1:4318/v1/traces (got {url!r})"
             )
         return url
 

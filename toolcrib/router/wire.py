@@ -49,6 +49,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from mcp_types.jsonrpc import HEADER_MISMATCH
 
+from toolcrib.observe.context import outgoing
 from toolcrib.router.task_claim import CreateTaskResult
 from toolcrib.router.tolerate import honest_capabilities, request_version
 
@@ -173,6 +174,9 @@ class Wire:
             params, headers = honest_capabilities(data["params"]) or {}, opts.get("headers")
         if progress is not None:
             params = {**params, "_meta": {**(params.get("_meta") or {}), "progressToken": rid}}
+        trace = outgoing.get()  # the upstream span's traceparent (SEP-414); None with tracing off
+        if trace is not None:
+            params = {**params, "_meta": {**(params.get("_meta") or {}), **trace}}
         answer = self._bc.expect(rid, method, progress, request_version(params))
         sent = False
         try:

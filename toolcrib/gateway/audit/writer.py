@@ -77,6 +77,11 @@ class AuditWriter:
         """A batch is being written by a worker thread (the database was locked): later ones wait."""
         self._closed = False
 
+    @property
+    def queued(self) -> int:
+        """Rows waiting to be written (not yet handed to the log): the ``/metrics`` queue depth."""
+        return len(self._batch)
+
     async def append(self, event: AuditEvent) -> int:
         """Write ``event`` and return its sequence number once it is committed.
 
