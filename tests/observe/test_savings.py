@@ -12,7 +12,9 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
+import mcp_types as types
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,12 +26,17 @@ from toolcrib.observe.savings import (
     Counts,
     PgSavingsStore,
     SavingsLedger,
+    SavingsMeter,
     SavingsStore,
     SqliteSavingsStore,
+    tool_json,
     utc_day,
 )
+from toolcrib.router.catalog import Catalog, Entry
+from toolcrib.router.dispatcher import DISPATCHER_TOOLS
 from toolcrib.storage import migrations
 from toolcrib.storage.postgres import Database
+from toolcrib.tokens import count_tokens
 
 ALICE = Principal("key", "alice")
 OAUTH_ALICE = Principal("oauth", "alice")  # same subject, another kind: another row
@@ -290,4 +297,63 @@ def test_property_stored_totals_are_the_sum_of_records(
             want_people.setdefault(pid, Counts()).add(c.full, c.loaded, c.lists)
         people = {r.id: (r.full, r.loaded, r.lists) for r in ledger.by_principal(first, last)}
         assert people == {pid: (c.full, c.loaded, c.lists) for pid, c in want_people.items()}
+    ledger.close()
+
+
+class _Trust:
+    """Policy as the meter sees it: bob may use only ``t__*``; ``quarantined`` is replaced on change."""
+
+    rules: tuple[str, ...] = ("bob-t-only",)
+    default = "allow"
+
+    def __init__(self) -> None:
+        self.quarantined: dict[str, str] = {}
+
+    def may_use(self, principal: Principal, target: str) -> bool:
+        if target in self.quarantined:
+            return False
+        return principal.subject != "bob" or target.startswith("t__")
+
+    def is_quarantined(self, key: str) -> bool:
+        return key in self.quarantined
+
+
+class _View:
+    def __init__(self, catalog: Catalog, mode: str = "dispatcher") -> None:
+        self.mode = mode
+        self.pool = SimpleNamespace(catalog=catalog)
+        self.trust = _Trust()
+
+
+def _catalog(*names: str) -> Catalog:
+    cat = Catalog()
+    for name in names:
+        tool = types.Tool(name=name, description=f"{name} does things", input_schema={"type": "object"})
+        cat.tools[name] = Entry(name, name.split("__")[0], name, tool, f"hash-{name}")
+    return cat
+
+
+def test_meter_follows_catalog_policy_and_quarantine() -> None:
+    ledger = SavingsLedger(SqliteSavingsStore(":memory:"), clock=Clock(), flush_every=None)
+    meter = SavingsMeter(ledger, warm=False)
+    view = _View(_catalog("e__echo", "e__add", "t__now"))
+
+    def tokens(*names: str) -> int:
+        cat = view.pool.catalog
+        return sum(count_tokens(tool_json(cat.tools[n].tool)) for n in names)
+
+    assert meter.full_tokens(view, ALICE) == tokens("e__echo", "e__add", "t__now")
+    assert meter.full_tokens(view, BOB) == tokens("t__now")
+    view.trust.quarantined = {"e__add": "changed"}
+    assert meter.full_tokens(view, ALICE) == tokens("e__echo", "t__now")
+    view.pool.catalog = _catalog("e__echo", "t__now", "t__zone")
+    assert meter.full_tokens(view, BOB) == tokens("t__now", "t__zone")
+    meter.listed(view, ALICE, list(DISPATCHER_TOOLS))
+    full, dispatcher = tokens("e__echo", "t__now", "t__zone"), sum(count_tokens(tool_json(t)) for t in DISPATCHER_TOOLS)
+    [row] = ledger.by_principal(ledger.today(), ledger.today())
+    assert (row.full, row.loaded, row.lists) == (full, dispatcher, 1)
+    passthrough = _View(view.pool.catalog, mode="passthrough")
+    meter.listed(passthrough, BOB, [])
+    [bob] = [r for r in ledger.by_principal(ledger.today(), ledger.today()) if r.subject == "bob"]
+    assert (bob.full, bob.loaded, bob.saved) == (tokens("t__now", "t__zone"),) * 2 + (0,)
     ledger.close()

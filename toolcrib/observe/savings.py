@@ -40,7 +40,7 @@ import mcp_types as types
 
 from toolcrib.errors import StorageError, ToolcribError
 from toolcrib.gateway.trust.identity import Principal
-from toolcrib.tokens import count_tokens
+from toolcrib.tokens import count_tokens, tokenizer_info
 
 if TYPE_CHECKING:
     from toolcrib.config import Config
@@ -443,9 +443,13 @@ class SavingsMeter:
     visible set the full-list total, both dropped when the catalog snapshot, the policy rules or
     the quarantine set is replaced."""
 
-    def __init__(self, ledger: SavingsLedger, encoding: str = ENCODING) -> None:
+    def __init__(self, ledger: SavingsLedger, encoding: str = ENCODING, *, warm: bool = True) -> None:
+        """``warm``: load the tokenizer in a background thread now (about a second, once per process)
+        rather than on the event loop at the first ``tools/list``."""
         self.ledger = ledger
         self.encoding = encoding
+        if warm:
+            threading.Thread(target=tokenizer_info, args=(encoding,), name="toolcrib-tokenizer", daemon=True).start()
         self._tokens: dict[tuple[str, str], int] = {}
         self._visible: dict[Principal, frozenset[str]] = {}
         self._totals: dict[frozenset[str], int] = {}
