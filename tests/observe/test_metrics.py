@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anyio
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
@@ -48,13 +49,15 @@ class Session:
 
     def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
         self.http, self.url, self.sid, self.next_id = http, url, "", 1
+        self.headers: dict[str, str] = {}
+        """Extra HTTP headers on every later request."""
 
     async def request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"jsonrpc": "2.0", "id": self.next_id, "method": method}
         if params is not None:
             body["params"] = params
         self.next_id += 1
-        headers = {**HEADERS, **({"Mcp-Session-Id": self.sid} if self.sid else {})}
+        headers = {**HEADERS, **self.headers, **({"Mcp-Session-Id": self.sid} if self.sid else {})}
         async with self.http.post(self.url, data=json.dumps(body), headers=headers) as r:
             assert r.status == 200, await r.text()
             self.sid = r.headers.get("Mcp-Session-Id", self.sid)
@@ -121,6 +124,7 @@ async def test_counters_match_the_traffic(tmp_path: Path) -> None:
         assert (await s.invoke("echo__big", n_bytes=3))["isError"]  # hidden by policy: refused before the pipeline
         assert (await s.invoke("probe__fail"))["isError"]  # the upstream answers a JSON-RPC error
         assert (await s.invoke("echo__env", name="HOME"))["isError"]  # needs approval (pending mode)
+        assert rt.parts.telemetry is not None
         rt.parts.telemetry.metrics.tokens_saved(1234)  # what the savings ledger reports
 
         async with http.get(rt.url.replace("/mcp", "/metrics")) as r:
@@ -171,8 +175,6 @@ async def test_restart_and_down_are_counted(tmp_path: Path) -> None:
         crashed = await s.invoke("echo__crash")
         assert crashed["isError"]
         echo = rt.pool.upstreams["echo"]
-        import anyio
-
         with anyio.fail_after(30):
             while echo.state.connects < 2:
                 await anyio.sleep(0.05)
@@ -202,13 +204,16 @@ async def test_two_gateways_keep_their_own_registries(tmp_path: Path) -> None:
     two = make_config({"echo": stdio_server(ECHO)}, tmp_path / "two", mode="passthrough")
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    async with running_gateway(one, connect_wait=20) as a, running_gateway(two, connect_wait=20) as b:
-        async with aiohttp.ClientSession() as http:
-            s = Session(http, a.url)
-            await s.open()
-            async with http.get(a.url.replace("/mcp", "/metrics")) as r:
-                first = requests(scrape(await r.text()))
-            async with http.get(b.url.replace("/mcp", "/metrics")) as r:
-                second = requests(scrape(await r.text()))
+    async with (
+        running_gateway(one, connect_wait=20) as a,
+        running_gateway(two, connect_wait=20) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        s = Session(http, a.url)
+        await s.open()
+        async with http.get(a.url.replace("/mcp", "/metrics")) as r:
+            first = requests(scrape(await r.text()))
+        async with http.get(b.url.replace("/mcp", "/metrics")) as r:
+            second = requests(scrape(await r.text()))
     assert first == {("initialize", "", "", "ok"): 1}
     assert second == {}

@@ -35,7 +35,9 @@ def _meta(ctx: ServerRequestContext[Any]) -> str:
     return json.dumps(meta if isinstance(meta, dict) else {}, sort_keys=True)
 
 
-async def list_tools(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+async def list_tools(
+    ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+) -> types.ListToolsResult:
     return types.ListToolsResult(tools=TOOLS)
 
 
