@@ -8,8 +8,10 @@ router/wire.py, and the SDK client's ``prompts/get``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -77,8 +79,14 @@ def _value(v: Any) -> Any:
 
 @asynccontextmanager
 async def collector() -> AsyncIterator[Collector]:
-    """An OTLP/HTTP traces endpoint (``POST /v1/traces``, protobuf) on an ephemeral loopback port."""
+    """An OTLP/HTTP traces endpoint (``POST /v1/traces``, protobuf) on an ephemeral loopback port.
+
+    It runs on its own event loop in a thread of this process: the gateway flushes its spans
+    synchronously when it stops (``TracerProvider.shutdown``), which would leave a collector on the
+    gateway's own loop unserved until the export timed out."""
     got = Collector()
+    ready, stopped = threading.Event(), threading.Event()
+    control: dict[str, Any] = {}
 
     async def export(request: web.Request) -> web.Response:
         got.posts += 1
@@ -105,18 +113,31 @@ async def collector() -> AsyncIterator[Collector]:
         body = ExportTraceServiceResponse().SerializeToString()
         return web.Response(body=body, content_type="application/x-protobuf")
 
-    app = web.Application()
-    app.router.add_post("/v1/traces", export)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    got.url = f"http://127.0.0.1:{port}/v1/traces"
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/traces", export)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        stop = asyncio.Event()
+        control["loop"], control["stop"] = asyncio.get_running_loop(), stop
+        got.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/traces"
+        ready.set()
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+            stopped.set()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), name="otlp-collector", daemon=True)
+    thread.start()
+    assert ready.wait(10), "the collector did not start"
     try:
         yield got
     finally:
-        await runner.cleanup()
+        control["loop"].call_soon_threadsafe(control["stop"].set)
+        thread.join(10)
+        assert stopped.is_set()
 
 
 def config(tmp_path: Path, endpoint: str | None) -> Config:
