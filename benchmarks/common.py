@@ -235,3 +235,64 @@ REAL_SERVER_QUERIES: list[tuple[str, list[str]]] = [
         ["server-everything/trigger-long-running-operation", "conformance-everything-server/test_tool_with_progress"],
     ),
 ]
+
+
+#: Handwritten non-English queries for the ``real-servers`` dumps: ``(text, relevant ids, language)``
+#: with ISO 639-1 language codes. Written for this benchmark in each language's own everyday phrasing
+#: (not translations of :data:`REAL_SERVER_QUERIES`); the tools' descriptions are all English.
+NON_ENGLISH_QUERIES: list[tuple[str, list[str], str]] = [
+    # Chinese
+    ("现在悉尼几点了", ["mcp-server-time/get_current_time"], "zh"),
+    ("北京时间晚上八点是纽约的几点", ["mcp-server-time/convert_time"], "zh"),
+    ("帮我抓取这个网址的网页内容", ["mcp-server-fetch/fetch"], "zh"),
+    ("看一下仓库里哪些文件被改过还没提交", ["mcp-server-git/git_status", "mcp-server-git/git_diff_unstaged"], "zh"),
+    ("把改动提交一下，提交信息写“修复登录问题”", ["mcp-server-git/git_commit"], "zh"),
+    ("新建一个叫 dev 的分支", ["mcp-server-git/git_create_branch"], "zh"),
+    ("列出当前目录下的所有文件", ["server-filesystem/list_directory"], "zh"),
+    ("把会议纪要写进 notes.md 文件", ["server-filesystem/write_file"], "zh"),
+    ("记住张三是我们的产品经理", ["server-memory/create_entities", "server-memory/add_observations"], "zh"),
+    ("计算一下 17 加 25 等于多少", ["server-everything/get-sum"], "zh"),
+    # Spanish
+    ("¿qué hora es ahora mismo en Ciudad de México?", ["mcp-server-time/get_current_time"], "es"),
+    ("si en Madrid son las 10 de la mañana, ¿qué hora es en Buenos Aires?", ["mcp-server-time/convert_time"], "es"),
+    ("bájame el texto de esta página web", ["mcp-server-fetch/fetch"], "es"),
+    ("enséñame el historial de commits del proyecto", ["mcp-server-git/git_log"], "es"),
+    ("quiero cambiarme a la rama develop", ["mcp-server-git/git_checkout"], "es"),
+    ("añade el archivo README al área de preparación", ["mcp-server-git/git_add"], "es"),
+    ("crea una carpeta nueva que se llame fotos", ["server-filesystem/create_directory"], "es"),
+    ("busca todos los ficheros .json dentro del proyecto", ["server-filesystem/search_files"], "es"),
+    ("¿qué sabes de mi cliente García?", ["server-memory/search_nodes", "server-memory/open_nodes"], "es"),
+    ("repíteme exactamente lo que te escribo", ["server-everything/echo"], "es"),
+    # German
+    ("Wie spät ist es gerade in Berlin?", ["mcp-server-time/get_current_time"], "de"),
+    ("Rechne 15 Uhr Londoner Zeit in Tokioter Zeit um", ["mcp-server-time/convert_time"], "de"),
+    ("Lade mir den Inhalt von https://example.org herunter", ["mcp-server-fetch/fetch"], "de"),
+    ("Welche Änderungen habe ich schon zum Commit vorgemerkt?", ["mcp-server-git/git_diff_staged"], "de"),
+    ("Zeig mir die Unterschiede zwischen dem Hauptzweig und meinem Feature-Zweig", ["mcp-server-git/git_diff"], "de"),
+    ("Welche Branches gibt es im Repository?", ["mcp-server-git/git_branch"], "de"),
+    ("Öffne die Datei config.toml und zeig mir, was drinsteht", ["server-filesystem/read_text_file", "server-filesystem/read_file"], "de"),
+    ("Benenne die Datei bericht.pdf in bericht_final.pdf um", ["server-filesystem/move_file"], "de"),
+    ("Wie groß ist diese Datei und wann wurde sie zuletzt geändert?", ["server-filesystem/get_file_info"], "de"),
+    ("Lösch alles, was du über Herrn Becker gespeichert hast", ["server-memory/delete_entities"], "de"),
+    # French
+    ("Quelle heure est-il à Montréal en ce moment ?", ["mcp-server-time/get_current_time"], "fr"),
+    ("récupère le contenu de cette page et donne-le moi en markdown", ["mcp-server-fetch/fetch"], "fr"),
+    ("annule l'indexation de tous mes fichiers", ["mcp-server-git/git_reset"], "fr"),
+    ("montre-moi ce que contient le commit 4f2a9c1", ["mcp-server-git/git_show"], "fr"),
+    ("affiche l'arborescence complète du dossier src", ["server-filesystem/directory_tree"], "fr"),
+    ("corrige une ligne dans le fichier main.py sans tout réécrire", ["server-filesystem/edit_file"], "fr"),
+    ("lis ces trois fichiers d'un coup", ["server-filesystem/read_multiple_files"], "fr"),
+    ("note que Marie est la sœur de Paul", ["server-memory/create_relations"], "fr"),
+    ("réfléchis à ce problème étape par étape avant de répondre", ["server-sequential-thinking/sequentialthinking"], "fr"),
+    # Japanese
+    ("ロンドンの現在時刻を教えて", ["mcp-server-time/get_current_time"], "ja"),
+    ("日本時間の午後3時はニューヨークだと何時？", ["mcp-server-time/convert_time"], "ja"),
+    ("このURLのページを取ってきて", ["mcp-server-fetch/fetch"], "ja"),
+    ("まだステージしていない変更の差分を見せて", ["mcp-server-git/git_diff_unstaged"], "ja"),
+    ("最近のコミット履歴を表示して", ["mcp-server-git/git_log"], "ja"),
+    ("この画像ファイルを開いて見せて", ["server-filesystem/read_media_file"], "ja"),
+    ("各ファイルのサイズ付きでフォルダの中身を一覧表示して", ["server-filesystem/list_directory_with_sizes"], "ja"),
+    ("アクセスできるディレクトリはどれ？", ["server-filesystem/list_allowed_directories"], "ja"),
+    ("ナレッジグラフ全体を読み込んで", ["server-memory/read_graph"], "ja"),
+    ("サーバーの環境変数を見せて", ["server-everything/get-env"], "ja"),
+]
