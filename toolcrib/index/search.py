@@ -16,7 +16,7 @@ from toolcrib.errors import IndexError_
 from toolcrib.index import persistence
 from toolcrib.index.documents import DEFAULT_STYLE, TextStyle, ToolDoc, document_text
 from toolcrib.index.embedder import QUERY_CACHE_SIZE, Embedder, QueryCache
-from toolcrib.index.fusion import DEFAULT_FUSION, Fusion, fuse, merge_rankings
+from toolcrib.index.fusion import DEFAULT_FUSION, Fusion, _ranks, fuse, merge_rankings
 from toolcrib.index.store import Snapshot
 
 log = logging.getLogger(__name__)
@@ -26,12 +26,86 @@ RANKINGS = ("hybrid", "dense", "bm25")
 SYNC_CHUNK = 64
 
 
+TERM = "_term"
+"""Parts whose name ends with this are the summands of the score (see :func:`compose`)."""
+
+
 @dataclass(frozen=True)
 class Hit:
-    """One search result: the tool's key and its score under the ranking used (higher is better)."""
+    """One search result: the tool's key and its score under the ranking used (higher is better).
+
+    ``parts``: only with ``search(..., explain=True)`` (else None): the parts of the score by name
+    (see :func:`score_parts`); ``round(compose(parts), 6) == score``.
+    """
 
     key: str
     score: float
+    parts: dict[str, float] | None = None
+
+
+Signals = np.ndarray
+
+
+def score_parts(dense: Signals | None, lexical: Signals | None, fusion: Fusion) -> dict[str, Signals]:
+    """The parts of each candidate's score, as arrays aligned with the candidates of one query.
+
+    ``dense``: cosine similarities (float32) or None (BM25 ranking); ``lexical``: BM25 scores of the
+    same candidates or None (dense ranking). Both given: the hybrid ranking, and the parts spell out
+    :func:`toolcrib.index.fusion.fuse` over exactly these candidates (the pool the index fused):
+
+    - always ``dense`` (cosine) and/or ``lexical`` (raw BM25), the signals;
+    - ``convex``: ``lexical_max`` (best BM25 in the pool), ``lexical_norm`` (``lexical / lexical_max``,
+      0 when nothing matches), ``dense_weight`` ``w``, ``dense_term = w * dense`` and
+      ``lexical_term = (1 - w) * lexical_norm``;
+    - ``rrf``: ``dense_rank`` / ``lexical_rank`` (1-based in the pool), ``rrf_k``, ``dense_weight``,
+      ``dense_term = w / (rrf_k + dense_rank)`` and ``lexical_term = (1 - w) / (rrf_k + lexical_rank)``
+      (0 without a lexical match);
+    - one ranking alone: ``dense_term = dense`` or ``lexical_term = lexical``.
+
+    The score is the sum of the ``*_term`` parts (:func:`compose`). Later signals (server, usage)
+    add their own ``*_term`` and raw parts.
+    """
+    if dense is None:
+        assert lexical is not None
+        return {"lexical": lexical, "lexical_term": lexical}
+    if lexical is None:
+        return {"dense": dense, "dense_term": dense}
+    n = len(dense)
+    w = fusion.dense_weight
+    weight = np.full(n, w)
+    if fusion.method == "rrf":
+        dense_rank, lex_rank = _ranks(dense), _ranks(lexical)
+        return {
+            "dense": dense,
+            "lexical": lexical,
+            "dense_rank": dense_rank,
+            "lexical_rank": np.where(lexical > 0, lex_rank, 0.0),
+            "rrf_k": np.full(n, fusion.rrf_k),
+            "dense_weight": weight,
+            "dense_term": w / (fusion.rrf_k + dense_rank),
+            "lexical_term": np.where(lexical > 0, (1.0 - w) / (fusion.rrf_k + lex_rank), 0.0),
+        }
+    top = float(lexical.max(initial=0.0))
+    lex_norm = lexical / top if top > 0 else np.zeros_like(lexical)
+    return {
+        "dense": dense,
+        "lexical": lexical,
+        "lexical_max": np.full(n, top),
+        "lexical_norm": lex_norm,
+        "dense_weight": weight,
+        "dense_term": w * dense,
+        "lexical_term": (1.0 - w) * lex_norm,
+    }
+
+
+def compose(parts: dict[str, float]) -> float:
+    """The score the ``*_term`` parts add up to, in the fusion's float32 arithmetic: bit-for-bit the
+    score :func:`~toolcrib.index.fusion.fuse` gives (before ``Hit.score`` rounds it to 6 decimals)."""
+    total = 0.0
+    for name, value in parts.items():
+        if name.endswith(TERM):
+            total += value
+    return float(np.float32(total))
 
 
 @dataclass(frozen=True)
@@ -241,6 +315,7 @@ class ToolIndex:
         server: str | None = None,
         allowed: Callable[[str], bool] | None = None,
         mode: str | None = None,
+        explain: bool = False,
     ) -> list[Hit]:
         """The best ``limit`` tools for ``query``.
 
@@ -250,6 +325,11 @@ class ToolIndex:
         disallowed key is never returned. ``mode`` overrides the index's ranking for this call.
         Query vectors come from :attr:`query_cache` (an LRU keyed by the normalised query text); the
         BM25 side tokenizes the query as given.
+
+        ``explain``: each hit also carries ``parts`` (:func:`score_parts` of its candidate; with
+        several queries, those of the query where it scored best, plus ``query``, that query's
+        0-based position; with ``merge = "sum"`` also ``merged_sum``, the score, which is then the
+        sum over queries rather than :func:`compose` of the terms). Off by default: no extra work.
         """
         ranking = _check_ranking(mode or self.ranking)
         queries = [query] if isinstance(query, str) else [q for q in query if q.strip()]
@@ -263,11 +343,21 @@ class ToolIndex:
                 return []
         qvecs = self.query_cache.embed(queries) if ranking != "bm25" else None
         rankings = []
+        explained: list[dict[int, dict[str, float]]] | None = [] if explain else None
         for i, text in enumerate(queries):
             qvec = qvecs[i] if qvecs is not None else None
-            rankings.append(self._rank_one(snap, text, qvec, ranking, limit, candidates, allowed))
+            parts_out: dict[int, dict[str, float]] | None = None
+            if explained is not None:
+                parts_out = {}
+                explained.append(parts_out)
+            rankings.append(self._rank_one(snap, text, qvec, ranking, limit, candidates, allowed, parts_out))
         merged = merge_rankings(rankings, self.fusion.merge)[:limit]
-        return [Hit(snap.docs[row].key, round(score, 6)) for row, score in merged]
+        if explained is None:
+            return [Hit(snap.docs[row].key, round(score, 6)) for row, score in merged]
+        return [
+            Hit(snap.docs[row].key, round(score, 6), _merged_parts(row, score, rankings, explained, self.fusion.merge))
+            for row, score in merged
+        ]
 
     def _rank_one(
         self,
@@ -278,11 +368,13 @@ class ToolIndex:
         limit: int,
         candidates: np.ndarray | None,
         allowed: Callable[[str], bool] | None,
+        parts_out: dict[int, dict[str, float]] | None = None,
     ) -> list[tuple[int, float]]:
         faiss.omp_set_num_threads(1)
         pool_size = max(self.fusion.pool, 4 * limit)
         while True:
-            rows, scores = self._score_pool(snap, text, qvec, ranking, pool_size, candidates)
+            rows, dense, lexical = self._pool_signals(snap, text, qvec, ranking, pool_size, candidates)
+            scores = self._combine(ranking, dense, lexical)
             order = np.argsort(-scores, kind="stable")
             out: list[tuple[int, float]] = []
             for i in order:
@@ -290,12 +382,14 @@ class ToolIndex:
                 if allowed is None or allowed(snap.docs[row].key):
                     out.append((row, float(scores[i])))
                     if len(out) == limit:
-                        return out
-            if candidates is not None or pool_size >= len(snap):
+                        break
+            if len(out) == limit or candidates is not None or pool_size >= len(snap):
+                if parts_out is not None:
+                    _collect_parts(parts_out, out, rows, score_parts(dense, lexical, self.fusion))
                 return out
             pool_size = len(snap)
 
-    def _score_pool(
+    def _pool_signals(
         self,
         snap: Snapshot,
         text: str,
@@ -303,7 +397,9 @@ class ToolIndex:
         ranking: str,
         pool_size: int,
         candidates: np.ndarray | None,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The candidate rows of one query and their signals: float32 cosines (None for ``bm25``) and
+        BM25 scores (None for ``dense``), aligned with the rows."""
         lexical = snap.lexical.scores(text) if ranking != "dense" else None
         if candidates is not None or pool_size >= len(snap):
             rows = candidates if candidates is not None else np.arange(len(snap), dtype=np.int64)
@@ -322,10 +418,55 @@ class ToolIndex:
                 rows = np.concatenate([rows, extra])
                 dense = np.concatenate([dense, snap.vectors[extra] @ qvec])
         if ranking == "dense":
-            assert dense is not None
-            return rows, dense
+            return rows, dense, None
         assert lexical is not None
         if ranking == "bm25":
-            return rows, lexical[rows]
+            return rows, None, lexical[rows]
         assert dense is not None
-        return rows, fuse(dense.astype(np.float32), lexical[rows], self.fusion)
+        return rows, dense.astype(np.float32), lexical[rows]
+
+    def _combine(self, ranking: str, dense: np.ndarray | None, lexical: np.ndarray | None) -> np.ndarray:
+        """The score of each candidate under ``ranking`` from :meth:`_pool_signals`' signals."""
+        if ranking == "dense":
+            assert dense is not None
+            return dense
+        assert lexical is not None
+        if ranking == "bm25":
+            return lexical
+        assert dense is not None
+        return fuse(dense, lexical, self.fusion)
+
+
+def _collect_parts(
+    parts_out: dict[int, dict[str, float]],
+    chosen: list[tuple[int, float]],
+    rows: np.ndarray,
+    parts: dict[str, Signals],
+) -> None:
+    """Store the parts of the chosen rows (position in ``rows`` -> plain floats) into ``parts_out``."""
+    position = {int(row): i for i, row in enumerate(rows)}
+    for row, _ in chosen:
+        i = position[row]
+        parts_out[row] = {name: float(values[i]) for name, values in parts.items()}
+
+
+def _merged_parts(
+    row: int,
+    score: float,
+    rankings: list[list[tuple[int, float]]],
+    explained: list[dict[int, dict[str, float]]],
+    merge: str,
+) -> dict[str, float]:
+    """The parts of ``row``'s merged ``score``: those of the query where it scored best."""
+    if len(rankings) == 1:
+        return dict(explained[0][row])
+    best_query, best = 0, -np.inf
+    for q, ranking in enumerate(rankings):
+        for r, s in ranking:
+            if r == row and s > best:
+                best_query, best = q, s
+    out = dict(explained[best_query][row])
+    out["query"] = float(best_query)
+    if merge == "sum":
+        out["merged_sum"] = score
+    return out
