@@ -7,6 +7,10 @@ hypothesis property test against :func:`toolcrib.index.fusion.fuse` itself.
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tests.index.conftest import CATALOG
+from toolcrib.cli import main
 from toolcrib.index.documents import document_text
 from toolcrib.index.embedder import FastEmbedEmbedder
 from toolcrib.index.fusion import DEFAULT_FUSION, Fusion, fuse
@@ -165,3 +170,33 @@ def test_parts_recompose_fuse_bit_for_bit(pool: tuple[np.ndarray, np.ndarray, Fu
         else:
             assert 1 <= one["dense_rank"] <= len(dense)
             assert (one["lexical_rank"] == 0) == (lexical[i] == 0)
+
+
+# ---- toolcrib search --explain -------------------------------------------------------------------
+
+
+def test_cli_search_explain(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """``toolcrib search QUERY --explain`` on a persisted index of the real time server."""
+    cfg = tmp_path / "toolcrib.toml"
+    cfg.write_text(
+        f"""
+[index]
+path = "{tmp_path / "index"}"
+[servers.time]
+command = "{sys.executable}"
+args = ["-m", "mcp_server_time", "--local-timezone", "UTC"]
+"""
+    )
+    assert main(["--config", str(cfg), "index"]) == 0
+    capfd.readouterr()
+    assert main(["--config", str(cfg), "search", "what time is it in Tokyo", "--json", "--explain"]) == 0
+    rows = json.loads(capfd.readouterr().out)
+    assert rows[0]["name"] == "time__get_current_time"
+    for row in rows:
+        assert round(compose(row["parts"]), 4) == row["score"]
+        assert {"dense", "lexical", "dense_term", "lexical_term"} <= set(row["parts"])
+    assert main(["--config", str(cfg), "search", "what time is it in Tokyo", "--explain"]) == 0
+    out = capfd.readouterr().out
+    assert "parts" in out and "0.85 x dense" in out
+    assert main(["--config", str(cfg), "search", "what time is it in Tokyo", "--json"]) == 0
+    assert all("parts" not in row for row in json.loads(capfd.readouterr().out))

@@ -86,26 +86,30 @@ def _cmd_search(args: argparse.Namespace, config: Config) -> int:
     index = open_index(config, db=cli_database(config))
     if len(index) == 0:
         raise IndexError_(f"the index at {_where(index, config)} is empty; run `toolcrib index` first")
-    hits = index.search(args.query, limit=args.limit, server=args.server)
+    hits = index.search(args.query, limit=args.limit, server=args.server, explain=args.explain)
     rows = []
     for hit in hits:
         doc = index.doc(hit.key)
-        rows.append(
-            {
-                "name": hit.key,
-                "server": doc.server if doc else "",
-                "score": round(float(hit.score), 4),
-                "description": (doc.description if doc else "")[:200],
-            }
-        )
+        row: dict[str, Any] = {
+            "name": hit.key,
+            "server": doc.server if doc else "",
+            "score": round(float(hit.score), 4),
+            "description": (doc.description if doc else "")[:200],
+        }
+        if hit.parts is not None:
+            row["parts"] = hit.parts
+        rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
+    from toolcrib.index.search import describe_parts
+
     table = Table(title=f"search: {args.query}")
-    for col in ("score", "name", "description"):
+    for col in ("score", "name", "description", *(["parts"] if args.explain else [])):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(f"{r['score']:.3f}", str(r["name"]), str(r["description"]))
+        extra = [describe_parts(r["parts"])] if "parts" in r else []
+        table.add_row(f"{r['score']:.3f}", str(r["name"]), str(r["description"]), *extra)
     Console().print(table)
     return 0
 
@@ -122,6 +126,9 @@ def register(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=5, help="number of results, 1 to 20 (as search_tools)")
     p.add_argument("--server", help="only tools of this server")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--explain", action="store_true", help="show the parts of each score (dense, lexical, how they were fused)"
+    )
     p.set_defaults(func=_cmd_search)
 
 

@@ -437,6 +437,32 @@ class ToolIndex:
         return fuse(dense, lexical, self.fusion)
 
 
+def describe_parts(parts: dict[str, float]) -> str:
+    """One line spelling out how the parts make the score, e.g.
+    ``0.85 x dense 0.612 + 0.15 x lexical 4.31/5.02 = 0.520 + 0.129`` (convex) or
+    ``0.85/(60+1) + 0.15/(60+2) = ...`` (rrf); unknown ``*_term`` parts are appended by name."""
+    terms = [name for name in parts if name.endswith(TERM)]
+    pieces: list[str] = []
+    w = parts.get("dense_weight")
+    if w is not None and "rrf_k" in parts:
+        k = parts["rrf_k"]
+        pieces.append(f"{w:.2f}/({k:g}+{parts['dense_rank']:g})")
+        if parts["lexical_rank"]:
+            pieces.append(f"{1 - w:.2f}/({k:g}+{parts['lexical_rank']:g})")
+        else:
+            pieces.append("no lexical match")
+    elif w is not None:
+        pieces.append(f"{w:.2f} x dense {parts['dense']:.3f}")
+        top = parts["lexical_max"]
+        pieces.append(f"{1 - w:.2f} x lexical {parts['lexical']:.2f}/{top:.2f}" if top else "no lexical match")
+    else:
+        pieces.extend(f"{name[: -len(TERM)]} {parts[name]:.3f}" for name in terms)
+    known = {"dense_term", "lexical_term"} if w is not None else set(terms)
+    pieces.extend(f"{name[: -len(TERM)]} {parts[name]:.3f}" for name in terms if name not in known)
+    sums = " + ".join(f"{parts[name]:.3f}" for name in terms)
+    return f"{' + '.join(pieces)} = {sums}" if len(terms) > 1 else " + ".join(pieces)
+
+
 def _collect_parts(
     parts_out: dict[int, dict[str, float]],
     chosen: list[tuple[int, float]],
