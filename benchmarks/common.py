@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001  (the non-English queries use full-width punctuation)
 """Shared pieces of the index benchmarks: dataset loading and an on-disk embedding cache.
 
 Datasets use the ``../shared/data`` format: ``tools.jsonl`` lines
@@ -270,7 +271,11 @@ NON_ENGLISH_QUERIES: list[tuple[str, list[str], str]] = [
     ("Welche Änderungen habe ich schon zum Commit vorgemerkt?", ["mcp-server-git/git_diff_staged"], "de"),
     ("Zeig mir die Unterschiede zwischen dem Hauptzweig und meinem Feature-Zweig", ["mcp-server-git/git_diff"], "de"),
     ("Welche Branches gibt es im Repository?", ["mcp-server-git/git_branch"], "de"),
-    ("Öffne die Datei config.toml und zeig mir, was drinsteht", ["server-filesystem/read_text_file", "server-filesystem/read_file"], "de"),
+    (
+        "Öffne die Datei config.toml und zeig mir, was drinsteht",
+        ["server-filesystem/read_text_file", "server-filesystem/read_file"],
+        "de",
+    ),
     ("Benenne die Datei bericht.pdf in bericht_final.pdf um", ["server-filesystem/move_file"], "de"),
     ("Wie groß ist diese Datei und wann wurde sie zuletzt geändert?", ["server-filesystem/get_file_info"], "de"),
     ("Lösch alles, was du über Herrn Becker gespeichert hast", ["server-memory/delete_entities"], "de"),
@@ -283,7 +288,11 @@ NON_ENGLISH_QUERIES: list[tuple[str, list[str], str]] = [
     ("corrige une ligne dans le fichier main.py sans tout réécrire", ["server-filesystem/edit_file"], "fr"),
     ("lis ces trois fichiers d'un coup", ["server-filesystem/read_multiple_files"], "fr"),
     ("note que Marie est la sœur de Paul", ["server-memory/create_relations"], "fr"),
-    ("réfléchis à ce problème étape par étape avant de répondre", ["server-sequential-thinking/sequentialthinking"], "fr"),
+    (
+        "réfléchis à ce problème étape par étape avant de répondre",
+        ["server-sequential-thinking/sequentialthinking"],
+        "fr",
+    ),
     # Japanese
     ("ロンドンの現在時刻を教えて", ["mcp-server-time/get_current_time"], "ja"),
     ("日本時間の午後3時はニューヨークだと何時？", ["mcp-server-time/convert_time"], "ja"),

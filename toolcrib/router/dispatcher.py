@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import mcp_types as types
 
 from toolcrib.errors import InvalidArguments
+from toolcrib.index.steps import step_queries
 from toolcrib.router.catalog import Catalog, Entry
 
 SEARCH = "search_tools"
@@ -130,12 +131,19 @@ def search(
     args: SearchArgs,
     allowed: Callable[[str], bool],
 ) -> list[tuple[Entry, float]]:
-    """Run the search and map hits to live catalog entries the caller may use."""
+    """Run the search and map hits to live catalog entries the caller may use.
+
+    A single query with several steps ("download the report, then email it to Bob") is searched as
+    the task plus one query per step and the rankings merged (:func:`toolcrib.index.steps.step_queries`);
+    several queries are searched as given.
+    """
 
     def visible(key: str) -> bool:
         return key in catalog.tools and allowed(key)
 
-    query: str | Sequence[str] = args.queries[0] if len(args.queries) == 1 else list(args.queries)
+    # One query naming several actions is searched as the task plus each step (toolcrib.index.steps).
+    queries = step_queries(args.queries[0]) if len(args.queries) == 1 else list(args.queries)
+    query: str | Sequence[str] = queries[0] if len(queries) == 1 else queries
     hits = index.search(query, limit=args.limit, server=args.server, allowed=visible)
     return [(catalog.tools[h.key], float(h.score)) for h in hits if h.key in catalog.tools]
 
