@@ -276,10 +276,14 @@ class SqliteAuditLog:
         kind: str | None = None,
         request_id: str | None = None,
         method: str | None = None,
+        decision: str | None = None,
+        until: float | None = None,
+        before: int | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """The most recent ``limit`` rows matching every filter, oldest first. ``tool`` and ``method``
-        are globs (``git__*``, ``resources/*``)."""
+        are globs (``git__*``, ``resources/*``); ``since <= ts < until`` (epoch seconds); ``before``:
+        only rows with ``seq < before`` (page back through a newest-first listing)."""
         clauses, params = [], []
         for column, op, value in filters(
             principal=principal,
@@ -289,6 +293,9 @@ class SqliteAuditLog:
             kind=kind,
             request_id=request_id,
             method=method,
+            decision=decision,
+            until=until,
+            before=before,
         ):
             clauses.append(f"{column} {'GLOB' if op == 'glob' else op} ?")
             params.append(value)

@@ -231,11 +231,15 @@ class PostgresAuditLog:
         kind: str | None = None,
         request_id: str | None = None,
         method: str | None = None,
+        decision: str | None = None,
+        until: float | None = None,
+        before: int | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """The most recent ``limit`` rows matching every filter, oldest first. ``tool`` and ``method``
         are SQLite globs (``git__*``, ``resources/*``, ``[abc]?``), matched as regular expressions
-        (:func:`~toolcrib.gateway.audit.shared.glob_to_regex`)."""
+        (:func:`~toolcrib.gateway.audit.shared.glob_to_regex`); ``since <= ts < until`` (epoch
+        seconds); ``before``: only rows with ``seq < before`` (page back through a newest-first listing)."""
         clauses: list[str] = []
         params: list[Any] = []
         for column, op, value in filters(
@@ -246,6 +250,9 @@ class PostgresAuditLog:
             kind=kind,
             request_id=request_id,
             method=method,
+            decision=decision,
+            until=until,
+            before=before,
         ):
             if op != "glob" or is_literal(value):
                 clauses.append(f"{column} {'=' if op == 'glob' else op} %s")

@@ -85,16 +85,25 @@ def filters(
     kind: str | None = None,
     request_id: str | None = None,
     method: str | None = None,
+    decision: str | None = None,
+    until: float | None = None,
+    before: int | None = None,
 ) -> list[tuple[str, str, Any]]:
-    """The given filters as ``(column, op, value)``; ``op`` is ``=``, ``>=`` or ``glob``."""
+    """The given filters as ``(column, op, value)``; ``op`` is ``=``, ``>=``, ``<`` or ``glob``.
+
+    ``since``/``until``: seconds since the epoch, ``since <= ts < until``; ``before``: a ``seq``
+    cursor, rows with ``seq < before`` (the next page of a newest-first listing)."""
     given = (
         ("principal", "=", principal),
         ("tool", "glob", tool),
         ("ts", ">=", since),
+        ("ts", "<", until),
         ("outcome", "=", outcome),
         ("kind", "=", kind),
         ("request_id", "=", request_id),
         ("method", "glob", method),
+        ("decision", "=", decision),
+        ("seq", "<", before),
     )
     return [(column, op, value) for column, op, value in given if value is not None]
 
