@@ -1,4 +1,5 @@
-"""Prometheus metrics of one gateway, served at ``GET /metrics`` (text exposition format 0.0.4).
+"""Prometheus metrics of one gateway, served at ``GET /metrics`` in the text format of
+``prometheus_client.CONTENT_TYPE_LATEST`` (``text/plain; version=1.0.0``).
 
 Every :class:`Metrics` owns its own :class:`prometheus_client.CollectorRegistry` (never the global
 one: several gateways may run in one process). Names follow the Prometheus naming guide
@@ -32,11 +33,12 @@ up, sessions, audit queue) are read at scrape time by :class:`_Live`, never on t
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 OUTCOMES = (
@@ -62,6 +64,45 @@ SEARCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 RESULT_BUCKETS = (0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0)
 APPROVAL_BUCKETS = (0.1, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 AUDIT_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
+
+
+class _Requests(Collector):
+    """``toolcrib_requests_total`` and ``toolcrib_request_duration_seconds`` kept in plain dicts of
+    numbers and turned into metric families at scrape time: counting a request is a dict update and
+    a bisection (about a microsecond), not the locked ``prometheus_client`` children (several). Only
+    the event loop's thread records into it."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str, str], int] = {}
+        self.buckets: dict[str, list[int]] = {}
+        """Per method: observations per bucket of :data:`LATENCY_BUCKETS` (not cumulative), then +Inf."""
+        self.sums: dict[str, float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        counter = CounterMetricFamily(
+            "toolcrib_requests",
+            "MCP requests answered, by method, upstream server, tool (tools/call only) and outcome.",
+            labels=["method", "server", "tool", "outcome"],
+        )
+        for key, count in sorted(self.counts.items()):
+            counter.add_metric(list(key), float(count))
+        yield counter
+        histogram = HistogramMetricFamily(
+            "toolcrib_request_duration_seconds",
+            "Seconds from an MCP request's arrival at the gateway to its answer, by method.",
+            labels=["method"],
+        )
+        bounds = [*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf"]
+        for method, counts in sorted(self.buckets.items()):
+            running, cumulative = 0, []
+            for bound, count in zip(bounds, counts, strict=True):
+                running += count
+                cumulative.append((bound, float(running)))
+            histogram.add_metric([method], cumulative, self.sums[method])
+        yield histogram
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
 
 class _Live(Collector):
@@ -106,26 +147,15 @@ class _Live(Collector):
 class Metrics:
     """The metrics of one gateway (see the module docstring for names, types and labels).
 
-    Hot-path methods (:meth:`request`, :meth:`searched`, :meth:`approval_waited`,
-    :meth:`audit_written`) take seconds as floats and cost a dict lookup and one or two lock-guarded
-    additions; label children are cached per label tuple."""
+    Hot-path methods take seconds as floats: :meth:`request` (every MCP request) updates plain
+    dicts; :meth:`searched`, :meth:`approval_waited` and :meth:`audit_written` (which may run on
+    worker threads) use ``prometheus_client``'s thread-safe histograms."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
-        self._requests = Counter(
-            "toolcrib_requests",
-            "MCP requests answered, by method, upstream server, tool (tools/call only) and outcome.",
-            ["method", "server", "tool", "outcome"],
-            registry=r,
-        )
-        self._duration = Histogram(
-            "toolcrib_request_duration_seconds",
-            "Seconds from an MCP request's arrival at the gateway to its answer, by method.",
-            ["method"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        self._requests = _Requests()
+        r.register(self._requests)
         self._search = Histogram(
             "toolcrib_search_duration_seconds",
             "Seconds of search_tools work in the tool index (query embedding and ranking).",
@@ -163,22 +193,20 @@ class Metrics:
         )
         self.live = _Live()
         r.register(self.live)
-        self._req_children: dict[tuple[str, str, str, str], Any] = {}
-        self._dur_children: dict[str, Any] = {}
 
     # ---- hot path ---------------------------------------------------------------------------
 
     def request(self, method: str, server: str, tool: str, outcome: str, seconds: float) -> None:
-        """Count one answered MCP request and observe its duration (seconds)."""
+        """Count one answered MCP request and observe its duration (seconds). Event loop thread only."""
+        requests = self._requests
         key = (method, server, tool, outcome)
-        child = self._req_children.get(key)
-        if child is None:
-            child = self._req_children[key] = self._requests.labels(*key)
-        child.inc()
-        dur = self._dur_children.get(method)
-        if dur is None:
-            dur = self._dur_children[method] = self._duration.labels(method)
-        dur.observe(seconds)
+        requests.counts[key] = requests.counts.get(key, 0) + 1
+        buckets = requests.buckets.get(method)
+        if buckets is None:
+            buckets = requests.buckets[method] = [0] * (len(LATENCY_BUCKETS) + 1)
+            requests.sums[method] = 0.0
+        buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # the first bound >= seconds (le), else +Inf
+        requests.sums[method] += seconds
 
     def searched(self, seconds: float) -> None:
         """One ``search_tools`` index search took ``seconds``."""

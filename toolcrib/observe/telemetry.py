@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import logging
 import time
+from asyncio import CancelledError
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-import anyio
 from aiohttp import web
 from mcp.shared.exceptions import MCPError
 from opentelemetry import context as otel_context
@@ -154,7 +154,7 @@ class Telemetry:
             error = exc
             outcome = self._noted(req, "protocol_error") or "error"
             raise
-        except anyio.get_cancelled_exc_class():
+        except CancelledError:  # anyio's cancellation on asyncio, the only backend toolcrib runs on
             outcome = "cancelled"
             raise
         finally:
@@ -401,7 +401,7 @@ def _end_client_span(span: Span, call: UpstreamCall, result: Any, error: BaseExc
         span.set_attribute("rpc.response.status_code", kind)
         span.set_status(StatusCode.ERROR, error.error.message)
     elif error is not None:
-        kind = None if isinstance(error, anyio.get_cancelled_exc_class()) else type(error).__qualname__
+        kind = None if isinstance(error, CancelledError) else type(error).__qualname__
         if kind is not None:
             span.set_status(StatusCode.ERROR, str(error))
     elif noted:
