@@ -37,7 +37,7 @@ log = logging.getLogger("toolcrib.console")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Route = tuple[str, str, Handler]
-PAGES = ("overview", "approvals", "catalog", "audit")
+PAGES = ("overview", "approvals", "catalog", "audit", "search", "savings")
 """Page modules under ``toolcrib.console.pages``, each with ``routes(console) -> list[Route]``."""
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".txt": "text/plain"}
 
