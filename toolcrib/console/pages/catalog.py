@@ -97,6 +97,7 @@ def routes(console: Console) -> list[Route]:
                     Row(key, name, server, tool.name, state, digest, pin["hash"] if pin else None, reason,
                         tool.description or "")
                 )  # fmt: skip
+        out.sort(key=lambda r: r.state not in ("quarantined", "new"))  # held tools first, else as listed
         return out
 
     async def listing(request: web.Request) -> web.Response:
