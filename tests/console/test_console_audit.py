@@ -5,6 +5,7 @@ query interface it uses (``decision``, ``until``, ``before``) on both backends."
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.console.conftest import ConsoleGateway, login, shot_dir
+from tests.e2e.conftest import embedded_only
 from tests.gateway.test_audit_backends import KEY, backend
 from toolcrib.console.pages.audit import first_bad_seq, stored
 from toolcrib.gateway.audit.backends import AuditLog
@@ -140,6 +142,32 @@ async def test_pages_walk_back_with_the_before_cursor(console_gateway: ConsoleGa
         assert "before=" in page.url and "principal=carol" in page.url
     expected = sorted((r["seq"] for r in audit.query(principal="key:carol", limit=1000)), reverse=True)
     assert seen == expected and len(seen) == 120
+    await page.close()
+
+
+@embedded_only
+@pytest.mark.anyio
+async def test_a_tampered_row_shows_the_chain_broken_at_that_row(console_gateway: ConsoleGateway, browser: Any) -> None:
+    gw = console_gateway
+    for i in range(3):
+        assert not await call_as(gw, "alice", "echo__echo", {"text": f"call {i}"})
+    await gw.rt.parts.writer.flush()
+    victim = gw.rt.parts.audit.query(principal="key:alice", kind="outcome", limit=3)[1]["seq"]
+    db = sqlite3.connect(gw.rt.config.audit.path)  # an attacker with the file: triggers are no defence
+    try:
+        db.execute("DROP TRIGGER events_no_update")
+        db.execute("UPDATE events SET outcome = 'tool_error' WHERE seq = ?", (victim,))
+        db.commit()
+    finally:
+        db.close()
+    page = await browser.new_page()
+    await login(page, gw.base, gw.tokens["alice"])
+    await page.goto(f"{gw.base}/console/audit")
+    state = page.locator("#verify-state")
+    await state.wait_for(timeout=30_000)
+    assert await state.get_attribute("data-state") == "broken"
+    assert await state.get_attribute("data-first-bad") == str(victim)
+    assert f"row {victim} does not match its hash" in (await page.locator(".problems").text_content() or "")
     await page.close()
 
 
