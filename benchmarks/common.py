@@ -39,6 +39,20 @@ class Query:
     kind: str = "single"
     steps: tuple[str, ...] = ()
     groups: tuple[frozenset[str], ...] = field(default=())
+    lang: str = "en"
+
+
+#: Which half of a dataset a query belongs to (:func:`split_of`).
+TUNE, REPORT = "tune", "report"
+
+
+def split_of(text: str) -> str:
+    """``"tune"`` or ``"report"``: the low bit of the first byte of SHA-256 of the query text (UTF-8).
+
+    Deterministic and independent of order, sampling and the other queries; the same text always
+    falls in the same half. Settings are chosen on ``tune``; headline figures are ``report``.
+    """
+    return TUNE if hashlib.sha256(text.encode("utf-8")).digest()[0] & 1 == 0 else REPORT
 
 
 def tool_id(doc: ToolDoc) -> str:
@@ -93,17 +107,22 @@ def _groups(relevant: Sequence[str]) -> tuple[frozenset[str], ...]:
     return tuple(frozenset(g) for g in by_name.values())
 
 
-def make_query(text: str, relevant: Sequence[str], kind: str = "single", steps: str = "") -> Query:
+def make_query(text: str, relevant: Sequence[str], kind: str = "single", steps: str = "", lang: str = "en") -> Query:
     """Build a :class:`Query` with its relevance groups."""
     rel = tuple(relevant)
-    return Query(text, rel, kind, split_steps(steps), _groups(rel))
+    return Query(text, rel, kind, split_steps(steps), _groups(rel), lang)
 
 
 def load_queries(path: Path | None, tools_path: Path) -> list[Query]:
-    """Queries from ``queries.jsonl``, or the handwritten set for a ``real-servers`` directory."""
+    """Queries from ``queries.jsonl``, or the handwritten sets for a ``real-servers`` directory.
+
+    For a dump directory: :data:`REAL_SERVER_QUERIES` (English) then :data:`NON_ENGLISH_QUERIES`
+    (``Query.lang`` set); all of kind ``single`` (several ids there are alternatives written by hand).
+    """
     if path is None:
         if tools_path.is_dir():
-            return [make_query(q, rel) for q, rel in REAL_SERVER_QUERIES]
+            english = [make_query(q, rel) for q, rel in REAL_SERVER_QUERIES]
+            return english + [make_query(q, rel, lang=lang) for q, rel, lang in NON_ENGLISH_QUERIES]
         raise SystemExit(f"--queries is required for {tools_path}")
     out = []
     with path.open(encoding="utf-8") as f:

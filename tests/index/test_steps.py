@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from toolcrib.index.steps import CONNECTIVES, MAX_STEPS, split_steps, step_queries
+from toolcrib.index.steps import ALL_RULES, CONNECTIVES, DEFAULT_RULES, MAX_STEPS, StepRules, split_steps, step_queries
 
 SPLIT = [
     # English: commas/and before verbs, sentences, sequencing words, lists
@@ -77,17 +77,36 @@ UNCHANGED = [
 
 @pytest.mark.parametrize(("text", "steps"), SPLIT)
 def test_splits(text: str, steps: list[str]) -> None:
-    assert split_steps(text) == steps
+    assert split_steps(text, ALL_RULES) == steps
+
+
+def test_default_rules_split_connectives_and_lists_only() -> None:
+    assert split_steps("Get the weather for Oslo, then email it to Bob") == [
+        "Get the weather for Oslo",
+        "email it to Bob",
+    ]
+    assert split_steps("1. Get the weather\n2. Send it to Bob") == ["Get the weather", "Send it to Bob"]
+    assert split_steps("先下载这个文件，然后把它转换成PDF") == ["先下载这个文件", "把它转换成PDF"]
+    text = "Read the sales data in sales.xlsx, plot it as a bar chart and save it in sale.png"
+    assert split_steps(text) == [text]
+    assert split_steps("Find the repositories. Draft an intro for the top one.", DEFAULT_RULES) == [
+        "Find the repositories. Draft an intro for the top one."
+    ]
 
 
 @pytest.mark.parametrize("text", UNCHANGED)
 def test_one_step_is_unchanged(text: str) -> None:
     assert split_steps(text) == [text]
+    assert split_steps(text, ALL_RULES) == [text]
 
 
 def test_step_queries_put_the_task_first() -> None:
     text = "Get the weather for Oslo and then email it to Bob"
-    assert step_queries(text) == [text, "Get the weather for Oslo", "email it to Bob"]
+    assert (
+        step_queries(text, rules=ALL_RULES)
+        == step_queries(text)
+        == [text, "Get the weather for Oslo", "email it to Bob"]
+    )
     assert step_queries("What time is it in Tokyo") == ["What time is it in Tokyo"]
     many = "\n".join(f"{i}. fetch page number {i}" for i in range(1, 9))
     assert len(step_queries(many)) == 9
@@ -179,9 +198,9 @@ def _gap_is_droppable(gap: str) -> bool:
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(texts)
-def test_properties(text: str) -> None:
-    steps = split_steps(text)
+@given(texts, st.sampled_from([DEFAULT_RULES, ALL_RULES, StepRules(sentences="all")]))
+def test_properties(text: str, rules: StepRules) -> None:
+    steps = split_steps(text, rules)
     assert steps, "never an empty list"
     assert len(steps) <= MAX_STEPS
     if steps == [text]:
@@ -196,7 +215,7 @@ def test_properties(text: str) -> None:
         pos = found + len(step)
     assert _gap_is_droppable(text[pos:]), f"words lost at the end: {text[pos:]!r}"
     for step in steps:
-        assert split_steps(step) == [step], f"splitting {step!r} again splits it"
+        assert split_steps(step, rules) == [step], f"splitting {step!r} again splits it"
 
 
 def test_linear_time_on_10_kb() -> None:
@@ -212,8 +231,9 @@ def test_linear_time_on_10_kb() -> None:
     ]
     for text in inputs:
         started = time.perf_counter()
-        assert split_steps(text)
-        assert split_steps(text[:3999])
+        for rules in (DEFAULT_RULES, ALL_RULES):
+            assert split_steps(text, rules)
+            assert split_steps(text[:3999], rules)
         assert time.perf_counter() - started < 5.0
 
 
