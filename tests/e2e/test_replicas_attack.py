@@ -146,9 +146,6 @@ async def test_post_and_delete_racing_on_two_replicas_never_500(tmp_path: Path, 
         assert all(st in (200, 204, 404) for st in statuses), statuses
 
 
-@pytest.mark.filterwarnings(  # a known leak under load, in the closing note of issue 12; assertions unchanged
-    "ignore::pytest.PytestUnraisableExceptionWarning", "ignore:Unclosed <MemoryObjectSendStream:ResourceWarning"
-)
 async def test_an_active_session_outlives_a_short_session_ttl(tmp_path: Path, pg_url: str) -> None:
     async with pair(tmp_path, pg_url, session_ttl=4.0) as ((a, b), tok), aiohttp.ClientSession() as s:
         sid = await open_session(s, a.url, tok["alice"])

@@ -193,3 +193,26 @@ async def test_an_upstream_list_change_seen_by_one_replica_reaches_sessions_on_a
             assert "echo__fresh" in [t["name"] for t in answer["result"]["tools"]]
     finally:
         _stop(upstream)
+
+
+async def test_a_stale_copys_loop_ending_late_keeps_the_copy_adopted_after_it(tmp_path: Path, pg_url: str) -> None:
+    """B's copy of a session is closed (idle expiry) and a request adopts the id again before the old
+    copy's loop has ended: that loop's end must not drop the new copy (it did: by id), which was then
+    served by no table, re-adopted on every request and never closed (its stream leaked)."""
+    async with replicas(tmp_path, pg_url) as (a, b), aiohttp.ClientSession() as s:
+        async with s.post(a.url, data=json.dumps(INIT), headers=HEADERS) as r:
+            sid = r.headers["Mcp-Session-Id"]
+        await rpc(s, a.url, {"jsonrpc": "2.0", "method": "notifications/initialized"}, sid)
+        assert (await rpc(s, b.url, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, sid))[0] == 200
+        old = b.http.sessions[sid]
+        old.last_seen -= b.config.gateway.session_ttl + 1
+        b.http.table.expire_idle()  # what B's reaper does to an idle copy
+        assert sid not in b.http.sessions
+        assert (await rpc(s, b.url, {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, sid))[0] == 200
+        new = b.http.sessions[sid]
+        assert new is not old
+        b.http.table.drop(old)  # the old copy's loop ending now, late
+        assert b.http.sessions.get(sid) is new
+        assert (await rpc(s, b.url, {"jsonrpc": "2.0", "id": 4, "method": "tools/list"}, sid))[0] == 200
+        assert b.http.sessions.get(sid) is new  # served by that copy, not adopted once more
+    assert old.closed.is_set() and new.closed.is_set()  # the replicas' shutdown closed both

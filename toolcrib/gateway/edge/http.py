@@ -100,6 +100,8 @@ class HttpTransport:
             sess = None
         if self.directory is not None and not (sess is not None and self.directory.fresh(sid)):
             stored = await self.directory.load(sid)
+            if sess is not None and sess.closed.is_set():  # expired or evicted here while we read the row
+                sess = None
             if stored is None:
                 if sess is not None:  # deleted or expired on another replica
                     sess.scope.cancel()
@@ -131,6 +133,9 @@ class HttpTransport:
             if sess is not None and not sess.closed.is_set():
                 return sess
             return _session_gone()
+        held = self.sessions.get(stored.id)
+        if held is not None and not held.closed.is_set():  # adopted by a request that finished meanwhile
+            return held
         done = self._adopting[stored.id] = anyio.Event()
         try:
             return await self._adopt(stored, principal)
@@ -377,16 +382,23 @@ class HttpTransport:
         server_write: MemoryObjectSendStream[SessionMessage],
         from_server: MemoryObjectReceiveStream[SessionMessage],
     ) -> None:
-        with sess.scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._route, sess, from_server)
-                try:
-                    await self.gateway.server.run(server_read, server_write, self.gateway.init_options)
-                finally:
-                    tg.cancel_scope.cancel()
-        self.table.drop(sess)
-        if self.directory is not None:
-            self.directory.forget(sess.peer.id)
+        # Every exit closes the session and its streams, including a cancellation from outside
+        # (shutdown) and one that arrives before the SDK loop or the router took their streams over.
+        try:
+            with sess.scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._route, sess, from_server)
+                    try:
+                        await self.gateway.server.run(server_read, server_write, self.gateway.init_options)
+                    finally:
+                        tg.cancel_scope.cancel()
+        finally:
+            server_read.close()
+            server_write.close()
+            from_server.close()
+            self.table.drop(sess)
+            if self.directory is not None and sess.peer.id not in self.sessions:  # not re-adopted meanwhile
+                self.directory.forget(sess.peer.id)
 
     async def _route(self, sess: HttpSession, from_server: MemoryObjectReceiveStream[SessionMessage]) -> None:
         async with from_server:

@@ -100,7 +100,14 @@ class SessionTable:
         return True
 
     def drop(self, sess: HttpSession) -> None:
-        self.by_id.pop(sess.peer.id, None)
+        """Close ``sess`` and forget it, unless its id now names a newer session (idempotent).
+
+        A session's loop ends some time after the session was closed (expired, evicted, deleted
+        elsewhere), and a request may have adopted the id again meanwhile (shared sessions): that
+        newer session stays in the table.
+        """
+        if self.by_id.get(sess.peer.id) is sess:
+            del self.by_id[sess.peer.id]
         sess.closed.set()
         sess.to_server.close()
         for w in sess.waiters.values():
