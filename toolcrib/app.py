@@ -210,7 +210,7 @@ def build(config: Config, *, embedder: Embedder | None = None, db: Database | No
         on_refused=refused,
         sealer=sealer,
     )
-    savings = SavingsLedger(open_savings_store(config, db))
+    savings = SavingsLedger(open_savings_store(config, db), on_record=telemetry.metrics.tokens)
     gateway.savings = SavingsMeter(savings)
     gateway.mrtr.parking.ttl = config.gateway.input_wait  # [gateway] input_wait: parked calls' wait for a retry
     if reindexer is not None:

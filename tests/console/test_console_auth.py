@@ -24,6 +24,7 @@ async def test_operator_logs_in_and_sees_the_overview(
     assert await page.text_content(".who span") == "key:alice"
     rows = await page.locator("#upstreams tbody tr").all_text_contents()
     assert any("echo" in r and "connected" in r for r in rows) and any("time" in r for r in rows)
+    assert await page.text_content("#index-size") == "10"  # echo's 8 tools + time's 2
     await page.screenshot(path=str(shot_dir(tmp_path) / "overview.png"), full_page=True)
     await page.click("button:has-text('Log out')")
     assert "/console/login" in page.url

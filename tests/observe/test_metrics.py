@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.conftest import key_store, make_config, stdio_server
 from toolcrib.app import Running, running_gateway
 from toolcrib.index.embedder import HashingEmbedder
+from toolcrib.observe.savings import utc_day
 
 pytestmark = pytest.mark.anyio
 
@@ -125,12 +127,13 @@ async def test_counters_match_the_traffic(tmp_path: Path) -> None:
         assert (await s.invoke("probe__fail"))["isError"]  # the upstream answers a JSON-RPC error
         assert (await s.invoke("echo__env", name="HOME"))["isError"]  # needs approval (pending mode)
         assert rt.parts.telemetry is not None
-        rt.parts.telemetry.metrics.tokens_saved(1234)  # what the savings ledger reports
 
         async with http.get(rt.url.replace("/mcp", "/metrics")) as r:
             assert r.status == 200
             assert r.headers["Content-Type"] == CONTENT_TYPE_LATEST
             text = await r.text()
+        assert rt.parts.savings is not None
+        (today,) = rt.parts.savings.days(utc_day(time.time()), utc_day(time.time()))
 
     samples = scrape(text)
     assert requests(samples) == {
@@ -156,7 +159,8 @@ async def test_counters_match_the_traffic(tmp_path: Path) -> None:
     assert count["toolcrib_approval_wait_seconds_count"] == 1
     assert count["toolcrib_approvals_pending"] == 1
     assert count["toolcrib_sessions"] == 1
-    assert count["toolcrib_tokens_saved_total"] == 1234
+    assert count["toolcrib_tool_tokens_full_total"] == today.full > 0  # the ledger's records, exactly
+    assert count["toolcrib_tool_tokens_loaded_total"] == today.loaded > 0
     assert count["toolcrib_audit_write_duration_seconds_count"] >= 1
     assert "toolcrib_audit_queue_depth" in count
     up = {dict(labels)["server"]: v for (name, labels), v in samples.items() if name == "toolcrib_upstream_up"}

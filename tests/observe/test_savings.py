@@ -151,18 +151,18 @@ def test_close_flushes_and_loses_nothing(open_store: StoreFactory) -> None:
     reader.close()
 
 
-def test_on_saved_gets_each_record_and_cannot_break_recording(open_store: StoreFactory) -> None:
-    seen: list[int] = []
+def test_on_record_gets_each_record_and_cannot_break_recording(open_store: StoreFactory) -> None:
+    seen: list[tuple[int, int]] = []
 
-    def on_saved(n: int) -> None:
-        seen.append(n)
-        if n < 0:
-            raise ValueError("counters cannot go down")
+    def on_record(full: int, loaded: int) -> None:
+        seen.append((full, loaded))
+        if full == 0:
+            raise ValueError("a broken callback")
 
-    ledger = SavingsLedger(open_store(), clock=Clock(), on_saved=on_saved, flush_every=None)
+    ledger = SavingsLedger(open_store(), clock=Clock(), on_record=on_record, flush_every=None)
     ledger.record(ALICE, full=100, loaded=10, lists=1)
     ledger.record(ALICE, full=0, loaded=25)  # raises inside the callback: logged, not raised
-    assert seen == [90, -25]
+    assert seen == [(100, 10), (0, 25)]
     assert ledger.saved_today() == 65
     ledger.close()
 

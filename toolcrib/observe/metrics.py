@@ -20,7 +20,8 @@ name                                       type       labels                    
 ``toolcrib_audit_queue_depth``             gauge                                           audit rows not yet written
 ``toolcrib_audit_write_duration_seconds``  histogram                                       one batch's write
 ``toolcrib_sessions``                      gauge                                           open MCP HTTP sessions
-``toolcrib_tokens_saved_total``            counter                                         tokens not loaded by clients
+``toolcrib_tool_tokens_full_total``        counter                                         tokens of the full tool lists
+``toolcrib_tool_tokens_loaded_total``      counter                                         tokens clients really loaded
 =========================================  =========  ===================================  ==========================
 
 Label values are bounded: ``method`` is an MCP method the gateway serves (anything else is
@@ -181,9 +182,15 @@ class Metrics:
             buckets=AUDIT_BUCKETS,
             registry=r,
         )
-        self._tokens = Counter(
-            "toolcrib_tokens_saved",
-            "Tokens of tool definitions clients did not have to load, thanks to search_tools.",
+        self._tokens_full = Counter(
+            "toolcrib_tool_tokens_full",
+            "Tokens of the full tool list each tools/list answer would have carried (every tool the principal "
+            "may see). Tokens saved = this minus toolcrib_tool_tokens_loaded_total.",
+            registry=r,
+        )
+        self._tokens_loaded = Counter(
+            "toolcrib_tool_tokens_loaded",
+            "Tokens of tool definitions clients really loaded: tools/list answers plus search_tools results.",
             registry=r,
         )
         self.approvals_pending = Gauge(
@@ -224,10 +231,13 @@ class Metrics:
         """One batch of audit rows took ``seconds`` to write."""
         self._audit_write.observe(seconds)
 
-    def tokens_saved(self, n: int) -> None:
-        """Add ``n`` (>= 0) tokens to ``toolcrib_tokens_saved_total``; called by the savings ledger."""
-        if n > 0:
-            self._tokens.inc(n)
+    def tokens(self, full: int, loaded: int) -> None:
+        """One savings record (tokens, both >= 0): the ledger's ``on_record``
+        (:class:`toolcrib.observe.savings.SavingsLedger`)."""
+        if full:
+            self._tokens_full.inc(full)
+        if loaded:
+            self._tokens_loaded.inc(loaded)
 
     def upstream_restarted(self, server: str) -> None:
         """``server`` connected again after its first connection."""

@@ -267,11 +267,11 @@ def open_savings_store(config: Config, db: Database | None, *, create: bool = Tr
 class SavingsLedger:
     """Per-day, per-principal counters: added in memory (:meth:`record`), flushed in the background.
 
-    ``clock``: Unix seconds (the day of a record is its UTC day at record time). ``on_saved``: called
-    with each record's saved tokens (``full - loaded``; negative for a ``search_tools`` record, whose
-    result text is loaded with no list to compare: feed a Gauge, or clamp for a Counter); an exception
-    it raises is logged, never passed to the caller. ``flush_every``: seconds between background
-    flushes (None: no thread; call :meth:`flush`). A flush that fails keeps the rows for the next one.
+    ``clock``: Unix seconds (the day of a record is its UTC day at record time). ``on_record``: called
+    with each record's ``(full, loaded)`` tokens (both >= 0, so each can feed a Prometheus counter;
+    saved = full - loaded); an exception it raises is logged, never passed to the caller.
+    ``flush_every``: seconds between background flushes (None: no thread; call :meth:`flush`). A flush
+    that fails keeps the rows for the next one.
     """
 
     def __init__(
@@ -279,12 +279,12 @@ class SavingsLedger:
         store: SavingsStore,
         *,
         clock: Callable[[], float] = time.time,
-        on_saved: Callable[[int], None] | None = None,
+        on_record: Callable[[int, int], None] | None = None,
         flush_every: float | None = FLUSH_SECONDS,
     ) -> None:
         self.store = store
         self.clock = clock
-        self.on_saved = on_saved
+        self.on_record = on_record
         self._pending: dict[Key, Counts] = {}
         self._inflight: dict[Key, Counts] = {}
         self._lock = threading.Lock()
@@ -310,11 +310,11 @@ class SavingsLedger:
             if row is None:
                 row = self._pending[key] = Counts()
             row.add(full, loaded, lists)
-        if self.on_saved is not None:
+        if self.on_record is not None:
             try:
-                self.on_saved(full - loaded)
+                self.on_record(full, loaded)
             except Exception:
-                log.exception("token savings: the on_saved callback failed")
+                log.exception("token savings: the on_record callback failed")
 
     def flush(self) -> int:
         """Write every row recorded so far; return how many rows were written. Raises

@@ -450,6 +450,10 @@ class TimedSearcher:
     def needs_model(self, query: str | Sequence[str]) -> bool:
         return bool(self._index.needs_model(query))
 
+    def __len__(self) -> int:
+        """Tools in the index (``__getattr__`` does not reach dunder methods)."""
+        return len(self._index)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._index, name)
 

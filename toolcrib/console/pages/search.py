@@ -1,13 +1,14 @@
 """Search playground: a query as a chosen principal sees it, with the parts of every score.
 
-``GET /console/search?q=QUERY&as=KIND:SUBJECT&limit=N&server=NAME`` (all optional; without ``q``
-the empty form). The search is ``search_tools``' own (:func:`toolcrib.router.dispatcher.search`
-over the live catalog, the gateway's index (unwrapped: not counted in ``/metrics``) and :meth:`~toolcrib.gateway.server.Gateway.may_use` for
-that principal), so the ranked list is what that principal's ``search_tools`` returns, with each
-score's parts (:func:`toolcrib.index.search.score_parts`: dense cosine, BM25 and how they were
-fused). Below it, "hidden by policy": the tools that would rank in the same top ``limit`` if policy
-let everything through, but that this principal may not use, each with what hides it
-(``quarantine`` or the policy rule's id, :meth:`~toolcrib.gateway.trust.quarantine.Trust.refusing_rule`).
+``GET /console/search?q=QUERY&as=KIND:SUBJECT&limit=N&server=NAME`` (all optional; without ``q`` the
+empty form). The search is ``search_tools``' own (:func:`toolcrib.router.dispatcher.search` over the
+live catalog, the gateway's index (unwrapped: not counted in ``/metrics``) and
+:meth:`~toolcrib.gateway.server.Gateway.may_use` for that principal), so the ranked list is what
+that principal's ``search_tools`` returns, with each score's parts
+(:func:`toolcrib.index.search.score_parts`: dense cosine, BM25 and how they were fused). Below it,
+"hidden by policy": the tools that would rank in the same top ``limit`` if policy let everything
+through, but that this principal may not use, each with what hides it (``quarantine`` or the policy
+rule's id, :meth:`~toolcrib.gateway.trust.quarantine.Trust.refusing_rule`).
 
 Principals to choose from: the local operator (``operator:local``), ``anonymous:anonymous`` and
 every API key of the key store (``key:NAME`` with the key's groups); an unknown one is refused with
