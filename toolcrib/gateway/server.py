@@ -296,7 +296,7 @@ class Gateway:
         def run() -> list[Any]:
             return disp.search(index, self.pool.catalog, args, lambda k: self.may_use(principal, k))
 
-        if index.needs_model(list(args.queries)):  # embedding a query: ~5-10 ms of model, in a worker thread
+        if index.needs_model(disp.search_queries(args)):  # embedding a query: ~5-10 ms of model, in a worker thread
             results = await anyio.to_thread.run_sync(run, limiter=self._search_slots)
         else:  # every query vector cached (or BM25 only): well under a millisecond, cheaper than a thread hop
             results = run()

@@ -125,24 +125,26 @@ def parse_invoke_args(arguments: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return tool, args
 
 
+def search_queries(args: SearchArgs) -> list[str]:
+    """The queries :func:`search` runs: one query naming several actions ("download the report, then
+    email it to Bob") becomes the task plus one query per step (:func:`toolcrib.index.steps.step_queries`);
+    several queries are run as given."""
+    return step_queries(args.queries[0]) if len(args.queries) == 1 else list(args.queries)
+
+
 def search(
     index: Searcher,
     catalog: Catalog,
     args: SearchArgs,
     allowed: Callable[[str], bool],
 ) -> list[tuple[Entry, float]]:
-    """Run the search and map hits to live catalog entries the caller may use.
-
-    A single query with several steps ("download the report, then email it to Bob") is searched as
-    the task plus one query per step and the rankings merged (:func:`toolcrib.index.steps.step_queries`);
-    several queries are searched as given.
-    """
+    """Run the search over :func:`search_queries` (rankings merged) and map hits to live catalog
+    entries the caller may use."""
 
     def visible(key: str) -> bool:
         return key in catalog.tools and allowed(key)
 
-    # One query naming several actions is searched as the task plus each step (toolcrib.index.steps).
-    queries = step_queries(args.queries[0]) if len(args.queries) == 1 else list(args.queries)
+    queries = search_queries(args)
     query: str | Sequence[str] = queries[0] if len(queries) == 1 else queries
     hits = index.search(query, limit=args.limit, server=args.server, allowed=visible)
     return [(catalog.tools[h.key], float(h.score)) for h in hits if h.key in catalog.tools]
