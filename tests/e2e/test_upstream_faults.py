@@ -49,13 +49,14 @@ def _start_http(port: int, *args: str, flag: str = "--http") -> subprocess.Popen
         stderr=subprocess.DEVNULL,
     )
     assert proc.stdout is not None
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # importing the SDK takes seconds on a loaded 2-core machine
     line = b""
     while not line.endswith(b"\n"):
         ready, _, _ = select.select([proc.stdout], [], [], max(deadline - time.monotonic(), 0))
         if not ready or not (chunk := os.read(proc.stdout.fileno(), 4096)):
             _stop(proc)
-            raise AssertionError("the fixture did not announce its port")
+            why = "no answer within 60 s" if not ready else f"it exited with {proc.returncode}"
+            raise AssertionError(f"the fixture did not announce its port {port}: {why}")
         line += chunk
     return proc
 
