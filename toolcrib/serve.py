@@ -135,6 +135,8 @@ async def serve(config: Config, *, out: TextIO = sys.stderr, config_path: Path |
             tg.start_soon(watch)
             async with running_gateway(config, abort=stopping) as rt:
                 print(f"toolcrib {config.gateway.mode} mode: connect clients to {rt.url}", file=out)
+                if config.console.enabled:
+                    print(f"  operator console: {rt.url.removesuffix('/mcp')}/console", file=out)
                 for line in describe_upstreams(rt.pool, rt.parts.trust):
                     print(line, file=out)
                 live.append(rt)

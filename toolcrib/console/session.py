@@ -50,6 +50,8 @@ class ConsoleLogin:
 
     principal: Principal
     csrf: str
+    cookie: bool = True
+    """False for the local operator of an ``auth = "none"`` gateway: nothing to log out of."""
 
 
 class ConsoleLogins:
@@ -100,7 +102,7 @@ class ConsoleLogins:
     def local(self, principal: Principal) -> ConsoleLogin:
         """The login of a principal the guard already authenticated without a cookie (``auth = "none"``)."""
         mac = hmac.new(self._local_secret, principal.id.encode(), hashlib.sha256).hexdigest()
-        return ConsoleLogin(principal, mac[:32])
+        return ConsoleLogin(principal, mac[:32], cookie=False)
 
     def _open(self, cookie: str | None) -> dict[str, object] | None:
         if not cookie:

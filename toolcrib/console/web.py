@@ -67,6 +67,7 @@ def render(template: str, request: web.Request, **values: Any) -> str:
     context = {
         "csrf": login.csrf if login is not None else "",
         "principal": login.principal.id if login is not None else None,
+        "can_logout": login is not None and login.cookie,
         "nav": NAV,
         **values,
     }
