@@ -18,6 +18,7 @@ from toolcrib.index.documents import DEFAULT_STYLE, TextStyle, ToolDoc, document
 from toolcrib.index.embedder import QUERY_CACHE_SIZE, Embedder, QueryCache
 from toolcrib.index.fusion import DEFAULT_FUSION, Fusion, _ranks, fuse, merge_rankings
 from toolcrib.index.store import Snapshot
+from toolcrib.index.usage import UsageSignal
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,8 @@ class ToolIndex:
         self._snap = Snapshot.empty(embedder.dim)
         self._sync_lock = threading.Lock()
         self._persisted = False
+        #: Learned from use (:mod:`toolcrib.index.usage`): adds ``usage_term`` to the score; None: off.
+        self.usage: UsageSignal | None = None
 
     @classmethod
     def open(
@@ -372,9 +375,11 @@ class ToolIndex:
     ) -> list[tuple[int, float]]:
         faiss.omp_set_num_threads(1)
         pool_size = max(self.fusion.pool, 4 * limit)
+        usage = self.usage.scores(snap, qvec) if self.usage is not None and qvec is not None else None
         while True:
-            rows, dense, lexical = self._pool_signals(snap, text, qvec, ranking, pool_size, candidates)
+            rows, dense, lexical = self._pool_signals(snap, text, qvec, ranking, pool_size, candidates, usage)
             scores = self._combine(ranking, dense, lexical)
+            scores, extra_parts = self._blend_usage(scores, rows, dense, lexical, usage)
             order = np.argsort(-scores, kind="stable")
             out: list[tuple[int, float]] = []
             for i in order:
@@ -385,7 +390,7 @@ class ToolIndex:
                         break
             if len(out) == limit or candidates is not None or pool_size >= len(snap):
                 if parts_out is not None:
-                    _collect_parts(parts_out, out, rows, score_parts(dense, lexical, self.fusion))
+                    _collect_parts(parts_out, out, rows, {**score_parts(dense, lexical, self.fusion), **extra_parts})
                 return out
             pool_size = len(snap)
 
@@ -397,9 +402,11 @@ class ToolIndex:
         ranking: str,
         pool_size: int,
         candidates: np.ndarray | None,
+        usage: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """The candidate rows of one query and their signals: float32 cosines (None for ``bm25``) and
-        BM25 scores (None for ``dense``), aligned with the rows."""
+        BM25 scores (None for ``dense``), aligned with the rows. ``usage`` (per snapshot row): rows
+        with a usage signal join the pool."""
         lexical = snap.lexical.scores(text) if ranking != "dense" else None
         if candidates is not None or pool_size >= len(snap):
             rows = candidates if candidates is not None else np.arange(len(snap), dtype=np.int64)
@@ -415,6 +422,10 @@ class ToolIndex:
                 lex_top = np.argpartition(-lexical, pool_size)[:pool_size]
                 lex_top = lex_top[lexical[lex_top] > 0]
                 extra = np.setdiff1d(lex_top, rows, assume_unique=True)
+                rows = np.concatenate([rows, extra])
+                dense = np.concatenate([dense, snap.vectors[extra] @ qvec])
+            if usage is not None:
+                extra = np.setdiff1d(np.flatnonzero(usage), rows)
                 rows = np.concatenate([rows, extra])
                 dense = np.concatenate([dense, snap.vectors[extra] @ qvec])
         if ranking == "dense":
@@ -435,6 +446,32 @@ class ToolIndex:
             return lexical
         assert dense is not None
         return fuse(dense, lexical, self.fusion)
+
+    def _blend_usage(
+        self,
+        scores: np.ndarray,
+        rows: np.ndarray,
+        dense: np.ndarray | None,
+        lexical: np.ndarray | None,
+        usage: np.ndarray | None,
+    ) -> tuple[np.ndarray, dict[str, Signals]]:
+        """The usage signal blended in (:mod:`toolcrib.index.usage`): ``usage_term = blend * usage``
+        added to the other ``*_term`` parts, summed as :func:`compose` sums them. Returns the scores
+        and the extra parts (``usage``, ``usage_blend``, ``usage_term``); unchanged when no candidate
+        has a usage signal."""
+        if usage is None or self.usage is None:
+            return scores, {}
+        signal = usage[rows]
+        if not signal.any():
+            return scores, {}
+        blend = self.usage.blend
+        term = (blend * signal).astype(np.float32)
+        total = term.astype(np.float64) * 0.0
+        for name, values in score_parts(dense, lexical, self.fusion).items():
+            if name.endswith(TERM):
+                total = total + values.astype(np.float64)
+        total = total + term.astype(np.float64)
+        return total.astype(np.float32), {"usage": signal, "usage_blend": np.full(len(rows), blend), "usage_term": term}
 
 
 def describe_parts(parts: dict[str, float]) -> str:
