@@ -106,6 +106,18 @@ class IndexConfig(_Model):
     ``"hashing"`` (tests); or a fastembed model name (downloaded once)."""
     path: str = ".toolcrib/index"
     ranking: Literal["dense", "bm25", "hybrid"] = "hybrid"
+    learn_from_use: bool = True
+    """Learn from use (:mod:`toolcrib.index.usage`): a ``search_tools`` query followed by a successful
+    call of a tool it returned (same principal and session) becomes an anchor of that tool, blended
+    into its ranking. False: no mining and no blending (stored anchors are kept)."""
+    usage_half_life_days: Annotated[float, Field(gt=0)] = 30.0
+    """Days after which an anchor's use counts half."""
+    usage_cap: Annotated[int, Field(ge=1, le=1024)] = 32
+    """Anchors kept per tool (the lightest goes first)."""
+    usage_window: Annotated[float, Field(gt=0)] = 600.0
+    """Seconds between a search and the call it led to."""
+    usage_interval: Annotated[float, Field(ge=1)] = 300.0
+    """Seconds between mining passes (also run after each reindex)."""
 
 
 class AuditConfig(_Model):

@@ -21,6 +21,12 @@ Version 2:
 - ``token_savings``: per UTC day and principal (kind, subject), the tokens of the full tool list,
   the tokens really loaded and the tools/list count; every replica adds into the same rows
   (:mod:`toolcrib.observe.savings`).
+
+Version 3:
+
+- ``index_usage``: the tool index's usage anchors (queries that led to a successful call, their
+  vectors and decayed weights, the audit ``seq`` mined up to), one row shared by every replica
+  (:mod:`toolcrib.index.usage`).
 """
 
 from __future__ import annotations
@@ -116,9 +122,15 @@ _V2 = [
         PRIMARY KEY (day, principal_kind, principal_subject))""",
 ]
 
+_V3 = [
+    """CREATE TABLE index_usage (
+        name text PRIMARY KEY, meta jsonb NOT NULL, vectors bytea NOT NULL, updated double precision NOT NULL)""",
+]
+
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "audit chain, approvals, documents, sessions, index snapshots", _V1),
     (2, "token savings per day and principal", _V2),
+    (3, "usage anchors of the tool index", _V3),
 ]
 """``(version, description, statements)``, oldest first. Never edit a released entry: add one."""
 
