@@ -199,6 +199,7 @@ def build(config: Config, *, embedder: Embedder | None = None, db: Database | No
             log.error("tool index unavailable, search_tools will fail: %s", exc.message)
         else:
             reindexer = Reindexer(index, lambda: pool.catalog, visible=trust.searchable)
+            reindexer.learn_from_use(config, audit, db)  # [index] learn_from_use: mined in the background
     gateway = Gateway(
         config,
         pool,
@@ -414,6 +415,8 @@ async def _start_http(
 
     stack.push_async_callback(shutdown)
     tg.start_soon(_audit_upkeep, parts.audit, config.audit.retention_days)
+    if parts.reindexer is not None and parts.reindexer.learner is not None:
+        tg.start_soon(parts.reindexer.learn_forever)
     settle_heap()
     return Running(config, parts, transport, f"{local}/mcp", port)
 

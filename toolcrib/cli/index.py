@@ -93,6 +93,8 @@ def _cmd_search(args: argparse.Namespace, config: Config) -> int:
     index = open_index(config, db=cli_database(config))
     if len(index) == 0:
         raise IndexError_(f"the index at {_where(index, config)} is empty; run `toolcrib index` first")
+    if config.index.learn_from_use:
+        _load_usage(index, config)
     hits = index.search(args.query, limit=args.limit, server=args.server, explain=args.explain)
     rows = []
     for hit in hits:
@@ -121,12 +123,106 @@ def _cmd_search(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _load_usage(index: Any, config: Config) -> None:
+    """Give a CLI search the anchors the gateway blends in (``[index] learn_from_use``)."""
+    from toolcrib.cli.db import cli_database
+    from toolcrib.index.usage import UsageSignal, usage_store
+
+    state = usage_store(config.index.path, cli_database(config)).load()
+    fingerprint = str(getattr(index.embedder, "query_fingerprint", index.embedder.fingerprint))
+    if state.anchors and state.fingerprint == fingerprint:
+        signal = UsageSignal(half_life_days=config.index.usage_half_life_days)
+        signal.load(state)
+        index.usage = signal
+
+
+def _cmd_usage(args: argparse.Namespace, config: Config) -> int:
+    """``toolcrib index usage show [TOOL] | export | reset [TOOL]`` (operators: the anchors are the
+    queries principals searched, so only whoever can read the index store sees them)."""
+    from toolcrib.cli.db import cli_database
+    from toolcrib.index.usage import export_rows, usage_store
+
+    store = usage_store(config.index.path, cli_database(config))
+    half_life = config.index.usage_half_life_days
+    if args.usage_action == "reset":
+        dropped = 0
+
+        def change(state: Any) -> None:
+            nonlocal dropped
+            dropped = state.reset(args.tool)
+
+        store.update(change)
+        which = f"of {args.tool} " if args.tool else ""
+        print(f"usage anchors {which}reset: {dropped} dropped ({store.where})")
+        return 0
+    state = store.load()
+    rows = export_rows(state, half_life_days=half_life)
+    if args.usage_action == "export":
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    console = Console()
+    status = "on" if config.index.learn_from_use else "off ([index] learn_from_use = false: no mining, no blending)"
+    console.print(
+        f"usage anchors at {store.where}: learning from use {status}; audit mined up to seq {state.last_seq}",
+        soft_wrap=True,
+    )
+    if args.tool:
+        if args.tool not in state.anchors:
+            console.print(f"no anchors for {args.tool!r}")
+            return 0
+        table = Table(title=f"anchors of {args.tool}")
+        for col in ("weight", "uses", "last use (UTC)", "query"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            if r["tool"] == args.tool:
+                table.add_row(f"{r['weight']:.3f}", str(r["count"]), _utc(r["last"]), r["query"])
+        console.print(table)
+        return 0
+    table = Table(title="usage anchors per tool")
+    for col in ("tool", "anchors", "uses", "top weight", "last use (UTC)"):
+        table.add_column(col, overflow="fold")
+    by_tool: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_tool.setdefault(r["tool"], []).append(r)
+    for tool, anchors in by_tool.items():
+        table.add_row(
+            tool,
+            str(len(anchors)),
+            str(sum(a["count"] for a in anchors)),
+            f"{max(a['weight'] for a in anchors):.3f}",
+            _utc(max(a["last"] for a in anchors)),
+        )
+    console.print(table)
+    return 0
+
+
+def _utc(ts: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("index", help="(re)build the tool index from the configured servers")
     p.add_argument("--server", help="only this server")
     p.add_argument("--full", action="store_true", help="re-embed everything, not only changed tools")
     p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for servers to connect")
     p.set_defaults(func=_cmd_index)
+    index_sub = p.add_subparsers(dest="index_action", metavar="{usage}")
+    u = index_sub.add_parser("usage", help="the anchors learned from use: show, export (JSONL), reset")
+    usage_sub = u.add_subparsers(dest="usage_action", required=True, metavar="{show,export,reset}")
+    for action, text in (
+        ("show", "anchors per tool (or one tool's anchors: query, weight, uses)"),
+        ("export", "every anchor as JSON lines on stdout"),
+        ("reset", "forget every anchor (or one tool's)"),
+    ):
+        a = usage_sub.add_parser(action, help=text)
+        if action != "export":
+            a.add_argument("tool", nargs="?", help="a tool key, e.g. time__get_current_time")
+        else:
+            a.set_defaults(tool=None)
+        a.set_defaults(func=_cmd_usage)
 
     p = sub.add_parser("search", help="search the persisted tool index like search_tools does")
     p.add_argument("query")

@@ -288,7 +288,21 @@ def pairs(
 class AuditReader(Protocol):
     """What mining needs of an ``AuditLog`` (either backend): its ``query``."""
 
-    def query(self, **filters: Any) -> list[dict[str, Any]]: ...
+    def query(
+        self,
+        *,
+        principal: str | None = None,
+        tool: str | None = None,
+        since: float | None = None,
+        outcome: str | None = None,
+        kind: str | None = None,
+        request_id: str | None = None,
+        method: str | None = None,
+        decision: str | None = None,
+        until: float | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]: ...
 
 
 def _scan(

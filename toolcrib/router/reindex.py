@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING
 import anyio
 
 from toolcrib.config import Config
+from toolcrib.errors import ToolcribError
 from toolcrib.index.documents import ToolDoc
 from toolcrib.index.embedder import AUTO_MODEL, AutoEmbedder, Embedder, load_embedder
 from toolcrib.index.search import SyncReport, ToolIndex
 from toolcrib.router.catalog import Catalog
 
 if TYPE_CHECKING:
+    from toolcrib.index.usage import AuditReader, UsageMiner
     from toolcrib.storage.postgres import Database
 
 log = logging.getLogger("toolcrib.reindex")
@@ -99,6 +101,56 @@ class Reindexer:
         self._catalog = catalog
         self._visible = visible
         self._lock = anyio.Lock()
+        #: Learning from use (:meth:`learn_from_use`); None: off.
+        self.learner: UsageMiner | None = None
+        self._learn_interval = 300.0
+        self._learn_wake: anyio.Event | None = None
+
+    def learn_from_use(self, config: Config, audit: AuditReader, db: Database | None = None) -> None:
+        """With ``[index] learn_from_use``: blend the usage anchors into the index's ranking and mine
+        the audit into them in :meth:`learn_forever` (:mod:`toolcrib.index.usage`)."""
+        if not config.index.learn_from_use:
+            return
+        from toolcrib.index.usage import UsageMiner, UsageSignal, usage_store
+
+        cfg = config.index
+        signal = UsageSignal(half_life_days=cfg.usage_half_life_days)
+        self.index.usage = signal
+        self.learner = UsageMiner(
+            audit,
+            usage_store(cfg.path, db),
+            self.index.embedder,
+            signal,
+            window=cfg.usage_window,
+            half_life_days=cfg.usage_half_life_days,
+            cap=cfg.usage_cap,
+        )
+        self._learn_interval = cfg.usage_interval
+
+    async def learn_forever(self) -> None:
+        """Mine the audit in a worker thread now, after every reindex and every ``[index] usage_interval``
+        seconds, until cancelled. A failed pass is logged and retried at the next one."""
+        learner = self.learner
+        if learner is None:
+            return
+        while True:
+            self._learn_wake = anyio.Event()
+            try:
+                report = await anyio.to_thread.run_sync(learner.mine)
+                if report.pairs:
+                    log.info(
+                        "learned from use: %d pairs, %d new anchors, %d anchors in all (audit up to seq %d)",
+                        report.pairs,
+                        report.new_anchors,
+                        report.anchors,
+                        report.last_seq,
+                    )
+            except ToolcribError as exc:
+                log.warning("learning from use failed (retried in %.0f s): %s", self._learn_interval, exc.message)
+            except Exception:
+                log.exception("learning from use failed (retried in %.0f s)", self._learn_interval)
+            with anyio.move_on_after(self._learn_interval):
+                await self._learn_wake.wait()
 
     async def sync(
         self,
@@ -123,6 +175,8 @@ class Reindexer:
             if switching and isinstance(emb, AutoEmbedder):
                 emb.commit()
                 log.info("tool index re-embedded with %s", emb.describe())
+        if self._learn_wake is not None:
+            self._learn_wake.set()  # mine after each reindex
         if report.added or report.changed or report.removed:
             log.info(
                 "reindexed%s: %d added, %d changed, %d removed, %d unchanged in %.2f s",
