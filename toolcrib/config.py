@@ -254,6 +254,52 @@ class ConsoleConfig(_Model):
     enabled: bool = True
     login_ttl: Annotated[float, Field(ge=60, le=7 * 86400)] = 8 * 3600.0
     """Seconds a console login lasts before the operator logs in again."""
+    oauth_client_id: str | None = None
+    """The console's client id at the ``[auth] issuer``: set it (with ``auth = "oauth"`` or
+    ``"keys+oauth"``) for a "Log in with ..." button (authorization code + PKCE, see
+    :mod:`toolcrib.console.oauth`)."""
+    oauth_client_secret: str | None = None
+    """A ``secret:NS/NAME`` reference to the client secret (never the secret itself); unset: a public client."""
+    oauth_scopes: list[str] = ["openid"]
+    """Scopes the console asks for (add the one ``[auth] scope_groups`` maps to ``admins``)."""
+    oauth_authorization_endpoint: str | None = None
+    """Default: discovered from ``[auth] issuer`` (RFC 8414, then OpenID Connect discovery)."""
+    oauth_token_endpoint: str | None = None
+    """Default: discovered like ``oauth_authorization_endpoint``."""
+
+    @field_validator("oauth_client_secret")
+    @classmethod
+    def _client_secret_ref(cls, secret: str | None) -> str | None:
+        if secret is not None and not secret.startswith("secret:"):
+            raise ValueError(
+                'oauth_client_secret must be a secret reference such as "secret:toolcrib/console-client", '
+                "never the secret itself; store it with `toolcrib creds set toolcrib console-client`"
+            )
+        return secret
+
+    @field_validator("oauth_authorization_endpoint", "oauth_token_endpoint")
+    @classmethod
+    def _endpoint_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.fragment:
+            raise ValueError(
+                f"{url!r} must be an absolute https:// URL (http:// only for a local test issuer) without a #fragment"
+            )
+        return url
+
+    @field_validator("oauth_scopes")
+    @classmethod
+    def _scopes(cls, scopes: list[str]) -> list[str]:
+        bad = [s for s in scopes if not s or any(ch in s for ch in ' "\\') or not s.isprintable()]
+        if bad:
+            raise ValueError(
+                f"oauth_scopes {bad} are not scope tokens (RFC 6749 3.3: no spaces, quotes or backslashes)"
+            )
+        return scopes
 
 
 class SecretsConfig(_Model):
