@@ -253,14 +253,13 @@ def pairs(
 ) -> list[Pair]:
     """The pairs in these audit rows: each good call (:func:`good_call`) with the latest earlier search
     by the same principal in the same session, at most ``window`` seconds before, whose results list
-    the tool. One pair per (search, tool); a multi-query search (a JSON list in ``query``) gives one
-    pair per query of the list (they were one request)."""
+    the tool. Each good call is one pair (two calls after one search: two uses of its anchor); a
+    multi-query search (a JSON list in ``query``) gives one pair per query of the list."""
     by_who: dict[tuple[Any, Any], list[Mapping[str, Any]]] = {}
     for s in sorted(searches, key=lambda r: int(r["seq"])):
         if s.get("kind") == "search" and s.get("principal"):
             by_who.setdefault((s.get("principal"), s.get("session")), []).append(s)
     out: list[Pair] = []
-    seen: set[tuple[int, str]] = set()
     for call in sorted(calls, key=lambda r: int(r["seq"])):
         if not good_call(call):
             continue
@@ -273,14 +272,10 @@ def pairs(
             results = s.get("results")
             if not isinstance(results, list) or tool not in results:
                 continue
-            if (int(s["seq"]), tool) not in seen:
-                seen.add((int(s["seq"]), tool))
-                for text in query_texts(s.get("query")):
-                    out.append(
-                        Pair(
-                            tool, text, ts, str(call["principal"]), call.get("session"), int(s["seq"]), int(call["seq"])
-                        )
-                    )
+            for text in query_texts(s.get("query")):
+                out.append(
+                    Pair(tool, text, ts, str(call["principal"]), call.get("session"), int(s["seq"]), int(call["seq"]))
+                )
             break
     return out
 
