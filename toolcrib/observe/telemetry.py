@@ -35,7 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from toolcrib.observe.context import outgoing
 from toolcrib.observe.metrics import Metrics, TimedLog
-from toolcrib.observe.tracing import Tracing
+from toolcrib.observe.tracing import MAX_VALUE, Tracing, short_name
 
 if TYPE_CHECKING:
     from toolcrib.config import Config
@@ -167,8 +167,8 @@ class Telemetry:
             self.metrics.request(
                 label, server, req.tool if method == "tools/call" else "", outcome, time.perf_counter() - started
             )
-            if req.span is not None:
-                _end_server_span(req, outcome, error)
+            if req.span is not None and self.tracing is not None:
+                _end_server_span(self.tracing, req, outcome, error)
 
     @staticmethod
     def _noted(req: _Request, default: str | None = None) -> str | None:
@@ -203,13 +203,15 @@ class Telemetry:
                 arguments = params.get("arguments")
                 if name == INVOKE and isinstance(arguments, Mapping) and isinstance(arguments.get("tool"), str):
                     name = arguments["tool"]  # the REAL tool behind invoke
-                target = name
+                target = name = name[:MAX_VALUE]
                 attributes["gen_ai.tool.name"] = name
             elif method == "prompts/get" and isinstance(name, str):
-                target = name
+                target = name = name[:MAX_VALUE]
                 attributes["gen_ai.prompt.name"] = name
             elif isinstance(uri := params.get("uri"), str):
-                attributes["mcp.resource.uri"] = uri  # not in the span name: high cardinality (the convention)
+                attributes["mcp.resource.uri"] = uri[
+                    :MAX_VALUE
+                ]  # not in the span name: high cardinality (the convention)
         if method == "tools/call":
             attributes["gen_ai.operation.name"] = "execute_tool"
         info = ctx.request
@@ -234,7 +236,7 @@ class Telemetry:
         elif ambient is not None:
             links.append(Link(trace.get_current_span(ambient).get_span_context()))
         return tracing.tracer.start_span(
-            f"{method} {target}" if target else method,
+            f"{method} {short_name(target)}" if target else method,
             context=parent,
             kind=SpanKind.SERVER,
             attributes=attributes,
@@ -323,7 +325,7 @@ class Telemetry:
             else:
                 attributes["mcp.resource.uri"] = call.name
             span = tracing.child(
-                f"{call.method} {target}" if target else call.method,
+                f"{call.method} {short_name(target)}" if target else call.method,
                 req.span if req is not None else None,
                 SpanKind.CLIENT,
                 **attributes,
@@ -341,7 +343,7 @@ class Telemetry:
             finally:
                 otel_context.detach(ctx_token)
                 outgoing.reset(token)
-                _end_client_span(span, call, result, error)
+                _end_client_span(tracing, span, call, result, error)
 
         return layer
 
@@ -377,7 +379,7 @@ def _error_type(outcome: str, error: BaseException | None) -> str | None:
     return outcome
 
 
-def _end_server_span(req: _Request, outcome: str, error: MCPError | None) -> None:
+def _end_server_span(tracing: Tracing, req: _Request, outcome: str, error: MCPError | None) -> None:
     span = req.span
     assert span is not None
     if req.call is not None and req.call.kind == "tool" and req.call.target:
@@ -388,28 +390,32 @@ def _end_server_span(req: _Request, outcome: str, error: MCPError | None) -> Non
         span.set_attribute("error.type", kind)
         if error is not None:
             span.set_attribute("rpc.response.status_code", kind)
-            span.set_status(StatusCode.ERROR, error.error.message)
+            span.set_status(StatusCode.ERROR, tracing.describe(error.error.message))
         else:
             span.set_status(StatusCode.ERROR)
     span.end()
 
 
-def _end_client_span(span: Span, call: UpstreamCall, result: Any, error: BaseException | None) -> None:
+def _end_client_span(
+    tracing: Tracing, span: Span, call: UpstreamCall, result: Any, error: BaseException | None
+) -> None:
+    """End an upstream CLIENT span. Every status description goes through :meth:`Tracing.describe`:
+    the upstream's error text may hold a secret injected into it (redacted for clients too)."""
     noted = call.state.outcome
     if isinstance(error, MCPError):
         kind: str | None = str(error.error.code)
         span.set_attribute("rpc.response.status_code", kind)
-        span.set_status(StatusCode.ERROR, error.error.message)
+        span.set_status(StatusCode.ERROR, tracing.describe(error.error.message))
     elif error is not None:
         kind = None if isinstance(error, CancelledError) else type(error).__qualname__
         if kind is not None:
-            span.set_status(StatusCode.ERROR, str(error))
+            span.set_status(StatusCode.ERROR, tracing.describe(str(error)))
     elif noted:
         kind = _OUTCOMES.get(noted, noted)
         if kind == "pending":
             kind = None
         else:
-            span.set_status(StatusCode.ERROR, call.state.error or kind)
+            span.set_status(StatusCode.ERROR, tracing.describe(call.state.error or kind))
     elif getattr(result, "is_error", False):
         kind = "tool_error"
         span.set_status(StatusCode.ERROR)
@@ -467,5 +473,5 @@ def open_telemetry(config: Config, secrets: CredentialStore, redactor: Redactor 
         from toolcrib.gateway.trust.secrets import expand
 
         headers = {name: expand(value, secrets, redactor) for name, value in cfg.headers.items()}
-        tracing = Tracing(cfg, headers)
+        tracing = Tracing(cfg, headers, redactor.scrub if redactor is not None else None)
     return Telemetry(Metrics(), tracing)

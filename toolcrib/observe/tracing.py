@@ -26,19 +26,23 @@ Development):
   with ``toolcrib.server``; its context is sent to the upstream in ``params._meta``
   (``traceparent``, ``tracestate``), on toolcrib's own ``tools/call`` framing
   (:mod:`toolcrib.router.wire`) and on the SDK's (which injects the current context).
+
+What a client or upstream controls is bounded and scrubbed before export: names in span names are cut
+to :data:`MAX_NAME` characters, attribute values to :data:`MAX_VALUE`, and every status description
+(an upstream's error text) passes the gateway's secret redaction, as clients see it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Tracer
@@ -51,17 +55,32 @@ log = logging.getLogger("toolcrib.observe")
 
 EXPORT_TIMEOUT = 5.0
 """Seconds one export to the collector may take (also bounds the flush at shutdown)."""
+MAX_NAME = 128
+"""Longest tool, prompt or upstream name put in a span name (characters; longer ones are cut and
+marked with ``…``). Catalog keys are at most 64; the rest are names a client made up."""
+MAX_VALUE = 1024
+"""Longest attribute value or status description exported (characters): a client's 200 kB tool name
+or resource URI would otherwise make one span too big for the collector, losing its whole batch."""
 
 
 class Tracing:
     """The gateway's tracer provider, exporter and W3C Trace Context propagator."""
 
-    def __init__(self, cfg: TelemetryConfig, headers: Mapping[str, str]) -> None:
+    def __init__(
+        self, cfg: TelemetryConfig, headers: Mapping[str, str], scrub: Callable[[str], str] | None = None
+    ) -> None:
         """``headers``: the collector's HTTP headers with secret references already resolved.
+        ``scrub``: the gateway's secret redaction (:meth:`~toolcrib.gateway.trust.redaction.Redactor.scrub`),
+        applied to every status description (upstream error messages may echo an injected secret).
         ``cfg.otlp_endpoint`` must be set."""
         assert cfg.otlp_endpoint is not None
         resource = Resource.create({"service.name": cfg.service_name, "service.version": __version__})
-        self.provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio)))
+        self.provider = TracerProvider(
+            resource=resource,
+            sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio)),
+            span_limits=SpanLimits(max_attribute_length=MAX_VALUE),
+        )
+        self._scrub = scrub or (lambda text: text)
         exporter = OTLPSpanExporter(endpoint=cfg.otlp_endpoint, headers=dict(headers), timeout=EXPORT_TIMEOUT)
         self.provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=1000))
         self.tracer: Tracer = self.provider.get_tracer("toolcrib", __version__)
@@ -80,6 +99,10 @@ class Tracing:
             {k: v for k in ("traceparent", "tracestate") if isinstance(v := carrier.get(k), str)}
         )
         return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
+
+    def describe(self, text: str) -> str:
+        """A span status description: ``text`` with known secrets redacted, at most :data:`MAX_VALUE` characters."""
+        return self._scrub(text[: MAX_VALUE * 4])[:MAX_VALUE]
 
     def carrier(self, span: Span) -> dict[str, str]:
         """``{"traceparent", "tracestate"?}`` naming ``span`` as the remote parent."""
@@ -100,4 +123,9 @@ class Tracing:
             log.warning("telemetry: flushing spans to %s failed: %s", self.endpoint, exc)
 
 
-__all__ = ["Tracing"]
+def short_name(name: str) -> str:
+    """``name`` for a span name: at most :data:`MAX_NAME` characters (cut ones end with ``…``)."""
+    return name if len(name) <= MAX_NAME else name[: MAX_NAME - 1] + "…"
+
+
+__all__ = ["MAX_NAME", "MAX_VALUE", "Tracing", "short_name"]
