@@ -1,6 +1,7 @@
 """Retrieval that learns from use: the queries that led to a tool being used, kept as its anchors.
 
-A *pair* is a ``search_tools`` query followed, by the same principal in the same session within
+A *pair* is a ``search_tools`` query followed, by the same principal in the same session (for a
+client without a session id, stdio or stateless HTTP: the same client name and transport) within
 ``window`` seconds (default 600), by a **successful** call of a tool that search returned: an audit
 ``outcome`` row with ``outcome = "ok"`` and ``decision`` ``allow`` or ``approve``. Denied, refused,
 quarantined, failed, timed-out or cancelled calls never make a pair (:func:`pairs`).
@@ -58,9 +59,9 @@ HALF_LIFE_DAYS = 30.0
 CAP = 32
 WINDOW = 600.0
 #: Cosine below which an anchor adds nothing (chosen on the tune split, benchmarks/usage_replay.py).
-THRESHOLD = 0.5
+THRESHOLD = 0.3
 #: Weight of the usage signal in the score (chosen on the tune split, benchmarks/usage_replay.py).
-BLEND = 0.3
+BLEND = 0.5
 GOOD_DECISIONS = frozenset({"allow", "approve"})
 #: Rows read from the audit per page and at most per mining pass.
 PAGE = 1000
@@ -232,8 +233,12 @@ def _same_session(search: Mapping[str, Any], call: Mapping[str, Any]) -> bool:
         return False
     if search.get("session") is not None:
         return bool(search.get("session") == call.get("session"))
-    # no session id: only a stdio client is one session by construction
-    return call.get("session") is None and search.get("transport") == call.get("transport") == "stdio"
+    # no session id (stdio, or a stateless 2025-11-25 HTTP client): the same principal, client and transport
+    return (
+        call.get("session") is None
+        and search.get("transport") == call.get("transport")
+        and search.get("client_name") == call.get("client_name")
+    )
 
 
 def query_texts(query: Any) -> list[str]:
