@@ -264,3 +264,16 @@ async def test_an_unreachable_issuer_is_one_clear_line(tmp_path: Path) -> None:
         html = await r.text()
     assert "cannot read the authorization server&#39;s metadata from" in html
     assert "oauth_authorization_endpoint" in html
+
+
+async def test_an_answer_naming_another_issuer_is_refused(oauth_gateway: OAuthGateway) -> None:
+    """RFC 9207 mix-up protection: ``iss`` in the answer, when sent, must be ``[auth] issuer``."""
+    gw = oauth_gateway
+    async with aiohttp.ClientSession(cookie_jar=jar()) as s:
+        callback = await authorize(s, gw)
+        query = {k: v[0] for k, v in parse_qs(urlsplit(callback).query).items()}
+        async with s.get(gw.callback, params={**query, "iss": "https://evil.example"}, allow_redirects=False) as r:
+            assert r.status == 403
+            assert "another authorization server (iss)" in await r.text()
+            assert "toolcrib_console" not in r.cookies
+    assert gw.server.token_requests == []
