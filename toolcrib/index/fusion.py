@@ -27,6 +27,16 @@ class Fusion:
     ``rrf``: weighted reciprocal rank fusion ``w / (k + rank_dense) + (1 - w) / (k + rank_bm25)``.
     ``pool`` candidates are taken from each side before fusing. ``merge`` combines the rankings of
     several queries in one call (see :func:`merge_rankings`).
+
+    Server relevance (issue 14; hybrid ranking only): ``server_weight`` ``s`` adds
+    ``s * server`` to a tool's score, ``server`` being its server's relevance to the query
+    (:meth:`~toolcrib.index.store.ServerVectors.server_scores`: cosine with the server's document,
+    mixed with the mean cosine of its tools by ``server_centroid``); the tools of the
+    ``server_expand`` most relevant servers join the candidate pool (at most ``pool`` of them), so a
+    tool whose own text never names its server's domain can still be found. ``generated_weight``
+    ``g`` adds ``g * cosine`` with the tool's generated document
+    (:func:`~toolcrib.index.documents.generated_text`) when the index embeds them. Defaults chosen on
+    the tune split (``benchmarks/results/retrieval.md``).
     """
 
     method: str = "convex"
@@ -34,6 +44,10 @@ class Fusion:
     rrf_k: float = 60.0
     pool: int = 64
     merge: str = "round_robin"
+    server_weight: float = 0.0
+    server_centroid: float = 0.0
+    server_expand: int = 0
+    generated_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in FUSION_METHODS:
@@ -42,6 +56,15 @@ class Fusion:
             raise ValueError(f"merge must be one of {MERGE_METHODS}, not {self.merge!r}")
         if not 0.0 <= self.dense_weight <= 1.0:
             raise ValueError("dense_weight must be within [0, 1]")
+        if not 0.0 <= self.server_centroid <= 1.0:
+            raise ValueError("server_centroid must be within [0, 1]")
+        if self.server_weight < 0 or self.generated_weight < 0 or self.server_expand < 0:
+            raise ValueError("server_weight, generated_weight and server_expand must not be negative")
+
+    @property
+    def blends(self) -> bool:
+        """Whether hybrid scores get terms beyond dense and lexical (server, generated)."""
+        return self.server_weight > 0 or self.generated_weight > 0
 
 
 DEFAULT_FUSION = Fusion()

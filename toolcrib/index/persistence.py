@@ -13,6 +13,7 @@ On disk (:func:`save`, :func:`load`, :class:`FileSnapshots`): ``vectors.faiss``,
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ import faiss
 import numpy as np
 
 from toolcrib.errors import IndexError_
-from toolcrib.index.documents import ToolDoc
+from toolcrib.index.documents import ServerDoc, ToolDoc
 from toolcrib.index.store import Snapshot
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,55 @@ def encode(snapshot: Snapshot, *, model_id: str, fingerprint: str) -> Encoded:
         "count": len(snapshot),
         "records_sha256": hashlib.sha256(records_raw).hexdigest(),
         "vectors_sha256": hashlib.sha256(vectors_raw).hexdigest(),
+        **_side_meta(snapshot),
     }
     return Encoded(meta, records_raw, vectors_raw)
+
+
+def _b64(vectors: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(vectors, dtype="<f4").tobytes()).decode()
+
+
+def _side_meta(snapshot: Snapshot) -> dict[str, Any]:
+    """The server documents and vectors and the generated-document vectors (issue 14), kept in the
+    meta (tens to hundreds of servers; little-endian float32, base64) so that stores written before
+    them still load: what is missing is embedded at the next sync."""
+    out: dict[str, Any] = {}
+    servers = snapshot.servers
+    if len(servers):
+        out["servers"] = {
+            "records": [{**d.to_json(), "hash": h} for d, h in zip(servers.docs, servers.hashes, strict=True)],
+            "vectors": _b64(servers.text),
+        }
+    if snapshot.generated is not None:
+        out["generated"] = {"hashes": list(snapshot.generated_hashes), "vectors": _b64(snapshot.generated)}
+    return out
+
+
+def _side_args(meta: dict[str, Any], count: int, dim: int) -> dict[str, Any]:
+    """:func:`_side_meta` read back as keyword arguments of :meth:`Snapshot.build`."""
+
+    def vectors(raw: Any, rows: int) -> np.ndarray:
+        data = np.frombuffer(base64.b64decode(str(raw), validate=True), dtype="<f4")
+        if data.size != rows * dim:
+            raise CorruptIndex("server or generated vectors do not match their records")
+        return data.reshape(rows, dim).astype(np.float32)
+
+    out: dict[str, Any] = {}
+    servers = meta.get("servers")
+    if servers is not None:
+        records = servers["records"]
+        out["servers"] = [ServerDoc.from_json(r) for r in records]
+        out["server_hashes"] = [str(r["hash"]) for r in records]
+        out["server_vectors"] = vectors(servers["vectors"], len(records))
+    generated = meta.get("generated")
+    if generated is not None:
+        hashes = [str(h) for h in generated["hashes"]]
+        if len(hashes) != count:
+            raise CorruptIndex("generated vectors do not match the records")
+        out["generated"] = vectors(generated["vectors"], count)
+        out["generated_hashes"] = hashes
+    return out
 
 
 def decode(
@@ -118,7 +166,9 @@ def decode(
         if not np.array_equal(ids, np.arange(count)):
             raise CorruptIndex("vector ids are not in record order")
         vectors = dense.index.reconstruct_n(0, count) if count else np.zeros((0, dim), dtype=np.float32)
-        snapshot = Snapshot.build(docs, hashes, np.asarray(vectors, dtype=np.float32), dense=dense)
+        snapshot = Snapshot.build(
+            docs, hashes, np.asarray(vectors, dtype=np.float32), dense=dense, **_side_args(meta, count, dim)
+        )
         return Loaded(snapshot, str(meta["model_id"]), str(meta["fingerprint"]))
     except CorruptIndex:
         raise

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 
 from toolcrib.errors import IndexError_
 from toolcrib.index import persistence
-from toolcrib.index.documents import DEFAULT_STYLE, TextStyle, ToolDoc, document_text
+from toolcrib.index.documents import (
+    DEFAULT_STYLE,
+    ServerDoc,
+    TextStyle,
+    ToolDoc,
+    document_text,
+    generated_text,
+    server_text,
+)
 from toolcrib.index.embedder import QUERY_CACHE_SIZE, Embedder, QueryCache
 from toolcrib.index.fusion import DEFAULT_FUSION, Fusion, _ranks, fuse, merge_rankings
 from toolcrib.index.store import Snapshot
@@ -23,6 +33,9 @@ from toolcrib.index.usage import UsageSignal
 log = logging.getLogger(__name__)
 
 RANKINGS = ("hybrid", "dense", "bm25")
+#: Whether a new index embeds generated documents (issue 14: measured on the report split, see
+#: benchmarks/results/retrieval.md).
+GENERATED_DOCS = False
 #: Texts embedded per call during a sync (the progress callback fires after each chunk).
 SYNC_CHUNK = 64
 
@@ -64,7 +77,10 @@ def score_parts(dense: Signals | None, lexical: Signals | None, fusion: Fusion) 
     - one ranking alone: ``dense_term = dense`` or ``lexical_term = lexical``.
 
     The score is the sum of the ``*_term`` parts (:func:`compose`). Later signals (server, usage)
-    add their own ``*_term`` and raw parts.
+    add their own ``*_term`` and raw parts: server relevance (:meth:`ToolIndex._blend_servers`)
+    ``server`` (the relevance of the candidate's server), ``server_weight`` and
+    ``server_term = server_weight * server``; generated documents ``generated`` (cosine with the
+    tool's generated text), ``generated_weight`` and ``generated_term``.
     """
     if dense is None:
         assert lexical is not None
@@ -119,6 +135,8 @@ class SyncReport:
     unchanged: int
     embedded: int
     seconds: float
+    embedded_side: int = 0
+    """Server documents and generated documents embedded (``embedded`` counts tool documents)."""
 
 
 def _check_ranking(ranking: str) -> str:
@@ -155,6 +173,9 @@ class ToolIndex:
         self._snap = Snapshot.empty(embedder.dim)
         self._sync_lock = threading.Lock()
         self._persisted = False
+        #: Embed :func:`~toolcrib.index.documents.generated_text` as a second vector per tool
+        #: (used when ``fusion.generated_weight > 0``); see :data:`GENERATED_DOCS`.
+        self.generated_docs = GENERATED_DOCS
         #: Learned from use (:mod:`toolcrib.index.usage`): adds ``usage_term`` to the score; None: off.
         self.usage: UsageSignal | None = None
 
@@ -216,6 +237,7 @@ class ToolIndex:
         servers: Collection[str] | None = None,
         full: bool = False,
         progress: Callable[[int, int], None] | None = None,
+        server_docs: Mapping[str, ServerDoc] | None = None,
     ) -> SyncReport:
         """Make the index hold ``docs``, embedding only what changed.
 
@@ -223,6 +245,10 @@ class ToolIndex:
         ``servers``, only tools of those servers are replaced or removed (docs of other servers
         are ignored). ``full`` re-embeds everything. ``progress(done, total)`` reports
         embedding progress. Persists atomically when the index has a path.
+
+        Every server with tools also gets a document (:func:`~toolcrib.index.documents.server_text`
+        of its ``server_docs`` entry, else the one stored before, else its name alone, plus its
+        tools) and a vector, re-embedded only when that text changes.
         """
         started = time.perf_counter()
         with self._sync_lock:
@@ -255,6 +281,9 @@ class ToolIndex:
             for doc, h in zip(new_docs, hashes, strict=True):
                 if h not in reuse_by_hash and h not in to_embed:
                     to_embed[h] = document_text(doc, self.text_style)
+            tools_embedded = len(to_embed)
+            side = _SideTexts(self, old, new_docs, server_docs, full)
+            to_embed.update(side.texts)
             fresh = self._embed_all(list(to_embed.values()), progress)
             fresh_rows = {h: i for i, h in enumerate(to_embed)}
 
@@ -262,9 +291,13 @@ class ToolIndex:
             for row, h in enumerate(hashes):
                 vectors[row] = fresh[fresh_rows[h]] if h in fresh_rows else old.vectors[reuse_by_hash[h]]
 
-            nothing_changed = not (added or changed or removed or to_embed) and new_docs == list(old.docs)
+            nothing_changed = (
+                not (added or changed or removed or to_embed) and new_docs == list(old.docs) and side.same_as(old)
+            )
             if not nothing_changed:
-                self._snap = Snapshot.build(new_docs, hashes, vectors, previous=old)
+                self._snap = Snapshot.build(
+                    new_docs, hashes, vectors, previous=old, **side.build_args(fresh, fresh_rows, self.embedder.dim)
+                )
             if self.path is not None and not (nothing_changed and self._persisted):
                 persistence.save(self.path, self._snap, model_id=self.embedder.model_id, fingerprint=fingerprint)
                 self._persisted = True
@@ -273,7 +306,8 @@ class ToolIndex:
             changed=changed,
             removed=removed,
             unchanged=unchanged,
-            embedded=len(to_embed),
+            embedded=tools_embedded,
+            embedded_side=len(to_embed) - tools_embedded,
             seconds=time.perf_counter() - started,
         )
 
@@ -380,6 +414,7 @@ class ToolIndex:
             rows, dense, lexical = self._pool_signals(snap, text, qvec, ranking, pool_size, candidates, usage)
             scores = self._combine(ranking, dense, lexical)
             scores, extra_parts = self._blend_usage(scores, rows, dense, lexical, usage)
+            scores, extra_parts = self._blend_servers(scores, snap, qvec, ranking, rows, dense, lexical, extra_parts)
             order = np.argsort(-scores, kind="stable")
             out: list[tuple[int, float]] = []
             for i in order:
@@ -428,6 +463,10 @@ class ToolIndex:
                 extra = np.setdiff1d(np.flatnonzero(usage), rows)
                 rows = np.concatenate([rows, extra])
                 dense = np.concatenate([dense, snap.vectors[extra] @ qvec])
+            if ranking == "hybrid":  # the tools of the most relevant servers (issue 14)
+                extra = np.setdiff1d(self._server_pool(snap, qvec), rows)
+                rows = np.concatenate([rows, extra])
+                dense = np.concatenate([dense, snap.vectors[extra] @ qvec])
         if ranking == "dense":
             return rows, dense, None
         assert lexical is not None
@@ -472,6 +511,143 @@ class ToolIndex:
                 total = total + values.astype(np.float64)
         total = total + term.astype(np.float64)
         return total.astype(np.float32), {"usage": signal, "usage_blend": np.full(len(rows), blend), "usage_term": term}
+
+    def _server_pool(self, snap: Snapshot, qvec: np.ndarray) -> np.ndarray:
+        """Rows of the tools of the ``fusion.server_expand`` servers most relevant to ``qvec`` (at
+        most ``fusion.pool`` rows): they join the hybrid candidate pool (issue 14)."""
+        f = self.fusion
+        if f.server_weight <= 0 or f.server_expand <= 0 or not len(snap.servers):
+            return np.zeros(0, dtype=np.int64)
+        per_server = snap.servers.server_scores(qvec, f.server_centroid)[:-1]
+        top = np.argsort(-per_server, kind="stable")[: f.server_expand]
+        found = [r for j in top if (r := snap.server_rows.get(snap.servers.docs[j].server)) is not None]
+        return np.concatenate(found)[: f.pool] if found else np.zeros(0, dtype=np.int64)
+
+    def _blend_servers(
+        self,
+        scores: np.ndarray,
+        snap: Snapshot,
+        qvec: np.ndarray | None,
+        ranking: str,
+        rows: np.ndarray,
+        dense: np.ndarray | None,
+        lexical: np.ndarray | None,
+        extra_parts: dict[str, Signals],
+    ) -> tuple[np.ndarray, dict[str, Signals]]:
+        """Server relevance and generated documents blended in (issue 14; hybrid ranking only):
+        ``server_term = server_weight * server`` (the relevance of each candidate's server,
+        :meth:`~toolcrib.index.store.ServerVectors.server_scores`) and ``generated_term =
+        generated_weight * generated`` (cosine with the tool's generated document), added to the
+        other ``*_term`` parts (including ``extra_parts``, e.g. usage) and summed as
+        :func:`compose` sums them. Returns the scores and ``extra_parts`` with these parts added;
+        both unchanged when the fusion gives them no weight."""
+        f = self.fusion
+        if ranking != "hybrid" or qvec is None or not f.blends:
+            return scores, extra_parts
+        parts: dict[str, Signals] = {}
+        n = len(rows)
+        if f.server_weight > 0 and len(snap.servers):
+            per_server = snap.servers.server_scores(qvec, f.server_centroid)
+            signal = per_server[snap.servers.row_server[rows]]
+            parts |= {
+                "server": signal,
+                "server_weight": np.full(n, f.server_weight),
+                "server_term": (np.float32(f.server_weight) * signal).astype(np.float32),
+            }
+        if f.generated_weight > 0 and snap.generated is not None:
+            signal = (snap.generated[rows] @ qvec).astype(np.float32)
+            parts |= {
+                "generated": signal,
+                "generated_weight": np.full(n, f.generated_weight),
+                "generated_term": (np.float32(f.generated_weight) * signal).astype(np.float32),
+            }
+        if not parts:
+            return scores, extra_parts
+        merged = {**score_parts(dense, lexical, f), **extra_parts, **parts}
+        total = np.zeros(n, dtype=np.float64)
+        for name, values in merged.items():
+            if name.endswith(TERM):
+                total += values.astype(np.float64)
+        return total.astype(np.float32), {**extra_parts, **parts}
+
+
+class _SideTexts:
+    """The texts a sync embeds besides the tool documents: one per server (always) and one
+    generated document per tool (when ``index.generated_docs``), with the content hashes that let a
+    later sync reuse their vectors."""
+
+    def __init__(
+        self,
+        index: ToolIndex,
+        old: Snapshot,
+        docs: Sequence[ToolDoc],
+        server_docs: Mapping[str, ServerDoc] | None,
+        full: bool,
+    ) -> None:
+        fingerprint = index.embedder.fingerprint
+        known = {d.server: d for d in old.servers.docs}
+        tools_of: dict[str, list[ToolDoc]] = {}
+        for doc in docs:
+            tools_of.setdefault(doc.server, []).append(doc)
+        self.servers: list[ServerDoc] = []
+        self.server_hashes: list[str] = []
+        self.texts: dict[str, str] = {}
+        reused: dict[str, np.ndarray] = {}
+        old_server = {} if full else {h: old.servers.text[j] for j, h in enumerate(old.servers.hashes)}
+        for name in sorted(tools_of) if index.fusion.server_weight > 0 else ():
+            sdoc = (server_docs or {}).get(name) or known.get(name) or ServerDoc(name)
+            text = server_text(sdoc, sorted(tools_of[name], key=lambda d: d.name))
+            h = _side_hash(fingerprint, "server", text)
+            self.servers.append(sdoc)
+            self.server_hashes.append(h)
+            if h in old_server:
+                reused[h] = old_server[h]
+            else:
+                self.texts[h] = text
+        self.generated_hashes: list[str] = []
+        if index.generated_docs:
+            old_gen: dict[str, np.ndarray] = {}
+            if old.generated is not None and not full:
+                old_gen = {h: old.generated[i] for i, h in enumerate(old.generated_hashes)}
+            for doc in docs:
+                text = generated_text(doc)
+                h = _side_hash(fingerprint, "generated", text)
+                self.generated_hashes.append(h)
+                if h in old_gen:
+                    reused[h] = old_gen[h]
+                else:
+                    self.texts[h] = text
+        self._reused = reused
+
+    def same_as(self, old: Snapshot) -> bool:
+        """Whether ``old`` already holds exactly these server and generated documents."""
+        return (
+            tuple(self.server_hashes) == old.servers.hashes
+            and tuple(self.servers) == old.servers.docs
+            and tuple(self.generated_hashes) == old.generated_hashes
+        )
+
+    def build_args(self, fresh: np.ndarray, fresh_rows: Mapping[str, int], dim: int) -> dict[str, Any]:
+        """The server and generated keyword arguments of :meth:`Snapshot.build`."""
+
+        def vectors(hashes: Sequence[str]) -> np.ndarray:
+            out = np.zeros((len(hashes), dim), dtype=np.float32)
+            for i, h in enumerate(hashes):
+                out[i] = fresh[fresh_rows[h]] if h in fresh_rows else self._reused[h]
+            return out
+
+        return {
+            "servers": self.servers,
+            "server_hashes": self.server_hashes,
+            "server_vectors": vectors(self.server_hashes),
+            "generated": vectors(self.generated_hashes) if self.generated_hashes else None,
+            "generated_hashes": self.generated_hashes,
+        }
+
+
+def _side_hash(fingerprint: str, kind: str, text: str) -> str:
+    """Content hash of a server or generated document (``kind``) under the model ``fingerprint``."""
+    return hashlib.sha256(f"{fingerprint}\x00{kind}\x00{text}".encode()).hexdigest()
 
 
 def describe_parts(parts: dict[str, float]) -> str:

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +25,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from toolcrib.errors import IndexError_, StorageError
-from toolcrib.index.documents import DEFAULT_STYLE, TextStyle, ToolDoc
+from toolcrib.index.documents import DEFAULT_STYLE, ServerDoc, TextStyle, ToolDoc
 from toolcrib.index.embedder import QUERY_CACHE_SIZE, Embedder
 from toolcrib.index.fusion import DEFAULT_FUSION, Fusion
 from toolcrib.index.persistence import CorruptIndex, FileSnapshots, Loaded, SnapshotStore, decode, encode
@@ -187,11 +187,12 @@ class StoredIndex(ToolIndex):
         servers: Collection[str] | None = None,
         full: bool = False,
         progress: Callable[[int, int], None] | None = None,
+        server_docs: Mapping[str, ServerDoc] | None = None,
     ) -> SyncReport:
         started = time.perf_counter()
         with self._store_lock:
             before = self._snap
-            report = super().sync(docs, servers=servers, full=full, progress=progress)
+            report = super().sync(docs, servers=servers, full=full, progress=progress, server_docs=server_docs)
             if self._snap is not before or not self._stored:
                 self.store.save(self._snap, model_id=self.embedder.model_id, fingerprint=self.embedder.fingerprint)
                 self._stored = True

@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from toolcrib.index.documents import ToolDoc, lexical_text
+from toolcrib.index.documents import ServerDoc, ToolDoc, lexical_text
 from toolcrib.index.lexical import LexicalIndex, tokenize
 
 Vectors = npt.NDArray[np.float32]
@@ -38,6 +38,12 @@ class Snapshot:
     tokens: tuple[tuple[str, ...], ...] = field(repr=False)
     rows: Mapping[str, int] = field(repr=False)
     server_rows: Mapping[str, npt.NDArray[np.int64]] = field(repr=False)
+    servers: ServerVectors = field(repr=False, default_factory=lambda: ServerVectors.empty(0))
+    """One document and vector per server (issue 14); see :class:`ServerVectors`."""
+    generated: Vectors | None = field(repr=False, default=None)
+    """Row ``i``: the vector of :func:`~toolcrib.index.documents.generated_text` of ``docs[i]``
+    (None: generated documents are off); ``generated_hashes`` their content hashes."""
+    generated_hashes: tuple[str, ...] = field(repr=False, default=())
 
     @classmethod
     def build(
@@ -48,10 +54,18 @@ class Snapshot:
         *,
         dense: faiss.Index | None = None,
         previous: Snapshot | None = None,
+        servers: Sequence[ServerDoc] = (),
+        server_hashes: Sequence[str] = (),
+        server_vectors: Vectors | None = None,
+        generated: Vectors | None = None,
+        generated_hashes: Sequence[str] = (),
     ) -> Snapshot:
         """Build the FAISS (unless given) and BM25 indexes over ``docs`` and their ``vectors``.
 
         Tokens of documents unchanged since ``previous`` are reused rather than recomputed.
+        ``servers`` / ``server_hashes`` / ``server_vectors``: one document, content hash and text
+        vector per server (see :class:`ServerVectors`; servers of ``docs`` missing there get no
+        server signal). ``generated`` / ``generated_hashes``: a second vector per tool row.
         """
         tokens: list[tuple[str, ...]] = []
         for doc in docs:
@@ -64,6 +78,10 @@ class Snapshot:
         for row, doc in enumerate(docs):
             by_server.setdefault(doc.server, []).append(row)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        dim = int(vectors.shape[1])
+        server_set = ServerVectors.build(
+            docs, vectors, servers, server_hashes, server_vectors if server_vectors is not None else np.zeros((0, dim))
+        )
         return cls(
             docs=tuple(docs),
             hashes=tuple(hashes),
@@ -73,6 +91,9 @@ class Snapshot:
             tokens=tuple(tokens),
             rows={doc.key: row for row, doc in enumerate(docs)},
             server_rows={s: np.asarray(r, dtype=np.int64) for s, r in by_server.items()},
+            servers=server_set,
+            generated=None if generated is None else np.ascontiguousarray(generated, dtype=np.float32),
+            generated_hashes=tuple(generated_hashes),
         )
 
     @classmethod
@@ -96,3 +117,70 @@ class Snapshot:
         scores, ids = self.dense.search(query.reshape(1, -1), k)
         keep = ids[0] >= 0
         return ids[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ServerVectors:
+    """The server side of a snapshot: what :meth:`server_scores` needs at search time.
+
+    ``docs[j]`` / ``hashes[j]`` / ``text[j]``: the :class:`ServerDoc`, content hash and unit vector
+    of :func:`~toolcrib.index.documents.server_text` of server ``j``; ``centroid[j]``: the mean of
+    its tools' vectors (not normalised: ``centroid @ q`` is the mean cosine of its tools);
+    ``row_server[i]``: the server of tool row ``i`` (-1: no server vector, e.g. an index stored
+    before servers were indexed, until its next sync).
+    """
+
+    docs: tuple[ServerDoc, ...]
+    hashes: tuple[str, ...]
+    text: Vectors
+    centroid: Vectors
+    row_server: npt.NDArray[np.int64]
+    by_name: Mapping[str, int]
+
+    @classmethod
+    def empty(cls, dim: int, rows: int = 0) -> ServerVectors:
+        """No servers: every row maps to -1."""
+        zeros = np.zeros((0, dim), dtype=np.float32)
+        return cls((), (), zeros, zeros, np.full(rows, -1, dtype=np.int64), {})
+
+    @classmethod
+    def build(
+        cls,
+        docs: Sequence[ToolDoc],
+        vectors: Vectors,
+        servers: Sequence[ServerDoc],
+        hashes: Sequence[str],
+        text: npt.NDArray[np.floating],
+    ) -> ServerVectors:
+        """Index ``servers`` (aligned with ``hashes`` and the rows of ``text``) against the tools."""
+        dim = int(vectors.shape[1])
+        if not servers:
+            return cls.empty(dim, len(docs))
+        by_name = {s.server: j for j, s in enumerate(servers)}
+        row_server = np.asarray([by_name.get(d.server, -1) for d in docs], dtype=np.int64)
+        centroid = np.zeros((len(servers), dim), dtype=np.float32)
+        counts = np.bincount(row_server[row_server >= 0], minlength=len(servers)).astype(np.float32)
+        if len(docs):
+            np.add.at(centroid, row_server[row_server >= 0], vectors[row_server >= 0])
+        centroid /= np.maximum(counts, 1.0)[:, None]
+        return cls(
+            tuple(servers),
+            tuple(hashes),
+            np.ascontiguousarray(text, dtype=np.float32),
+            centroid,
+            row_server,
+            by_name,
+        )
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def server_scores(self, query: Vectors, centroid_weight: float) -> Vectors:
+        """Relevance of every server to one unit ``query`` vector (float32, one per server, plus a
+        trailing 0 so that ``scores[row_server]`` gives 0 to rows without a server):
+        ``(1 - c) * cos(query, server text) + c * mean cos(query, its tools)``."""
+        out = np.zeros(len(self.docs) + 1, dtype=np.float32)
+        if len(self.docs):
+            c = np.float32(centroid_weight)
+            out[:-1] = (np.float32(1.0) - c) * (self.text @ query) + c * (self.centroid @ query)
+        return out
