@@ -191,14 +191,19 @@ def build(config: Config, *, embedder: Embedder | None = None, db: Database | No
 
     reindexer: Reindexer | None = None
     if config.gateway.mode == "dispatcher":
-        from toolcrib.router.reindex import Reindexer, open_index
+        from toolcrib.router.reindex import Reindexer, open_index, server_docs_of
 
         try:
             index = open_index(config, embedder, db)
         except ToolcribError as exc:
             log.error("tool index unavailable, search_tools will fail: %s", exc.message)
         else:
-            reindexer = Reindexer(index, lambda: pool.catalog, visible=trust.searchable)
+            reindexer = Reindexer(
+                index,
+                lambda: pool.catalog,
+                visible=trust.searchable,
+                server_docs=lambda: server_docs_of({n: up.state for n, up in pool.upstreams.items()}),
+            )
             reindexer.learn_from_use(config, audit, db)  # [index] learn_from_use: mined in the background
     gateway = Gateway(
         config,

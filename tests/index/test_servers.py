@@ -158,3 +158,14 @@ def test_server_text_never_raises_and_is_bounded(
     text = server_text(sdoc, tools)
     assert len(text) <= SERVER_TEXT_CHARS and text == server_text(sdoc, tools)
     assert ServerDoc.from_json(sdoc.to_json()) == sdoc
+
+
+def test_upstream_states_become_server_documents() -> None:
+    from toolcrib.router.reindex import server_docs_of
+    from toolcrib.router.upstream_state import UpstreamState
+
+    states = {
+        "cal": UpstreamState(server_title="Calendar", server_description="Meetings", instructions="Use ISO dates."),
+        "bare": UpstreamState(server_name="bare-server"),
+    }
+    assert server_docs_of(states) == {"cal": ServerDoc("cal", "Calendar", "Meetings", "Use ISO dates.")}

@@ -9,7 +9,7 @@ searches keep being served. Triggers: start, an upstream's ``tools/list_changed`
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,13 +17,14 @@ import anyio
 
 from toolcrib.config import Config
 from toolcrib.errors import ToolcribError
-from toolcrib.index.documents import ToolDoc
+from toolcrib.index.documents import ServerDoc, ToolDoc
 from toolcrib.index.embedder import AUTO_MODEL, AutoEmbedder, Embedder, load_embedder
 from toolcrib.index.search import SyncReport, ToolIndex
 from toolcrib.router.catalog import Catalog
 
 if TYPE_CHECKING:
     from toolcrib.index.usage import AuditReader, UsageMiner
+    from toolcrib.router.upstream_state import UpstreamState
     from toolcrib.storage.postgres import Database
 
 log = logging.getLogger("toolcrib.reindex")
@@ -93,13 +94,35 @@ def _stored_model(config: Config, db: Database | None) -> str | None:
     return loaded.model_id if loaded is not None else None
 
 
-class Reindexer:
-    """Serialises syncs of one index against a changing catalog."""
+def server_docs_of(states: Mapping[str, UpstreamState]) -> dict[str, ServerDoc]:
+    """The index's server documents from upstream states (title, description and instructions of
+    each server's ``initialize`` result; servers not connected yet are left out, so the index keeps
+    what it stored for them)."""
+    out = {}
+    for name, state in states.items():
+        if state.server_title or state.server_description or state.instructions:
+            out[name] = ServerDoc(name, state.server_title, state.server_description, state.instructions)
+    return out
 
-    def __init__(self, index: ToolIndex, catalog: Callable[[], Catalog], visible: Visible | None = None) -> None:
+
+class Reindexer:
+    """Serialises syncs of one index against a changing catalog.
+
+    ``server_docs()``: what each server says about itself (see :func:`server_docs_of`), indexed
+    beside its tools (issue 14); None: servers are described by their names and tools only.
+    """
+
+    def __init__(
+        self,
+        index: ToolIndex,
+        catalog: Callable[[], Catalog],
+        visible: Visible | None = None,
+        server_docs: Callable[[], Mapping[str, ServerDoc]] | None = None,
+    ) -> None:
         self.index = index
         self._catalog = catalog
         self._visible = visible
+        self._server_docs = server_docs
         self._lock = anyio.Lock()
         #: Learning from use (:meth:`learn_from_use`); None: off.
         self.learner: UsageMiner | None = None
@@ -169,8 +192,9 @@ class Reindexer:
                 if emb.pending:  # the model changed: every tool is re-embedded, not only these servers'
                     switching, servers = True, None
             docs = docs_for(catalog, servers, self._visible)
+            described = self._server_docs() if self._server_docs is not None else None
             report: SyncReport = await anyio.to_thread.run_sync(
-                lambda: self.index.sync(docs, servers=servers, full=full, progress=progress)
+                lambda: self.index.sync(docs, servers=servers, full=full, progress=progress, server_docs=described)
             )
             if switching and isinstance(emb, AutoEmbedder):
                 emb.commit()

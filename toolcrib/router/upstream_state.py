@@ -18,6 +18,11 @@ class UpstreamState:
     status: str = "starting"  # starting | connected | reconnecting | crash-looping | stopped
     protocol_version: str | None = None
     server_name: str | None = None
+    server_title: str | None = None
+    server_description: str | None = None
+    instructions: str | None = None
+    """``serverInfo.title`` / ``serverInfo.description`` and ``instructions`` of the initialize result
+    (what the tool index describes the server with, issue 14)."""
     error: str | None = None
     connects: int = 0
     crashes: list[float] = field(default_factory=list)

@@ -214,6 +214,9 @@ class Upstream:
         info = client.server_info
         self.state.protocol_version = client.protocol_version
         self.state.server_name = info.name if info else None
+        self.state.server_title = info.title if info else None
+        self.state.server_description = info.description if info else None
+        self.state.instructions = client.instructions
         self.state.status = "connected"
         self.state.error = None
         self.state.connects += 1
