@@ -1,7 +1,8 @@
 """Rendering for console pages: one Jinja2 environment, the shared page context, small formatters.
 
 Templates live in ``toolcrib/console/templates`` (autoescaped: every value is HTML-escaped unless a
-template marks it safe, which none does with user data). A page handler calls :func:`page` with its
+template marks it safe, which none does with user data; a value inside a URL path goes through
+``| segment``). A page handler calls :func:`page` with its
 template and values; fragments polled by htmx call :func:`fragment`.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 from aiohttp import web
@@ -46,6 +48,15 @@ def ago(seconds: float) -> str:
     return f"{s / 86400:.0f} d"
 
 
+def segment(value: Any) -> str:
+    """``value`` as ONE URL path segment: every reserved character percent-encoded, ``/`` too.
+
+    Jinja's ``urlencode`` keeps ``/``, so a tool an upstream named ``x/../../approvals`` made
+    ``/console/catalog/{{ key | urlencode }}`` a link the browser resolves to another console page
+    (and its approve form another route). Use ``| segment`` for every value inside a path."""
+    return quote(str(value), safe="")
+
+
 def pretty(value: Any) -> str:
     """Any JSON value, indented for a ``<pre>``."""
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
@@ -58,7 +69,7 @@ _env = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_env.filters.update(when=when, ago=ago, pretty=pretty)
+_env.filters.update(when=when, ago=ago, pretty=pretty, segment=segment)
 
 
 def render(template: str, request: web.Request, **values: Any) -> str:
