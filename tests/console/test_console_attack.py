@@ -152,6 +152,25 @@ async def test_catalog_links_of_a_tool_named_with_slashes_lead_to_that_tool(
     assert all("/../" not in (h or "") for h in links)
 
 
+async def test_non_ascii_digits_are_one_line_errors_not_crashes(console_gateway: ConsoleGateway) -> None:
+    """``"²".isdigit()`` is True but ``int("²")`` raises: each numeric field gets a 400 with its
+    message, never a 500."""
+    gw = console_gateway
+    async with aiohttp.ClientSession(cookie_jar=jar()) as s:
+        await cookie_login(s, gw)
+        for url, words in (
+            ("/console/savings?days=²", "days must be a whole number"),
+            ("/console/savings?days=١٢", "days must be a whole number"),
+            ("/console/savings?days=" + "9" * 5000, "days must be a whole number"),
+            ("/console/search?q=time&limit=" + "9" * 5000, "Results"),
+            ("/console/search?q=time&limit=²", "Results"),
+            ("/console/audit?before=²", "before must be a row number"),
+        ):
+            async with s.get(gw.base + url) as r:
+                assert r.status == 400, (url, r.status)
+                assert words in await r.text(), url
+
+
 async def test_cross_site_and_smuggled_requests_change_nothing(console_gateway: ConsoleGateway) -> None:
     """Every state-changing console route, logged in, with a right CSRF token but a wrong origin;
     and with a same origin but the token smuggled in ways the guard must not accept."""

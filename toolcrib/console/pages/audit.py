@@ -220,7 +220,7 @@ def routes(console: Console) -> list[Route]:
 def _seq(text: str | None) -> int | None:
     if not text:
         return None
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise ToolcribError(f"before must be a row number (seq), not {text[:40]!r}")
     return int(text)
 

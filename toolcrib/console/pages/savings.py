@@ -46,7 +46,7 @@ def routes(console: Console) -> list[Route]:
     async def page(request: web.Request) -> web.Response:
         text = request.query.get("days", "").strip() or str(DEFAULT_DAYS)
         values: dict[str, Any] = {"page_id": "savings", "days": text, "error": None, "ledger": False}
-        if not text.isdigit() or not 1 <= int(text) <= MAX_DAYS:
+        if not (text.isascii() and text.isdigit() and len(text) <= 6) or not 1 <= int(text) <= MAX_DAYS:
             values["error"] = f"days must be a whole number from 1 to {MAX_DAYS}, not {text[:20]!r}."
             return cw.page("savings.html", request, status=400, **values)
         ledger: SavingsLedger | None = getattr(console.parts, "savings", None)

@@ -126,7 +126,7 @@ def routes(console: Console) -> list[Route]:
         if principal is None:
             values["error"] = f"Unknown principal {as_id!r}: choose one of {', '.join(by_id)}."
             return cw.page("search.html", request, status=400, **values)
-        arguments: dict[str, Any] = {"query": query, "limit": int(limit_text) if limit_text.isdigit() else limit_text}
+        arguments: dict[str, Any] = {"query": query, "limit": int(limit_text) if _small_int(limit_text) else limit_text}
         if server:
             arguments["server"] = server
         try:
@@ -177,3 +177,8 @@ def _row(rank: int, entry: Any, score: float, parts: dict[str, float] | None, sc
         "how": describe_parts(parts) if parts else "",
         "bar": term_bar(_terms(parts), scale=scale) if parts else "",
     }
+
+
+def _small_int(text: str) -> bool:
+    """ASCII digits only, at most 9 of them (``"²".isdigit()`` is True, yet ``int("²")`` raises)."""
+    return text.isascii() and text.isdigit() and len(text) <= 9
