@@ -21,6 +21,7 @@ from yarl import URL
 from tests.console.conftest import ConsoleGateway, login
 from tests.e2e.conftest import ROOT, key_store, make_config, stdio_server
 from toolcrib.app import running_gateway
+from toolcrib.console.session import LoginThrottle
 from toolcrib.index.embedder import HashingEmbedder
 
 pytestmark = pytest.mark.anyio
@@ -150,6 +151,65 @@ async def test_catalog_links_of_a_tool_named_with_slashes_lead_to_that_tool(
     await page.goto(f"{gw.base}/console/search?q=approvals+slash&as=operator:local")
     links = await page.locator("#hidden a").evaluate_all("els => els.map(e => e.getAttribute('href'))")
     assert all("/../" not in (h or "") for h in links)
+
+
+async def test_login_is_throttled_per_remote_address(console_gateway: ConsoleGateway) -> None:
+    """Guessing keys: after :data:`LoginThrottle.limit` failures from one address, every login from
+    it is refused (429, Retry-After, a one-line reason) until the window passes, even a right key."""
+    gw = console_gateway
+    limit = LoginThrottle().limit
+    async with aiohttp.ClientSession(cookie_jar=jar()) as s:
+        same = {"Origin": gw.base}
+        for i in range(limit):
+            form = {"credential": f"tcb_guess-{i}"}
+            async with s.post(f"{gw.base}/console/login", data=form, headers=same) as r:
+                assert r.status == 401
+        async with s.post(f"{gw.base}/console/login", data={"credential": "tcb_one-more"}, headers=same) as r:
+            assert r.status == 429
+            assert int(r.headers["Retry-After"]) > 0
+            assert "Too many failed logins" in await r.text()
+        form = {"credential": gw.tokens["alice"]}
+        async with s.post(f"{gw.base}/console/login", data=form, headers=same, allow_redirects=False) as r:
+            assert r.status == 429 and "toolcrib_console" not in r.cookies
+
+
+def test_login_throttle_window_and_bounds() -> None:
+    now = [1000.0]
+    t = LoginThrottle(limit=3, window=60.0, clock=lambda: now[0])
+    assert t.retry_after("a") is None
+    for _ in range(3):
+        t.failed("a")
+    assert (wait := t.retry_after("a")) is not None and 0 < wait <= 60
+    assert t.retry_after("b") is None  # per address
+    now[0] += 61
+    assert t.retry_after("a") is None  # the window passed
+    t.failed("a")
+    t.succeeded("a")
+    assert t.retry_after("a") is None
+    for i in range(t.max_addresses + 500):
+        t.failed(f"10.0.{i // 256}.{i % 256}")
+    assert len(t) <= t.max_addresses
+
+
+async def test_post_login_redirects_stay_on_console_pages(console_gateway: ConsoleGateway) -> None:
+    gw = console_gateway
+    async with aiohttp.ClientSession(cookie_jar=jar()) as s:
+        await cookie_login(s, gw)
+        for target in (
+            "/console/../admin/approvals",
+            "/console/%2e%2e/metrics",
+            "/console/.%2E/healthz",
+            "/console/./../x",
+            "//evil.example/console",
+            "/console\\..\\x",
+            "https://evil.example/console",
+            "/console/\r\nSet-Cookie: x=1",
+        ):
+            async with s.get(f"{gw.base}/console/login", params={"next": target}, allow_redirects=False) as r:
+                assert r.status == 303
+                assert r.headers["Location"] == "/console", (target, r.headers["Location"])
+        async with s.get(f"{gw.base}/console/login?next=/console/audit%3Fkind%3Dattempt", allow_redirects=False) as r:
+            assert r.headers["Location"] == "/console/audit?kind=attempt"
 
 
 async def test_non_ascii_digits_are_one_line_errors_not_crashes(console_gateway: ConsoleGateway) -> None:

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 from aiohttp import web
 
@@ -92,12 +93,23 @@ class Console:
                 request, target, status=403,
                 error='This gateway has auth = "none": the console is open to the local operator on loopback only.',
             )  # fmt: skip
+        address = request.remote or "-"
+        wait = self.logins.throttle.retry_after(address)
+        if wait is not None:
+            log.warning("console login refused from %s: too many failed logins", address)
+            seconds = math.ceil(wait)
+            msg = f"Too many failed logins from {address}: wait {seconds} s, then paste the key again."
+            page = self._login_page(request, target, status=429, error=msg)
+            page.headers["Retry-After"] = str(seconds)
+            return page
         try:
             principal, cookie = await self.logins.login(fields.get("credential", ""))
         except (AuthError, Forbidden) as exc:
+            self.logins.throttle.failed(address)
             log.info("console login refused from %s: %s", request.remote, exc.message)
             msg = "That key or token is not valid. Paste an operator API key (tcb_...) or a current access token."
             return self._login_page(request, target, status=401, error=msg)
+        self.logins.throttle.succeeded(address)
         if not principal.is_operator:
             log.info("console login refused for %s: not an operator", principal.id)
             msg = f"{principal.id} is not an operator: the console needs a key in the 'admins' group."
@@ -206,10 +218,14 @@ class Console:
 
 
 def _next(value: str | None) -> str:
-    """A post-login target: a path on ``/console`` only (never another site: an open redirect)."""
+    """A post-login target: a path on ``/console`` only (never another site: an open redirect; never
+    a dot segment, plain or percent-encoded, which a browser resolves to a path outside ``/console``),
+    without control characters. Anything else gives ``/console``."""
     if not value:
         return "/console"
     parts = urlsplit(value)
     if parts.scheme or parts.netloc or not (value == "/console" or value.startswith("/console/")) or "\\" in value:
+        return "/console"
+    if not value.isprintable() or any(unquote(seg) in (".", "..") for seg in parts.path.split("/")):
         return "/console"
     return value

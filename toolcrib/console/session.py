@@ -66,6 +66,8 @@ class ConsoleLogins:
         self.ttl = ttl
         self._local_secret = secrets.token_bytes(32)
         self._logged_out: dict[str, float] = {}
+        self.throttle = LoginThrottle()
+        """Failed logins per remote address (:class:`LoginThrottle`), checked by ``POST /console/login``."""
 
     async def login(self, credential: str) -> tuple[Principal, str]:
         """Check ``credential`` and return ``(principal, cookie value)``.
@@ -116,6 +118,58 @@ class ConsoleLogins:
         if data["j"] in self._logged_out:
             return None
         return data
+
+
+class LoginThrottle:
+    """Failed console logins per remote address: after :attr:`limit` failures within :attr:`window`
+    seconds, every login from that address is refused until the oldest of them is ``window`` old.
+
+    API keys are 256-bit random, so guessing one is hopeless anyway; the throttle bounds what a
+    guesser costs (each attempt is a key-store lookup and an audit row) and makes the attempts
+    visible. Memory is bounded: at most :attr:`max_addresses` addresses are tracked (the
+    stalest are dropped first). Addresses are ``request.remote`` (behind a reverse proxy, the proxy's)."""
+
+    def __init__(
+        self,
+        limit: int = 10,
+        window: float = 300.0,
+        *,
+        max_addresses: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_addresses = max_addresses
+        self._clock = clock
+        self._failures: dict[str, list[float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def retry_after(self, address: str) -> float | None:
+        """Seconds until ``address`` may try again, or None when it may try now."""
+        recent = self._recent(address)
+        if len(recent) < self.limit:
+            return None
+        return max(1.0, recent[-self.limit] + self.window - self._clock())
+
+    def failed(self, address: str) -> None:
+        """Count one failed login from ``address``."""
+        recent = self._recent(address)
+        recent.append(self._clock())
+        del recent[: -self.limit]
+        self._failures.pop(address, None)
+        self._failures[address] = recent  # most recently failed last (dicts keep insertion order)
+        while len(self._failures) > self.max_addresses:
+            del self._failures[next(iter(self._failures))]
+
+    def succeeded(self, address: str) -> None:
+        """Forget ``address``'s failures (an operator who mistyped, then got it right)."""
+        self._failures.pop(address, None)
+
+    def _recent(self, address: str) -> list[float]:
+        since = self._clock() - self.window
+        return [t for t in self._failures.get(address, ()) if t > since]
 
 
 def csrf_matches(expected: str, sent: str | None) -> bool:
