@@ -39,9 +39,9 @@ from benchmarks.common import (
     split_of,
     tool_id,
 )
-from toolcrib.index.documents import DEFAULT_STYLE, TextStyle, ToolDoc
+from toolcrib.index.documents import DEFAULT_STYLE, ServerDoc, TextStyle, ToolDoc
 from toolcrib.index.fusion import DEFAULT_FUSION, Fusion
-from toolcrib.index.search import ToolIndex
+from toolcrib.index.search import GENERATED_DOCS, ToolIndex
 from toolcrib.index.steps import DEFAULT_RULES, StepRules, split_steps, step_queries
 
 METRICS = ("R@1", "R@5", "R@10", "Hit@5", "MRR@10", "nDCG@10", "All@10")
@@ -377,6 +377,171 @@ def write_report(path: Path, results: Sequence[dict[str, Any]], max_single: int)
     summary += ["", "*split* = queries of the slice that the step splitter splits into several steps.", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(head + summary + [r["markdown"] for r in results]) + "\n")
+
+
+# --- Issue 14: servers as well as tools, and generated documents -------------------------------
+
+
+def load_server_docs(tools_path: Path) -> dict[str, ServerDoc]:
+    """Server documents of a dataset: ``server_title`` / ``server_description`` of ``tools.jsonl``
+    rows (LiveMCPBench), or ``serverInfo`` title/description and ``instructions`` of a dump
+    directory; servers without any of these get none (their name and tools still describe them)."""
+    out: dict[str, ServerDoc] = {}
+    if tools_path.is_dir():
+        for dump in sorted(tools_path.glob("*.json")):
+            if dump.name.startswith("_"):
+                continue
+            data = json.loads(dump.read_text(encoding="utf-8"))
+            info = data.get("serverInfo") or {}
+            doc = ServerDoc(dump.stem, info.get("title"), info.get("description"), data.get("instructions"))
+            if doc != ServerDoc(dump.stem):
+                out[dump.stem] = doc
+        return out
+    with tools_path.open(encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line) if line.strip() else {}
+            server = row.get("server")
+            if server and (row.get("server_title") or row.get("server_description")) and server not in out:
+                out[server] = ServerDoc(server, row.get("server_title"), row.get("server_description"))
+    return out
+
+
+#: The server/generated settings compared on the tune split (every combination).
+SERVER_WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
+SERVER_CENTROIDS = (0.0, 0.5, 1.0)
+SERVER_EXPANDS = (0, 2)
+GENERATED_WEIGHTS = (0.0, 0.05, 0.1, 0.2)
+#: Variants of the report-split comparison: label -> fusion (default = hybrid + step splitting).
+BEFORE = replace(DEFAULT_FUSION, server_weight=0.0, generated_weight=0.0)
+
+
+def server_variants() -> dict[str, Fusion]:
+    """dense, default before, default + server, default + server + generated documents."""
+    chosen = DEFAULT_FUSION if DEFAULT_FUSION.server_weight > 0 else replace(DEFAULT_FUSION, server_weight=0.1)
+    gen = DEFAULT_FUSION.generated_weight or 0.05
+    return {
+        "default before (hybrid + steps)": BEFORE,
+        "default + server": replace(chosen, generated_weight=0.0),
+        "default + server + generated docs": replace(chosen, generated_weight=gen),
+    }
+
+
+def run_servers(name: str, tools_path: Path, docs: list[ToolDoc], queries: list[Query]) -> dict[str, Any]:
+    """Issue 14 on one dataset: the server/generated-document sweep on the tune split, then dense vs
+    default before vs + server vs + server + generated docs per slice on the report split."""
+    embedder = cached_default_embedder()
+    index = ToolIndex.open(None, embedder)
+    index.generated_docs = True
+    index.sync(docs, server_docs=load_server_docs(tools_path))
+    tune = [q for q in queries if split_of(q.text) == TUNE]
+    report = [q for q in queries if split_of(q.text) == REPORT]
+    steps = _split_texts(DEFAULT_RULES)
+    out: dict[str, Any] = {"dataset": name, "servers": len(index._snap.servers), "sweep": {}, "slices": {}}
+    md = [f"#### {name}: servers and generated documents ({out['servers']} servers)", ""]
+    rows = []
+    for sw in SERVER_WEIGHTS:
+        for sc in SERVER_CENTROIDS if sw else (0.0,):
+            for se in SERVER_EXPANDS if sw else (0,):
+                for gw in GENERATED_WEIGHTS:
+                    index.fusion = replace(
+                        DEFAULT_FUSION, server_weight=sw, server_centroid=sc, server_expand=se, generated_weight=gw
+                    )
+                    label = f"server {sw:g} centroid {sc:g} expand {se} generated {gw:g}"
+                    metrics = evaluate(index, tune, "hybrid", steps)
+                    out["sweep"][label] = metrics
+                    rows.append((label, metrics))
+    rows.sort(key=lambda r: -(r[1]["R@5"] + r[1]["R@10"]))
+    md += [f"Tune split ({len(tune)} queries), default + steps, best 8 by R@5 + R@10 of {len(rows)}:", ""]
+    md += [table(rows[:8], SLICE_METRICS), ""]
+    md += ["Report split per slice:", ""]
+    for slice_name, subset in slices(docs, report):
+        srows = [("dense", evaluate(index, subset, "dense"))]
+        for label, fusion in server_variants().items():
+            index.fusion = fusion
+            srows.append((label, evaluate(index, subset, "hybrid", steps)))
+        index.fusion = DEFAULT_FUSION
+        for label, m in srows:
+            out["slices"][f"{slice_name}|{label}"] = m
+        out["slices"][f"{slice_name}|n"] = {"n": len(subset)}
+        md += [f"{slice_name} ({len(subset)} queries):", "", table(srows, SLICE_METRICS), ""]
+    embedder.save()
+    out["markdown"] = "\n".join(md)
+    return out
+
+
+def indexing_cost(docs: Sequence[ToolDoc], server_docs: dict[str, ServerDoc], repeats: int = 2) -> dict[str, float]:
+    """ms per tool of a full in-memory build with the real model (no cache): tools only, + server
+    documents, + server and generated documents; interleaved, best of ``repeats``."""
+    from toolcrib.index.embedder import load_embedder
+
+    embedder = load_embedder("default")
+    embedder.embed(["warm up"])
+    variants = {
+        "tools only (before)": (0.0, False),
+        "+ servers": (0.1, False),
+        "+ servers + generated docs": (0.1, True),
+    }
+    best = dict.fromkeys(variants, math.inf)
+    for _ in range(repeats):
+        for label, (sw, gen) in variants.items():
+            index = ToolIndex.open(None, embedder, fusion=replace(DEFAULT_FUSION, server_weight=sw))
+            index.generated_docs = gen
+            started = time.perf_counter()
+            index.sync(docs, server_docs=server_docs if sw else None)
+            best[label] = min(best[label], (time.perf_counter() - started) * 1000 / max(len(docs), 1))
+    return best
+
+
+def servers_report(datasets: Sequence[tuple[str, Path, Path | None]], max_single: int) -> str:
+    """The issue 14 section of the report (servers, generated documents, indexing cost)."""
+    md = ["## Servers as well as tools, and generated documents (issue 14)", ""]
+    summary = [
+        "| dataset | slice | n | dense R@1 / R@5 / R@10 | default before | default + server "
+        "| default + server + generated docs |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    sections = []
+    cost_docs: list[ToolDoc] = []
+    cost_servers: dict[str, ServerDoc] = {}
+    for name, tools_path, queries_path in datasets:
+        docs = load_tools(tools_path)
+        queries = sample_queries(load_queries(queries_path, tools_path), max_single)
+        result = run_servers(name, tools_path, docs, queries)
+        print(result["markdown"], flush=True)
+        sections.append(result["markdown"])
+        sl = result["slices"]
+        for key in sl:
+            if key.endswith("|n"):
+                slice_name = key[:-2]
+                cells = [
+                    " / ".join(f"{sl[f'{slice_name}|{label}'][k]:.3f}" for k in ("R@1", "R@5", "R@10"))
+                    for label in ("dense", *server_variants())
+                ]
+                summary.append(f"| {name} | {slice_name} | {sl[key]['n']} | " + " | ".join(cells) + " |")
+        if name == "livemcpbench":
+            cost_docs, cost_servers = docs, load_server_docs(tools_path)
+    f = DEFAULT_FUSION
+    md += [
+        f"Default: server_weight {f.server_weight}, server_centroid {f.server_centroid}, server_expand "
+        f"{f.server_expand}, generated_weight {f.generated_weight} (generated documents embedded by default: "
+        f"{GENERATED_DOCS}). Chosen on the tune split (sweep tables below); report split here.",
+        "",
+        *summary,
+        "",
+    ]
+    if cost_docs:
+        cost = indexing_cost(cost_docs, cost_servers)
+        md += [
+            f"Indexing cost, livemcpbench ({len(cost_docs)} tools, {len(cost_servers)} server descriptions), "
+            "full build with the real int8 MiniLM, ms per tool (best of 2, interleaved):",
+            "",
+            "| build | ms per tool | ratio |",
+            "|---|---:|---:|",
+        ]
+        base = cost["tools only (before)"]
+        md += [f"| {label} | {ms:.2f} | {ms / base:.2f} |" for label, ms in cost.items()]
+        md += [""]
+    return "\n".join(md + sections) + "\n"
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def test_the_time_tool_wins_on_both_signals(minilm: FastEmbedEmbedder) -> None:
     assert top[0].key == "time__get_current_time"
     parts = top[0].parts
     assert parts is not None and parts["dense"] > 0.3 and parts["lexical"] > 0
-    assert compose(parts) == pytest.approx(parts["dense_term"] + parts["lexical_term"])
+    assert compose(parts) == pytest.approx(parts["dense_term"] + parts["lexical_term"] + parts["server_term"])
 
 
 @pytest.mark.parametrize("ranking", ["dense", "bm25"])

@@ -41,7 +41,8 @@ def test_only_changed_tools_are_embedded(embedder: CountingEmbedder, catalog: li
     edited = dataclasses.replace(catalog[0], description="Tell the time anywhere in the world")
     report = ix.sync([edited, *catalog[1:]])
     assert (report.changed, report.embedded, report.unchanged) == (1, 1, len(catalog) - 1)
-    assert len(embedder.texts) == 1 and "anywhere" in embedder.texts[0]
+    # the tool's document, and its server's (which quotes the first sentence of each of its tools)
+    assert report.embedded_side == 1 and len(embedder.texts) == 2 and "anywhere" in embedder.texts[0]
     assert ix.doc(edited.key) == edited
 
 
@@ -110,7 +111,8 @@ def test_identical_texts_share_one_embedding(embedder: CountingEmbedder) -> None
 def test_progress_reports_embedding(embedder: CountingEmbedder, catalog: list[ToolDoc]) -> None:
     seen: list[tuple[int, int]] = []
     ToolIndex.open(None, embedder).sync(catalog, progress=lambda done, total: seen.append((done, total)))
-    assert seen[0] == (0, len(catalog)) and seen[-1] == (len(catalog), len(catalog))
+    total = len(catalog) + len({d.server for d in catalog})  # tool documents and server documents
+    assert seen[0] == (0, total) and seen[-1] == (total, total)
 
 
 @pytest.mark.parametrize("damage", ["truncate-vectors", "garbage-meta", "foreign-meta", "edit-records", "missing"])

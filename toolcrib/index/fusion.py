@@ -44,7 +44,7 @@ class Fusion:
     rrf_k: float = 60.0
     pool: int = 64
     merge: str = "round_robin"
-    server_weight: float = 0.0
+    server_weight: float = 0.2
     server_centroid: float = 0.0
     server_expand: int = 0
     generated_weight: float = 0.0
