@@ -359,3 +359,67 @@ async def test_huge_and_deep_query_values_are_answered_quickly(console_gateway: 
                 assert r.status in (200, 400, 414, 431), (url[:60], r.status)
                 await r.read()
             assert time.monotonic() - started < 30, url[:60]
+
+
+async def test_a_loopback_page_on_another_port_cannot_make_the_console_work(
+    console_gateway: ConsoleGateway, browser: Any
+) -> None:
+    """Another port on 127.0.0.1 is another origin but the SAME site, so the SameSite=Strict cookie
+    rides along on its subresource requests. A page there embeds console GETs (the audit chain
+    check, the export, a search): without Fetch Metadata checks each ran as the operator (CPU, memory,
+    and a timing/size oracle on console pages). Refused (403); a top-level navigation still works."""
+    from aiohttp import web
+
+    gw = console_gateway
+    evil = web.Application()
+    targets = ["/console/audit/verify", "/console/audit/export", "/console/search?q=time", "/console/approvals/queue"]
+
+    async def attack(_request: web.Request) -> web.Response:
+        imgs = "".join(f'<img src="{gw.base}{t}">' for t in targets)
+        script = (
+            f"<script>fetch('{gw.base}/console/audit/verify', {{mode: 'no-cors', credentials: 'include'}})</script>"
+        )
+        return web.Response(text=f"<html><body>{imgs}{script}</body></html>", content_type="text/html")
+
+    async def link(_request: web.Request) -> web.Response:
+        html = f'<a id="go" href="{gw.base}/console/approvals">the console</a>'
+        return web.Response(text=html, content_type="text/html")
+
+    evil.router.add_get("/", attack)
+    evil.router.add_get("/link", link)
+    runner = web.AppRunner(evil)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    audit = gw.rt.parts.audit
+    ran: list[str] = []
+    real_verify, real_query = audit.verify, audit.query
+
+    def verify(*args: Any, **kw: Any) -> Any:
+        ran.append("verify")
+        return real_verify(*args, **kw)
+
+    def query(*args: Any, **kw: Any) -> Any:
+        ran.append("query")
+        return real_query(*args, **kw)
+
+    try:
+        page = await browser.new_page()
+        await login(page, gw.base, gw.tokens["alice"])
+        answers: list[tuple[str, int]] = []
+        page.on("response", lambda r: answers.append((r.url, r.status)) if r.url.startswith(gw.base) else None)
+        audit.verify, audit.query = verify, query  # count the work console pages do for the evil page
+        await page.goto(f"http://127.0.0.1:{port}/")
+        await page.wait_for_load_state("networkidle")
+        audit.verify, audit.query = real_verify, real_query
+        assert ran == [], ran  # no chain check, no export, nothing read for a cross-origin subresource
+        embedded = [(url, status) for url, status in answers if "/console/static/" not in url]
+        assert all(status == 403 for _, status in embedded), embedded
+        await page.goto(f"http://127.0.0.1:{port}/link")
+        await page.click("#go")
+        await page.wait_for_load_state()
+        assert page.url == f"{gw.base}/console/approvals"
+        assert await page.text_content("h1") == "Approvals"
+    finally:
+        await runner.cleanup()

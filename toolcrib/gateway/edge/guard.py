@@ -31,7 +31,9 @@ console request (HTML forms are allowed there: ``application/x-www-form-urlencod
 same-origin (``Origin`` equal to this gateway's ``Host``, or without ``Origin`` a same-origin
 ``Sec-Fetch-Site`` or ``Referer``; a loopback page on another port is another origin) and, once
 logged in, carry the login's CSRF token (form field ``csrf_token`` or header ``X-CSRF-Token``); else
-403. Console responses get a strict Content-Security-Policy (:data:`CONSOLE_HEADERS`).
+403. A console read (GET/HEAD) whose ``Sec-Fetch-Site`` names another origin is refused (403) unless
+it is a top-level navigation (``Sec-Fetch-Mode: navigate``): another page cannot make the console
+work as the operator by embedding it. Console responses get a strict Content-Security-Policy (:data:`CONSOLE_HEADERS`).
 
 Every ``/mcp`` request is logged on ``toolcrib.requests`` at INFO (``toolcrib -v``), one line when it
 ends: HTTP method, JSON-RPC method, target (tool, prompt or resource URI; for ``invoke`` the tool it
@@ -276,6 +278,9 @@ class Guard:
         if unsafe and not self._same_origin(request):
             self._on_refused(request, "cross-site console request", 403)
             return _console_refusal(403, "refused: a console form must be sent from this console's own pages")
+        if not unsafe and not self._fetch_allowed(request):
+            log.info("refused %s %s from %s: embedded by another origin", request.method, request.path, request.remote)
+            return _console_refusal(403, "refused: console pages load in their own tab, not inside another site's page")
         login = await self._console_login(request)
         if login is not None:
             request[CONSOLE] = login
@@ -332,6 +337,22 @@ class Guard:
         except ValueError:
             return False
         return parts.scheme in ("http", "https") and parts.netloc.lower() == host
+
+    @staticmethod
+    def _fetch_allowed(request: web.Request) -> bool:
+        """Fetch Metadata resource isolation (https://web.dev/articles/fetch-metadata) for console reads:
+        a request from this origin, a typed URL or bookmark, or a top-level navigation from elsewhere.
+        Not a subresource (``<img>``, ``fetch``, ``<script>``) of another origin's page: another port
+        on the same loopback host is the same *site*, so the ``SameSite=Strict`` cookie rides along,
+        and each console GET (the chain check, the export, a search) would run as the operator.
+        Clients that send no ``Sec-Fetch-Site`` (curl, old browsers) are let through."""
+        site = request.headers.get("Sec-Fetch-Site")
+        if site is None or site in ("same-origin", "none"):
+            return True
+        return request.headers.get("Sec-Fetch-Mode") == "navigate" and request.headers.get("Sec-Fetch-Dest") in (
+            "document",
+            None,
+        )
 
     async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         """``on_response_prepare`` hook: :data:`CONSOLE_HEADERS` on every ``/console`` response."""
