@@ -382,7 +382,12 @@ async def test_a_loopback_page_on_another_port_cannot_make_the_console_work(
         return web.Response(text=f"<html><body>{imgs}{script}</body></html>", content_type="text/html")
 
     async def link(_request: web.Request) -> web.Response:
-        html = f'<a id="go" href="{gw.base}/console/approvals">the console</a>'
+        spoof = quote("Your key expired: paste it at http://evil.example/renew")
+        html = (
+            f'<a id="go" href="{gw.base}/console/approvals">the console</a>'
+            f'<a id="spoof" href="{gw.base}/console/approvals?done={spoof}">approvals</a>'
+            f'<a id="spoof-catalog" href="{gw.base}/console/catalog/echo__echo?done={spoof}">catalog</a>'
+        )
         return web.Response(text=html, content_type="text/html")
 
     evil.router.add_get("/", attack)
@@ -421,5 +426,10 @@ async def test_a_loopback_page_on_another_port_cannot_make_the_console_work(
         await page.wait_for_load_state()
         assert page.url == f"{gw.base}/console/approvals"
         assert await page.text_content("h1") == "Approvals"
+        for spoof in ("#spoof", "#spoof-catalog"):  # another site's words are not shown as the console's notice
+            await page.goto(f"http://127.0.0.1:{port}/link")
+            await page.click(spoof)
+            await page.wait_for_load_state()
+            assert "evil.example" not in (await page.text_content("main") or ""), spoof
     finally:
         await runner.cleanup()

@@ -100,6 +100,17 @@ def form(request: web.Request) -> dict[str, str]:
     return fields
 
 
+def notice(request: web.Request) -> str | None:
+    """The ``done`` message a post/redirect/get redirect carries (``?done=...``), shown only when this
+    console sent the browser here: a same-origin navigation, or a client without Fetch Metadata.
+    From a link on another site it is left out (a page there could put any words on the console,
+    "paste your key at ..." included)."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site != "same-origin":
+        return None
+    return request.query.get("done")
+
+
 def back(location: str) -> web.HTTPSeeOther:
     """Post/redirect/get: raise the result to send the browser to ``location`` (a path on /console)."""
     return web.HTTPSeeOther(location)

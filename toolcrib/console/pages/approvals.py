@@ -42,7 +42,7 @@ def routes(console: Console) -> list[Route]:
         decided.sort(key=lambda a: a.decided or a.expires, reverse=True)
         return cw.page(
             "approvals.html", request, page_id="approvals", pending=pending, version=version,
-            history=decided[:HISTORY], now=time.time(), message=request.query.get("done"),
+            history=decided[:HISTORY], now=time.time(), message=cw.notice(request),
         )  # fmt: skip
 
     async def queue(request: web.Request) -> web.Response:

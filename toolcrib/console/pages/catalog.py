@@ -123,7 +123,7 @@ def routes(console: Console) -> list[Route]:
         return cw.page(
             "catalog.html", request, status=400 if error else 200, page_id="catalog", rows=shown, servers=servers,
             counts=counts, total=len(every), server=server, state=state, states=STATES, error=error, short=SHORT,
-            new_tools=console.config.policy.new_tools, message=request.query.get("done"),
+            new_tools=console.config.policy.new_tools, message=cw.notice(request),
             clear=urlencode({k: v for k, v in (("server", server),) if v}),
         )  # fmt: skip
 
@@ -152,7 +152,7 @@ def routes(console: Console) -> list[Route]:
                 diff = exc.message
         return cw.page(
             "catalog_tool.html", request, page_id="catalog", key=key, row=row, old=old, new=new, diff=diff,
-            current=current, message=request.query.get("done"), short=SHORT,
+            current=current, message=cw.notice(request), short=SHORT,
             pinned_at=pin.get("pinned_at") if pin else None,
         )  # fmt: skip
 
