@@ -433,3 +433,22 @@ async def test_a_loopback_page_on_another_port_cannot_make_the_console_work(
             assert "evil.example" not in (await page.text_content("main") or ""), spoof
     finally:
         await runner.cleanup()
+
+
+def test_a_run_of_stars_in_the_audit_tool_filter_is_one_star_on_postgresql(pg_url: str) -> None:
+    """The explorer's ``tool`` glob (``?tool=*****...a``, up to the URL's 8 kB) became thousands of
+    ``.*`` in the PostgreSQL regex: "regular expression is too complex", a 500 on the page. A run of
+    stars is one star (SQLite GLOB semantics, unchanged; the hypothesis test in
+    tests/gateway/test_audit_backends.py compares with SQLite)."""
+    from toolcrib.gateway.audit.log_pg import PostgresAuditLog
+    from toolcrib.storage import migrations
+    from toolcrib.storage.postgres import Database
+
+    db = Database(pg_url).open()
+    try:
+        migrations.upgrade(db)
+        log = PostgresAuditLog(db, hmac_key=b"k" * 32)
+        for pattern in ("*" * 5000 + "a", "*a" * 3000, "?*" * 3000, "[ab]*" * 1200):
+            assert log.query(tool=pattern, limit=5) == []
+    finally:
+        db.close()

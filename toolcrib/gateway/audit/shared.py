@@ -140,7 +140,8 @@ def glob_to_regex(pattern: str) -> str | None:
         c = pattern[i]
         i += 1
         if c == "*":
-            out.append(".*")
+            if out[-1] != ".*":  # a run of stars is one star; thousands of ".*" are "too complex" for PostgreSQL
+                out.append(".*")
         elif c == "?":
             out.append(".")
         elif c == "[":
