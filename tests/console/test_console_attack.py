@@ -452,3 +452,75 @@ def test_a_run_of_stars_in_the_audit_tool_filter_is_one_star_on_postgresql(pg_ur
             assert log.query(tool=pattern, limit=5) == []
     finally:
         db.close()
+
+
+async def test_an_injected_secret_never_shows_on_a_console_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """echo gets ECHO_TOKEN from a secret reference. An agent reads it back (tool output), puts it
+    in the arguments of a call held for approval, in a search query and in a resource URI that
+    fails with it: no console page, fragment or export shows it (nor its base64 or hex forms)."""
+    import base64
+
+    import anyio
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    canary = "c4nary-" + "5e" * 12
+    forms = [canary, base64.b64encode(canary.encode()).decode(), canary.encode().hex()]
+    monkeypatch.setenv("TOOLCRIB_SECRET_ECHO_TOKEN", canary)
+    policy = {"rules": RULES, "default": "allow", "approval_mode": "hold", "approval_timeout": 120}
+    servers = {"echo": stdio_server(ECHO, env={"ECHO_TOKEN": "secret:echo/token"})}
+    cfg = make_config(servers, tmp_path, policy, mode="dispatcher", auth="keys")
+    keys = key_store(cfg)
+    tokens = {"alice": keys.add("alice", ["admins"]), "bob": keys.add("bob", ["guests"])}
+    async with running_gateway(cfg, connect_wait=30, embedder=HashingEmbedder()) as rt:
+        assert rt.reindexer is not None
+        await rt.reindexer.sync(set(cfg.enabled_servers))
+        gw = ConsoleGateway(rt, tokens)
+        headers = {"Authorization": f"Bearer {tokens['bob']}"}
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=60) as http,
+            Client(streamable_http_client(rt.url, http_client=http)) as c,
+            anyio.create_task_group() as tg,
+        ):
+            await c.call_tool("invoke", {"tool": "echo__env", "arguments": {"name": "ECHO_TOKEN"}})
+            await c.call_tool("search_tools", {"query": f"find {canary} {forms[1]}"})
+            await c.call_tool("invoke", {"tool": "echo__echo", "arguments": {"text": " ".join(forms)}})
+            with pytest.raises(Exception):  # noqa: B017 - the SDK's error type for a JSON-RPC error
+                await c.read_resource("echo+echo://fail/ECHO_TOKEN")
+
+            async def held() -> None:
+                await c.call_tool("invoke", {"tool": "echo__sleep", "arguments": {"seconds": 0, "tag": canary}})
+
+            tg.start_soon(held)
+            with anyio.fail_after(30):
+                while not await rt.parts.approvals.list("pending"):
+                    await anyio.sleep(0.05)
+            async with aiohttp.ClientSession(cookie_jar=jar()) as s:
+                await cookie_login(s, gw)
+                async with s.get(f"{gw.base}/console/audit") as r:
+                    listing = await r.text()
+                seqs = sorted({int(x.split('"', 1)[0]) for x in listing.split('data-seq="')[1:]})
+                assert len(seqs) >= 6
+                pages = [
+                    "/console",
+                    "/console/overview/live",
+                    "/console/approvals",
+                    "/console/approvals/queue",
+                    "/console/audit",
+                    "/console/audit/export",
+                    "/console/audit/verify",
+                    "/console/search?q=find+token",
+                    "/console/savings",
+                    *(f"/console/audit/{seq}" for seq in seqs),
+                ]
+                for url in pages:
+                    async with s.get(gw.base + url) as r:
+                        body = await r.text()
+                        assert r.status in (200, 204), (url, r.status)
+                        assert not [f for f in forms if f in body], url
+                async with s.get(f"{gw.base}/console/approvals") as r:
+                    assert "[REDACTED]" in await r.text()  # the held call's argument, shown redacted
+            tg.cancel_scope.cancel()
