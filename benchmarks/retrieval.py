@@ -317,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.json.write_text(json.dumps(results, indent=1))
     if args.markdown:
         write_report(args.markdown, results, args.max_single)
+        append_servers_report(args.markdown, datasets, args.max_single)
 
 
 def write_report(path: Path, results: Sequence[dict[str, Any]], max_single: int) -> None:
@@ -472,9 +473,9 @@ def run_servers(name: str, tools_path: Path, docs: list[ToolDoc], queries: list[
 def indexing_cost(docs: Sequence[ToolDoc], server_docs: dict[str, ServerDoc], repeats: int = 2) -> dict[str, float]:
     """ms per tool of a full in-memory build with the real model (no cache): tools only, + server
     documents, + server and generated documents; interleaved, best of ``repeats``."""
-    from toolcrib.index.embedder import load_embedder
+    from toolcrib.index.embedder import FastEmbedEmbedder
 
-    embedder = load_embedder("default")
+    embedder = FastEmbedEmbedder()
     embedder.embed(["warm up"])
     variants = {
         "tools only (before)": (0.0, False),
@@ -542,6 +543,12 @@ def servers_report(datasets: Sequence[tuple[str, Path, Path | None]], max_single
         md += [f"| {label} | {ms:.2f} | {ms / base:.2f} |" for label, ms in cost.items()]
         md += [""]
     return "\n".join(md + sections) + "\n"
+
+
+def append_servers_report(path: Path, datasets: Sequence[tuple[str, Path, Path | None]], max_single: int) -> None:
+    """Append :func:`servers_report` to the report at ``path``."""
+    with path.open("a", encoding="utf-8") as f:
+        f.write("\n" + servers_report(datasets, max_single))
 
 
 if __name__ == "__main__":
