@@ -61,7 +61,7 @@ class CallState:
 
     decision: Decision | None = None
     outcome: str | None = None
-    """Set by the layer that ended the call early or by the upstream edge on failure (see ``_OUTCOMES``)."""
+    """Set by the layer that ended the call early or by the upstream edge on failure (see ``OUTCOMES``)."""
     approver: str | None = None
     error: str | None = None
 
@@ -142,7 +142,7 @@ def _bind(layer: Layer, nxt: Next) -> Next:
 
 # ---- the trust layers ---------------------------------------------------------------------------
 
-_OUTCOMES = {
+OUTCOMES = {
     "UpstreamTimeout": "timeout",
     "UpstreamCrashed": "upstream_crash",
     "UpstreamUnavailable": "upstream_crash",
@@ -153,6 +153,8 @@ _OUTCOMES = {
     "pending": "pending",
     "input_required": "pending",
 }
+"""``CallState.outcome`` (an error type or a layer's word) -> the ``outcome`` the audit log records;
+also the ``outcome`` label of ``toolcrib_requests_total`` (:mod:`toolcrib.observe.metrics`)."""
 
 
 def _result_bytes(result: Result) -> int | None:
@@ -196,10 +198,10 @@ def audit_layer(sink: AuditWriter) -> Layer:
             result = await nxt(call)
             noted = call.state.outcome
             is_error = isinstance(result, types.CallToolResult) and result.is_error
-            outcome = _OUTCOMES.get(noted, "tool_error") if noted else ("tool_error" if is_error else "ok")
+            outcome = OUTCOMES.get(noted, "tool_error") if noted else ("tool_error" if is_error else "ok")
             return result
         except MCPError as exc:
-            outcome = _OUTCOMES.get(call.state.outcome or "", "protocol_error")
+            outcome = OUTCOMES.get(call.state.outcome or "", "protocol_error")
             call.state.error = call.state.error or exc.error.message
             raise
         except Exception:

@@ -33,6 +33,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from toolcrib.gateway.pipeline import OUTCOMES
 from toolcrib.observe.context import outgoing
 from toolcrib.observe.metrics import Metrics, TimedLog
 from toolcrib.observe.tracing import MAX_VALUE, Tracing, short_name
@@ -52,18 +53,6 @@ __all__ = ["Metrics", "Telemetry", "TimedSearcher", "Tracing", "open_telemetry"]
 log = logging.getLogger("toolcrib.observe")
 SEARCH = "search_tools"
 INVOKE = "invoke"
-_OUTCOMES = {
-    "UpstreamTimeout": "timeout",
-    "UpstreamCrashed": "upstream_crash",
-    "UpstreamUnavailable": "upstream_crash",
-    "UpstreamInvalidResult": "protocol_error",
-    "protocol_error": "protocol_error",
-    "invalid_arguments": "tool_error",
-    "denied": "denied",
-    "pending": "pending",
-    "input_required": "pending",
-}
-"""``CallState.outcome`` -> ``outcome`` label: the audit log's mapping (gateway/pipeline.py)."""
 
 
 class _Request:
@@ -180,7 +169,7 @@ class Telemetry:
             return None
         noted = call.state.outcome
         if noted:
-            return _OUTCOMES.get(noted, "tool_error")
+            return OUTCOMES.get(noted, "tool_error")
         return default
 
     def refused(self, call: UpstreamCall, reason: str) -> None:
@@ -411,7 +400,7 @@ def _end_client_span(
         if kind is not None:
             span.set_status(StatusCode.ERROR, tracing.describe(str(error)))
     elif noted:
-        kind = _OUTCOMES.get(noted, noted)
+        kind = OUTCOMES.get(noted, noted)
         if kind == "pending":
             kind = None
         else:
