@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,14 @@ def time_server() -> dict[str, Any]:
 
 @pytest.fixture
 async def console_gateway(tmp_path: Path) -> AsyncIterator[ConsoleGateway]:
+    async with gateway_with({"echo": stdio_server(ECHO), "time": time_server()}, tmp_path) as gw:
+        yield gw
+
+
+@asynccontextmanager
+async def gateway_with(servers: dict[str, Any], tmp_path: Path) -> AsyncIterator[ConsoleGateway]:
+    """A dispatcher gateway with API keys alice (admins) and bob (guests) and :data:`RULES`, in front of ``servers``."""
     policy = {"rules": RULES, "default": "allow", "approval_mode": "hold", "approval_timeout": 120}
-    servers = {"echo": stdio_server(ECHO), "time": time_server()}
     cfg = make_config(servers, tmp_path, policy, mode="dispatcher", auth="keys")
     keys = key_store(cfg)
     tokens = {"alice": keys.add("alice", ["admins"]), "bob": keys.add("bob", ["guests"])}

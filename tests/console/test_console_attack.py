@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from tests.console.conftest import ConsoleGateway, login
+from tests.console.conftest import ConsoleGateway, gateway_with, login
 from tests.e2e.conftest import ROOT, key_store, make_config, stdio_server
 from toolcrib.app import running_gateway
 from toolcrib.console.session import LoginThrottle
@@ -64,15 +64,9 @@ RULES = [
 async def hostile(tmp_path: Path) -> AsyncIterator[ConsoleGateway]:
     script = tmp_path / "hostile.py"
     script.write_text(HOSTILE)
-    policy = {"rules": RULES, "default": "allow", "approval_mode": "hold", "approval_timeout": 120}
     servers = {"echo": stdio_server(ECHO), "evil": {"command": sys.executable, "args": [str(script)]}}
-    cfg = make_config(servers, tmp_path, policy, mode="dispatcher", auth="keys")
-    keys = key_store(cfg)
-    tokens = {"alice": keys.add("alice", ["admins"]), "bob": keys.add("bob", ["guests"])}
-    async with running_gateway(cfg, connect_wait=30, embedder=HashingEmbedder()) as rt:
-        if rt.reindexer is not None:
-            await rt.reindexer.sync(set(cfg.enabled_servers))
-        yield ConsoleGateway(rt, tokens)
+    async with gateway_with(servers, tmp_path) as gw:
+        yield gw
 
 
 def jar() -> aiohttp.CookieJar:
