@@ -129,7 +129,7 @@ async def test_delete_on_one_replica_ends_the_session_on_the_other(tmp_path: Pat
 async def test_post_and_delete_racing_on_two_replicas_never_500(tmp_path: Path, pg_url: str) -> None:
     async with pair(tmp_path, pg_url) as ((a, b), tok), aiohttp.ClientSession() as s:
         statuses: list[int] = []
-        for _ in range(5):
+        for _ in range(20):
             sid = await open_session(s, a.url, tok["alice"])
 
             async def post(url: str, sid: str = sid) -> None:

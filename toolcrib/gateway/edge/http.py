@@ -139,7 +139,8 @@ class HttpTransport:
         done = self._adopting[stored.id] = anyio.Event()
         try:
             return await self._adopt(stored, principal)
-        except (TimeoutError, anyio.ClosedResourceError, anyio.BrokenResourceError):
+        except (TimeoutError, anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            # EndOfStream: the session closed (its waiters' streams with it) while the prime was in flight
             sess = self.sessions.get(stored.id)
             if sess is None or sess.closed.is_set():  # ended meanwhile (a DELETE on another replica)
                 return _session_gone()
