@@ -15,6 +15,9 @@ import numpy.typing as npt
 Scores = npt.NDArray[np.float32]
 
 FUSION_METHODS = ("convex", "rrf")
+#: Per-query rescalings of the dense scores (and of the server relevance) before a convex fusion;
+#: see :func:`normalize_scores`.
+NORMALIZATIONS = ("none", "median_max", "zscore")
 MERGE_METHODS = ("round_robin", "max", "sum")
 
 
@@ -28,12 +31,22 @@ class Fusion:
     ``pool`` candidates are taken from each side before fusing. ``merge`` combines the rankings of
     several queries in one call (see :func:`merge_rankings`).
 
+    ``normalize`` (convex only): how the cosines are rescaled per query over the candidate pool
+    before weighting (:func:`normalize_scores`): ``none`` keeps the raw cosine, whose spread depends
+    on the model (MiniLM's cosines of one query spread over ~0.5, multilingual-e5's over ~0.1, so a
+    fixed weight over raw cosine lets BM25 decide alone with e5); ``median_max`` maps the pool's
+    median to 0 and its best to 1, ``zscore`` uses the pool's mean and standard deviation; both make
+    ``dense_weight`` mean the same for any model. The server relevance is rescaled the same way
+    over the servers.
+
     Server relevance (issue 14; hybrid ranking only): ``server_weight`` ``s`` adds
     ``s * server`` to a tool's score, ``server`` being its server's relevance to the query
     (:meth:`~toolcrib.index.store.ServerVectors.server_scores`: cosine with the server's document,
     mixed with the mean cosine of its tools by ``server_centroid``); the tools of the
     ``server_expand`` most relevant servers join the candidate pool (at most ``pool`` of them), so a
-    tool whose own text never names its server's domain can still be found. ``generated_weight``
+    tool whose own text never names its server's domain can still be found. ``server_lexical`` ``m``
+    mixes BM25 over the server documents into that relevance: ``(1 - m) * dense + m * bm25 /
+    max_bm25`` (:meth:`~toolcrib.index.store.ServerVectors.lexical_scores`). ``generated_weight``
     ``g`` adds ``g * cosine`` with the tool's generated document
     (:func:`~toolcrib.index.documents.generated_text`) when the index embeds them. Defaults chosen on
     the tune split (``benchmarks/results/retrieval.md``).
@@ -48,12 +61,18 @@ class Fusion:
     server_centroid: float = 0.0
     server_expand: int = 0
     generated_weight: float = 0.0
+    normalize: str = "none"
+    server_lexical: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in FUSION_METHODS:
             raise ValueError(f"fusion method must be one of {FUSION_METHODS}, not {self.method!r}")
         if self.merge not in MERGE_METHODS:
             raise ValueError(f"merge must be one of {MERGE_METHODS}, not {self.merge!r}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, not {self.normalize!r}")
+        if not 0.0 <= self.server_lexical <= 1.0:
+            raise ValueError("server_lexical must be within [0, 1]")
         if not 0.0 <= self.dense_weight <= 1.0:
             raise ValueError("dense_weight must be within [0, 1]")
         if not 0.0 <= self.server_centroid <= 1.0:
@@ -78,6 +97,42 @@ def _ranks(scores: Scores) -> Scores:
     return ranks
 
 
+#: Below this spread (best minus median, or standard deviation) the scores count as all equal.
+_FLAT = 1e-9
+
+
+def normalize_scores(scores: npt.ArrayLike, method: str) -> Scores:
+    """``scores`` (one query's candidates, any finite floats) rescaled per query by ``method``.
+
+    - ``none``: unchanged (as float32);
+    - ``median_max``: ``(s - median) / (max - median)``, clipped to ``[-1, 1]``: the best is 1, the
+      median 0, anything far below the median -1;
+    - ``zscore``: ``tanh((s - mean) / (2 * std))`` (strictly monotone, no clipping at the top).
+
+    Monotone (a higher score never gets a lower value) and, except for ``none``, within ``[-1, 1]``
+    and never NaN or infinite: all-equal scores, a single candidate and an empty array give zeros.
+    Computed in float64, returned as float32. Raises ValueError for an unknown ``method``.
+    """
+    values = np.asarray(scores, dtype=np.float64)
+    if method == "none":
+        return values.astype(np.float32)
+    if method not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, not {method!r}")
+    if not len(values):
+        return np.zeros(0, dtype=np.float32)
+    if method == "median_max":
+        centre = float(np.median(values))
+        spread = float(values.max()) - centre
+    else:
+        centre = float(values.mean())
+        spread = 2.0 * float(values.std())
+    if not spread > _FLAT or not np.isfinite(spread):
+        return np.zeros(len(values), dtype=np.float32)
+    if method == "zscore":
+        return np.tanh((values - centre) / spread).astype(np.float32)
+    return np.clip((values - centre) / spread, -1.0, 1.0).astype(np.float32)
+
+
 def fuse(dense: Scores, lexical: Scores, fusion: Fusion = DEFAULT_FUSION) -> Scores:
     """Fused score of each candidate from its cosine (``dense``) and BM25 score (``lexical``)."""
     w = fusion.dense_weight
@@ -87,7 +142,7 @@ def fuse(dense: Scores, lexical: Scores, fusion: Fusion = DEFAULT_FUSION) -> Sco
         return (w / (fusion.rrf_k + _ranks(dense)) + lex_part).astype(np.float32)
     top = float(lexical.max(initial=0.0))
     lex_norm = lexical / top if top > 0 else np.zeros_like(lexical)
-    return (w * dense + (1.0 - w) * lex_norm).astype(np.float32)
+    return (w * normalize_scores(dense, fusion.normalize) + (1.0 - w) * lex_norm).astype(np.float32)
 
 
 def merge_rankings(rankings: Sequence[Sequence[tuple[int, float]]], method: str) -> list[tuple[int, float]]:

@@ -26,7 +26,7 @@ from toolcrib.index.documents import (
     server_text,
 )
 from toolcrib.index.embedder import QUERY_CACHE_SIZE, Embedder, QueryCache
-from toolcrib.index.fusion import DEFAULT_FUSION, Fusion, _ranks, fuse, merge_rankings
+from toolcrib.index.fusion import DEFAULT_FUSION, Fusion, _ranks, fuse, merge_rankings, normalize_scores
 from toolcrib.index.store import Snapshot
 from toolcrib.index.usage import UsageSignal
 
@@ -69,7 +69,9 @@ def score_parts(dense: Signals | None, lexical: Signals | None, fusion: Fusion) 
 
     - always ``dense`` (cosine) and/or ``lexical`` (raw BM25), the signals;
     - ``convex``: ``lexical_max`` (best BM25 in the pool), ``lexical_norm`` (``lexical / lexical_max``,
-      0 when nothing matches), ``dense_weight`` ``w``, ``dense_term = w * dense`` and
+      0 when nothing matches), ``dense_weight`` ``w``, ``dense_term = w * dense`` (or ``w *
+      dense_norm`` when the fusion normalises: ``dense_norm`` is
+      :func:`~toolcrib.index.fusion.normalize_scores` of the pool's cosines) and
       ``lexical_term = (1 - w) * lexical_norm``;
     - ``rrf``: ``dense_rank`` / ``lexical_rank`` (1-based in the pool), ``rrf_k``, ``dense_weight``,
       ``dense_term = w / (rrf_k + dense_rank)`` and ``lexical_term = (1 - w) / (rrf_k + lexical_rank)``
@@ -104,13 +106,18 @@ def score_parts(dense: Signals | None, lexical: Signals | None, fusion: Fusion) 
         }
     top = float(lexical.max(initial=0.0))
     lex_norm = lexical / top if top > 0 else np.zeros_like(lexical)
+    dense_parts = {"dense": dense}
+    dense_norm = dense
+    if fusion.normalize != "none":
+        dense_norm = normalize_scores(dense, fusion.normalize)
+        dense_parts["dense_norm"] = dense_norm
     return {
-        "dense": dense,
+        **dense_parts,
         "lexical": lexical,
         "lexical_max": np.full(n, top),
         "lexical_norm": lex_norm,
         "dense_weight": weight,
-        "dense_term": w * dense,
+        "dense_term": w * dense_norm,
         "lexical_term": (1.0 - w) * lex_norm,
     }
 
@@ -414,7 +421,9 @@ class ToolIndex:
             rows, dense, lexical = self._pool_signals(snap, text, qvec, ranking, pool_size, candidates, usage)
             scores = self._combine(ranking, dense, lexical)
             scores, extra_parts = self._blend_usage(scores, rows, dense, lexical, usage)
-            scores, extra_parts = self._blend_servers(scores, snap, qvec, ranking, rows, dense, lexical, extra_parts)
+            scores, extra_parts = self._blend_servers(
+                scores, snap, text, qvec, ranking, rows, dense, lexical, extra_parts
+            )
             order = np.argsort(-scores, kind="stable")
             out: list[tuple[int, float]] = []
             for i in order:
@@ -464,7 +473,7 @@ class ToolIndex:
                 rows = np.concatenate([rows, extra])
                 dense = np.concatenate([dense, snap.vectors[extra] @ qvec])
             if ranking == "hybrid":  # the tools of the most relevant servers (issue 14)
-                extra = np.setdiff1d(self._server_pool(snap, qvec), rows)
+                extra = np.setdiff1d(self._server_pool(snap, qvec, text), rows)
                 rows = np.concatenate([rows, extra])
                 dense = np.concatenate([dense, snap.vectors[extra] @ qvec])
         if ranking == "dense":
@@ -512,13 +521,30 @@ class ToolIndex:
         total = total + term.astype(np.float64)
         return total.astype(np.float32), {"usage": signal, "usage_blend": np.full(len(rows), blend), "usage_term": term}
 
-    def _server_pool(self, snap: Snapshot, qvec: np.ndarray) -> np.ndarray:
+    def _server_relevance(self, snap: Snapshot, qvec: np.ndarray, text: str) -> np.ndarray:
+        """Relevance of every server to the query (float32, one per server plus a trailing 0 for
+        rows without a server): the dense side (:meth:`~toolcrib.index.store.ServerVectors.server_scores`)
+        rescaled over the servers by ``fusion.normalize``, mixed with BM25 over the server documents
+        (relative to the best server, 0 when none matches) by ``fusion.server_lexical``."""
+        f = self.fusion
+        out = snap.servers.server_scores(qvec, f.server_centroid)
+        if f.normalize != "none":
+            out[:-1] = normalize_scores(out[:-1], f.normalize)
+        if f.server_lexical > 0 and len(snap.servers):
+            lex = snap.servers.lexical_scores(text)
+            top = float(lex.max(initial=0.0))
+            lex_norm = lex / top if top > 0 else np.zeros_like(lex)
+            m = np.float32(f.server_lexical)
+            out[:-1] = (np.float32(1.0) - m) * out[:-1] + m * lex_norm
+        return out
+
+    def _server_pool(self, snap: Snapshot, qvec: np.ndarray, text: str) -> np.ndarray:
         """Rows of the tools of the ``fusion.server_expand`` servers most relevant to ``qvec`` (at
         most ``fusion.pool`` rows): they join the hybrid candidate pool (issue 14)."""
         f = self.fusion
         if f.server_weight <= 0 or f.server_expand <= 0 or not len(snap.servers):
             return np.zeros(0, dtype=np.int64)
-        per_server = snap.servers.server_scores(qvec, f.server_centroid)[:-1]
+        per_server = self._server_relevance(snap, qvec, text)[:-1]
         top = np.argsort(-per_server, kind="stable")[: f.server_expand]
         found = [r for j in top if (r := snap.server_rows.get(snap.servers.docs[j].server)) is not None]
         return np.concatenate(found)[: f.pool] if found else np.zeros(0, dtype=np.int64)
@@ -527,6 +553,7 @@ class ToolIndex:
         self,
         scores: np.ndarray,
         snap: Snapshot,
+        text: str,
         qvec: np.ndarray | None,
         ranking: str,
         rows: np.ndarray,
@@ -536,7 +563,7 @@ class ToolIndex:
     ) -> tuple[np.ndarray, dict[str, Signals]]:
         """Server relevance and generated documents blended in (issue 14; hybrid ranking only):
         ``server_term = server_weight * server`` (the relevance of each candidate's server,
-        :meth:`~toolcrib.index.store.ServerVectors.server_scores`) and ``generated_term =
+        :meth:`_server_relevance`) and ``generated_term =
         generated_weight * generated`` (cosine with the tool's generated document), added to the
         other ``*_term`` parts (including ``extra_parts``, e.g. usage) and summed as
         :func:`compose` sums them. Returns the scores and ``extra_parts`` with these parts added;
@@ -547,7 +574,7 @@ class ToolIndex:
         parts: dict[str, Signals] = {}
         n = len(rows)
         if f.server_weight > 0 and len(snap.servers):
-            per_server = snap.servers.server_scores(qvec, f.server_centroid)
+            per_server = self._server_relevance(snap, qvec, text)
             signal = per_server[snap.servers.row_server[rows]]
             parts |= {
                 "server": signal,

@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from toolcrib.index.documents import ServerDoc, ToolDoc, lexical_text
+from toolcrib.index.documents import ServerDoc, ToolDoc, lexical_text, server_text
 from toolcrib.index.lexical import LexicalIndex, tokenize
 
 Vectors = npt.NDArray[np.float32]
@@ -127,7 +127,8 @@ class ServerVectors:
     of :func:`~toolcrib.index.documents.server_text` of server ``j``; ``centroid[j]``: the mean of
     its tools' vectors (not normalised: ``centroid @ q`` is the mean cosine of its tools);
     ``row_server[i]``: the server of tool row ``i`` (-1: no server vector, e.g. an index stored
-    before servers were indexed, until its next sync).
+    before servers were indexed, until its next sync); ``lexical``: BM25 over the same server texts
+    (:meth:`lexical_scores`).
     """
 
     docs: tuple[ServerDoc, ...]
@@ -136,6 +137,9 @@ class ServerVectors:
     centroid: Vectors
     row_server: npt.NDArray[np.int64]
     by_name: Mapping[str, int]
+    lexical: LexicalIndex | None = None
+    """BM25 over the server documents (row ``j`` = server ``j``; built from the same
+    :func:`~toolcrib.index.documents.server_text` as the vectors); None without servers."""
 
     @classmethod
     def empty(cls, dim: int, rows: int = 0) -> ServerVectors:
@@ -163,6 +167,10 @@ class ServerVectors:
         if len(docs):
             np.add.at(centroid, row_server[row_server >= 0], vectors[row_server >= 0])
         centroid /= np.maximum(counts, 1.0)[:, None]
+        tools_of: dict[str, list[ToolDoc]] = {}
+        for doc in docs:
+            tools_of.setdefault(doc.server, []).append(doc)
+        texts = [server_text(s, sorted(tools_of.get(s.server, ()), key=lambda d: d.name)) for s in servers]
         return cls(
             tuple(servers),
             tuple(hashes),
@@ -170,6 +178,7 @@ class ServerVectors:
             centroid,
             row_server,
             by_name,
+            LexicalIndex([tokenize(t) for t in texts]),
         )
 
     def __len__(self) -> int:
@@ -184,3 +193,10 @@ class ServerVectors:
             c = np.float32(centroid_weight)
             out[:-1] = (np.float32(1.0) - c) * (self.text @ query) + c * (self.centroid @ query)
         return out
+
+    def lexical_scores(self, query: str) -> Vectors:
+        """BM25 score of every server document for the query text ``query`` (float32, one per
+        server; zeros when nothing matches or there are no servers)."""
+        if self.lexical is None:
+            return np.zeros(len(self.docs), dtype=np.float32)
+        return self.lexical.scores(query)
