@@ -235,7 +235,7 @@ def _reindex_on_change(pool: Pool, reindexer: Reindexer) -> None:
     async def listener(server: str, what: str) -> None:
         if what in ("connected", "tools_changed"):
             try:
-                await reindexer.sync({server})
+                await reindexer.changed(server)  # held until the start-up sync in running_gateway
             except ToolcribError as exc:
                 log.error("reindex of %s failed: %s", server, exc.message)
 
@@ -305,6 +305,8 @@ async def running_gateway(
         keys = keys_store(config, db)
         authenticator = build_authenticator(config, keys)
         parts = build(config, embedder=embedder, db=db)
+        if parts.reindexer is not None:
+            parts.reindexer.hold()  # the start-up sync (_start_http) decides the model once: issue 14
         if parts.listener is not None:
             _live_documents(parts.listener, keys, parts.trust)
     except BaseException:
@@ -451,7 +453,7 @@ def settle_heap() -> None:
 
 async def _sync(reindexer: Reindexer | None, servers: set[str]) -> None:
     if reindexer is not None:
-        await reindexer.sync(servers)
+        await reindexer.start(servers)
 
 
 async def _audit_upkeep(audit: AuditLog, retention_days: int) -> None:

@@ -128,6 +128,48 @@ class Reindexer:
         self.learner: UsageMiner | None = None
         self._learn_interval = 300.0
         self._learn_wake: anyio.Event | None = None
+        #: Tool documents embedded by this reindexer's syncs, in all (``SyncReport.embedded`` summed).
+        self.embedded = 0
+        #: Times ``[index] model = "auto"`` switched models (each one re-embeds the whole catalog).
+        self.switches = 0
+        #: Servers changed while held (:meth:`hold`); None: not held.
+        self._held: set[str] | None = None
+
+    def hold(self) -> None:
+        """Until :meth:`start`: :meth:`changed` only notes which servers changed, and nothing is embedded.
+
+        ``toolcrib serve`` holds from before the upstreams start, so the start-up sync measures the
+        catalog of every upstream that connected in the start-up window at once: with ``[index] model
+        = "auto"`` the model is decided once, and no tool is embedded twice because the non-English
+        share of the upstreams connected so far crossed the switch line and back (issue 14).
+        """
+        if self._held is None:
+            self._held = set()
+
+    async def changed(self, server: str) -> SyncReport | None:
+        """``server`` connected or changed its tools: sync its tools now, or (held) at :meth:`start`.
+        Returns the sync's report, None when held. Raises what :meth:`sync` raises."""
+        if self._held is not None:
+            self._held.add(server)
+            return None
+        return await self.sync({server})
+
+    async def start(self, servers: Collection[str]) -> SyncReport:
+        """The start-up sync of ``servers`` (those connected in the start-up window); ends :meth:`hold`.
+
+        The model (``auto``) is decided once, on that catalog; then the servers that changed while
+        held are synced again (their documents are hashed, not embedded, unless they changed after
+        the start-up sync read the catalog). Later changes sync as they come, each re-deciding the
+        model with the hysteresis of :func:`~toolcrib.index.embedder.auto_choice`. Raises what
+        :meth:`sync` raises (the hold ends all the same).
+        """
+        try:
+            report = await self.sync(servers)
+        finally:
+            late, self._held = self._held, None
+        if late:
+            await self.sync(late)
+        return report
 
     def learn_from_use(self, config: Config, audit: AuditReader, db: Database | None = None) -> None:
         """With ``[index] learn_from_use``: blend the usage anchors into the index's ranking and mine
@@ -196,8 +238,10 @@ class Reindexer:
             report: SyncReport = await anyio.to_thread.run_sync(
                 lambda: self.index.sync(docs, servers=servers, full=full, progress=progress, server_docs=described)
             )
+            self.embedded += report.embedded
             if switching and isinstance(emb, AutoEmbedder):
                 emb.commit()
+                self.switches += 1
                 log.info("tool index re-embedded with %s", emb.describe())
         if self._learn_wake is not None:
             self._learn_wake.set()  # mine after each reindex
