@@ -153,9 +153,17 @@ async def serve_stdio_mode(config: Config) -> None:
     """``toolcrib serve --stdio``: one client on stdin/stdout, as the local operator."""
     parts = build(config)
     pool, gateway = parts.pool, parts.gateway
+    if parts.reindexer is not None:
+        parts.reindexer.hold()  # one start-up sync below decides the model once (issue 14)
     try:
         async with pool.running():
             await pool.wait_ready(10.0)
+            if parts.reindexer is not None:
+                connected = {name for name, up in pool.upstreams.items() if up.state.status == "connected"}
+                try:
+                    await parts.reindexer.start(connected)
+                except ToolcribError as exc:
+                    print(f"toolcrib: initial index build failed: {exc.message}", file=sys.stderr)
             for line in describe_upstreams(pool, parts.trust):
                 print(line, file=sys.stderr)
             await serve_stdio(gateway)

@@ -14,11 +14,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import anyio
 import mcp_types as types
 import pytest
-from mcp import Client
+import tomli_w
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
 
-from tests.e2e.conftest import make_config, stdio_server
+from tests.e2e.conftest import TOOLCRIB, make_config, stdio_server
 from toolcrib.app import Running, running_gateway
 from toolcrib.config import Config
 from toolcrib.index.embedder import DEFAULT_MODEL, MULTILINGUAL_MODEL, AutoEmbedder
@@ -78,3 +81,30 @@ async def test_a_mostly_chinese_catalog_is_embedded_once_with_the_multilingual_m
         assert rt.reindexer is not None
         assert (rt.reindexer.embedded, rt.reindexer.switches) == (0, 0)
         assert model_of(rt) == MULTILINGUAL_MODEL
+
+
+async def test_stdio_mode_decides_the_model_once_too(tmp_path: Path) -> None:
+    """``toolcrib serve --stdio`` holds its reindexer for the start-up window as ``serve`` does:
+    Chinese first alone, then English (25% non-English in all) gives one index build with MiniLM,
+    and no re-embedding with another model (the gateway's own INFO log lines are the observable)."""
+    cfg = tmp_path / "toolcrib.toml"
+    servers = {"zh": described("zh", 4), "en": described("en", 12, DELAY)}
+    doc = {
+        "gateway": {"mode": "dispatcher"},
+        "index": {"model": "auto", "path": str(tmp_path / "index")},
+        "audit": {"path": str(tmp_path / "audit.db")},
+        "servers": servers,
+    }
+    cfg.write_text(tomli_w.dumps(doc))
+    params = StdioServerParameters(
+        command=TOOLCRIB, args=["-v", "--config", str(cfg), "serve", "--stdio"], cwd=str(tmp_path)
+    )
+    log_path = tmp_path / "stderr.log"
+    with log_path.open("w") as errlog, anyio.fail_after(180):
+        async with Client(stdio_client(params, errlog=errlog)) as client:
+            found = await client.call_tool("search_tools", {"query": "what time is it", "limit": 20})
+            assert len(json.loads(_text(found))) == 16
+    log = log_path.read_text()
+    assert "re-embedded with" not in log, log
+    builds = [line for line in log.splitlines() if "reindexed" in line and "added" in line]
+    assert len(builds) == 1 and " 16 added" in builds[0], builds
