@@ -197,6 +197,6 @@ args = ["-m", "mcp_server_time", "--local-timezone", "UTC"]
         assert {"dense", "lexical", "dense_term", "lexical_term"} <= set(row["parts"])
     assert main(["--config", str(cfg), "search", "what time is it in Tokyo", "--explain"]) == 0
     out = capfd.readouterr().out
-    assert "parts" in out and "0.85 x dense" in out
+    assert "parts" in out and f"{DEFAULT_FUSION.dense_weight:.2f} x dense" in out
     assert main(["--config", str(cfg), "search", "what time is it in Tokyo", "--json"]) == 0
     assert all("parts" not in row for row in json.loads(capfd.readouterr().out))

@@ -104,6 +104,26 @@ def test_server_bm25_finds_the_server_a_word_names(minilm: FastEmbedEmbedder) ->
         assert hit.parts is not None and round(compose(hit.parts), 6) == hit.score
     assert index._snap.servers.lexical_scores("nothing matches this").sum() == 0
 
+    # a later sync re-tokenizes only the server texts that changed (at the first search after it)
+    from toolcrib.index import store
+
+    calls: list[str] = []
+    real = store.tokenize
+
+    def counting(text: str) -> list[str]:
+        calls.append(text)
+        return real(text)
+
+    new = ToolDoc(key="new__ping", server="new", name="ping", description="Ping a host.", input_schema={})
+    index.sync([*docs, new])
+    original = store.tokenize
+    store.tokenize = counting
+    try:
+        index.search("zorblax ping", limit=3)
+    finally:
+        store.tokenize = original
+    assert len(calls) == 1 and calls[0].startswith("new")
+
 
 # ---- e5: the Chinese slice that collapsed with raw cosines --------------------------------------
 

@@ -1,7 +1,7 @@
 """Turning dense and BM25 scores into one ranking, and several per-step rankings into one list.
 
-The settings in :data:`DEFAULT_FUSION` are the ones measured best on the benchmark datasets; see
-``benchmarks/results/retrieval.md`` for the comparison that picked them.
+The settings in :data:`DEFAULT_FUSION` were chosen on the tune half of the benchmark datasets and
+reported on the other half; see ``benchmarks/results/retrieval.md`` for the comparison that picked them.
 """
 
 from __future__ import annotations
@@ -86,7 +86,12 @@ class Fusion:
         return self.server_weight > 0 or self.generated_weight > 0
 
 
-DEFAULT_FUSION = Fusion()
+#: Chosen on the tune half of every dataset with MiniLM and multilingual-e5 (issue 14,
+#: ``python -m benchmarks.retrieval --retune``; benchmarks/results/retrieval.md, "Fusion re-tuned on
+#: the tune half"): the dense side rescaled per query (``zscore``) so the weight holds for both models,
+#: 0.7 on it, server relevance 0.1 with 30% BM25 over the server documents. ``Fusion()`` keeps the
+#: unnormalised field defaults for callers that build their own.
+DEFAULT_FUSION = Fusion(dense_weight=0.7, normalize="zscore", server_weight=0.1, server_lexical=0.3)
 
 
 def _ranks(scores: Scores) -> Scores:

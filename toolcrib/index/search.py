@@ -679,7 +679,8 @@ def _side_hash(fingerprint: str, kind: str, text: str) -> str:
 
 def describe_parts(parts: dict[str, float]) -> str:
     """One line spelling out how the parts make the score, e.g.
-    ``0.85 x dense 0.612 + 0.15 x lexical 4.31/5.02 = 0.520 + 0.129`` (convex) or
+    ``0.85 x dense 0.612 + 0.15 x lexical 4.31/5.02 = 0.520 + 0.129`` (convex; with a normalising
+    fusion ``0.70 x dense 0.612 (rescaled 0.431) + ...``, the term being the rescaled value) or
     ``0.85/(60+1) + 0.15/(60+2) = ...`` (rrf); unknown ``*_term`` parts are appended by name."""
     terms = [name for name in parts if name.endswith(TERM)]
     pieces: list[str] = []
@@ -692,7 +693,8 @@ def describe_parts(parts: dict[str, float]) -> str:
         else:
             pieces.append("no lexical match")
     elif w is not None:
-        pieces.append(f"{w:.2f} x dense {parts['dense']:.3f}")
+        norm = parts.get("dense_norm")
+        pieces.append(f"{w:.2f} x dense {parts['dense']:.3f}" + ("" if norm is None else f" (rescaled {norm:.3f})"))
         top = parts["lexical_max"]
         pieces.append(f"{1 - w:.2f} x lexical {parts['lexical']:.2f}/{top:.2f}" if top else "no lexical match")
     else:

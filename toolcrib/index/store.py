@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import faiss
 import numpy as np
@@ -80,7 +81,12 @@ class Snapshot:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         dim = int(vectors.shape[1])
         server_set = ServerVectors.build(
-            docs, vectors, servers, server_hashes, server_vectors if server_vectors is not None else np.zeros((0, dim))
+            docs,
+            vectors,
+            servers,
+            server_hashes,
+            server_vectors if server_vectors is not None else np.zeros((0, dim)),
+            previous.servers if previous is not None else None,
         )
         return cls(
             docs=tuple(docs),
@@ -127,8 +133,8 @@ class ServerVectors:
     of :func:`~toolcrib.index.documents.server_text` of server ``j``; ``centroid[j]``: the mean of
     its tools' vectors (not normalised: ``centroid @ q`` is the mean cosine of its tools);
     ``row_server[i]``: the server of tool row ``i`` (-1: no server vector, e.g. an index stored
-    before servers were indexed, until its next sync); ``lexical``: BM25 over the same server texts
-    (:meth:`lexical_scores`).
+    before servers were indexed, until its next sync); BM25 over the same server texts
+    (:meth:`lexical_scores`), built on first use so that a sync tokenizes nothing it did not change.
     """
 
     docs: tuple[ServerDoc, ...]
@@ -137,9 +143,11 @@ class ServerVectors:
     centroid: Vectors
     row_server: npt.NDArray[np.int64]
     by_name: Mapping[str, int]
-    lexical: LexicalIndex | None = None
-    """BM25 over the server documents (row ``j`` = server ``j``; built from the same
-    :func:`~toolcrib.index.documents.server_text` as the vectors); None without servers."""
+    texts: tuple[str, ...] = ()
+    """:func:`~toolcrib.index.documents.server_text` of server ``j`` (what its vector embeds)."""
+    _lexical: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """BM25 over ``texts``, built at the first :meth:`lexical_scores` (``index``) from the tokens of
+    the previous snapshot's unchanged texts and fresh ones (``tokens``: text -> tokens)."""
 
     @classmethod
     def empty(cls, dim: int, rows: int = 0) -> ServerVectors:
@@ -155,8 +163,10 @@ class ServerVectors:
         servers: Sequence[ServerDoc],
         hashes: Sequence[str],
         text: npt.NDArray[np.floating],
+        previous: ServerVectors | None = None,
     ) -> ServerVectors:
-        """Index ``servers`` (aligned with ``hashes`` and the rows of ``text``) against the tools."""
+        """Index ``servers`` (aligned with ``hashes`` and the rows of ``text``) against the tools;
+        ``previous``: the server side of the snapshot this one replaces (its tokens are reused)."""
         dim = int(vectors.shape[1])
         if not servers:
             return cls.empty(dim, len(docs))
@@ -178,7 +188,8 @@ class ServerVectors:
             centroid,
             row_server,
             by_name,
-            LexicalIndex([tokenize(t) for t in texts]),
+            tuple(texts),
+            {"tokens": previous._lexical.get("tokens", {})} if previous is not None else {},
         )
 
     def __len__(self) -> int:
@@ -197,6 +208,14 @@ class ServerVectors:
     def lexical_scores(self, query: str) -> Vectors:
         """BM25 score of every server document for the query text ``query`` (float32, one per
         server; zeros when nothing matches or there are no servers)."""
-        if self.lexical is None:
-            return np.zeros(len(self.docs), dtype=np.float32)
-        return self.lexical.scores(query)
+        if not self.docs:
+            return np.zeros(0, dtype=np.float32)
+        index = self._lexical.get("index")
+        if index is None:  # racing searches may both build it: same result, one assignment wins
+            known = self._lexical.get("tokens", {})
+            tokens = {t: known[t] if t in known else tuple(tokenize(t)) for t in self.texts}
+            index = LexicalIndex([tokens[t] for t in self.texts])
+            self._lexical["tokens"] = tokens
+            self._lexical["index"] = index
+        scores: Vectors = index.scores(query)
+        return scores
