@@ -226,7 +226,7 @@ def run_dataset(
             metrics = evaluate(index, stepped, "hybrid", texts)
             rows.append((label, metrics))
             out["modes"][f"given steps: {label}"] = metrics
-        index.fusion = DEFAULT_FUSION
+        index.fusion = None  # the model's default (fusion_for)
         md += [
             f"Multi-step, report split ({len(stepped)} tasks): the dataset's own step plan (`steps`) as an upper "
             "reference for the splitter:",
@@ -268,7 +268,7 @@ def run_dataset(
         for label, fusion in FUSIONS.items():
             index.fusion = fusion
             rows.append((label, evaluate(index, tune, "hybrid")))
-        index.fusion = DEFAULT_FUSION
+        index.fusion = None  # the model's default (fusion_for)
         md += ["Fusion, tuning split:", "", table(rows), ""]
         out["explore"] = md[-2]
     embedder.save()
@@ -473,7 +473,7 @@ def run_servers(name: str, tools_path: Path, docs: list[ToolDoc], queries: list[
         for label, fusion in server_variants().items():
             index.fusion = fusion
             srows.append((label, evaluate(index, subset, "hybrid", steps)))
-        index.fusion = DEFAULT_FUSION
+        index.fusion = None  # the model's default (fusion_for)
         for label, m in srows:
             out["slices"][f"{slice_name}|{label}"] = m
         out["slices"][f"{slice_name}|n"] = {"n": len(subset)}

@@ -1,7 +1,8 @@
 """Turning dense and BM25 scores into one ranking, and several per-step rankings into one list.
 
-The settings in :data:`DEFAULT_FUSION` were chosen on the tune half of the benchmark datasets and
-reported on the other half; see ``benchmarks/results/retrieval.md`` for the comparison that picked them.
+The default settings per embedding model (:func:`fusion_for`) were measured on the tune half of the
+benchmark datasets and reported on the other half; ``benchmarks/results/retrieval.md`` has the
+comparison that picked them.
 """
 
 from __future__ import annotations
@@ -86,12 +87,27 @@ class Fusion:
         return self.server_weight > 0 or self.generated_weight > 0
 
 
-#: Chosen on the tune half of every dataset with MiniLM and multilingual-e5 (issue 14,
-#: ``python -m benchmarks.retrieval --retune``; benchmarks/results/retrieval.md, "Fusion re-tuned on
-#: the tune half"): the dense side rescaled per query (``zscore``) so the weight holds for both models,
-#: 0.7 on it, server relevance 0.1 with 30% BM25 over the server documents. ``Fusion()`` keeps the
-#: unnormalised field defaults for callers that build their own.
-DEFAULT_FUSION = Fusion(dense_weight=0.7, normalize="zscore", server_weight=0.1, server_lexical=0.3)
+#: The ranking for the default model (all-MiniLM-L6-v2): convex, 0.85 on the raw cosine, server
+#: relevance 0.2 (the server weight chosen on the tune half). The re-tune of issue 14 (``python -m
+#: benchmarks.retrieval --retune``, benchmarks/results/retrieval.md "Fusion re-tuned on the tune
+#: half") chose :data:`MULTILINGUAL_FUSION` on the tune half for both models; on the report half it
+#: was worse than this one for MiniLM on 5 of 7 slices (MetaTool multi-tool R@5 0.731 -> 0.711,
+#: real-servers English R@1 0.625 -> 0.525), so MiniLM keeps this one.
+DEFAULT_FUSION = Fusion()
+
+#: The ranking for ``intfloat/multilingual-e5-small``: its cosines sit in a narrow band (about
+#: 0.75-0.9), so a fixed weight over the raw cosine lets BM25 decide (hybrid R@5 0.180 on the
+#: LiveMCPBench tools described in Chinese); here the cosines are rescaled per query (``zscore``)
+#: before weighting 0.7, with server relevance 0.1 of which 30% is BM25 over the server documents.
+MULTILINGUAL_FUSION = Fusion(dense_weight=0.7, normalize="zscore", server_weight=0.1, server_lexical=0.3)
+
+_BY_MODEL = {"intfloat/multilingual-e5-small": MULTILINGUAL_FUSION}
+
+
+def fusion_for(model_id: str) -> Fusion:
+    """The default fusion for the embedding model ``model_id`` (a Hugging Face id as in ``[index]
+    model``): :data:`MULTILINGUAL_FUSION` for multilingual-e5-small, :data:`DEFAULT_FUSION` otherwise."""
+    return _BY_MODEL.get(model_id, DEFAULT_FUSION)
 
 
 def _ranks(scores: Scores) -> Scores:

@@ -26,7 +26,7 @@ from toolcrib.index.documents import (
     server_text,
 )
 from toolcrib.index.embedder import QUERY_CACHE_SIZE, Embedder, QueryCache
-from toolcrib.index.fusion import DEFAULT_FUSION, Fusion, _ranks, fuse, merge_rankings, normalize_scores
+from toolcrib.index.fusion import Fusion, _ranks, fuse, fusion_for, merge_rankings, normalize_scores
 from toolcrib.index.store import Snapshot
 from toolcrib.index.usage import UsageSignal
 
@@ -166,7 +166,7 @@ class ToolIndex:
         embedder: Embedder,
         ranking: str = "hybrid",
         *,
-        fusion: Fusion = DEFAULT_FUSION,
+        fusion: Fusion | None = None,
         text_style: TextStyle = DEFAULT_STYLE,
         query_cache_size: int = QUERY_CACHE_SIZE,
     ) -> None:
@@ -175,7 +175,7 @@ class ToolIndex:
         #: Query vectors by normalised query text (see :class:`~toolcrib.index.embedder.QueryCache`).
         self.query_cache = QueryCache(embedder, query_cache_size)
         self.ranking = _check_ranking(ranking)
-        self.fusion = fusion
+        self._fusion = fusion
         self.text_style = text_style
         self._snap = Snapshot.empty(embedder.dim)
         self._sync_lock = threading.Lock()
@@ -186,6 +186,17 @@ class ToolIndex:
         #: Learned from use (:mod:`toolcrib.index.usage`): adds ``usage_term`` to the score; None: off.
         self.usage: UsageSignal | None = None
 
+    @property
+    def fusion(self) -> Fusion:
+        """How hybrid scores are fused: the one given, else the embedding model's default
+        (:func:`~toolcrib.index.fusion.fusion_for`; follows an ``auto`` model switch)."""
+        return self._fusion if self._fusion is not None else fusion_for(self.embedder.model_id)
+
+    @fusion.setter
+    def fusion(self, fusion: Fusion | None) -> None:
+        """Set a fusion; None goes back to the model's default."""
+        self._fusion = fusion
+
     @classmethod
     def open(
         cls,
@@ -193,7 +204,7 @@ class ToolIndex:
         embedder: Embedder,
         ranking: str = "hybrid",
         *,
-        fusion: Fusion = DEFAULT_FUSION,
+        fusion: Fusion | None = None,
         text_style: TextStyle = DEFAULT_STYLE,
         query_cache_size: int = QUERY_CACHE_SIZE,
     ) -> ToolIndex:

@@ -27,7 +27,7 @@ from psycopg.types.json import Jsonb
 from toolcrib.errors import IndexError_, StorageError
 from toolcrib.index.documents import DEFAULT_STYLE, ServerDoc, TextStyle, ToolDoc
 from toolcrib.index.embedder import QUERY_CACHE_SIZE, Embedder
-from toolcrib.index.fusion import DEFAULT_FUSION, Fusion
+from toolcrib.index.fusion import Fusion
 from toolcrib.index.persistence import CorruptIndex, FileSnapshots, Loaded, SnapshotStore, decode, encode
 from toolcrib.index.search import SyncReport, ToolIndex
 from toolcrib.index.store import Snapshot
@@ -110,7 +110,7 @@ class StoredIndex(ToolIndex):
         embedder: Embedder,
         ranking: str = "hybrid",
         *,
-        fusion: Fusion = DEFAULT_FUSION,
+        fusion: Fusion | None = None,
         text_style: TextStyle = DEFAULT_STYLE,
         query_cache_size: int = QUERY_CACHE_SIZE,
     ) -> None:
@@ -128,7 +128,7 @@ class StoredIndex(ToolIndex):
         embedder: Embedder,
         ranking: str = "hybrid",
         *,
-        fusion: Fusion = DEFAULT_FUSION,
+        fusion: Fusion | None = None,
         text_style: TextStyle = DEFAULT_STYLE,
         query_cache_size: int = QUERY_CACHE_SIZE,
     ) -> StoredIndex:
@@ -151,7 +151,7 @@ class StoredIndex(ToolIndex):
         embedder: Embedder,
         ranking: str = "hybrid",
         *,
-        fusion: Fusion = DEFAULT_FUSION,
+        fusion: Fusion | None = None,
         text_style: TextStyle = DEFAULT_STYLE,
         query_cache_size: int = QUERY_CACHE_SIZE,
     ) -> StoredIndex:
