@@ -35,6 +35,7 @@ from benchmarks.common import DATA, ROOT, Query, load_queries, load_tools, make_
 from benchmarks.retrieval import evaluate, sample_queries
 from toolcrib.index.documents import ToolDoc
 from toolcrib.index.embedder import DEFAULT_MODEL, MULTILINGUAL_MODEL, Embedder, embed_queries, load_embedder
+from toolcrib.index.fusion import DEFAULT_FUSION, MULTILINGUAL_FUSION, Fusion
 from toolcrib.index.language import detect_language, non_english_share
 from toolcrib.index.search import ToolIndex
 
@@ -212,6 +213,15 @@ def run(metatool_single: int) -> dict[str, Any]:
     return results
 
 
+def _fusion_text(f: Fusion) -> str:
+    """``f``'s tuned knobs in words (method, dense weight and normalisation, server term)."""
+    dense = "raw cosine" if f.normalize == "none" else f"cosines rescaled per query ({f.normalize})"
+    return (
+        f"{f.method} {f.dense_weight:g} on the {dense}, server relevance {f.server_weight:g}"
+        f" ({100 * f.server_lexical:.0f}% of it BM25)"
+    )
+
+
 def report(results: dict[str, Any], command: str) -> str:
     rows = []
     for set_label, by_model in results["sets"].items():
@@ -246,7 +256,9 @@ def report(results: dict[str, Any], command: str) -> str:
             "Recall@k of `ToolIndex.search` (limit 10). (a) LiveMCPBench tasks (English task text) whose",
             "relevant tools include one with a Chinese description: first scored on those Chinese-described",
             "tools only, then on all their relevant tools. (b) non-English queries for the real-servers tools",
-            "(English descriptions), per language. (c) English sets.",
+            "(English descriptions), per language. (c) English sets. hybrid = each model's own default fusion",
+            f"(`toolcrib.index.fusion.fusion_for`): MiniLM {_fusion_text(DEFAULT_FUSION)};",
+            f"e5 {_fusion_text(MULTILINGUAL_FUSION)}.",
             "",
             table(rows),
             "",

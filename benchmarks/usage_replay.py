@@ -33,6 +33,7 @@ from benchmarks.retrieval import (
     slices,
     table,
 )
+from toolcrib.index.fusion import DEFAULT_FUSION
 from toolcrib.index.search import ToolIndex
 from toolcrib.index.steps import DEFAULT_RULES
 from toolcrib.index.usage import BLEND, THRESHOLD, UsageSignal, UsageState, replay
@@ -141,7 +142,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         machine.describe(),
         "",
         "`python -m benchmarks.usage_replay`. Every dataset of `benchmarks.retrieval` (same loading and",
-        "sampling, offline int8 MiniLM). The TUNE half of the queries is replayed as past usage: each",
+        "sampling, offline int8 MiniLM; default = hybrid + step splitting with MiniLM's default fusion,",
+        f"`fusion_for`: {DEFAULT_FUSION.method} {DEFAULT_FUSION.dense_weight:g} on the raw cosine, server relevance",
+        f"{DEFAULT_FUSION.server_weight:g}; no dataset server descriptions loaded, as in the retrieval summary).",
+        "The TUNE half of the queries is replayed as past usage: each",
         "query as if searched with `search_tools` and each of its relevant tools then called successfully",
         "(one fresh use per pair, so every anchor weighs 0.5, cap 32 anchors per tool). The REPORT half is",
         "measured without and with those anchors. Usage can only help where a report query resembles a",
