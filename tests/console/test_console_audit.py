@@ -155,7 +155,7 @@ async def test_a_tampered_row_shows_the_chain_broken_at_that_row(console_gateway
     victim = gw.rt.parts.audit.query(principal="key:alice", kind="outcome", limit=3)[1]["seq"]
     db = sqlite3.connect(gw.rt.config.audit.path)  # an attacker with the file: triggers are no defence
     try:
-        db.execute("DROP TRIGGER events_no_update")
+        db.execute("DROP TRIGGER events_complete_only")
         db.execute("UPDATE events SET outcome = 'tool_error' WHERE seq = ?", (victim,))
         db.commit()
     finally:

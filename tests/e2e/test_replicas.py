@@ -266,21 +266,20 @@ async def _client(
 
 
 def _audit_rows(pg_url: str) -> tuple[set[str], set[str]]:
-    """Texts of the load calls with an attempt row, and with an outcome row (read from ``audit_events``)."""
+    """Texts of the load calls with a ``call`` row (written before forwarding), and with that row
+    completed (its outcome written in place), read from ``audit_events``."""
     attempts: set[str] = set()
+    completed: set[str] = set()
     with psycopg.connect(pg_url) as conn:
         rows = conn.execute(
-            "SELECT seq, arguments FROM audit_events WHERE kind = 'attempt' AND tool = 'echo__echo'"
+            "SELECT arguments, completed FROM audit_events WHERE kind = 'call' AND tool = 'echo__echo'"
         ).fetchall()
-        by_seq = {}
-        for seq, arguments in rows:
+        for arguments, done in rows:
             text = json.loads(arguments)["text"]
             attempts.add(text)
-            by_seq[seq] = text
-        outcomes = conn.execute(
-            "SELECT attempt_seq FROM audit_events WHERE kind = 'outcome' AND tool = 'echo__echo'"
-        ).fetchall()
-    return attempts, {by_seq[s] for (s,) in outcomes if s in by_seq}
+            if done is not None:
+                completed.add(text)
+    return attempts, completed
 
 
 async def test_d_sigkill_under_load_fails_only_that_replicas_calls(pg_url: str, tmp_path: Path) -> None:

@@ -234,7 +234,7 @@ async def test_audit_has_attempt_and_outcome_for_every_call(tmp_path: Path) -> N
     assert log.verify().ok
     if (pg := database(rt.config)) is None:
         with sqlite3.connect(rt.config.audit.path) as db:
-            db.execute("DROP TRIGGER events_no_update")
+            db.execute("DROP TRIGGER events_complete_only")
             db.execute("UPDATE events SET outcome = 'ok' WHERE kind = 'outcome' AND outcome = 'tool_error'")
     else:  # the same tampering in the shared database, by someone able to lift its guard
         with pg.transaction() as conn:

@@ -32,6 +32,7 @@ import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 from toolcrib.errors import AuditError, InvalidArguments
+from toolcrib.gateway.audit.events import Completion
 from toolcrib.gateway.audit.log import AuditEvent
 from toolcrib.gateway.audit.writer import AuditWriter
 from toolcrib.gateway.trust.identity import Principal
@@ -185,13 +186,15 @@ def call_fields(call: UpstreamCall) -> dict[str, Any]:
 
 
 def audit_layer(sink: AuditWriter) -> Layer:
-    """Observe: a row before forwarding (attempt) and one after (outcome), both committed before the
-    call goes on (the attempt before forwarding, the outcome before the answer reaches the client;
-    a cancelled call's outcome is queued, not awaited). Never decides."""
+    """Observe: ONE ``call`` row per call, committed (``outcome = "pending"``) before forwarding and
+    completed in place when the call ends (:class:`~toolcrib.gateway.audit.events.Completion`: the
+    outcome, decision, approver, error, latency and bytes), the completion committed before the
+    answer reaches the client (a cancelled call's is queued, not awaited). Never decides."""
 
     async def layer(call: UpstreamCall, nxt: Next) -> Result:
-        common = call_fields(call)
-        attempt = await sink.append(AuditEvent(kind="attempt", arguments=call.arguments, **common))
+        seq = await sink.append(
+            AuditEvent(kind="call", arguments=call.arguments, outcome="pending", **call_fields(call))
+        )
         outcome: str = "cancelled"
         result: Result = None
         try:
@@ -209,9 +212,8 @@ def audit_layer(sink: AuditWriter) -> Layer:
             raise
         finally:
             state = call.state
-            row = AuditEvent(
-                kind="outcome",
-                attempt_seq=attempt,
+            row = Completion(
+                seq=seq,
                 outcome=outcome,  # type: ignore[arg-type]
                 decision=state.decision.action if state.decision else None,
                 rule=state.decision.rule if state.decision else None,
@@ -219,7 +221,6 @@ def audit_layer(sink: AuditWriter) -> Layer:
                 latency_ms=(time.perf_counter() - call.started) * 1000,
                 bytes=_result_bytes(result) if result is not None else None,
                 error=state.error,
-                **common,
             )
             if outcome == "cancelled":
                 sink.submit(row)  # nobody waits for this answer: never hold the cancellation up
