@@ -232,16 +232,16 @@ class PostgresAuditLog:
         if self._seal_key is None:
             raise AuditError("this audit log was opened without the audit key; it cannot complete calls")
         missing = [d.seq for d in completions if d.seq not in self._pending]
-        known = dict(self._pending)
+        fetched: dict[int, str] = {}
         if missing:
             found = conn.execute(
                 "SELECT seq, hash FROM audit_events WHERE seq = ANY(%s) AND kind = 'call' AND completed IS NULL",
                 (missing,),
             ).fetchall()
-            known.update({int(r[0]): str(r[1]) for r in found})
+            fetched = {int(r[0]): str(r[1]) for r in found}
         params = []
         for done in completions:
-            digest = known.get(done.seq)
+            digest = self._pending.get(done.seq) or fetched.get(done.seq)
             if digest is None:
                 log.error(
                     "audit: row %d is not a pending call row; its completion (%s) was dropped", done.seq, done.outcome

@@ -49,8 +49,8 @@ _Item = tuple[Entry, "asyncio.Future[int] | None"]
 MAX_BATCH = 512
 """Rows written in one transaction at most; a bigger backlog is written in several."""
 LINGER = 0.005
-"""Seconds a batch of queued-only rows waits for company (usually the next call's attempt row),
-so one commit serves both: at most this much of outcome rows is in memory only."""
+"""Seconds a batch of queued-only items waits for company (usually the next call's row), so one
+commit serves both: at most this much of queued completions is in memory only."""
 
 
 class BatchLog(Protocol):
