@@ -316,7 +316,7 @@ async def test_d_sigkill_under_load_fails_only_that_replicas_calls(pg_url: str, 
         assert all(c.started <= killed_at + 1 for c in failed)
         assert len(after) > 100
         assert served_by == {r.addr for r in rs.replicas if r is not victim}
-        # stop the survivors gracefully (they flush their outcome rows), then check the one chain
+        # stop the survivors gracefully (they flush their queued completions), then check the one chain
         for r in rs.replicas:
             if r is not victim:
                 r.stop()
@@ -328,10 +328,12 @@ async def test_d_sigkill_under_load_fails_only_that_replicas_calls(pg_url: str, 
         lost = [c.text for c in answered if c.text not in attempts]
         no_outcome = [c for c in answered if c.text not in outcomes]
         print(
-            f"    audit: answered {len(answered)}, failed {len(failed)}, attempt rows lost {len(lost)}; "
-            f"answered calls without an outcome row: {len(no_outcome)} "
-            f"({dict(Counter(c.upstream for c in no_outcome))}); failed calls with an attempt row: "
+            f"    audit: answered {len(answered)}, failed {len(failed)}, call rows lost {len(lost)}; "
+            f"answered calls whose row is not completed: {len(no_outcome)} "
+            f"({dict(Counter(c.upstream for c in no_outcome))}); failed calls with a call row: "
             f"{sum(c.text in attempts for c in failed)}"
         )
-        assert lost == []  # an attempt row is committed before the call is forwarded
-        assert no_outcome == []  # and the outcome row before the answer leaves the replica
+        assert lost == []  # a call row is committed before the call is forwarded
+        # its completion rides in the next batch (within 5 ms of the answer): only the killed
+        # replica's last answers can have been lost, their rows left pending (verify: unfinished)
+        assert all(c.upstream == victim.addr for c in no_outcome), no_outcome

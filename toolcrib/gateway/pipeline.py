@@ -27,11 +27,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from toolcrib.errors import AuditError, InvalidArguments
+from toolcrib.errors import InvalidArguments
 from toolcrib.gateway.audit.events import Completion
 from toolcrib.gateway.audit.log import AuditEvent
 from toolcrib.gateway.audit.writer import AuditWriter
@@ -186,10 +185,12 @@ def call_fields(call: UpstreamCall) -> dict[str, Any]:
 
 
 def audit_layer(sink: AuditWriter) -> Layer:
-    """Observe: ONE ``call`` row per call, committed (``outcome = "pending"``) before forwarding and
-    completed in place when the call ends (:class:`~toolcrib.gateway.audit.events.Completion`: the
-    outcome, decision, approver, error, latency and bytes), the completion committed before the
-    answer reaches the client (a cancelled call's is queued, not awaited). Never decides."""
+    """Observe: ONE ``call`` row per call, committed (``outcome = "pending"``) before forwarding (the
+    call is not made if that fails) and completed in place when the call ends
+    (:class:`~toolcrib.gateway.audit.events.Completion`: the outcome, decision, approver, error,
+    latency and bytes), queued into the writer's next group-commit batch rather than awaited: no
+    commit of its own, written within ``LINGER`` (5 ms) of the answer. A process killed in that
+    window leaves the row pending (verify lists it as unfinished). Never decides."""
 
     async def layer(call: UpstreamCall, nxt: Next) -> Result:
         seq = await sink.append(
@@ -222,14 +223,9 @@ def audit_layer(sink: AuditWriter) -> Layer:
                 bytes=_result_bytes(result) if result is not None else None,
                 error=state.error,
             )
-            if outcome == "cancelled":
-                sink.submit(row)  # nobody waits for this answer: never hold the cancellation up
-            else:  # committed before the answer leaves: a replica killed after answering loses no row
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await sink.append(row)
-                    except AuditError as exc:  # the call happened: its answer is not turned into an error
-                        log.error("audit: the outcome of %s was not recorded (%s)", call.target, exc.message)
+            # queued: written into the row by the next batch (with the next calls' rows, within
+            # LINGER), not a commit of its own; a process killed meanwhile leaves the row pending
+            sink.submit(row)
 
     return layer
 
