@@ -27,10 +27,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from toolcrib.errors import InvalidArguments
+from toolcrib.errors import AuditError, InvalidArguments
 from toolcrib.gateway.audit.events import Completion
 from toolcrib.gateway.audit.log import AuditEvent
 from toolcrib.gateway.audit.writer import AuditWriter
@@ -188,9 +189,9 @@ def audit_layer(sink: AuditWriter) -> Layer:
     """Observe: ONE ``call`` row per call, committed (``outcome = "pending"``) before forwarding (the
     call is not made if that fails) and completed in place when the call ends
     (:class:`~toolcrib.gateway.audit.events.Completion`: the outcome, decision, approver, error,
-    latency and bytes), queued into the writer's next group-commit batch rather than awaited: no
-    commit of its own, written within ``LINGER`` (5 ms) of the answer. A process killed in that
-    window leaves the row pending (verify lists it as unfinished). Never decides."""
+    latency and bytes) by the writer's next group-commit batch (no commit of its own), committed
+    before the answer reaches the client, so a replica killed after answering leaves no row pending.
+    A cancelled call's completion is queued, not awaited. Never decides."""
 
     async def layer(call: UpstreamCall, nxt: Next) -> Result:
         seq = await sink.append(
@@ -223,9 +224,14 @@ def audit_layer(sink: AuditWriter) -> Layer:
                 bytes=_result_bytes(result) if result is not None else None,
                 error=state.error,
             )
-            # queued: written into the row by the next batch (with the next calls' rows, within
-            # LINGER), not a commit of its own; a process killed meanwhile leaves the row pending
-            sink.submit(row)
+            if outcome == "cancelled":
+                sink.submit(row)  # nobody waits for this answer: never hold the cancellation up
+            else:  # written into the row by the next batch, committed before the answer leaves
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await sink.append(row)
+                    except AuditError as exc:  # the call happened: its answer is not turned into an error
+                        log.error("audit: the outcome of %s was not recorded (%s)", call.target, exc.message)
 
     return layer
 
