@@ -497,7 +497,7 @@ async def test_an_injected_secret_never_shows_on_a_console_page(
                 async with s.get(f"{gw.base}/console/audit") as r:
                     listing = await r.text()
                 seqs = sorted({int(x.split('"', 1)[0]) for x in listing.split('data-seq="')[1:]})
-                assert len(seqs) >= 6
+                assert len(seqs) >= 5  # one row per call (four), the search
                 pages = [
                     "/console",
                     "/console/overview/live",

@@ -77,8 +77,8 @@ async def test_filter_open_verify_and_export_after_known_traffic(
         ("outcome", "key:bob", "echo__add", "denied")
     ]
 
-    # alice's outcomes, newest first
-    await page.goto(f"{gw.base}/console/audit?principal=key:alice&kind=outcome")
+    # alice's calls (one row each, completed in place), newest first
+    await page.goto(f"{gw.base}/console/audit?principal=key:alice&kind=call")
     rows = await rows_on_page(page)
     assert [(r["tool"], r["outcome"]) for r in rows] == [("echo__add", "ok"), ("echo__echo", "ok")]
     assert int(rows[0]["seq"]) > int(rows[1]["seq"])
@@ -94,14 +94,33 @@ async def test_filter_open_verify_and_export_after_known_traffic(
     record = await page.locator("#record").text_content() or ""
     assert "guests-no-add" in record and '"b": 3' in record and "args_hmac" in record and "key:bob" in record
     await page.screenshot(path=str(shot_dir(tmp_path) / "audit-row.png"), full_page=True)
-    # an allowed call's outcome links to its attempt, and the attempt back to its outcome
-    await page.goto(f"{gw.base}/console/audit?principal=alice&tool=echo__ec*&kind=outcome")
-    (outcome,) = await rows_on_page(page)
-    await page.goto(f"{gw.base}/console/audit/{outcome['seq']}")
+    # an allowed call is one row: the request and how it ended
+    await page.goto(f"{gw.base}/console/audit?principal=alice&tool=echo__ec*&kind=call")
+    (call,) = await rows_on_page(page)
+    await page.goto(f"{gw.base}/console/audit/{call['seq']}")
+    record = await page.locator("#record").text_content() or ""
+    assert "hello from alice" in record and "seal" in record and "allow" in record
+    assert "completed" in (await page.locator("#call-completed").text_content() or "")
+    # an older log's pair: the outcome links to its attempt, and the attempt back to its outcome
+    audit = gw.rt.parts.audit
+    attempt = audit.append(
+        AuditEvent(kind="attempt", request_id="old-1", principal="key:alice", tool="echo__echo", arguments={"t": "old"})
+    )
+    outcome = audit.append(
+        AuditEvent(
+            kind="outcome",
+            request_id="old-1",
+            principal="key:alice",
+            tool="echo__echo",
+            outcome="ok",
+            attempt_seq=attempt,
+        )
+    )
+    await page.goto(f"{gw.base}/console/audit/{outcome}")
     await page.click("#attempt-link")
     await page.wait_for_load_state()
-    assert "hello from alice" in (await page.locator("#record").text_content() or "")
-    assert await page.locator("#outcome-link").get_attribute("href") == f"/console/audit/{outcome['seq']}"
+    assert '"t": "old"' in (await page.locator("#record").text_content() or "")
+    assert await page.locator("#outcome-link").get_attribute("href") == f"/console/audit/{outcome}"
 
     # a filter that cannot be read: one line, no traceback
     response = await page.goto(f"{gw.base}/console/audit?since=yesterday-ish")
@@ -109,13 +128,12 @@ async def test_filter_open_verify_and_export_after_known_traffic(
     assert "cannot read time" in (await page.locator(".error").text_content() or "")
 
     # export = exactly the filtered rows, as stored (each hash recomputes)
-    query = "principal=bob&kind=outcome"
+    query = "principal=bob"
     got = await page.request.get(f"{gw.base}/console/audit/export?{query}")
     assert got.status == 200 and "attachment" in got.headers["content-disposition"]
     lines = [json.loads(line) for line in (await got.text()).splitlines()]
-    expected = [
-        r for r in gw.rt.parts.audit.query(limit=10_000) if r["principal"] == "key:bob" and r["kind"] == "outcome"
-    ]
+    expected = [r for r in gw.rt.parts.audit.query(limit=10_000) if r["principal"] == "key:bob"]
+    assert [r["kind"] for r in lines] == ["call", "outcome"]  # bob's echo call; his refused add
     assert [r["seq"] for r in lines] == [r["seq"] for r in expected] and len(lines) == 2
     assert all(row_hash(r) == r["hash"] for r in lines)
     await page.goto(f"{gw.base}/console/audit?{query}")
@@ -152,11 +170,11 @@ async def test_a_tampered_row_shows_the_chain_broken_at_that_row(console_gateway
     for i in range(3):
         assert not await call_as(gw, "alice", "echo__echo", {"text": f"call {i}"})
     await gw.rt.parts.writer.flush()
-    victim = gw.rt.parts.audit.query(principal="key:alice", kind="outcome", limit=3)[1]["seq"]
+    victim = gw.rt.parts.audit.query(principal="key:alice", kind="call", limit=3)[1]["seq"]
     db = sqlite3.connect(gw.rt.config.audit.path)  # an attacker with the file: triggers are no defence
     try:
-        db.execute("DROP TRIGGER events_no_update")
-        db.execute("UPDATE events SET outcome = 'tool_error' WHERE seq = ?", (victim,))
+        db.execute("DROP TRIGGER events_complete_only")
+        db.execute("UPDATE events SET principal = 'key:mallory' WHERE seq = ?", (victim,))
         db.commit()
     finally:
         db.close()

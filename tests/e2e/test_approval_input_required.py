@@ -99,8 +99,9 @@ async def operator_decides(rt: Running, token: str, approval_id: str, decision: 
 def audit_outcomes(rt: Running, principal: str) -> list[tuple[str, str | None]]:
     """(outcome, approver) of every echo call ``principal`` made, oldest first."""
     with audit_log(rt.config) as audit:
-        rows = audit.query(principal=principal, tool=TOOL, kind="outcome", limit=100)
-    return [(r["outcome"], r["approver"]) for r in rows]
+        rows = audit.query(principal=principal, tool=TOOL, limit=100)
+    ended = [r for r in rows if r["kind"] == "outcome" or (r["kind"] == "call" and r["completed"] is not None)]
+    return [(r["outcome"], r["approver"]) for r in ended]
 
 
 async def test_modern_client_waits_for_the_operator_then_runs_once(tmp_path: Path) -> None:

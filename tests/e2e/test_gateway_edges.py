@@ -129,7 +129,7 @@ async def test_admin_api(tmp_path: Path) -> None:
         await c.call_tool("invoke", {"tool": "echo__echo", "arguments": {"text": "audited"}})
         async with s.get(f"{base}/admin/audit?tool=echo__*&outcome=ok") as r:
             events = (await r.json())["events"]
-        assert [e["kind"] for e in events] == ["outcome"] and events[0]["tool"] == "echo__echo"
+        assert [e["kind"] for e in events] == ["call"] and events[0]["tool"] == "echo__echo" and events[0]["seal"]
         async with s.post(f"{base}/admin/approvals/nope", json={"decision": "maybe"}) as r:
             assert r.status == 400
         async with s.get(f"{base}/healthz") as r:

@@ -5,7 +5,7 @@ Real processes: toolcrib in front of ``tests.servers.mrtr`` over stdio (2026-07-
 HTTP with API keys for alice and bob.
 
 - every input request toolcrib relays or translates has known secrets scrubbed;
-- each ``input_required`` round is an audit attempt with outcome ``pending``; a forged
+- each ``input_required`` round is an audit call row completed with outcome ``pending``; a forged
   ``requestState`` is refused before anything is audited or forwarded;
 - ``[gateway] input_wait``: an abandoned parked call is cancelled upstream, its token then refused;
 - the back channel's rule for unrelated server requests (2025-11-25 stdio): a principal's own
@@ -92,11 +92,11 @@ async def ledger(c: Client) -> dict[str, Any]:
 
 
 def audited(rt: Running, principal: str, tool: str) -> list[tuple[int, str | None]]:
-    """(attempt seq, outcome) of each attempt ``principal`` made at ``tool``, oldest first."""
+    """(call row seq, outcome) of each call ``principal`` made at ``tool``, oldest first (None while
+    the row is not completed)."""
     with audit_log(rt.config) as audit:
-        attempts = audit.query(principal=principal, tool=tool, kind="attempt", limit=100)
-        outcomes = {r["attempt_seq"]: r["outcome"] for r in audit.query(principal=principal, tool=tool, kind="outcome")}
-    return [(a["seq"], outcomes.get(a["seq"])) for a in attempts]
+        calls = audit.query(principal=principal, tool=tool, kind="call", limit=100)
+    return [(c["seq"], c["outcome"] if c["completed"] is not None else None) for c in calls]
 
 
 # ---- redaction ----------------------------------------------------------------------------------
@@ -152,9 +152,9 @@ async def test_session_client_sees_redacted_requests(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("era", [MODERN, LEGACY])
 async def test_rounds_are_audited_and_forged_state_is_not_forwarded(tmp_path: Path, era: str) -> None:
-    """Two ``input_required`` rounds are two attempts with outcome pending, the final retry a third
-    attempt with outcome ok; a forged ``requestState`` is refused (-32602) with no attempt row and
-    without reaching the upstream."""
+    """Two ``input_required`` rounds are two call rows completed with outcome pending, the final
+    retry a third call row with outcome ok; a forged ``requestState`` is refused (-32602) with no
+    call row and without reaching the upstream."""
     async with gateway(tmp_path, era) as (rt, tokens), client(rt, tokens["alice"], Answers("alice")) as c:
         key, _, state = only_request(await round_of(c, "interview", {"rounds": 2}))
         key2, _, state2 = only_request(await round_of(c, "interview", {"rounds": 2}, state, **{key: accept("one")}))

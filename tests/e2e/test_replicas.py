@@ -266,21 +266,20 @@ async def _client(
 
 
 def _audit_rows(pg_url: str) -> tuple[set[str], set[str]]:
-    """Texts of the load calls with an attempt row, and with an outcome row (read from ``audit_events``)."""
+    """Texts of the load calls with a ``call`` row (written before forwarding), and with that row
+    completed (its outcome written in place), read from ``audit_events``."""
     attempts: set[str] = set()
+    completed: set[str] = set()
     with psycopg.connect(pg_url) as conn:
         rows = conn.execute(
-            "SELECT seq, arguments FROM audit_events WHERE kind = 'attempt' AND tool = 'echo__echo'"
+            "SELECT arguments, completed FROM audit_events WHERE kind = 'call' AND tool = 'echo__echo'"
         ).fetchall()
-        by_seq = {}
-        for seq, arguments in rows:
+        for arguments, done in rows:
             text = json.loads(arguments)["text"]
             attempts.add(text)
-            by_seq[seq] = text
-        outcomes = conn.execute(
-            "SELECT attempt_seq FROM audit_events WHERE kind = 'outcome' AND tool = 'echo__echo'"
-        ).fetchall()
-    return attempts, {by_seq[s] for (s,) in outcomes if s in by_seq}
+            if done is not None:
+                completed.add(text)
+    return attempts, completed
 
 
 async def test_d_sigkill_under_load_fails_only_that_replicas_calls(pg_url: str, tmp_path: Path) -> None:
@@ -317,7 +316,7 @@ async def test_d_sigkill_under_load_fails_only_that_replicas_calls(pg_url: str, 
         assert all(c.started <= killed_at + 1 for c in failed)
         assert len(after) > 100
         assert served_by == {r.addr for r in rs.replicas if r is not victim}
-        # stop the survivors gracefully (they flush their outcome rows), then check the one chain
+        # stop the survivors gracefully (they flush their queued completions), then check the one chain
         for r in rs.replicas:
             if r is not victim:
                 r.stop()
@@ -329,10 +328,10 @@ async def test_d_sigkill_under_load_fails_only_that_replicas_calls(pg_url: str, 
         lost = [c.text for c in answered if c.text not in attempts]
         no_outcome = [c for c in answered if c.text not in outcomes]
         print(
-            f"    audit: answered {len(answered)}, failed {len(failed)}, attempt rows lost {len(lost)}; "
-            f"answered calls without an outcome row: {len(no_outcome)} "
-            f"({dict(Counter(c.upstream for c in no_outcome))}); failed calls with an attempt row: "
+            f"    audit: answered {len(answered)}, failed {len(failed)}, call rows lost {len(lost)}; "
+            f"answered calls whose row is not completed: {len(no_outcome)} "
+            f"({dict(Counter(c.upstream for c in no_outcome))}); failed calls with a call row: "
             f"{sum(c.text in attempts for c in failed)}"
         )
-        assert lost == []  # an attempt row is committed before the call is forwarded
-        assert no_outcome == []  # and the outcome row before the answer leaves the replica
+        assert lost == []  # a call row is committed before the call is forwarded
+        assert no_outcome == []  # and completed (committed) before the answer leaves the replica

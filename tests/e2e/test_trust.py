@@ -132,7 +132,7 @@ async def test_policy_matrix_every_path(tmp_path: Path, mode: str) -> None:
                 denied = await c.call_tool(*call)
                 assert denied.is_error and "no-rm" in _text(denied)
         rows = audit_log(rt.config).query(limit=1000)
-        outcomes = [r for r in rows if r["kind"] == "outcome"]
+        outcomes = [r for r in rows if r["kind"] in ("outcome", "call")]
         # refused as unknown, recorded with the rule that decided (never a placeholder such as "hidden")
         hidden = [r for r in outcomes if r["rule"] == "guests-no-add" and r["principal"] == "key:bob"]
         assert hidden and all(r["tool"] == "echo__add" and r["outcome"] == "denied" for r in hidden)
@@ -216,31 +216,42 @@ async def test_canary_secrets_never_leak(tmp_path: Path, monkeypatch: pytest.Mon
     assert tokens["alice"] not in data.decode("latin-1")
 
 
-async def test_audit_has_attempt_and_outcome_for_every_call(tmp_path: Path) -> None:
+async def test_audit_has_one_completed_row_for_every_call(tmp_path: Path) -> None:
     async with trusted_gateway(tmp_path, "dispatcher") as (rt, tokens), client_as(rt, tokens["alice"]) as c:
         await c.call_tool("search_tools", {"query": "echo text"})
         await c.call_tool("invoke", {"tool": "echo__echo", "arguments": {"text": "hi"}})
         await c.call_tool("invoke", {"tool": "echo__add", "arguments": {"a": 1}})
-    log = audit_log(rt.config)
+    log = keyed_audit_log(rt.config)
     rows = log.query(limit=100)
     search = [r for r in rows if r["kind"] == "search"]
     assert search and search[0]["query"] == "echo text" and "echo__echo" in search[0]["results"]
-    attempts = {r["seq"]: r for r in rows if r["kind"] == "attempt"}
-    outcomes = [r for r in rows if r["kind"] == "outcome"]
-    assert len(attempts) == len(outcomes) == 2
-    assert {o["attempt_seq"] for o in outcomes} == set(attempts)
-    assert sorted(o["outcome"] for o in outcomes) == ["ok", "tool_error"]
-    assert all(r["principal"] == "key:alice" and r["tool_hash"] for r in outcomes)
+    calls = [r for r in rows if r["kind"] == "call"]
+    assert not [r for r in rows if r["kind"] in ("attempt", "outcome")]
+    assert len(calls) == 2 and all(r["completed"] is not None and r["seal"] for r in calls)
+    assert sorted(r["outcome"] for r in calls) == ["ok", "tool_error"]
+    assert all(r["principal"] == "key:alice" and r["tool_hash"] and r["decision"] == "allow" for r in calls)
     assert log.verify().ok
     if (pg := database(rt.config)) is None:
         with sqlite3.connect(rt.config.audit.path) as db:
-            db.execute("DROP TRIGGER events_no_update")
-            db.execute("UPDATE events SET outcome = 'ok' WHERE kind = 'outcome' AND outcome = 'tool_error'")
+            db.execute("DROP TRIGGER events_complete_only")
+            db.execute("UPDATE events SET outcome = 'ok' WHERE kind = 'call' AND outcome = 'tool_error'")
     else:  # the same tampering in the shared database, by someone able to lift its guard
         with pg.transaction() as conn:
             conn.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only")
-            conn.execute("UPDATE audit_events SET outcome = 'ok' WHERE kind = 'outcome' AND outcome = 'tool_error'")
-    assert not audit_log(rt.config).verify().ok
+            conn.execute("UPDATE audit_events SET outcome = 'ok' WHERE kind = 'call' AND outcome = 'tool_error'")
+    problems = keyed_audit_log(rt.config).verify().problems
+    assert len(problems) == 1 and "the seal of its completion is wrong" in problems[0]
+
+
+def keyed_audit_log(cfg: Any) -> Any:
+    """The audit log with its key (the .key file beside the SQLite log, or the shared secret): a
+    completion's seal is checked only with the key."""
+    from toolcrib.gateway.audit.backends import audit_key, open_audit_log
+    from toolcrib.gateway.trust.secrets import ChainStore
+
+    db = database(cfg)
+    key = audit_key(cfg, db, ChainStore(cfg.secrets.file), create=False)
+    return open_audit_log(cfg, db, hmac_key=key, create=False)
 
 
 async def test_held_call_waits_for_the_operator(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from toolcrib.errors import AuditError
+from toolcrib.gateway.audit.events import Completion
 from toolcrib.gateway.audit.log import (
     COLUMNS,
     AuditEvent,
@@ -27,11 +28,34 @@ KEY = b"k" * 32
 CANARY = "CANARY-audit-4f9c2e7d1b"
 
 
-def make_log(path: Path, rows: int = 20) -> SqliteAuditLog:
+def make_log(path: Path, rows: int = 20, *, calls: bool = False) -> SqliteAuditLog:
+    """Searches and attempt/outcome pairs (the rows of logs written before ``call`` rows); with
+    ``calls``, ``call`` rows completed in place instead of every other pair."""
     log = SqliteAuditLog(path / "audit.db", hmac_key=KEY, redactor=Redactor([CANARY]))
     for i in range(rows):
-        fill(log, i)
+        if calls and i % 3 == 1:
+            fill_call(log, i)
+        else:
+            fill(log, i)
     return log
+
+
+def fill_call(log: SqliteAuditLog, i: int) -> None:
+    """One ``call`` row, completed in place (``ok``)."""
+    seq = log.append(
+        AuditEvent(
+            kind="call",
+            request_id=str(i),
+            principal="alice" if i % 2 else "bob",
+            server="git",
+            tool="git__git_log",
+            tool_hash="ab" * 32,
+            arguments={"n": i, "token": CANARY},
+            outcome="pending",
+        )
+    )
+    done = Completion(seq=seq, outcome="ok", decision="allow", rule="default", latency_ms=1.5, bytes=12)
+    log.append_many([], completions=[done])
 
 
 def fill(log: SqliteAuditLog, i: int) -> None:
@@ -75,6 +99,7 @@ def raw(log: SqliteAuditLog) -> sqlite3.Connection:
     db = sqlite3.connect(log.path, isolation_level=None)
     db.execute("PRAGMA synchronous=OFF")
     db.execute("DROP TRIGGER IF EXISTS events_no_update")
+    db.execute("DROP TRIGGER IF EXISTS events_complete_only")
     db.execute("DROP TRIGGER IF EXISTS events_prune_only")
     return db
 
@@ -187,6 +212,39 @@ def delete_prefix_forging_checkpoint(db: sqlite3.Connection, rng: random.Random)
     db.execute("DELETE FROM events WHERE seq <= ?", (cut,))
 
 
+def call_seqs(db: sqlite3.Connection) -> list[int]:
+    return [r[0] for r in db.execute("SELECT seq FROM events WHERE kind = 'call' AND completed IS NOT NULL")]
+
+
+def edit_completion(db: sqlite3.Connection, rng: random.Random) -> None:
+    """A completed call row's outcome, error, latency, bytes, decision or completion time changed (seal kept)."""
+    seq = rng.choice(call_seqs(db))
+    column, value = rng.choice(
+        [("outcome", "tool_error"), ("error", "x"), ("latency_ms", 99.0), ("bytes", 1), ("decision", "deny"),
+         ("completed", 1.0), ("approver", "mallory")]
+    )  # fmt: skip
+    db.execute(f"UPDATE events SET {column} = ? WHERE seq = ?", (value, seq))
+
+
+def edit_seal(db: sqlite3.Connection, rng: random.Random) -> None:
+    """A completed call row's seal removed or replaced."""
+    seq = rng.choice(call_seqs(db))
+    db.execute("UPDATE events SET seal = ? WHERE seq = ?", (rng.choice([None, "0" * 64, "seal"]), seq))
+
+
+def swap_completions(db: sqlite3.Connection, rng: random.Random) -> None:
+    """Two completed call rows' completions (seals included) swapped, one of them made a failure first."""
+    a, b = rng.sample(call_seqs(db), 2)
+    cols = "outcome, error, latency_ms, bytes, decision, rule, approver, completed, seal"
+    ra = db.execute(f"SELECT {cols} FROM events WHERE seq = ?", (a,)).fetchone()
+    rb = db.execute(f"SELECT {cols} FROM events WHERE seq = ?", (b,)).fetchone()
+    sets = ", ".join(f"{c} = ?" for c in cols.split(", "))
+    db.execute(f"UPDATE events SET {sets} WHERE seq = ?", (*rb[:1], "boom", *rb[2:], a))
+    db.execute(f"UPDATE events SET {sets} WHERE seq = ?", (*ra, b))
+
+
+CALL_MUTATIONS = [edit_completion, edit_seal, swap_completions]
+
 MUTATIONS: list[Callable[[sqlite3.Connection, random.Random], None]] = [
     edit,
     edit_and_rehash_row,
@@ -199,6 +257,7 @@ MUTATIONS: list[Callable[[sqlite3.Connection, random.Random], None]] = [
     truncate,
     delete_prefix,
     delete_prefix_forging_checkpoint,
+    *CALL_MUTATIONS,
 ]
 
 
@@ -208,12 +267,16 @@ def test_append_and_verify(log: SqliteAuditLog) -> None:
     assert report.rows == 33 and report.first_seq == 1 and report.last_seq == 33 and report.anchor_seq == 33
 
 
+@pytest.mark.parametrize("calls", [False, True], ids=["pairs", "calls"])
 @pytest.mark.parametrize("mutation", MUTATIONS, ids=lambda m: m.__name__)
-def test_every_mutation_is_detected_every_time(tmp_path: Path, mutation: Callable[..., None]) -> None:
+def test_every_mutation_is_detected_every_time(tmp_path: Path, mutation: Callable[..., None], calls: bool) -> None:
+    """Old logs (attempt/outcome pairs) and logs with ``call`` rows completed in place alike."""
+    if mutation in CALL_MUTATIONS and not calls:
+        pytest.skip("a completion exists only on call rows")
     rng = random.Random(mutation.__name__)
     base = tmp_path / "base"
     base.mkdir()
-    make_log(base, rows=20).close()
+    make_log(base, rows=20, calls=calls).close()
     for trial in range(25):
         directory = tmp_path / str(trial)
         shutil.copytree(base, directory)

@@ -100,7 +100,7 @@ def test_cut_tail_with_a_rewritten_unkeyed_anchor_is_detected(tmp_path: Path) ->
 def test_rewritten_chain_with_an_anchor_under_another_key_is_detected(tmp_path: Path) -> None:
     log = build(tmp_path)
     db = sqlite3.connect(log.path, isolation_level=None)
-    db.execute("DROP TRIGGER events_no_update")
+    db.execute("DROP TRIGGER events_complete_only")
     db.execute("UPDATE events SET principal = 'key:mallory' WHERE seq = 3")
     head = rehash_all(db)
     db.close()
@@ -115,7 +115,7 @@ def test_args_hmac_is_recomputed_even_when_chain_and_anchor_agree(tmp_path: Path
     log = build(tmp_path, rows=3)
     assert log.verify().args_checked == 3
     db = sqlite3.connect(log.path, isolation_level=None)
-    db.execute("DROP TRIGGER events_no_update")
+    db.execute("DROP TRIGGER events_complete_only")
     db.execute("""UPDATE events SET arguments = '{"n":99}' WHERE seq = 3""")
     head = rehash_all(db)
     db.close()
@@ -211,7 +211,7 @@ def test_refused_authentication_and_non_tool_methods_are_recorded(tmp_path: Path
     ]
     assert log.verify().ok
     db = sqlite3.connect(log.path, isolation_level=None)
-    db.execute("DROP TRIGGER events_no_update")
+    db.execute("DROP TRIGGER events_complete_only")
     db.execute("UPDATE events SET remote = '198.51.100.1:1' WHERE seq = 1")
     db.close()
     assert any("row 1 does not match its hash" in p for p in log.verify().problems)
@@ -254,7 +254,7 @@ def test_a_version_1_log_is_migrated_and_keeps_verifying(tmp_path: Path) -> None
     assert any(line.startswith("Rows before row 6 were written before the log was keyed") for line in report.limits)
     log.append(AuditEvent(kind="auth", outcome="denied", remote="127.0.0.1:1", error="bad key"))
     assert log.verify().ok
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 3
     log.close()
     SqliteAuditLog(path, hmac_key=KEY).close()  # a later start adopts nothing
     assert len(SqliteAuditLog(path, create=False).query(kind="anchor")) == 1

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from toolcrib.gateway.audit.backends import AuditLog
-from toolcrib.gateway.audit.events import AuditEvent
+from toolcrib.gateway.audit.events import AuditEvent, Completion
 from toolcrib.gateway.audit.log import SqliteAuditLog
 from toolcrib.gateway.audit.log_pg import PostgresAuditLog
 from toolcrib.index.documents import ToolDoc
@@ -128,6 +128,28 @@ def test_mining_pairs_only_successful_calls_of_returned_tools(backend: tuple[Aud
         ("add two numbers", 1),
     ]
     assert 0.74 < rows[0]["weight"] <= 0.75
+
+
+def test_mining_reads_call_rows_and_waits_for_one_in_flight(backend: tuple[AuditLog, Any, Any]) -> None:
+    """A ``call`` row is one forwarded call, completed in place after its seq was handed out: mining
+    pairs a completed ``ok`` one, and does not move past one still in flight (it may yet end ``ok``)."""
+    audit, store, _ = backend
+    audit.append(search("add two numbers", ["echo__add"]))
+    fields: dict[str, Any] = {"principal": "alice", "session": "s1", "tool": "echo__add", "method": "tools/call:invoke"}
+    flying = audit.append(AuditEvent(kind="call", outcome="pending", ts=T0 + 5, arguments={"a": 1}, **fields))
+    audit.append(search("unrelated", ["time__now"], ts=T0 + 6))
+    miner = UsageMiner(audit, store, HashingEmbedder(), UsageSignal())
+    first = miner.mine(now=T0 + 100)
+    assert first.pairs == 0 and first.last_seq == flying - 1
+    audit.append_many([], completions=[Completion(seq=flying, outcome="ok", decision="allow")])
+    second = miner.mine(now=T0 + 100)
+    assert second.pairs == 1 and second.last_seq == flying + 1
+    assert [a.text for a in store.load().anchors["echo__add"]] == ["add two numbers"]
+    failed = audit.append(AuditEvent(kind="call", outcome="pending", ts=T0 + 7, arguments={"a": 2}, **fields))
+    audit.append_many([], completions=[Completion(seq=failed, outcome="tool_error", decision="allow")])
+    assert miner.mine(now=T0 + 100).pairs == 0  # a failed call teaches nothing
+    stale = audit.append(AuditEvent(kind="call", outcome="pending", ts=T0 + 8, arguments={"a": 3}, **fields))
+    assert miner.mine(now=T0 + 10_000).last_seq == stale  # unfinished long ago: mined past
 
 
 def test_multi_query_searches_pair_each_query() -> None:

@@ -142,6 +142,8 @@ def _audit_verify(log: AuditLog, as_json: bool) -> int:
             f"audit log failed verification ({len(report.problems)} problems); keep a copy of it and investigate"
         )
     print(
-        "ok: the chain, the checkpoints, the anchored head and args_hmac agree (see the limits above)", file=sys.stderr
+        "ok: the chain, the checkpoints, the anchored head, args_hmac and the completion seals agree "
+        "(see the limits above)",
+        file=sys.stderr,
     )
     return 0

@@ -308,7 +308,7 @@ def register(sub: Any) -> None:
         "--outcome",
         choices=["ok", "tool_error", "protocol_error", "timeout", "cancelled", "upstream_crash", "denied", "pending"],
     )
-    p.add_argument("--kind", choices=["search", "attempt", "outcome", "auth"])
+    p.add_argument("--kind", choices=["call", "search", "attempt", "outcome", "auth", "tally"])
     p.add_argument("--method", help="glob over MCP methods, e.g. 'resources/*'")
     p.add_argument("--limit", type=int, default=100)
     p = action(acts, "export", "every row as JSON lines, hashes included")

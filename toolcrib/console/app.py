@@ -213,8 +213,14 @@ class Console:
     # ---- helpers for pages ---------------------------------------------------------------------
 
     def recent_outcomes(self, seconds: float) -> list[dict[str, Any]]:
-        """Audit ``outcome`` rows of the last ``seconds`` (newest last, at most 10,000)."""
-        return self.parts.audit.query(kind="outcome", since=time.time() - seconds, limit=10_000)
+        """The ended calls of the last ``seconds``: completed ``call`` rows and ``outcome`` rows
+        (refused calls, and calls of logs written before ``call`` rows), newest last, at most 10,000."""
+        since = time.time() - seconds
+        rows = self.parts.audit.query(kind="outcome", since=since, limit=10_000)
+        calls = self.parts.audit.query(kind="call", since=since, limit=10_000)
+        rows += [r for r in calls if r.get("completed") is not None]
+        rows.sort(key=lambda r: int(r["seq"]))
+        return rows[-10_000:]
 
 
 def _next(value: str | None) -> str:

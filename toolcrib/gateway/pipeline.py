@@ -32,6 +32,7 @@ import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 from toolcrib.errors import AuditError, InvalidArguments
+from toolcrib.gateway.audit.events import Completion
 from toolcrib.gateway.audit.log import AuditEvent
 from toolcrib.gateway.audit.writer import AuditWriter
 from toolcrib.gateway.trust.identity import Principal
@@ -185,13 +186,17 @@ def call_fields(call: UpstreamCall) -> dict[str, Any]:
 
 
 def audit_layer(sink: AuditWriter) -> Layer:
-    """Observe: a row before forwarding (attempt) and one after (outcome), both committed before the
-    call goes on (the attempt before forwarding, the outcome before the answer reaches the client;
-    a cancelled call's outcome is queued, not awaited). Never decides."""
+    """Observe: ONE ``call`` row per call, committed (``outcome = "pending"``) before forwarding (the
+    call is not made if that fails) and completed in place when the call ends
+    (:class:`~toolcrib.gateway.audit.events.Completion`: the outcome, decision, approver, error,
+    latency and bytes) by the writer's next group-commit batch (no commit of its own), committed
+    before the answer reaches the client, so a replica killed after answering leaves no row pending.
+    A cancelled call's completion is queued, not awaited. Never decides."""
 
     async def layer(call: UpstreamCall, nxt: Next) -> Result:
-        common = call_fields(call)
-        attempt = await sink.append(AuditEvent(kind="attempt", arguments=call.arguments, **common))
+        seq = await sink.append(
+            AuditEvent(kind="call", arguments=call.arguments, outcome="pending", **call_fields(call))
+        )
         outcome: str = "cancelled"
         result: Result = None
         try:
@@ -209,9 +214,8 @@ def audit_layer(sink: AuditWriter) -> Layer:
             raise
         finally:
             state = call.state
-            row = AuditEvent(
-                kind="outcome",
-                attempt_seq=attempt,
+            row = Completion(
+                seq=seq,
                 outcome=outcome,  # type: ignore[arg-type]
                 decision=state.decision.action if state.decision else None,
                 rule=state.decision.rule if state.decision else None,
@@ -219,11 +223,10 @@ def audit_layer(sink: AuditWriter) -> Layer:
                 latency_ms=(time.perf_counter() - call.started) * 1000,
                 bytes=_result_bytes(result) if result is not None else None,
                 error=state.error,
-                **common,
             )
             if outcome == "cancelled":
                 sink.submit(row)  # nobody waits for this answer: never hold the cancellation up
-            else:  # committed before the answer leaves: a replica killed after answering loses no row
+            else:  # written into the row by the next batch, committed before the answer leaves
                 with anyio.CancelScope(shield=True):
                     try:
                         await sink.append(row)

@@ -216,11 +216,16 @@ class Pair:
     outcome_seq: int
 
 
+IN_FLIGHT = 600.0
+"""Seconds a pending ``call`` row holds mining back (a call still running may yet end ``ok``);
+an older one is taken as unfinished (the gateway stopped mid-call) and mined past."""
+
+
 def good_call(row: Mapping[str, Any]) -> bool:
-    """A call that may teach the index: an ``outcome`` row, ``ok``, decided ``allow`` or ``approve``,
-    naming a tool and a principal."""
+    """A call that may teach the index: a completed ``call`` row or an ``outcome`` row (logs written
+    before ``call`` rows), ``ok``, decided ``allow`` or ``approve``, naming a tool and a principal."""
     return (
-        row.get("kind") == "outcome"
+        row.get("kind") in ("call", "outcome")
         and row.get("outcome") == "ok"
         and row.get("decision") in GOOD_DECISIONS
         and bool(row.get("tool"))
@@ -320,6 +325,14 @@ def _scan(
         before = int(rows[0]["seq"])
     out.sort(key=lambda r: int(r["seq"]))
     return out
+
+
+def _settled(audit: AuditReader, head: int, clock: float) -> int:
+    """The highest seq up to which no ``call`` row is still in flight (pending, written less than
+    :data:`IN_FLIGHT` seconds ago): a call row is completed in place, after its seq was handed out."""
+    pending = audit.query(kind="call", outcome="pending", since=clock - IN_FLIGHT, limit=PAGE)
+    flying = [int(r["seq"]) for r in pending if r.get("completed") is None and int(r["seq"]) <= head]
+    return min(flying) - 1 if flying else head
 
 
 @dataclass(frozen=True)
@@ -616,10 +629,11 @@ class UsageMiner:
                 state.fingerprint = fingerprint
             tail = self.audit.query(limit=1)
             head = int(tail[-1]["seq"]) if tail else 0
+            clock = time.time() if now is None else now
+            head = min(head, _settled(self.audit, head, clock))
             if head > state.last_seq:
-                clock = time.time() if now is None else now
                 since = max(0.0, clock - 8 * self.half_life) if state.last_seq == 0 else None
-                calls = _scan(self.audit, after=state.last_seq, head=head, kind="outcome", outcome="ok", since=since)
+                calls = _scan(self.audit, after=state.last_seq, head=head, outcome="ok", since=since)
                 calls = [c for c in calls if good_call(c)]
                 if calls:
                     first = min(float(c["ts"]) for c in calls)

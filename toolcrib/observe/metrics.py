@@ -262,10 +262,11 @@ class TimedLog:
     def blocking_io(self) -> bool:
         return bool(self._inner.blocking_io)
 
-    def append_many(self, events: Sequence[Any], *, wait: bool = True) -> list[int]:
+    def append_many(self, events: Sequence[Any], *, wait: bool = True, completions: Sequence[Any] = ()) -> list[int]:
         started = time.perf_counter()
         try:
-            seqs: list[int] = self._inner.append_many(events, wait=wait)
+            more = {"completions": completions} if completions else {}
+            seqs: list[int] = self._inner.append_many(events, wait=wait, **more)
             return seqs
         finally:
             self._metrics.audit_written(time.perf_counter() - started)

@@ -27,6 +27,14 @@ Version 3:
 - ``index_usage``: the tool index's usage anchors (queries that led to a successful call, their
   vectors and decayed weights, the audit ``seq`` mined up to), one row shared by every replica
   (:mod:`toolcrib.index.usage`).
+
+Version 4:
+
+- one audit row per call: ``audit_events.completed`` and ``seal``, ``audit_checkpoints.completed``
+  (:mod:`toolcrib.gateway.audit.schema`, version 3 of the SQLite log), and the append-only trigger
+  replaced by one that allows a single ``UPDATE``: a pending ``call`` row completed in place (its
+  completion columns set from their pending values, ``completed`` and ``seal`` set, every other
+  column unchanged).
 """
 
 from __future__ import annotations
@@ -127,10 +135,48 @@ _V3 = [
         name text PRIMARY KEY, meta jsonb NOT NULL, vectors bytea NOT NULL, updated double precision NOT NULL)""",
 ]
 
+_CALL_FIXED = (
+    "seq", "ts", "kind", "request_id", "principal", "client_name", "session", "transport", "method", "server",
+    "tool", "tool_hash", "arguments", "args_hmac", "query", "results", "attempt_seq", "prev_hash", "hash",
+    "target", "remote", "args_stored",
+)  # fmt: skip
+"""The columns no completion may change (``schema.ATTEMPT_COLUMNS`` when version 4 was written)."""
+_COMPLETION = ("outcome", "error", "latency_ms", "bytes", "decision", "rule", "approver", "completed")
+
+
+def _v4() -> list[str]:
+    same = " AND ".join(f"NEW.{c} IS NOT DISTINCT FROM OLD.{c}" for c in _CALL_FIXED)
+    blank = " AND ".join(f"OLD.{c} IS NULL" for c in _COMPLETION if c not in ("outcome", "completed"))
+    function = f"""CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'UPDATE' THEN
+            IF OLD.kind = 'call' AND OLD.completed IS NULL AND OLD.seal IS NULL
+                AND OLD.outcome IS NOT DISTINCT FROM 'pending' AND {blank}
+                AND NEW.completed IS NOT NULL AND NEW.seal IS NOT NULL AND NEW.outcome IS NOT NULL
+                AND {same} THEN
+                RETURN NEW;
+            END IF;
+            RAISE EXCEPTION 'the audit log is append-only (a pending call row may only be completed once)';
+        END IF;
+        IF OLD.seq > (SELECT coalesce(max(seq), 0) FROM audit_checkpoints) THEN
+            RAISE EXCEPTION 'audit rows are removed only by prune, behind a checkpoint';
+        END IF;
+        RETURN OLD;
+    END $$"""  # noqa: S608 (column names from the constants above)
+    return [
+        "ALTER TABLE audit_events ADD COLUMN completed double precision, ADD COLUMN seal text",
+        "ALTER TABLE audit_checkpoints ADD COLUMN completed bigint",
+        function,
+    ]
+
+
+_V4 = _v4()
+
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "audit chain, approvals, documents, sessions, index snapshots", _V1),
     (2, "token savings per day and principal", _V2),
     (3, "usage anchors of the tool index", _V3),
+    (4, "one audit row per call, completed in place", _V4),
 ]
 """``(version, description, statements)``, oldest first. Never edit a released entry: add one."""
 

@@ -7,7 +7,9 @@
   ``principal`` is ``KIND:SUBJECT`` or a bare subject (every kind, as the CLI reads it); ``tool`` a
   glob (``echo__*``); ``decision`` one of :data:`DECISIONS`; ``outcome`` one of :data:`OUTCOMES`.
   A filter that cannot be read gives the page with a one-line error and status 400.
-- ``GET /console/audit/{seq}``: one row's full record (every column), with links to its attempt.
+- ``GET /console/audit/{seq}``: one row's full record (every column). A ``call`` row is both the
+  attempt and the outcome (completed in place, or still pending); a row of an older log's
+  ``attempt``/``outcome`` pair links to the other half.
 - ``GET /console/audit/verify``: a fragment (loaded by htmx) with the result of the same check as
   ``toolcrib audit verify`` (run in a worker thread): ok or broken with the first bad ``seq``, the
   last checkpoint and anchored head, what was checked and what cannot be detected.

@@ -68,6 +68,6 @@ async def figures(console: Console) -> dict[str, Any]:
 
 
 def _per_minute(outcomes: list[dict[str, Any]]) -> float:
-    """Calls per minute over the last minute of the window (outcome rows newer than now - 60 s)."""
+    """Calls per minute over the last minute of the window (ended calls newer than now - 60 s)."""
     since = time.time() - 60.0
     return float(sum(1 for row in outcomes if row["ts"] >= since))

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 AuditLog = SqliteAuditLog | PostgresAuditLog
 """Either backend: ``append``, ``append_many``, ``args_hmac``, ``query``, ``tail``, ``export_jsonl``,
-``prune_count``, ``prune``, ``verify``, ``checkpoint``, ``close``, ``schema``, ``where``, ``blocking_io``."""
+``prune_count``, ``prune``, ``tally``, ``verify``, ``checkpoint``, ``close``, ``schema``, ``where``, ``blocking_io``."""
 
 __all__ = ["AuditLog", "PostgresAuditLog", "SqliteAuditLog", "audit_key", "open_audit_log"]
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-Kind = Literal["search", "attempt", "outcome", "auth", "anchor"]
+Kind = Literal["call", "search", "attempt", "outcome", "auth", "anchor", "tally"]
 Outcome = Literal["ok", "tool_error", "protocol_error", "timeout", "cancelled", "upstream_crash", "denied", "pending"]
 
 
@@ -46,6 +46,24 @@ class AuditEvent:
     attempt_seq: int | None = None
     remote: str | None = None
     ts: float | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """How the call of the ``call`` row ``seq`` ended: written in place into that row (an ``UPDATE``
+    of its :data:`~toolcrib.gateway.audit.schema.COMPLETION` columns plus ``seal``), in the same
+    transaction as the next batch's inserts. ``latency_ms`` in milliseconds, ``bytes`` of the
+    result's text, ``completed`` epoch seconds (default: when it is built into the batch)."""
+
+    seq: int
+    outcome: Outcome
+    decision: str | None = None
+    rule: str | None = None
+    approver: str | None = None
+    error: str | None = None
+    latency_ms: float | None = None
+    bytes: int | None = None
+    completed: float | None = None
 
 
 def auth_refused(

@@ -3,10 +3,11 @@
 One secret, kept outside the database, authenticates everything the audit log can authenticate:
 ``secret:toolcrib/audit-hmac`` from the credential store (environment, OS keyring or the secrets
 file) if set, else a random 32-byte file ``<db>.key`` created 0600 next to the database; with the
-PostgreSQL backend only the secret (:func:`load_shared_hmac_key`: every replica must share it). Three keys
+PostgreSQL backend only the secret (:func:`load_shared_hmac_key`: every replica must share it). Keys
 are derived from it (HMAC-SHA256 of a label, so one leaked derived key reveals nothing of the
-others): the arguments HMAC uses the secret itself (unchanged since the first release), the anchor
-and the prune checkpoints use :func:`derive` with their own labels.
+others): the arguments HMAC uses the secret itself (unchanged since the first release), the anchor,
+the prune checkpoints, the PostgreSQL head row and the completion seals use :func:`derive` with
+their own labels.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 HMAC_KEY_REF = "toolcrib/audit-hmac"
 ANCHOR_LABEL = b"toolcrib audit anchor v1"
 CHECKPOINT_LABEL = b"toolcrib audit checkpoint v1"
+SEAL_LABEL = b"toolcrib audit seal v1"
+"""Derives the key of a ``call`` row's ``seal`` (its completion in place) and of a ``tally`` row's."""
 HEAD_LABEL = b"toolcrib audit head v1"
 """Derives the key of the PostgreSQL log's keyed head row (``audit_head.mac``)."""
 PRIVATE = 0o600

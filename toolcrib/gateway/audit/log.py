@@ -2,15 +2,27 @@
 
 Rows (``kind``):
 
+* ``call``: a forwarded request, ONE row: inserted *before* forwarding (awaited, so a crash cannot
+  lose a call that was made) with principal, ``method`` (any MCP method string: ``tools/call``,
+  ``resources/read``, ``prompts/get``, ``completion/complete``, ``resources/subscribe``, ...),
+  ``server``, ``tool`` (namespaced tool) or ``target`` (resource URI, prompt name, completion
+  reference), redacted arguments plus an HMAC of the originals and ``outcome = "pending"``; then
+  *completed in place* when the call ends (:class:`~toolcrib.gateway.audit.events.Completion`, an
+  ``UPDATE`` in the next group-commit batch): ``outcome`` (``ok``, ``tool_error``,
+  ``protocol_error``, ``timeout``, ``cancelled``, ``upstream_crash``, ``denied``, or ``pending``
+  for a call held for approval), policy ``decision`` and ``rule``, ``approver``, ``error``,
+  latency, response bytes, ``completed`` (epoch seconds) and ``seal``, the HMAC of the row's
+  ``hash`` and those columns. The row's ``hash`` covers it as inserted, so completing it never
+  changes the chain; a trigger refuses every other ``UPDATE``. A row still pending (``completed``
+  NULL) long after its ``ts`` is a call whose end was never recorded (the gateway stopped);
+* ``attempt`` / ``outcome`` (logs written before ``call`` rows): the same call as two rows, the
+  outcome's ``attempt_seq`` pointing at its attempt. ``outcome`` rows are still written for calls
+  refused before forwarding (``denied``: unknown or hidden targets);
+* ``tally``: how many ``call`` rows up to row ``attempt_seq`` were completed (``bytes``), counted
+  since the first ``call`` row, with ``seal`` = HMAC of ``"tally:{attempt_seq}:{bytes}"``; written
+  by :meth:`SqliteAuditLog.tally` (every minute by the server) so verify can tell a completion
+  removed (a row set back to pending) behind it;
 * ``search``: a ``search_tools`` query (``query``) and the tool keys it returned (``results``);
-* ``attempt``: a request about to be decided and forwarded upstream: principal, ``method`` (any MCP
-  method string: ``tools/call``, ``resources/read``, ``prompts/get``, ``completion/complete``,
-  ``resources/subscribe``, ...), ``server``, ``tool`` (namespaced tool) or ``target`` (resource URI,
-  prompt name, completion reference), redacted arguments plus an HMAC of the originals, policy
-  ``decision`` and ``rule``. Written *before* forwarding, so a crash cannot lose a call that was made;
-* ``outcome``: how that request ended (``attempt_seq`` points at its attempt): ``ok``,
-  ``tool_error``, ``protocol_error``, ``timeout``, ``cancelled``, ``upstream_crash``, ``denied`` or
-  ``pending``, with the ``approver``, latency and response bytes. Every attempt gets an outcome;
 * ``auth``: a refused authentication (:func:`auth_refused`): ``outcome = "denied"``, the client's
   ``remote`` address, the reason in ``error``, ``principal`` when one was claimed;
 * ``anchor``: written by the log itself when a writer found no keyed anchor for a log that has rows
@@ -39,10 +51,11 @@ from typing import IO, TYPE_CHECKING, Any
 
 from toolcrib.errors import AuditBusy, AuditError
 from toolcrib.gateway.audit.anchor import Anchor
-from toolcrib.gateway.audit.events import AuditEvent, AuditSink, Kind, Outcome, auth_refused
+from toolcrib.gateway.audit.events import AuditEvent, AuditSink, Completion, Kind, Outcome, auth_refused
 from toolcrib.gateway.audit.keys import (
     CHECKPOINT_LABEL,
     HMAC_KEY_REF,
+    SEAL_LABEL,
     create_private,
     derive,
     load_hmac_key,
@@ -52,21 +65,40 @@ from toolcrib.gateway.audit.keys import (
 from toolcrib.gateway.audit.schema import (
     CHECKPOINT,
     COLUMNS,
+    COMPLETION,
     GENESIS,
     HEAD,
     INSERT,
+    KEYED,
     VERSION,
     canonical_json,
+    checkpoint_message,
     migrate,
     row_hash,
+    tally_message,
     version,
 )
-from toolcrib.gateway.audit.shared import MAX_ARGUMENT_CHARS, args_hmac, build_row, decode, filters
+from toolcrib.gateway.audit.shared import (
+    MAX_ARGUMENT_CHARS,
+    args_hmac,
+    build_completion,
+    build_row,
+    decode,
+    filters,
+)
 from toolcrib.gateway.audit.verify import VerifyReport, verify
 
 if TYPE_CHECKING:
     from toolcrib.gateway.trust.secrets import Redactor
 
+SETTLE = 600.0
+"""Seconds after which a ``call`` row is counted by a ``tally`` (calls normally end well before)."""
+UPDATE = (
+    f"UPDATE events SET {', '.join(f'{c} = ?' for c in (*COMPLETION, 'seal'))} "  # noqa: S608
+    "WHERE seq = ? AND kind = 'call' AND completed IS NULL"
+)
+PENDING_CACHE = 65536
+"""Hashes of this process's pending ``call`` rows kept in memory (older ones are read back)."""
 BUSY_TIMEOUT_MS = 5000
 """How long a write waits for another writer's lock (SQLite ``busy_timeout``) before failing."""
 
@@ -88,6 +120,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+COUNT_COMPLETED = "SELECT count(*) FROM events WHERE seq > ? AND seq <= ? AND kind = 'call' AND completed IS NOT NULL"
 
 
 class SqliteAuditLog:
@@ -124,6 +158,9 @@ class SqliteAuditLog:
         self.anchor_path = self._anchor.path
         self._hmac_key = hmac_key
         self._checkpoint_key = derive(hmac_key, CHECKPOINT_LABEL) if hmac_key is not None else None
+        self._seal_key = derive(hmac_key, SEAL_LABEL) if hmac_key is not None else None
+        self._pending: dict[int, str] = {}
+        """``seq -> hash`` of the ``call`` rows this process inserted and has not completed yet."""
         self._redactor = redactor
         self._lock = threading.Lock()
         try:
@@ -178,35 +215,47 @@ class SqliteAuditLog:
         """HMAC-SHA256 (hex) of the canonical JSON of ``arguments`` under this log's key."""
         return args_hmac(self._hmac_key, arguments)
 
-    def _checkpoint_mac(self, seq: int, digest: str) -> str:
+    def _checkpoint_mac(self, seq: int, digest: str, completed: int | None = None) -> str:
         if self._checkpoint_key is None:
             raise AuditError("prune needs the audit key (secret:toolcrib/audit-hmac or the .key file beside the log)")
-        return mac(self._checkpoint_key, f"{seq}:{digest}")
+        return mac(self._checkpoint_key, checkpoint_message(seq, digest, completed))
 
     def append(self, event: AuditEvent) -> int:
         """Record ``event``; return its sequence number. Raises :class:`AuditError` when unwritable."""
         return self.append_many([event])[0]
 
-    def append_many(self, events: Sequence[AuditEvent], *, wait: bool = True) -> list[int]:
-        """Record several events in one transaction (group commit); return their sequence numbers.
+    def append_many(
+        self, events: Sequence[AuditEvent], *, wait: bool = True, completions: Sequence[Completion] = ()
+    ) -> list[int]:
+        """Record several events and complete ``call`` rows in one transaction (group commit: the
+        inserts first, then one ``UPDATE`` per :class:`Completion`); return the events' sequence
+        numbers. A completion of a row that is not a pending ``call`` row is logged and skipped.
 
         With ``wait`` False, a write lock held by another connection (another process appending,
         ``toolcrib audit prune``) raises :class:`AuditBusy` at once instead of waiting up to
-        ``busy_timeout`` (5 s): the caller can then wait somewhere that blocks nobody."""
+        ``busy_timeout`` (5 s): the caller can then wait somewhere that blocks nobody. Raises
+        :class:`AuditError` when the log is unwritable or, for completions, opened without the key."""
         rows = [self._row(event) for event in events]
-        if not rows:
+        if not rows and not completions:
             return []
+        if completions and self._seal_key is None:
+            raise AuditError("this audit log was opened without the audit key; it cannot complete calls")
         with self._lock:
             if wait:
-                return self._append_locked(events, rows)
+                return self._append_locked(events, rows, completions)
             self._db.execute("PRAGMA busy_timeout=0")
             try:
-                return self._append_locked(events, rows)
+                return self._append_locked(events, rows, completions)
             finally:
                 self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def _append_locked(
-        self, events: Sequence[AuditEvent], rows: list[dict[str, Any]] | None = None, *, anchor_note: bool = False
+        self,
+        events: Sequence[AuditEvent],
+        rows: list[dict[str, Any]] | None = None,
+        completions: Sequence[Completion] = (),
+        *,
+        anchor_note: bool = False,
     ) -> list[int]:
         rows = rows if rows is not None else [self._row(event) for event in events]
         try:
@@ -218,7 +267,10 @@ class SqliteAuditLog:
                     seq += 1
                     row["seq"], row["prev_hash"] = seq, prev
                     row["hash"] = prev = row_hash(row)
-                self._db.executemany(INSERT, [[row[c] for c in COLUMNS] for row in rows])
+                if rows:
+                    self._db.executemany(INSERT, [[row[c] for c in COLUMNS] for row in rows])
+                for done in completions:
+                    self._complete(done)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -227,10 +279,35 @@ class SqliteAuditLog:
             if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise AuditBusy(f"the audit log {self.path} is locked by another writer ({exc})") from None
             raise AuditError(f"cannot write the audit log {self.path} ({exc}); check the disk") from None
+        for done in completions:
+            self._pending.pop(done.seq, None)
+        if not rows:
+            return []
+        for row in rows:
+            if row["kind"] == "call":
+                self._pending[int(row["seq"])] = str(row["hash"])
+        while len(self._pending) > PENDING_CACHE:
+            del self._pending[next(iter(self._pending))]
         lost = self._anchor.write(rows[-1]["seq"], rows[-1]["hash"])
         if lost and start[0] and self._hmac_key is not None and not anchor_note:
             self._record_lost_anchor(start[0])
         return [int(row["seq"]) for row in rows]
+
+    def _complete(self, done: Completion) -> None:
+        """Inside the write transaction: the ``UPDATE`` of one pending ``call`` row."""
+        digest = self._pending.get(done.seq)
+        if digest is None:
+            found = self._db.execute(
+                "SELECT hash FROM events WHERE seq = ? AND kind = 'call' AND completed IS NULL", (done.seq,)
+            ).fetchone()
+            if found is None:
+                log.error(
+                    "audit: row %d is not a pending call row; its completion (%s) was dropped", done.seq, done.outcome
+                )
+                return
+            digest = str(found[0])
+        fields = build_completion(done, digest, self._seal_key, self._redactor)
+        self._db.execute(UPDATE, [*(fields[c] for c in (*COMPLETION, "seal")), done.seq])
 
     def _row(self, event: AuditEvent) -> dict[str, Any]:
         return build_row(event, self._hmac_key, self._redactor)
@@ -330,7 +407,7 @@ class SqliteAuditLog:
     def prune(self, before_ts: float) -> int:
         """Delete rows older than ``before_ts`` behind a keyed checkpoint; return how many were
         deleted. Raises :class:`AuditError` without the audit key."""
-        if self.schema < VERSION:
+        if self.schema < KEYED:
             raise AuditError("this audit log predates keyed checkpoints; start `toolcrib serve` once to upgrade it")
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -341,16 +418,70 @@ class SqliteAuditLog:
                 if last is None:
                     self._db.execute("ROLLBACK")
                     return 0
-                self._db.execute(
-                    "INSERT INTO checkpoints (seq, hash, ts, mac) VALUES (?, ?, ?, ?)",
-                    (last[0], last[1], time.time(), self._checkpoint_mac(int(last[0]), str(last[1]))),
-                )
+                seq, digest = int(last[0]), str(last[1])
+                if self.schema < VERSION:  # a version-2 log opened without upgrading: no completion count
+                    self._db.execute(
+                        "INSERT INTO checkpoints (seq, hash, ts, mac) VALUES (?, ?, ?, ?)",
+                        (seq, digest, time.time(), self._checkpoint_mac(seq, digest)),
+                    )
+                else:
+                    base_seq, base = self._prune_base()
+                    done = self._db.execute(COUNT_COMPLETED, (base_seq, seq)).fetchone()[0]
+                    completed = base + int(done)
+                    self._db.execute(
+                        "INSERT INTO checkpoints (seq, hash, ts, mac, completed) VALUES (?, ?, ?, ?, ?)",
+                        (seq, digest, time.time(), self._checkpoint_mac(seq, digest, completed), completed),
+                    )
                 deleted = self._db.execute("DELETE FROM events WHERE seq <= ?", (last[0],)).rowcount
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return int(deleted)
+
+    def _prune_base(self, db: sqlite3.Connection | None = None) -> tuple[int, int]:
+        """``(seq, completed)`` of the latest prune checkpoint (``(0, 0)`` without one; a checkpoint
+        written before version 3 counts 0: no ``call`` row predates version 3)."""
+        found = (db or self._db).execute("SELECT seq, completed FROM checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
+        return (int(found[0]), int(found[1] or 0)) if found else (0, 0)
+
+    def tally(self, settle: float = SETTLE, now: float | None = None) -> int | None:
+        """Append a ``tally`` row: how many ``call`` rows up to the newest row older than ``settle``
+        seconds are completed (counted since the first ``call`` row: the latest tally's or prune
+        checkpoint's count plus the rows after it). Returns its seq, or None when no row settled
+        since the last tally. Reads on its own connection, so appends are not held up meanwhile.
+        Raises :class:`AuditError` without the audit key."""
+        if self._seal_key is None:
+            raise AuditError("a tally needs the audit key (secret:toolcrib/audit-hmac or the .key file beside the log)")
+        if self.schema < VERSION:
+            return None
+        clock = time.time() if now is None else now
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("BEGIN")
+            upto_row = db.execute(
+                "SELECT max(seq) FROM events WHERE ts < ? AND kind <> 'tally'", (clock - settle,)
+            ).fetchone()
+            upto = int(upto_row[0]) if upto_row and upto_row[0] is not None else None
+            base_seq, base = self._prune_base(db)
+            prev = db.execute(
+                "SELECT attempt_seq, bytes FROM events WHERE kind = 'tally' AND seq > ? ORDER BY seq DESC LIMIT 1",
+                (base_seq,),
+            ).fetchone()
+            if prev is not None and prev[0] is not None and int(prev[0]) >= base_seq:
+                base_seq, base = int(prev[0]), int(prev[1] or 0)
+            if upto is None or upto <= base_seq:
+                return None
+            count = base + int(db.execute(COUNT_COMPLETED, (base_seq, upto)).fetchone()[0])
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise AuditError(f"cannot read the audit log {self.path} ({exc})") from None
+        finally:
+            db.close()
+        row = self._row(AuditEvent(kind="tally", attempt_seq=upto, bytes=count))
+        row["seal"] = mac(self._seal_key, tally_message(upto, count))
+        with self._lock:
+            return self._append_locked([], [row])[0]
 
     def verify(self) -> VerifyReport:
         """Check the chain, the checkpoints, the anchor and ``args_hmac``; see

@@ -48,10 +48,27 @@ from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 
 from toolcrib.errors import AuditBusy, AuditError, StorageError
-from toolcrib.gateway.audit.events import AuditEvent
-from toolcrib.gateway.audit.keys import CHECKPOINT_LABEL, HEAD_LABEL, derive, mac
-from toolcrib.gateway.audit.schema import COLUMNS, GENESIS, VERSION, canonical_json, row_hash
-from toolcrib.gateway.audit.shared import args_hmac, build_row, decode, filters, glob_to_regex, is_literal
+from toolcrib.gateway.audit.events import AuditEvent, Completion
+from toolcrib.gateway.audit.keys import CHECKPOINT_LABEL, HEAD_LABEL, SEAL_LABEL, derive, mac
+from toolcrib.gateway.audit.schema import (
+    COLUMNS,
+    COMPLETION,
+    GENESIS,
+    VERSION,
+    canonical_json,
+    checkpoint_message,
+    row_hash,
+    tally_message,
+)
+from toolcrib.gateway.audit.shared import (
+    args_hmac,
+    build_completion,
+    build_row,
+    decode,
+    filters,
+    glob_to_regex,
+    is_literal,
+)
 from toolcrib.gateway.audit.verify import VerifyReport, check_chain, finish, pg_limits
 
 if TYPE_CHECKING:
@@ -65,6 +82,16 @@ LOCK_TIMEOUT_S = 10
 
 _SELECT = ", ".join(COLUMNS)
 _INSERT = f"INSERT INTO audit_events ({_SELECT}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"  # noqa: S608
+_UPDATE = (
+    f"UPDATE audit_events SET {', '.join(f'{c} = %s' for c in (*COMPLETION, 'seal'))} "  # noqa: S608
+    "WHERE seq = %s AND kind = 'call' AND completed IS NULL"
+)
+_COUNT_COMPLETED = (
+    "SELECT count(*) FROM audit_events WHERE seq > %s AND seq <= %s AND kind = 'call' AND completed IS NOT NULL"
+)
+_PRUNE_BASE = "SELECT seq, completed FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"
+PENDING_CACHE = 65536
+"""Hashes of this replica's pending ``call`` rows kept in memory (older ones are read back)."""
 _LOCK_HEAD = "SELECT seq, hash, mac FROM audit_head WHERE id = 1 FOR UPDATE"
 _LAST = """SELECT seq, hash FROM (
     (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1)
@@ -79,9 +106,9 @@ class PgRows:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
 
-    def checkpoints(self) -> list[tuple[int, str, str | None]]:
-        rows = self._conn.execute("SELECT seq, hash, mac FROM audit_checkpoints ORDER BY seq").fetchall()
-        return [(int(r[0]), str(r[1]), r[2]) for r in rows]
+    def checkpoints(self) -> list[tuple[int, str, str | None, int | None]]:
+        rows = self._conn.execute("SELECT seq, hash, mac, completed FROM audit_checkpoints ORDER BY seq").fetchall()
+        return [(int(r[0]), str(r[1]), r[2], None if r[3] is None else int(r[3])) for r in rows]
 
     def events(self) -> Iterator[dict[str, Any]]:
         with self._conn.cursor("toolcrib_audit_scan", row_factory=dict_row) as cursor:
@@ -126,6 +153,9 @@ class PostgresAuditLog:
         self._hmac_key = hmac_key
         self._head_key = derive(hmac_key, HEAD_LABEL) if hmac_key is not None else None
         self._checkpoint_key = derive(hmac_key, CHECKPOINT_LABEL) if hmac_key is not None else None
+        self._seal_key = derive(hmac_key, SEAL_LABEL) if hmac_key is not None else None
+        self._pending: dict[int, str] = {}
+        """``seq -> hash`` of the ``call`` rows this replica inserted and has not completed yet."""
         self._redactor = redactor
         if create:
             migrations.upgrade(db)
@@ -140,34 +170,44 @@ class PostgresAuditLog:
         """Record ``event``; return its sequence number once committed. Raises :class:`AuditError`."""
         return self.append_many([event])[0]
 
-    def append_many(self, events: Sequence[AuditEvent], *, wait: bool = True) -> list[int]:
-        """Record several events in one transaction; return their sequence numbers once committed.
+    def append_many(
+        self, events: Sequence[AuditEvent], *, wait: bool = True, completions: Sequence[Completion] = ()
+    ) -> list[int]:
+        """Record several events and complete ``call`` rows in one transaction (the inserts, then one
+        ``UPDATE`` per :class:`Completion`); return the events' sequence numbers once committed.
 
         With ``wait`` False, a head lock held by another transaction raises :class:`AuditBusy` at
         once; otherwise the append waits up to :data:`LOCK_TIMEOUT_S` seconds for it, then raises
         :class:`AuditError`."""
         rows = [build_row(event, self._hmac_key, self._redactor) for event in events]
-        if not rows:
+        if not rows and not completions:
             return []
+        return self._write(rows, completions, wait)
+
+    def _write(self, rows: list[dict[str, Any]], completions: Sequence[Completion], wait: bool) -> list[int]:
         if self._head_key is None:
             raise AuditError("this audit log was opened without the audit key; it cannot be appended to")
         try:
             with self._db.transaction() as conn:
                 conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'")
-                start, note = self._lock_head(conn, wait)
-                if note is not None:
-                    rows.insert(0, build_row(AuditEvent(kind="anchor", rule="reset", error=note), None, None))
-                seq, prev = start
-                for row in rows:
-                    seq += 1
-                    row["seq"], row["prev_hash"] = seq, prev
-                    row["hash"] = prev = row_hash(row)
-                with conn.cursor() as cursor:
-                    cursor.executemany(_INSERT, [[row[c] for c in COLUMNS] for row in rows])
-                conn.execute(
-                    "UPDATE audit_head SET seq = %s, hash = %s, mac = %s WHERE id = 1",
-                    (seq, prev, self._head_mac(seq, prev)),
-                )
+                note = None
+                if rows:
+                    start, note = self._lock_head(conn, wait)
+                    if note is not None:
+                        rows.insert(0, build_row(AuditEvent(kind="anchor", rule="reset", error=note), None, None))
+                    seq, prev = start
+                    for row in rows:
+                        seq += 1
+                        row["seq"], row["prev_hash"] = seq, prev
+                        row["hash"] = prev = row_hash(row)
+                    with conn.cursor() as cursor:
+                        cursor.executemany(_INSERT, [[row[c] for c in COLUMNS] for row in rows])
+                    conn.execute(
+                        "UPDATE audit_head SET seq = %s, hash = %s, mac = %s WHERE id = 1",
+                        (seq, prev, self._head_mac(seq, prev)),
+                    )
+                if completions:
+                    self._complete(conn, completions)
         except pg_errors.LockNotAvailable as exc:
             if not wait:
                 raise AuditBusy(f"the audit log {self.where} is locked by another writer") from None
@@ -176,8 +216,42 @@ class PostgresAuditLog:
             raise AuditError(f"cannot write the audit log {self.where} ({_first_line(exc)})") from None
         except StorageError as exc:
             raise AuditError(f"cannot write the audit log: {exc.message}") from None
+        for done in completions:
+            self._pending.pop(done.seq, None)
+        for row in rows:
+            if row["kind"] == "call":
+                self._pending[int(row["seq"])] = str(row["hash"])
+        while len(self._pending) > PENDING_CACHE:
+            del self._pending[next(iter(self._pending))]
         seqs = [int(row["seq"]) for row in rows]
         return seqs[1:] if note is not None else seqs
+
+    def _complete(self, conn: psycopg.Connection[Any], completions: Sequence[Completion]) -> None:
+        """Inside the write transaction: one ``UPDATE`` per pending ``call`` row completed (the
+        hashes of rows another replica or an earlier process inserted are read in one query)."""
+        if self._seal_key is None:
+            raise AuditError("this audit log was opened without the audit key; it cannot complete calls")
+        missing = [d.seq for d in completions if d.seq not in self._pending]
+        fetched: dict[int, str] = {}
+        if missing:
+            found = conn.execute(
+                "SELECT seq, hash FROM audit_events WHERE seq = ANY(%s) AND kind = 'call' AND completed IS NULL",
+                (missing,),
+            ).fetchall()
+            fetched = {int(r[0]): str(r[1]) for r in found}
+        params = []
+        for done in completions:
+            digest = self._pending.get(done.seq) or fetched.get(done.seq)
+            if digest is None:
+                log.error(
+                    "audit: row %d is not a pending call row; its completion (%s) was dropped", done.seq, done.outcome
+                )
+                continue
+            fields = build_completion(done, digest, self._seal_key, self._redactor)
+            params.append([*(fields[c] for c in (*COMPLETION, "seal")), done.seq])
+        if params:
+            with conn.cursor() as cursor:
+                cursor.executemany(_UPDATE, params)
 
     def _lock_head(self, conn: psycopg.Connection[Any], wait: bool) -> tuple[tuple[int, str], str | None]:
         """Lock the head row (creating it if missing); return where the chain continues and, when
@@ -318,13 +392,56 @@ class PostgresAuditLog:
                 if last is None:
                     return 0
                 seq, digest = int(last[0]), str(last[1])
+                base_seq, base = _prune_base(conn)
+                found = conn.execute(_COUNT_COMPLETED, (base_seq, seq)).fetchone()
+                completed = base + int(found[0] if found else 0)
                 conn.execute(
-                    "INSERT INTO audit_checkpoints (seq, hash, ts, mac) VALUES (%s, %s, %s, %s)",
-                    (seq, digest, time.time(), mac(self._checkpoint_key, f"{seq}:{digest}")),
+                    "INSERT INTO audit_checkpoints (seq, hash, ts, mac, completed) VALUES (%s, %s, %s, %s, %s)",
+                    (
+                        seq,
+                        digest,
+                        time.time(),
+                        mac(self._checkpoint_key, checkpoint_message(seq, digest, completed)),
+                        completed,
+                    ),
                 )
                 return conn.execute("DELETE FROM audit_events WHERE seq <= %s", (seq,)).rowcount
         except psycopg.Error as exc:
             raise AuditError(f"cannot prune the audit log {self.where} ({_first_line(exc)})") from None
+
+    def tally(self, settle: float = 600.0, now: float | None = None) -> int | None:
+        """Append a ``tally`` row: how many ``call`` rows up to the newest row older than ``settle``
+        seconds are completed (the latest tally's or prune checkpoint's count plus the rows after
+        it); see :meth:`toolcrib.gateway.audit.log.SqliteAuditLog.tally`. Returns its seq, or None
+        when no row settled since the last tally. Raises :class:`AuditError`."""
+        if self._seal_key is None:
+            raise AuditError("a tally needs the audit key (secret:toolcrib/audit-hmac)")
+        clock = time.time() if now is None else now
+        try:
+            with self._db.transaction() as conn:
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                found = conn.execute(
+                    "SELECT max(seq) FROM audit_events WHERE ts < %s AND kind <> 'tally'", (clock - settle,)
+                ).fetchone()
+                upto = int(found[0]) if found and found[0] is not None else None
+                base_seq, base = _prune_base(conn)
+                prev = conn.execute(
+                    "SELECT attempt_seq, bytes FROM audit_events WHERE kind = 'tally' AND seq > %s "
+                    "ORDER BY seq DESC LIMIT 1",
+                    (base_seq,),
+                ).fetchone()
+                if prev is not None and prev[0] is not None and int(prev[0]) >= base_seq:
+                    base_seq, base = int(prev[0]), int(prev[1] or 0)
+                if upto is None or upto <= base_seq:
+                    return None
+                counted = conn.execute(_COUNT_COMPLETED, (base_seq, upto)).fetchone()
+                count = base + int(counted[0] if counted else 0)
+        except psycopg.Error as exc:
+            raise AuditError(f"cannot read the audit log {self.where} ({_first_line(exc)})") from None
+        row = build_row(AuditEvent(kind="tally", attempt_seq=upto, bytes=count), None, None)
+        row["seal"] = mac(self._seal_key, tally_message(upto, count))
+        seqs = self._write([row], (), True)
+        return seqs[0]
 
     def verify(self) -> VerifyReport:
         """Check the chain, the checkpoints, the keyed head row and ``args_hmac`` in one snapshot;
@@ -360,6 +477,12 @@ class PostgresAuditLog:
             report.checked.append(f"the last row matches the keyed head row at row {head[0]} ({how})")
         finish(report, pg_limits(key is not None))
         return report
+
+
+def _prune_base(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+    """``(seq, completed)`` of the latest prune checkpoint (``(0, 0)`` without one)."""
+    found = conn.execute(_PRUNE_BASE).fetchone()
+    return (int(found[0]), int(found[1] or 0)) if found else (0, 0)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""The audit rows the gateway writes besides a call's attempt/outcome pair (see ``pipeline.audit_layer``).
+"""The audit rows the gateway writes besides a forwarded call's ``call`` row (see ``pipeline.audit_layer``).
 
 - :func:`search_event`: a ``search_tools`` query and the tools it returned;
 - :func:`refused_call_event`: a request for something the principal may not reach, or that does not

@@ -8,6 +8,15 @@ originals, so ``args_hmac`` can be recomputed; ``redacted`` or ``truncated`` oth
 ``checkpoints.mac`` (HMAC of the checkpoint under the audit key). Migration only adds nullable
 columns, so version-1 rows keep their hashes: :func:`row_hash` leaves a version-2 column out of the
 hashed payload while it is NULL.
+
+Version 3 adds ``events.completed`` (when a ``call`` row was completed, epoch seconds) and
+``events.seal`` (HMAC of the completion, :func:`seal_message`), ``checkpoints.completed`` (how many
+``call`` rows up to the checkpoint were completed when it was written, counted since the first
+``call`` row; covered by the checkpoint's HMAC), and replaces the trigger that refused every
+``UPDATE`` by one that allows exactly one: a pending ``call`` row completed in place
+(:data:`COMPLETION` columns from their pending values to the outcome, ``completed`` and ``seal``
+set), every other column unchanged. A ``call`` row's ``hash`` is computed over the row as inserted,
+so the chain never changes when a row is completed (:func:`row_hash`).
 """
 
 from __future__ import annotations
@@ -19,15 +28,24 @@ from collections.abc import Mapping
 from typing import Any
 
 GENESIS = "0" * 64
-VERSION = 2
+VERSION = 3
+KEYED = 2
+"""The first version with keyed checkpoints and anchor (prune and verify need at least this)."""
 V1_COLUMNS = (
     "seq", "ts", "kind", "request_id", "principal", "client_name", "session", "transport", "method",
     "server", "tool", "tool_hash", "arguments", "args_hmac", "query", "results", "decision", "rule",
     "approver", "outcome", "error", "latency_ms", "bytes", "attempt_seq", "prev_hash", "hash",
 )  # fmt: skip
 V2_COLUMNS = ("target", "remote", "args_stored")
-COLUMNS = V1_COLUMNS + V2_COLUMNS
-"""Every column of ``events``, in table order (version-2 columns come last, as ALTER TABLE adds them)."""
+V3_COLUMNS = ("completed", "seal")
+COLUMNS = V1_COLUMNS + V2_COLUMNS + V3_COLUMNS
+"""Every column of ``events``, in table order (later versions' columns come last, as ALTER TABLE adds them)."""
+COMPLETION = ("outcome", "error", "latency_ms", "bytes", "decision", "rule", "approver", "completed")
+"""The columns a ``call`` row's completion sets (besides ``seal``); the seal covers them."""
+PENDING: dict[str, Any] = {c: None for c in COMPLETION} | {"outcome": "pending", "seal": None}
+"""A ``call`` row's completion columns as inserted (and as hashed)."""
+ATTEMPT_COLUMNS = tuple(c for c in COLUMNS if c not in PENDING)
+"""The columns of a ``call`` row no update may change."""
 
 _FLOAT_COLUMNS = frozenset({"ts", "latency_ms"})
 _INT_COLUMNS = frozenset({"seq", "bytes", "attempt_seq"})
@@ -54,9 +72,23 @@ _V2_TRIGGERS = [
     WHEN OLD.mac IS NOT NULL OR NEW.seq IS NOT OLD.seq OR NEW.hash IS NOT OLD.hash OR NEW.ts IS NOT OLD.ts
     BEGIN SELECT RAISE(ABORT, 'audit checkpoints are permanent'); END""",
 ]
+_V3_TRIGGERS = [
+    "DROP TRIGGER IF EXISTS events_no_update",
+    f"""CREATE TRIGGER IF NOT EXISTS events_complete_only BEFORE UPDATE ON events
+    WHEN NOT (OLD.kind IS 'call' AND OLD.completed IS NULL AND OLD.seal IS NULL AND OLD.outcome IS 'pending'
+        AND {" AND ".join(f"OLD.{c} IS NULL" for c in COMPLETION if c not in ("outcome", "completed"))}
+        AND NEW.completed IS NOT NULL AND NEW.seal IS NOT NULL AND NEW.outcome IS NOT NULL
+        AND {" AND ".join(f"NEW.{c} IS OLD.{c}" for c in ATTEMPT_COLUMNS)})
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only (a pending call row may only be completed once)'); END""",
+]
 INSERT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"  # noqa: S608
 HEAD = "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
 CHECKPOINT = "SELECT seq, hash, ts, mac FROM checkpoints ORDER BY seq DESC LIMIT 1"
+
+
+def pending_form(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` with a ``call`` row's completion columns at their pending values (any other kind unchanged)."""
+    return {**row, **PENDING} if row.get("kind") == "call" else dict(row)
 
 
 def version(db: sqlite3.Connection) -> int:
@@ -87,6 +119,13 @@ def migrate(db: sqlite3.Connection) -> bool:
                 db.execute("ALTER TABLE checkpoints ADD COLUMN mac TEXT")
             for statement in _V2_TRIGGERS:
                 db.execute(statement)
+            for column, sql_type in (("completed", "REAL"), ("seal", "TEXT")):
+                if column not in have:
+                    db.execute(f"ALTER TABLE events ADD COLUMN {column} {sql_type}")
+            if "completed" not in {r[1] for r in db.execute("PRAGMA table_info(checkpoints)")}:
+                db.execute("ALTER TABLE checkpoints ADD COLUMN completed INTEGER")
+            for statement in _V3_TRIGGERS:
+                db.execute(statement)
             db.execute(f"PRAGMA user_version = {VERSION}")
         db.execute("COMMIT")
     except BaseException:
@@ -101,8 +140,34 @@ def canonical_json(value: Any) -> str:
 
 
 def row_hash(row: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of every column except ``hash``; a version-2 column is left out
-    while it is NULL, so rows written before the migration keep their hashes."""
+    """SHA-256 of the canonical JSON of every column except ``hash``; a version-2 or -3 column is
+    left out while it is NULL, so rows written before a migration keep their hashes. A ``call`` row
+    is hashed as inserted: its :data:`COMPLETION` columns at their pending values (:data:`PENDING`),
+    so completing it in place leaves its hash, and the chain, unchanged."""
+    if row.get("kind") == "call":
+        row = {**row, **PENDING}
     payload = {k: row.get(k) for k in V1_COLUMNS if k != "hash"}
-    payload.update({k: row[k] for k in V2_COLUMNS if row.get(k) is not None})
+    payload.update({k: row[k] for k in V2_COLUMNS + V3_COLUMNS if row.get(k) is not None})
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def completion_fields(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`COMPLETION` columns of ``row`` (what a seal covers)."""
+    return {c: row.get(c) for c in COMPLETION}
+
+
+def seal_message(digest: str, fields: Mapping[str, Any]) -> str:
+    """What a ``call`` row's ``seal`` is the HMAC of: the canonical JSON of ``[hash, fields]``, with
+    ``fields`` the :data:`COMPLETION` columns (floats as stored)."""
+    return canonical_json([digest, {c: fields.get(c) for c in COMPLETION}])
+
+
+def checkpoint_message(seq: int, digest: str, completed: int | None) -> str:
+    """What a checkpoint's ``mac`` is the HMAC of: ``"{seq}:{hash}"`` (written before version 3,
+    ``completed`` None) or ``"{seq}:{hash}:{completed}"``."""
+    return f"{seq}:{digest}" if completed is None else f"{seq}:{digest}:{completed}"
+
+
+def tally_message(upto: int, completed: int) -> str:
+    """What a ``tally`` row's ``seal`` is the HMAC of."""
+    return f"tally:{upto}:{completed}"

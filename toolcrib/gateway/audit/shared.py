@@ -4,6 +4,8 @@
   :data:`~toolcrib.gateway.audit.schema.COLUMNS` that is stored and hashed (arguments redacted,
   HMAC'd and truncated; ``error``, ``query``, ``target`` redacted), without ``seq``, ``prev_hash``
   and ``hash``, which the backend fills under its lock;
+- :func:`build_completion`: a :class:`~toolcrib.gateway.audit.events.Completion` as the columns its
+  ``UPDATE`` sets, ``seal`` included (HMAC under the seal key over the row's hash and those columns);
 - :func:`filters`: the ``query`` filters as ``(column, op, value)`` with ``op`` one of ``=``, ``>=``,
   ``glob`` (SQLite ``GLOB`` semantics); each backend renders them in its own SQL;
 - :func:`glob_to_regex`: a SQLite ``GLOB`` pattern as an anchored PostgreSQL regular expression (ARE);
@@ -19,9 +21,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from toolcrib.errors import AuditError
-from toolcrib.gateway.audit.events import AuditEvent
+from toolcrib.gateway.audit.events import AuditEvent, Completion
 from toolcrib.gateway.audit.keys import mac
-from toolcrib.gateway.audit.schema import COLUMNS, canonical_json
+from toolcrib.gateway.audit.schema import COLUMNS, COMPLETION, canonical_json, seal_message
 
 if TYPE_CHECKING:
     from toolcrib.gateway.trust.secrets import Redactor
@@ -74,6 +76,24 @@ def build_row(event: AuditEvent, key: bytes | None, redactor: Redactor | None) -
         if row[name] is not None:
             row[name] = scrub(redactor, row[name])
     return row
+
+
+def build_completion(
+    done: Completion, digest: str, seal_key: bytes | None, redactor: Redactor | None
+) -> dict[str, Any]:
+    """The columns ``done`` sets in the ``call`` row whose hash is ``digest``: every
+    :data:`~toolcrib.gateway.audit.schema.COMPLETION` column (``error`` redacted, ``completed``
+    defaulting to now) and ``seal``. Raises :class:`AuditError` when ``seal_key`` is None."""
+    if seal_key is None:
+        raise AuditError(NO_KEY)
+    fields: dict[str, Any] = {c: getattr(done, c) for c in COMPLETION}
+    fields["completed"] = float(done.completed if done.completed is not None else time.time()) + 0.0
+    if done.latency_ms is not None:
+        fields["latency_ms"] = float(done.latency_ms) + 0.0  # + 0.0: no -0.0, which a database may not keep
+    if done.error is not None:
+        fields["error"] = scrub(redactor, done.error)
+    fields["seal"] = mac(seal_key, seal_message(digest, fields))
+    return fields
 
 
 def filters(

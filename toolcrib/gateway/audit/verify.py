@@ -11,7 +11,17 @@ Detected (with the audit key):
 * an anchor slot forged or written with another key (its HMAC is wrong);
 * an anchor deleted or replaced while rows existed, even after a writer anchored again: the writer
   records an ``anchor`` row (``rule = "reset"``) in the chain, reported here for ever;
-* arguments edited in a row stored in full (``args_hmac`` recomputed from them does not match).
+* arguments edited in a row stored in full (``args_hmac`` recomputed from them does not match);
+* a ``call`` row's completion edited (outcome, error, latency, bytes, decision, rule, approver or
+  completion time): its ``seal``, an HMAC over the row's hash and those columns, no longer matches
+  (a wrong or missing seal on a completed row is tampering);
+* a completion removed (a completed ``call`` row set back to pending) behind a ``tally`` row or a
+  prune checkpoint: each records, under its HMAC, how many ``call`` rows up to its seq were
+  completed, and completions only grow, so verify must find at least that many.
+
+``call`` rows still pending long after their ``ts`` (:data:`UNFINISHED_AFTER`) are reported as
+unfinished in :attr:`VerifyReport.unfinished` (the gateway stopped before the call ended), not as
+tampering: removing a completion newer than the latest tally cannot be told from such a row.
 
 Not detectable, listed in :attr:`VerifyReport.limits` every time: see :func:`limits` (SQLite) and
 :func:`pg_limits` (PostgreSQL, whose anchor is the keyed ``audit_head`` row rather than a file).
@@ -26,14 +36,27 @@ import hmac
 import sqlite3
 import threading
 import time
+from array import array
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from toolcrib.gateway.audit.anchor import Anchor
-from toolcrib.gateway.audit.keys import CHECKPOINT_LABEL, derive, mac
-from toolcrib.gateway.audit.schema import GENESIS, VERSION, row_hash
+from toolcrib.gateway.audit.keys import CHECKPOINT_LABEL, SEAL_LABEL, derive, mac
+from toolcrib.gateway.audit.schema import (
+    GENESIS,
+    KEYED,
+    PENDING,
+    checkpoint_message,
+    row_hash,
+    seal_message,
+    tally_message,
+)
+
+UNFINISHED_AFTER = 3600.0
+"""Seconds after its ``ts`` beyond which a pending ``call`` row is reported as unfinished."""
 
 
 @dataclass
@@ -52,6 +75,13 @@ class VerifyReport:
     keyed: bool = False
     args_checked: int = 0
     args_unchecked: int = 0
+    seals_checked: int = 0
+    seals_unchecked: int = 0
+    completed: int = 0
+    """Completed ``call`` rows in the log (since the latest prune checkpoint)."""
+    tallies_checked: int = 0
+    unfinished: list[int] = field(default_factory=list)
+    """Seqs of ``call`` rows still pending :data:`UNFINISHED_AFTER` seconds after their ``ts``."""
     checked: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     limits: list[str] = field(default_factory=list)
@@ -112,8 +142,9 @@ def pg_limits(key: bool) -> list[str]:
 class RowSource(Protocol):
     """Rows of one consistent snapshot of an audit log, whichever backend holds them."""
 
-    def checkpoints(self) -> list[tuple[int, str, str | None]]:
-        """Every prune checkpoint as ``(seq, hash, mac)``, oldest first."""
+    def checkpoints(self) -> list[tuple[int, str, str | None, int | None]]:
+        """Every prune checkpoint as ``(seq, hash, mac, completed)``, oldest first (``completed``
+        None for checkpoints written before version 3)."""
         ...
 
     def events(self) -> Iterable[Mapping[str, Any]]:
@@ -127,10 +158,15 @@ class SqliteRows:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
-    def checkpoints(self) -> list[tuple[int, str, str | None]]:
+    def checkpoints(self) -> list[tuple[int, str, str | None, int | None]]:
         cursor = self._db.execute("SELECT * FROM checkpoints ORDER BY seq")
         names = [d[0] for d in cursor.description]
-        return [(int(r[0]), str(r[1]), dict(zip(names, r, strict=True)).get("mac")) for r in cursor]
+        out = []
+        for r in cursor:
+            named = dict(zip(names, r, strict=True))
+            done = named.get("completed")
+            out.append((int(r[0]), str(r[1]), named.get("mac"), None if done is None else int(done)))
+        return out
 
     def events(self) -> Iterator[dict[str, Any]]:
         cursor = self._db.execute("SELECT * FROM events ORDER BY seq")
@@ -150,7 +186,7 @@ def verify(
     """
     report = VerifyReport(keyed=key is not None)
     problems = report.problems
-    if schema < VERSION and key is not None:
+    if schema < KEYED and key is not None:
         problems.append("this log predates the keyed anchor and checkpoints; start `toolcrib serve` once to upgrade it")
     try:
         data: bytes | None = anchor.path.read_bytes()
@@ -190,7 +226,24 @@ def verify(
 
 
 def finish(report: VerifyReport, backend_limits: list[str]) -> None:
-    """Put the backend's limits first, after them the ones the scan found (unchecked args_hmac)."""
+    """Put the backend's limits first, after them the ones the scan found (unchecked args_hmac and
+    seals, unfinished calls, the completion-removal window)."""
+    if report.unfinished:
+        shown = ", ".join(str(s) for s in report.unfinished[:10]) + (", ..." if len(report.unfinished) > 10 else "")
+        report.limits.append(
+            f"{len(report.unfinished)} call rows are still pending more than {UNFINISHED_AFTER / 3600:g} h after "
+            f"they were written (rows {shown}): unfinished, their end never recorded (the gateway stopped "
+            "mid-call), or a completion removed after the last tally, which cannot be told apart."
+        )
+    if report.seals_unchecked:
+        report.limits.append(
+            f"The seals of {report.seals_unchecked} completed call rows were not checked (no audit key): their "
+            "outcome, error, latency and bytes could have been edited."
+        )
+    report.limits.append(
+        "A completion removed (a call row set back to pending) is detected only behind a tally row (written "
+        "every minute for rows older than 10 minutes) or a prune checkpoint; a newer one looks like a call in flight."
+    )
     if report.args_unchecked:
         report.limits.append(
             f"args_hmac of {report.args_unchecked} rows cannot be checked: their stored arguments are redacted "
@@ -204,18 +257,19 @@ def check_chain(source: RowSource, report: VerifyReport, head: tuple[int, str] |
     (the anchored ``(seq, hash)``, None when there is none): fills ``report``."""
     checkpoints = source.checkpoints()
     _checkpoints(checkpoints, report, key)
-    _scan(source.events(), checkpoints[-1][:2] if checkpoints else None, report, head, key)
+    _scan(source.events(), checkpoints[-1] if checkpoints else None, report, head, key)
 
 
-def _checkpoints(rows: list[tuple[int, str, str | None]], report: VerifyReport, key: bytes | None) -> None:
+def _checkpoints(rows: list[tuple[int, str, str | None, int | None]], report: VerifyReport, key: bytes | None) -> None:
     if not rows:
         return
     report.checkpoint_seq = int(rows[-1][0])
     if key is None:
         return
     ckey = derive(key, CHECKPOINT_LABEL)
-    for seq, digest, tag in rows:
-        if not isinstance(tag, str) or not hmac.compare_digest(tag, mac(ckey, f"{seq}:{digest}")):
+    for seq, digest, tag, completed in rows:
+        expected = mac(ckey, checkpoint_message(seq, digest, completed))
+        if not isinstance(tag, str) or not hmac.compare_digest(tag, expected):
             report.problems.append(
                 f"the checkpoint at row {seq} has a wrong or missing HMAC: rows were removed outside prune"
             )
@@ -224,7 +278,7 @@ def _checkpoints(rows: list[tuple[int, str, str | None]], report: VerifyReport, 
 
 def _scan(
     rows: Iterable[Mapping[str, Any]],
-    checkpoint: tuple[int, str] | None,
+    checkpoint: tuple[int, str, str | None, int | None] | None,
     report: VerifyReport,
     head: tuple[int, str] | None,
     key: bytes | None,
@@ -232,6 +286,7 @@ def _scan(
     problems = report.problems
     prev_seq, prev_hash = (int(checkpoint[0]), str(checkpoint[1])) if checkpoint else (0, GENESIS)
     anchored_hash = prev_hash if head and head[0] == prev_seq else None
+    calls = _Calls(prev_seq, int(checkpoint[3] or 0) if checkpoint else 0, key, report)
     for row in rows:
         seq = int(row["seq"])
         report.rows += 1
@@ -244,7 +299,12 @@ def _scan(
             problems.append(f"row {seq} does not match its hash (edited)")
         if row.get("args_hmac") is not None:
             _check_args(row, report, key)
-        if row["kind"] == "anchor":
+        kind = row["kind"]
+        if kind == "call":
+            calls.call(row)
+        elif kind == "tally":
+            calls.tally(row)
+        elif kind == "anchor":
             _anchor_row(row, report)
         prev_seq, prev_hash = seq, str(row["hash"])
         if head and head[0] == seq:
@@ -257,6 +317,73 @@ def _scan(
     report.checked.append(f"the hash chain of {report.rows} rows ({span}) from {start}: each hash and each link")
     if report.args_checked:
         report.checked.append(f"args_hmac recomputed for {report.args_checked} rows whose arguments are stored in full")
+    if report.seals_checked:
+        report.checked.append(f"the seal of {report.seals_checked} completed call rows (their outcome, error, latency)")
+    if report.tallies_checked:
+        report.checked.append(
+            f"{report.tallies_checked} tally rows: no completion removed behind them "
+            f"({report.completed} completed calls)"
+        )
+
+
+def seal_ok(row: Mapping[str, Any], seal_key: bytes) -> bool:
+    """True when ``row`` (a completed ``call`` row, as stored) carries the seal of its completion:
+    HMAC under ``seal_key`` (:data:`~toolcrib.gateway.audit.keys.SEAL_LABEL`) of its ``hash`` and
+    its :data:`~toolcrib.gateway.audit.schema.COMPLETION` columns."""
+    tag = row.get("seal")
+    if not isinstance(tag, str) or row.get("completed") is None:
+        return False
+    return hmac.compare_digest(tag, mac(seal_key, seal_message(str(row["hash"]), row)))
+
+
+class _Calls:
+    """The ``call`` and ``tally`` part of the scan: seals, pending rows, completion counts."""
+
+    def __init__(self, base_seq: int, base: int, key: bytes | None, report: VerifyReport) -> None:
+        self.base_seq, self.base = base_seq, base
+        self.done = array("q")
+        """Seqs of the completed ``call`` rows after the checkpoint, ascending."""
+        self.key = derive(key, SEAL_LABEL) if key is not None else None
+        self.report = report
+        self.cutoff = time.time() - UNFINISHED_AFTER
+
+    def call(self, row: Mapping[str, Any]) -> None:
+        report, seq = self.report, int(row["seq"])
+        if row.get("completed") is None:
+            if any(row.get(c) != v for c, v in PENDING.items()):
+                report.problems.append(f"row {seq}: a pending call row carries completion fields (edited)")
+            elif float(row["ts"]) < self.cutoff:
+                report.unfinished.append(seq)
+            return
+        self.done.append(seq)
+        report.completed += 1
+        if self.key is None:
+            report.seals_unchecked += 1
+            return
+        report.seals_checked += 1
+        if not seal_ok(row, self.key):
+            report.problems.append(
+                f"row {seq}: the seal of its completion is wrong or missing (outcome, error, latency or bytes edited)"
+            )
+
+    def tally(self, row: Mapping[str, Any]) -> None:
+        report, seq = self.report, int(row["seq"])
+        upto, claimed = row.get("attempt_seq"), row.get("bytes")
+        if not isinstance(upto, int) or not isinstance(claimed, int):
+            report.problems.append(f"row {seq}: a tally row without its count (edited)")
+            return
+        if self.key is not None:
+            tag = row.get("seal")
+            if not isinstance(tag, str) or not hmac.compare_digest(tag, mac(self.key, tally_message(upto, claimed))):
+                report.problems.append(f"row {seq}: the tally's seal is wrong or missing (forged)")
+                return
+        found = self.base + (bisect_right(self.done, upto) if upto > self.base_seq else 0)
+        report.tallies_checked += 1
+        if found < claimed:
+            report.problems.append(
+                f"row {seq}: {claimed} call rows up to row {upto} were completed when it was written, the log now "
+                f"has {found}: a completion was removed (a row set back to pending)"
+            )
 
 
 def _anchor_row(row: Mapping[str, Any], report: VerifyReport) -> None:

@@ -1,15 +1,17 @@
 """Audit writes with group commit, on the event loop.
 
-Every call writes two rows: an *attempt* row, awaited (:meth:`AuditWriter.append`) so the call is
-forwarded only once its row is committed (a crash cannot lose a call that was made), and an
-*outcome* row, queued (:meth:`AuditWriter.submit`). Rows are gathered and written in one SQLite
-transaction per batch:
+Every forwarded call writes ONE row: a ``call`` row, awaited (:meth:`AuditWriter.append`) so the
+call is forwarded only once its row is committed (a crash cannot lose a call that was made), and
+later its :class:`~toolcrib.gateway.audit.events.Completion` (the outcome written into that row in
+place), awaited too or queued for a cancelled call (:meth:`AuditWriter.submit`). Rows and
+completions are gathered and written in one transaction per batch (the inserts, then the updates;
+no extra commit per call):
 
-- a batch holding an awaited row is written at the end of the current turn of the event loop
-  (``call_soon``), so every attempt that arrived in the same turn (64 concurrent calls) shares one
+- a batch holding an awaited item is written at the end of the current turn of the event loop
+  (``call_soon``), so every call row that arrived in the same turn (64 concurrent calls) shares one
   commit;
-- a batch of queued rows only waits up to ``LINGER`` (5 ms) for company, usually the next call's
-  attempt row, so one commit serves both.
+- a batch of queued items only waits up to ``LINGER`` (5 ms) for company, usually the next call's
+  row, so one commit serves both.
 
 The write runs on the loop's own thread: with WAL and ``synchronous=NORMAL`` a commit is a few
 ``write`` calls and no ``fsync`` (about 50 us for a small batch here), cheaper than handing rows to
@@ -30,22 +32,25 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import threading
 from collections.abc import Sequence
 from typing import Protocol
 
 from toolcrib.errors import AuditBusy, AuditError
-from toolcrib.gateway.audit.events import AuditEvent
+from toolcrib.gateway.audit.events import AuditEvent, Completion
 
 log = logging.getLogger("toolcrib.audit")
 
-_Item = tuple[AuditEvent, "asyncio.Future[int] | None"]
+Entry = AuditEvent | Completion
+"""What the writer batches: a row to insert, or the completion of a ``call`` row."""
+_Item = tuple[Entry, "asyncio.Future[int] | None"]
 MAX_BATCH = 512
 """Rows written in one transaction at most; a bigger backlog is written in several."""
 LINGER = 0.005
-"""Seconds a batch of queued-only rows waits for company (usually the next call's attempt row),
-so one commit serves both: at most this much of outcome rows is in memory only."""
+"""Seconds a batch of queued-only items waits for company (usually the next call's row), so one
+commit serves both: at most this much of queued completions is in memory only."""
 
 
 class BatchLog(Protocol):
@@ -56,7 +61,9 @@ class BatchLog(Protocol):
         """True when an append may block on the network: the writer then never runs it on the loop."""
         ...
 
-    def append_many(self, events: Sequence[AuditEvent], *, wait: bool = True) -> list[int]: ...
+    def append_many(
+        self, events: Sequence[AuditEvent], *, wait: bool = True, completions: Sequence[Completion] = ()
+    ) -> list[int]: ...
 
 
 class AuditWriter:
@@ -65,7 +72,7 @@ class AuditWriter:
     def __init__(self, sink: BatchLog) -> None:
         self.sink = sink
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._inflight: concurrent.futures.Future[list[int]] | None = None
+        self._inflight: concurrent.futures.Future[list[int | None]] | None = None
         self._idle: list[asyncio.Future[None]] = []
         """:meth:`flush` callers waiting for the batches in flight and queued to be written."""
         self._batch: list[_Item] = []
@@ -82,8 +89,9 @@ class AuditWriter:
         """Rows waiting to be written (not yet handed to the log): the ``/metrics`` queue depth."""
         return len(self._batch)
 
-    async def append(self, event: AuditEvent) -> int:
-        """Write ``event`` and return its sequence number once it is committed.
+    async def append(self, event: Entry) -> int:
+        """Write ``event`` (a row, or a :class:`Completion`) and return its sequence number once it
+        is committed.
 
         Raises :class:`AuditError` when the log is closed or the write failed (the call must not
         then be made)."""
@@ -106,10 +114,16 @@ class AuditWriter:
             self._idle.append(idle)
             await idle
 
-    def submit(self, event: AuditEvent) -> None:
-        """Queue ``event``; it is committed with the next batch (within ``LINGER``)."""
+    def submit(self, event: Entry) -> None:
+        """Queue ``event`` (a row, or a :class:`Completion`); it is committed with the next batch
+        (within ``LINGER``)."""
         if self._closed:
-            log.error("audit event dropped after close: %s %s %s", event.kind, event.method, event.tool or event.target)
+            if isinstance(event, Completion):
+                log.error("audit completion dropped after close: row %d %s", event.seq, event.outcome)
+            else:
+                log.error(
+                    "audit event dropped after close: %s %s %s", event.kind, event.method, event.tool or event.target
+                )
             return
         loop = self._loop
         if loop is not None and threading.get_ident() != self._thread:
@@ -155,14 +169,14 @@ class AuditWriter:
             self._later = None
         while self._batch and not self._offloop:
             batch, self._batch = self._batch[:MAX_BATCH], self._batch[MAX_BATCH:]
-            events = [event for event, _ in batch]
+            write = _writer(self.sink, batch)
             if self.sink.blocking_io and self._loop is not None:
-                self._offload(batch, events)
+                self._offload(batch, write)
                 break
             try:
-                seqs: list[int | None] = list(self.sink.append_many(events, wait=self._loop is None))
+                seqs = write(self._loop is None)
             except AuditBusy:
-                self._offload(batch, events)
+                self._offload(batch, write)
             except Exception as exc:  # reported to every waiter; queued-only rows are logged
                 self._settle(batch, None, exc)
             else:
@@ -173,17 +187,17 @@ class AuditWriter:
                 if not waiter.done():
                     waiter.set_result(None)
 
-    def _offload(self, batch: list[_Item], events: list[AuditEvent]) -> None:
-        """Write ``batch`` (its ``events``) in a worker thread that may wait for the lock; flush the rest after it."""
+    def _offload(self, batch: list[_Item], write: functools.partial[list[int | None]]) -> None:
+        """Write ``batch`` (with ``write``) in a worker thread that may wait for the lock; flush the rest after it."""
         loop = self._loop
         assert loop is not None
         self._offloop = True
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
-        self._inflight = self._executor.submit(self.sink.append_many, events)
+        self._inflight = self._executor.submit(write, True)
         done = asyncio.wrap_future(self._inflight, loop=loop)
 
-        def finished(fut: asyncio.Future[list[int]]) -> None:
+        def finished(fut: asyncio.Future[list[int | None]]) -> None:
             self._offloop, self._inflight = False, None
             error = fut.exception()
             self._settle(batch, None if error else list(fut.result()), error)
@@ -203,3 +217,19 @@ class AuditWriter:
             else:
                 seq = seqs[i]
                 fut.set_result(seq if seq is not None else 0)
+
+
+def _writer(sink: BatchLog, batch: list[_Item]) -> functools.partial[list[int | None]]:
+    """``write(wait) -> seqs``: the batch's rows and completions in one ``append_many``; the result
+    has one entry per item (a completion's is its row's seq)."""
+    events = [e for e, _ in batch if isinstance(e, AuditEvent)]
+    completions = [e for e, _ in batch if isinstance(e, Completion)]
+    return functools.partial(_write, sink, batch, events, completions)
+
+
+def _write(
+    sink: BatchLog, batch: list[_Item], events: list[AuditEvent], completions: list[Completion], wait: bool
+) -> list[int | None]:
+    more = {"completions": completions} if completions else {}
+    seqs = iter(sink.append_many(events, wait=wait, **more))
+    return [e.seq if isinstance(e, Completion) else next(seqs) for e, _ in batch]
