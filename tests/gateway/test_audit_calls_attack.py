@@ -6,6 +6,7 @@ must lose the mark); the others hold today and are kept as regression tests."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -251,3 +252,26 @@ def test_a_log_of_pairs_then_call_rows_pruned_across_the_switch_verifies(backend
     assert report.ok, report.problems
     uncomplete(backend, new[0])
     assert any("a completion was removed" in p for p in backend.verify().problems)
+
+
+@pytest.mark.anyio
+@pytest.mark.xfail(
+    strict=True,
+    reason="build_row HMACs the arguments with keys.mac (strict UTF-8): a lone surrogate, which the edge's "
+    "loads_json accepts (json.loads fallback), raises UnicodeEncodeError for the whole batch in append_many, "
+    "so another call's completion written in that batch is lost (its answered call stays pending)",
+)
+async def test_a_client_argument_with_a_lone_surrogate_does_not_lose_another_calls_completion(
+    backend: AuditLog,
+) -> None:
+    writer = AuditWriter(backend)
+    answered = await writer.append(call(1))
+    results = await asyncio.gather(
+        writer.append(done(answered)),  # the first client's call ended: its completion is awaited
+        writer.append(call(2, arguments={"n": "\ud800"})),  # another client's call, same turn, same batch
+        return_exceptions=True,
+    )
+    await writer.flush()
+    writer.close()
+    assert results[0] == answered, results
+    assert {r["seq"]: r for r in backend.query(kind="call")}[answered]["outcome"] == "ok"
