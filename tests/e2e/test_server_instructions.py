@@ -11,9 +11,8 @@ instructions for every query, and for the queries below they move above every ec
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
 from pathlib import Path
 from typing import Any
 
