@@ -85,14 +85,13 @@ def analyse(name: str, docs: list[ToolDoc], queries: Sequence[Query], examples: 
         "| query | relevant tool | ranked first instead |",
         "|---|---|---|",
     ]
+
+    def cell(tid: str) -> str:
+        d = by_id.get(tid)
+        return f"`{tid}`: {(d.description if d else '')[:70]}".replace("|", "/")
+
     for q, gold, ranked in misses[:examples]:
-        first = ranked[0] if ranked else "-"
-
-        def cell(tid: str) -> str:
-            d = by_id.get(tid)
-            return f"`{tid}`: {(d.description if d else '')[:70]}".replace("|", "/")
-
-        lines.append(f"| {q.text[:90].replace('|', '/')} | {cell(gold)} | {cell(first)} |")
+        lines.append(f"| {q.text[:90].replace('|', '/')} | {cell(gold)} | {cell(ranked[0] if ranked else '-')} |")
     return "\n".join(lines) + "\n"
 
 
