@@ -117,12 +117,6 @@ def test_sqlite_refuses_insert_or_replace_of_a_completed_row(tmp_path: Path) -> 
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="keys.mac encodes UTF-8 strictly: an error text with a lone surrogate raises "
-    "UnicodeEncodeError inside append_many's transaction (shared.build_completion), so the whole "
-    "batch is rolled back and every other call's row and completion in it is lost",
-)
 async def test_one_unencodable_error_does_not_sink_the_other_calls_in_its_batch(backend: AuditLog) -> None:
     writer = AuditWriter(backend)
     first = await writer.append(call(1))
@@ -255,12 +249,6 @@ def test_a_log_of_pairs_then_call_rows_pruned_across_the_switch_verifies(backend
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="build_row HMACs the arguments with keys.mac (strict UTF-8): a lone surrogate, which the edge's "
-    "loads_json accepts (json.loads fallback), raises UnicodeEncodeError for the whole batch in append_many, "
-    "so another call's completion written in that batch is lost (its answered call stays pending)",
-)
 async def test_a_client_argument_with_a_lone_surrogate_does_not_lose_another_calls_completion(
     backend: AuditLog,
 ) -> None:

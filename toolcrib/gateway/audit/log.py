@@ -51,7 +51,15 @@ from typing import IO, TYPE_CHECKING, Any
 
 from toolcrib.errors import AuditBusy, AuditError
 from toolcrib.gateway.audit.anchor import Anchor
-from toolcrib.gateway.audit.events import AuditEvent, AuditSink, Completion, Kind, Outcome, auth_refused
+from toolcrib.gateway.audit.events import (
+    AuditEvent,
+    AuditRowError,
+    AuditSink,
+    Completion,
+    Kind,
+    Outcome,
+    auth_refused,
+)
 from toolcrib.gateway.audit.keys import (
     CHECKPOINT_LABEL,
     HMAC_KEY_REF,
@@ -275,6 +283,8 @@ class SqliteAuditLog:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        except (sqlite3.DataError, sqlite3.InterfaceError, OverflowError, UnicodeError) as exc:
+            raise AuditRowError(f"cannot store a row in the audit log {self.path} ({exc})") from None
         except sqlite3.Error as exc:
             if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise AuditBusy(f"the audit log {self.path} is locked by another writer ({exc})") from None

@@ -28,6 +28,13 @@ The anchor is the keyed head row, committed in the same transaction as the rows 
 * a head row deleted or forged and later re-made by a writer: the writer records an ``anchor`` row
   (``rule = "reset"``) in the chain before signing a head again, reported by verify for ever.
 
+Rows inserted by hand past the head (with the next ``seq``) are reported by verify ("come after the
+head row"), and they block every append: appends number their rows from the head row only, so the
+next one collides with them (a unique violation) and fails, fail-closed, with a one-line
+:class:`AuditError` naming the rows and what to do (logged at ERROR each time): the gateway then
+refuses every audited call until the database owner removes them. The writer deliberately does not
+chain past rows it did not write and cannot vouch for.
+
 What it cannot detect (also in every report's ``limits``, :func:`~toolcrib.gateway.audit.verify.pg_limits`):
 the head row lives in the same database as the rows, so a database administrator who cuts rows from
 the tail *and* puts back an older head row (its seq, hash and mac copied earlier or from a backup)
@@ -48,7 +55,7 @@ from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 
 from toolcrib.errors import AuditBusy, AuditError, StorageError
-from toolcrib.gateway.audit.events import AuditEvent, Completion
+from toolcrib.gateway.audit.events import AuditEvent, AuditRowError, Completion
 from toolcrib.gateway.audit.keys import CHECKPOINT_LABEL, HEAD_LABEL, SEAL_LABEL, derive, mac
 from toolcrib.gateway.audit.schema import (
     COLUMNS,
@@ -212,6 +219,10 @@ class PostgresAuditLog:
             if not wait:
                 raise AuditBusy(f"the audit log {self.where} is locked by another writer") from None
             raise AuditError(f"cannot write the audit log {self.where}: {_first_line(exc)}") from None
+        except pg_errors.UniqueViolation as exc:
+            raise self._past_head(exc) from None
+        except psycopg.DataError as exc:  # a value the database refuses: only this batch's content
+            raise AuditRowError(f"cannot store a row in the audit log {self.where} ({_first_line(exc)})") from None
         except psycopg.Error as exc:
             raise AuditError(f"cannot write the audit log {self.where} ({_first_line(exc)})") from None
         except StorageError as exc:
@@ -225,6 +236,30 @@ class PostgresAuditLog:
             del self._pending[next(iter(self._pending))]
         seqs = [int(row["seq"]) for row in rows]
         return seqs[1:] if note is not None else seqs
+
+    def _past_head(self, exc: psycopg.Error) -> AuditError:
+        """The error for an insert that collided with a row already stored past the keyed head:
+        rows written outside the gateway (by hand, or by a replica with another key). Appends
+        continue from the head row only, so every append fails until those rows are dealt with;
+        this says so, once per failed append, in the log and in the error."""
+        try:
+            with self._db.connection() as conn:
+                found = conn.execute(
+                    "SELECT (SELECT seq FROM audit_head WHERE id = 1), (SELECT max(seq) FROM audit_events)"
+                ).fetchone()
+        except (psycopg.Error, StorageError):
+            found = None
+        if found is None or found[1] is None or int(found[1]) <= int(found[0]):
+            return AuditError(f"cannot write the audit log {self.where} ({_first_line(exc)})")
+        head, last = int(found[0]), int(found[1])
+        message = (
+            f"cannot write the audit log {self.where}: rows {head + 1}..{last} were inserted past its keyed head "
+            f"row (seq {head}) outside the gateway, and every append is refused until they are removed; run "
+            "`toolcrib audit verify`, keep a copy of those rows, then delete them as the database owner (the "
+            "append-only trigger audit_events_append_only must be disabled for that)"
+        )
+        log.error("audit: %s", message)
+        return AuditError(message)
 
     def _complete(self, conn: psycopg.Connection[Any], completions: Sequence[Completion]) -> None:
         """Inside the write transaction: one ``UPDATE`` per pending ``call`` row completed (the

@@ -27,6 +27,8 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
+from toolcrib.gateway.audit.text import escape_surrogates
+
 GENESIS = "0" * 64
 VERSION = 3
 KEYED = 2
@@ -135,8 +137,12 @@ def migrate(db: sqlite3.Connection) -> bool:
 
 
 def canonical_json(value: Any) -> str:
-    """Sorted keys, no whitespace, UTF-8 kept: the form every hash in the log is computed over."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    """Sorted keys, no whitespace, UTF-8 kept: the form every hash in the log is computed over.
+
+    Lone surrogates (which UTF-8 cannot encode) are written as their JSON escape ``\\udxxx``
+    (:func:`~toolcrib.gateway.audit.text.escape_surrogates`), so the result always encodes and parses
+    back to the same value; text without them is unchanged from earlier releases."""
+    return escape_surrogates(json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str))
 
 
 def row_hash(row: Mapping[str, Any]) -> str:
