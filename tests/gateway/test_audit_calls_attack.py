@@ -74,11 +74,6 @@ def append_at_tail(log: AuditLog, **fields: Any) -> int:
 # ---- confirmed problems -------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tally() counts from the previous tally's upto on (log.py / log_pg.py tally): a call row "
-    "completed after a tally already covered its seq is never counted by any later tally",
-)
 def test_a_completion_that_lands_after_a_tally_is_protected_by_the_next_tally(backend: AuditLog) -> None:
     """A call held for approval (or any call longer than the 10-minute settle) is completed after
     the tally that covered its row; the next tally must count it, or removing that completion
@@ -95,12 +90,6 @@ def test_a_completion_that_lands_after_a_tally_is_protected_by_the_next_tally(ba
     assert not backend.verify().ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SQLite's REPLACE conflict resolution deletes the old row without firing DELETE triggers "
-    "(recursive_triggers is off) and is not an UPDATE: schema.py's events_complete_only / "
-    "events_prune_only never see it",
-)
 def test_sqlite_refuses_insert_or_replace_of_a_completed_row(tmp_path: Path) -> None:
     log = SqliteAuditLog(tmp_path / "audit.db", hmac_key=KEY)
     seq = log.append(call(1))
