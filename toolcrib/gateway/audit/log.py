@@ -13,8 +13,10 @@ Rows (``kind``):
   for a call held for approval), policy ``decision`` and ``rule``, ``approver``, ``error``,
   latency, response bytes, ``completed`` (epoch seconds) and ``seal``, the HMAC of the row's
   ``hash`` and those columns. The row's ``hash`` covers it as inserted, so completing it never
-  changes the chain; a trigger refuses every other ``UPDATE``. A row still pending (``completed``
-  NULL) long after its ``ts`` is a call whose end was never recorded (the gateway stopped);
+  changes the chain; triggers refuse every other ``UPDATE`` and every ``INSERT`` over a stored row
+  (``REPLACE``, UPSERT: schema version 4, :mod:`~toolcrib.gateway.audit.schema`). A row still
+  pending (``completed`` NULL) long after its ``ts`` is a call whose end was never recorded (the
+  gateway stopped);
 * ``attempt`` / ``outcome`` (logs written before ``call`` rows): the same call as two rows, the
   outcome's ``attempt_seq`` pointing at its attempt. ``outcome`` rows are still written for calls
   refused before forwarding (``denied``: unknown or hidden targets);

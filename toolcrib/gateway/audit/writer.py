@@ -22,6 +22,12 @@ behind it so the chain keeps its order; the loop serves everything else meanwhil
 the loop's thread (or with no loop running), :meth:`submit` hands the row to the loop, or writes it
 at once when there is none. :meth:`close` flushes what is left.
 
+One entry that cannot be recorded because of what it holds (the log raises
+:class:`~toolcrib.gateway.audit.events.AuditRowError`, e.g. a value the database refuses) fails
+only its own call: the batch, rolled back, is written again entry by entry, that entry's waiter
+gets the error (a queued one is logged at ERROR) and every other entry is committed. Text is never
+such a case: lone surrogates and NUL are stored escaped (:mod:`~toolcrib.gateway.audit.text`).
+
 A log whose appends block on the network (``blocking_io``: the PostgreSQL log, where a commit is a
 round trip) is never written on the loop: every batch goes to the worker thread, one at a time, and
 rows that arrive meanwhile (awaited or queued) gather into the next batch, written as soon as the
