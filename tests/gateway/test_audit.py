@@ -316,12 +316,13 @@ def test_prune_keeps_verify_working(log: SqliteAuditLog) -> None:
 
 
 def test_checkpoint_signed_with_another_key_detected(log: SqliteAuditLog, tmp_path: Path) -> None:
-    log.prune(log.query(limit=1000)[5]["ts"])
-    assert log.verify().ok
     other = SqliteAuditLog(tmp_path / "audit.db", hmac_key=b"o" * 32, create=False)
-    other.prune(log.query(limit=1000)[5]["ts"])
+    cut = log.query(limit=1000)[5]
+    other.prune(cut["ts"])  # the first checkpoint (the row before `cut`), signed with another key
     other.close()
-    assert any("checkpoint at row 10" in p and "HMAC" in p for p in log.verify().problems)
+    assert any(f"checkpoint at row {cut['seq'] - 1}" in p and "HMAC" in p for p in log.verify().problems)
+    with pytest.raises(AuditError, match=f"checkpoint \\(row {cut['seq'] - 1}\\) has a wrong or missing HMAC"):
+        log.prune(log.query(limit=1000)[5]["ts"])  # nothing is pruned (or tallied) on top of it
 
 
 def test_anchor_problems(log: SqliteAuditLog) -> None:

@@ -26,7 +26,7 @@ from toolcrib.gateway.audit.events import AuditEvent, Completion
 from toolcrib.gateway.audit.keys import CHECKPOINT_LABEL, SEAL_LABEL, derive, mac
 from toolcrib.gateway.audit.log import SqliteAuditLog
 from toolcrib.gateway.audit.log_pg import PostgresAuditLog
-from toolcrib.gateway.audit.schema import ATTEMPT_COLUMNS, COMPLETION, canonical_json, row_hash
+from toolcrib.gateway.audit.schema import ATTEMPT_COLUMNS, COMPLETION, VERSION, canonical_json, row_hash
 from toolcrib.gateway.audit.verify import seal_ok
 from toolcrib.gateway.audit.writer import AuditWriter
 from toolcrib.storage import migrations
@@ -325,7 +325,7 @@ def test_a_version_2_log_of_pairs_verifies_reads_prunes_and_upgrades(tmp_path: P
     assert reader.verify().ok
     reader.close()
     log = SqliteAuditLog(path, hmac_key=KEY)  # the server's open upgrades it to version 3
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 3
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == VERSION
     assert log.verify().ok
     seq = log.append(call(1))
     log.append_many([], completions=[done(seq)])

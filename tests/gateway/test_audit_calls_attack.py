@@ -1,8 +1,8 @@
 """Attacks on the one-row-per-call audit log (``call`` rows completed in place, ``tally`` rows).
 
-Each test plays one tampering (or one failure) against both backends where it applies. Tests
-marked ``xfail(strict=True)`` are confirmed problems: they pass once the cause is fixed (and then
-must lose the mark); the others hold today and are kept as regression tests."""
+Each test plays one tampering (or one failure) against both backends where it applies. The first
+section held strict xfails (confirmed problems) until their causes were fixed; the tests after
+each of them check the same kind of problem more widely; the last section held from the start."""
 
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ from tests.gateway.test_audit_calls import (
     tamper,
     uncomplete,
 )
+from toolcrib.errors import AuditError
 from toolcrib.gateway.audit.backends import AuditLog
 from toolcrib.gateway.audit.events import AuditEvent, Completion
 from toolcrib.gateway.audit.log import SqliteAuditLog
 from toolcrib.gateway.audit.log_pg import PostgresAuditLog
-from toolcrib.gateway.audit.schema import COLUMNS, row_hash
+from toolcrib.gateway.audit.schema import COLUMNS, VERSION, row_hash
 from toolcrib.gateway.audit.writer import AuditWriter
 from toolcrib.storage import migrations
 from toolcrib.storage.postgres import Database
@@ -71,14 +72,9 @@ def append_at_tail(log: AuditLog, **fields: Any) -> int:
     return int(row["seq"])
 
 
-# ---- confirmed problems -------------------------------------------------------------------------
+# ---- fixed problems (formerly strict xfails) ---------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tally() counts from the previous tally's upto on (log.py / log_pg.py tally): a call row "
-    "completed after a tally already covered its seq is never counted by any later tally",
-)
 def test_a_completion_that_lands_after_a_tally_is_protected_by_the_next_tally(backend: AuditLog) -> None:
     """A call held for approval (or any call longer than the 10-minute settle) is completed after
     the tally that covered its row; the next tally must count it, or removing that completion
@@ -95,12 +91,6 @@ def test_a_completion_that_lands_after_a_tally_is_protected_by_the_next_tally(ba
     assert not backend.verify().ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SQLite's REPLACE conflict resolution deletes the old row without firing DELETE triggers "
-    "(recursive_triggers is off) and is not an UPDATE: schema.py's events_complete_only / "
-    "events_prune_only never see it",
-)
 def test_sqlite_refuses_insert_or_replace_of_a_completed_row(tmp_path: Path) -> None:
     log = SqliteAuditLog(tmp_path / "audit.db", hmac_key=KEY)
     seq = log.append(call(1))
@@ -116,13 +106,155 @@ def test_sqlite_refuses_insert_or_replace_of_a_completed_row(tmp_path: Path) -> 
         log.close()
 
 
+REPLACING = [
+    "INSERT OR REPLACE INTO {t} ({cols}) VALUES ({marks})",
+    "REPLACE INTO {t} ({cols}) VALUES ({marks})",
+    "INSERT INTO {t} ({cols}) VALUES ({marks}) ON CONFLICT(seq) DO UPDATE SET {first} = excluded.{first}",
+    "INSERT INTO {t} ({cols}) VALUES ({marks}) ON CONFLICT DO UPDATE SET {first} = excluded.{first}",
+    "INSERT OR REPLACE INTO {t} ({cols}) SELECT {marks}",
+]
+
+
+@pytest.mark.parametrize("sql", REPLACING)
+def test_sqlite_refuses_every_statement_that_replaces_a_stored_row(tmp_path: Path, sql: str) -> None:
+    """Each SQL path that changes a stored row without an UPDATE the trigger allows: the REPLACE
+    conflict resolution in all its spellings, an UPSERT, and UPDATE OR REPLACE, on the rows and on
+    the checkpoints."""
+    log = SqliteAuditLog(tmp_path / "audit.db", hmac_key=KEY)
+    old = [log.append(call(i, ts=1000.0 + i)) for i in range(2)]
+    seq = log.append(call(3))
+    log.append_many([], completions=[done(s) for s in (*old, seq)])
+    log.prune(1000.5)
+    stored = rows(log)
+    pending = {**next(r for r in stored if r["seq"] == seq), "outcome": "pending", "decision": None, "rule": None,
+               "latency_ms": None, "bytes": None, "completed": None, "seal": None}  # fmt: skip
+    db = sqlite3.connect(log.path, isolation_level=None)
+    [checkpoint] = db.execute("SELECT seq, hash, ts, mac, completed FROM checkpoints").fetchall()
+    try:
+        for table, names, values in (
+            ("events", COLUMNS, tuple(pending[c] for c in COLUMNS)),
+            ("checkpoints", ("seq", "hash", "ts", "mac", "completed"), (*checkpoint[:4], 0)),
+        ):
+            statement = sql.format(t=table, cols=", ".join(names), marks=", ".join("?" * len(names)), first=names[-1])
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                db.execute(statement, values)
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db.execute("UPDATE OR REPLACE events SET seq = ? WHERE seq = ?", (seq, old[1]))
+        with pytest.raises(sqlite3.IntegrityError, match="permanent"):
+            db.execute("UPDATE OR REPLACE checkpoints SET seq = ?, completed = 0", (seq,))
+    finally:
+        db.close()
+    assert rows(log) == stored and log.verify().ok
+    log.close()
+
+
+def test_a_version_3_log_gets_the_replace_guards_on_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    log = SqliteAuditLog(path, hmac_key=KEY)
+    seq = log.append(call(1))
+    log.append_many([], completions=[done(seq)])
+    log.close()
+    db = sqlite3.connect(path, isolation_level=None)  # as version 3 left it
+    db.execute("DROP TRIGGER events_insert_only")
+    db.execute("DROP TRIGGER checkpoints_insert_only")
+    db.execute("PRAGMA user_version = 3")
+    db.close()
+    reader = SqliteAuditLog(path, hmac_key=KEY, create=False)  # a reader does not migrate
+    assert reader.schema == 3 and reader.verify().ok
+    reader.close()
+    log = SqliteAuditLog(path, hmac_key=KEY)
+    assert log.schema == VERSION == 4
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        pending = {**rows(log)[0], "outcome": "pending", "completed": None, "seal": None}
+        marks = ", ".join("?" * len(COLUMNS))
+        run_sql(log, f"REPLACE INTO events ({', '.join(COLUMNS)}) VALUES ({marks})", tuple(pending[c] for c in COLUMNS))
+    assert log.verify().ok
+    log.close()
+
+
+def test_tallies_written_by_the_incremental_count_still_verify(backend: AuditLog) -> None:
+    """Tallies written before the cumulative count undercounted (never overcounted): they keep
+    verifying, and the next tally states the true count."""
+    slow, quick = backend.append(call(1)), backend.append(call(2))
+    backend.append_many([], completions=[done(quick)])
+    backend.tally(settle=0)
+    backend.append_many([], completions=[done(slow)])
+    late = backend.append(call(3))
+    backend.append_many([], completions=[done(late)])
+    write_tally(backend, late, 2)  # the old code: 1 (the last tally) + 1 (row `late`), `slow` missed
+    assert backend.verify().ok
+    backend.tally(settle=0)
+    assert [(r["attempt_seq"], r["bytes"]) for r in backend.query(kind="tally")][-1] == (late, 3)
+    assert backend.tally(settle=0) is None  # nothing new to state
+    report = backend.verify()
+    assert report.ok and report.tallies_checked == 3, report.problems
+
+
+def test_a_tally_covered_by_a_later_prune_reports_nothing_false(backend: AuditLog) -> None:
+    old = [backend.append(call(i, ts=1000.0 + i)) for i in range(3)]
+    backend.append_many([], completions=[done(old[0])])
+    backend.tally(now=1003.5, settle=0)  # 1 completed up to old[-1]; the tally row itself is new
+    backend.append_many([], completions=[done(s) for s in old[1:]])
+    assert backend.prune(1003.0) == 3  # its upto is behind the checkpoint now (3 completed)
+    report = backend.verify()
+    assert report.ok and report.tallies_checked == 1, report.problems
+    backend.append(call(9))
+    assert backend.tally(settle=0) is not None  # counts on top of the checkpoint: 3 + 0
+    assert backend.query(kind="tally")[-1]["bytes"] == 3 and backend.verify().ok
+
+
+def test_no_tally_or_prune_builds_on_a_checkpoint_that_fails_its_hmac(backend: AuditLog) -> None:
+    old = [backend.append(call(i, ts=1000.0 + i)) for i in range(3)]
+    backend.append_many([], completions=[done(s) for s in old])
+    backend.prune(1001.5)
+    backend.append(call(9))
+    if isinstance(backend, SqliteAuditLog):
+        db = sqlite3.connect(backend.path, isolation_level=None)
+        db.execute("DROP TRIGGER checkpoints_sign_once")
+        db.execute("UPDATE checkpoints SET completed = 0")
+        db.close()
+    else:
+        with backend._db.transaction() as conn:
+            conn.execute("ALTER TABLE audit_checkpoints DISABLE TRIGGER audit_checkpoints_permanent")
+            conn.execute("UPDATE audit_checkpoints SET completed = 0")
+            conn.execute("ALTER TABLE audit_checkpoints ENABLE TRIGGER audit_checkpoints_permanent")
+    with pytest.raises(AuditError, match=r"checkpoint \(row 2\) has a wrong or missing HMAC"):
+        backend.tally(settle=0)
+    with pytest.raises(AuditError, match=r"checkpoint \(row 2\) has a wrong or missing HMAC"):
+        backend.prune(time.time() + 1)
+    assert any("checkpoint at row 2 has a wrong or missing HMAC" in p for p in backend.verify().problems)
+
+
+def write_tally(log: AuditLog, upto: int, count: int) -> None:
+    """A genuinely sealed tally row stating ``count`` (as an earlier release could have written it)."""
+    from toolcrib.gateway.audit.shared import build_row
+    from toolcrib.gateway.audit.tally import tally_seal
+
+    row = build_row(AuditEvent(kind="tally", attempt_seq=upto, bytes=count), None, None)
+    row["seal"] = tally_seal(KEY, upto, count)
+    if isinstance(log, SqliteAuditLog):
+        with log._lock:
+            log._append_locked([], [row])
+    else:
+        log._write([row], (), True)
+
+
+def test_postgres_rows_inserted_past_the_head_block_appends_with_a_clear_error(pg_url: str) -> None:
+    db = Database(pg_url).open()
+    migrations.upgrade(db)
+    try:
+        log = PostgresAuditLog(db, hmac_key=KEY)
+        log.append(call(1))
+        fake = append_at_tail(log, kind="search", query="written by hand")
+        with pytest.raises(AuditError, match=rf"rows {fake}\.\.{fake} were inserted past its keyed head row") as caught:
+            log.append(call(2))
+        assert "\n" not in str(caught.value) and "toolcrib audit verify" in str(caught.value)
+        assert any(f"rows {fake}..{fake} come after the head row" in p for p in log.verify().problems)
+    finally:
+        db.close()
+
+
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="keys.mac encodes UTF-8 strictly: an error text with a lone surrogate raises "
-    "UnicodeEncodeError inside append_many's transaction (shared.build_completion), so the whole "
-    "batch is rolled back and every other call's row and completion in it is lost",
-)
 async def test_one_unencodable_error_does_not_sink_the_other_calls_in_its_batch(backend: AuditLog) -> None:
     writer = AuditWriter(backend)
     first = await writer.append(call(1))
@@ -255,12 +387,6 @@ def test_a_log_of_pairs_then_call_rows_pruned_across_the_switch_verifies(backend
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="build_row HMACs the arguments with keys.mac (strict UTF-8): a lone surrogate, which the edge's "
-    "loads_json accepts (json.loads fallback), raises UnicodeEncodeError for the whole batch in append_many, "
-    "so another call's completion written in that batch is lost (its answered call stays pending)",
-)
 async def test_a_client_argument_with_a_lone_surrogate_does_not_lose_another_calls_completion(
     backend: AuditLog,
 ) -> None:

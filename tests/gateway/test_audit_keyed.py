@@ -21,6 +21,7 @@ from tests.gateway.conftest import MemoryKeyring
 from toolcrib.cli import main
 from toolcrib.gateway.audit.anchor import Anchor
 from toolcrib.gateway.audit.log import AuditEvent, SqliteAuditLog, row_hash
+from toolcrib.gateway.audit.schema import VERSION
 
 KEY = b"k" * 32
 
@@ -254,7 +255,7 @@ def test_a_version_1_log_is_migrated_and_keeps_verifying(tmp_path: Path) -> None
     assert any(line.startswith("Rows before row 6 were written before the log was keyed") for line in report.limits)
     log.append(AuditEvent(kind="auth", outcome="denied", remote="127.0.0.1:1", error="bad key"))
     assert log.verify().ok
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 3
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == VERSION
     log.close()
     SqliteAuditLog(path, hmac_key=KEY).close()  # a later start adopts nothing
     assert len(SqliteAuditLog(path, create=False).query(kind="anchor")) == 1

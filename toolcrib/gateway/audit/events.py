@@ -9,8 +9,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from toolcrib.errors import AuditError
+
 Kind = Literal["call", "search", "attempt", "outcome", "auth", "anchor", "tally"]
 Outcome = Literal["ok", "tool_error", "protocol_error", "timeout", "cancelled", "upstream_crash", "denied", "pending"]
+
+
+class AuditRowError(AuditError):
+    """One row or completion could not be built or stored because of what it holds (not because the
+    log is unwritable): only its own call fails; the other entries of its batch are written
+    (:class:`~toolcrib.gateway.audit.writer.AuditWriter` writes them without it)."""
 
 
 @dataclass(frozen=True)

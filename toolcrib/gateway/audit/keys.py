@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, overload
 
 from toolcrib.errors import AuditError
+from toolcrib.gateway.audit.text import utf8
 
 if TYPE_CHECKING:
     from toolcrib.gateway.trust.secrets import CredentialStore
@@ -107,8 +108,9 @@ def derive(key: bytes, label: bytes) -> bytes:
 
 
 def mac(key: bytes, message: str) -> str:
-    """Hex HMAC-SHA256 of ``message`` (UTF-8) under ``key``."""
-    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+    """Hex HMAC-SHA256 of ``message`` under ``key``: its UTF-8 with lone surrogates written as
+    ``\\udxxx`` (:func:`~toolcrib.gateway.audit.text.utf8`), so it never raises."""
+    return hmac.new(key, utf8(message), hashlib.sha256).hexdigest()
 
 
 def make_private(*paths: str | os.PathLike[str]) -> None:

@@ -13,15 +13,18 @@ Rows (``kind``):
   for a call held for approval), policy ``decision`` and ``rule``, ``approver``, ``error``,
   latency, response bytes, ``completed`` (epoch seconds) and ``seal``, the HMAC of the row's
   ``hash`` and those columns. The row's ``hash`` covers it as inserted, so completing it never
-  changes the chain; a trigger refuses every other ``UPDATE``. A row still pending (``completed``
-  NULL) long after its ``ts`` is a call whose end was never recorded (the gateway stopped);
+  changes the chain; triggers refuse every other ``UPDATE`` and every ``INSERT`` over a stored row
+  (``REPLACE``, UPSERT: schema version 4, :mod:`~toolcrib.gateway.audit.schema`). A row still
+  pending (``completed`` NULL) long after its ``ts`` is a call whose end was never recorded (the
+  gateway stopped);
 * ``attempt`` / ``outcome`` (logs written before ``call`` rows): the same call as two rows, the
   outcome's ``attempt_seq`` pointing at its attempt. ``outcome`` rows are still written for calls
   refused before forwarding (``denied``: unknown or hidden targets);
-* ``tally``: how many ``call`` rows up to row ``attempt_seq`` were completed (``bytes``), counted
-  since the first ``call`` row, with ``seal`` = HMAC of ``"tally:{attempt_seq}:{bytes}"``; written
-  by :meth:`SqliteAuditLog.tally` (every minute by the server) so verify can tell a completion
-  removed (a row set back to pending) behind it;
+* ``tally``: how many ``call`` rows up to row ``attempt_seq`` were completed (``bytes``) when it was
+  written, cumulative from the first row (pruned rows by their checkpoint's count), with ``seal`` =
+  HMAC of ``"tally:{attempt_seq}:{bytes}"``; written by :meth:`SqliteAuditLog.tally` (every minute
+  by the server) so verify can tell a completion removed (a row set back to pending) behind it
+  (:mod:`~toolcrib.gateway.audit.tally`);
 * ``search``: a ``search_tools`` query (``query``) and the tool keys it returned (``results``);
 * ``auth``: a refused authentication (:func:`auth_refused`): ``outcome = "denied"``, the client's
   ``remote`` address, the reason in ``error``, ``principal`` when one was claimed;
@@ -51,7 +54,15 @@ from typing import IO, TYPE_CHECKING, Any
 
 from toolcrib.errors import AuditBusy, AuditError
 from toolcrib.gateway.audit.anchor import Anchor
-from toolcrib.gateway.audit.events import AuditEvent, AuditSink, Completion, Kind, Outcome, auth_refused
+from toolcrib.gateway.audit.events import (
+    AuditEvent,
+    AuditRowError,
+    AuditSink,
+    Completion,
+    Kind,
+    Outcome,
+    auth_refused,
+)
 from toolcrib.gateway.audit.keys import (
     CHECKPOINT_LABEL,
     HMAC_KEY_REF,
@@ -63,6 +74,7 @@ from toolcrib.gateway.audit.keys import (
     make_private,
 )
 from toolcrib.gateway.audit.schema import (
+    CALLS,
     CHECKPOINT,
     COLUMNS,
     COMPLETION,
@@ -70,12 +82,10 @@ from toolcrib.gateway.audit.schema import (
     HEAD,
     INSERT,
     KEYED,
-    VERSION,
     canonical_json,
     checkpoint_message,
     migrate,
     row_hash,
-    tally_message,
     version,
 )
 from toolcrib.gateway.audit.shared import (
@@ -86,6 +96,7 @@ from toolcrib.gateway.audit.shared import (
     decode,
     filters,
 )
+from toolcrib.gateway.audit.tally import checkpoint_base, count_tally, tally_seal, tally_sql
 from toolcrib.gateway.audit.verify import VerifyReport, verify
 
 if TYPE_CHECKING:
@@ -121,7 +132,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-COUNT_COMPLETED = "SELECT count(*) FROM events WHERE seq > ? AND seq <= ? AND kind = 'call' AND completed IS NOT NULL"
+TALLY_SQL = tally_sql("events", "checkpoints", "?")
 
 
 class SqliteAuditLog:
@@ -275,6 +286,8 @@ class SqliteAuditLog:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        except (sqlite3.DataError, sqlite3.InterfaceError, OverflowError, UnicodeError) as exc:
+            raise AuditRowError(f"cannot store a row in the audit log {self.path} ({exc})") from None
         except sqlite3.Error as exc:
             if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise AuditBusy(f"the audit log {self.path} is locked by another writer ({exc})") from None
@@ -409,6 +422,9 @@ class SqliteAuditLog:
         deleted. Raises :class:`AuditError` without the audit key."""
         if self.schema < KEYED:
             raise AuditError("this audit log predates keyed checkpoints; start `toolcrib serve` once to upgrade it")
+        if self._hmac_key is None:
+            raise AuditError("prune needs the audit key (secret:toolcrib/audit-hmac or the .key file beside the log)")
+        key = self._hmac_key
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -419,15 +435,15 @@ class SqliteAuditLog:
                     self._db.execute("ROLLBACK")
                     return 0
                 seq, digest = int(last[0]), str(last[1])
-                if self.schema < VERSION:  # a version-2 log opened without upgrading: no completion count
+                if version(self._db) < CALLS:  # a version-2 log (read under the lock): no call rows, no count
                     self._db.execute(
                         "INSERT INTO checkpoints (seq, hash, ts, mac) VALUES (?, ?, ?, ?)",
                         (seq, digest, time.time(), self._checkpoint_mac(seq, digest)),
                     )
                 else:
-                    base_seq, base = self._prune_base()
-                    done = self._db.execute(COUNT_COMPLETED, (base_seq, seq)).fetchone()[0]
-                    completed = base + int(done)
+                    fetch = lambda q, p: self._db.execute(q, p).fetchone()  # noqa: E731
+                    base_seq, base = checkpoint_base(fetch, TALLY_SQL, key)
+                    completed = base + int(self._db.execute(TALLY_SQL.completed, (base_seq, seq)).fetchone()[0])
                     self._db.execute(
                         "INSERT INTO checkpoints (seq, hash, ts, mac, completed) VALUES (?, ?, ?, ?, ?)",
                         (seq, digest, time.time(), self._checkpoint_mac(seq, digest, completed), completed),
@@ -439,47 +455,33 @@ class SqliteAuditLog:
                 raise
         return int(deleted)
 
-    def _prune_base(self, db: sqlite3.Connection | None = None) -> tuple[int, int]:
-        """``(seq, completed)`` of the latest prune checkpoint (``(0, 0)`` without one; a checkpoint
-        written before version 3 counts 0: no ``call`` row predates version 3)."""
-        found = (db or self._db).execute("SELECT seq, completed FROM checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
-        return (int(found[0]), int(found[1] or 0)) if found else (0, 0)
-
     def tally(self, settle: float = SETTLE, now: float | None = None) -> int | None:
-        """Append a ``tally`` row: how many ``call`` rows up to the newest row older than ``settle``
-        seconds are completed (counted since the first ``call`` row: the latest tally's or prune
-        checkpoint's count plus the rows after it). Returns its seq, or None when no row settled
-        since the last tally. Reads on its own connection, so appends are not held up meanwhile.
-        Raises :class:`AuditError` without the audit key."""
-        if self._seal_key is None:
+        """Append a ``tally`` row: how many ``call`` rows up to the newest row (not a tally) older
+        than ``settle`` seconds are completed now, cumulative from the first row (pruned rows by
+        the latest checkpoint's count): what it states and how verify checks it,
+        :mod:`~toolcrib.gateway.audit.tally`. Returns its seq, or None when there is nothing new to
+        state (no settled row past the latest checkpoint, or the latest tally says the same). Reads
+        on its own connection in one snapshot, so appends are not held up meanwhile. Raises
+        :class:`AuditError` without the audit key or when the latest checkpoint's HMAC is wrong."""
+        if self._seal_key is None or self._hmac_key is None:
             raise AuditError("a tally needs the audit key (secret:toolcrib/audit-hmac or the .key file beside the log)")
-        if self.schema < VERSION:
+        if self.schema < CALLS:
             return None
-        clock = time.time() if now is None else now
+        cutoff = (time.time() if now is None else now) - settle
         db = sqlite3.connect(self.path, isolation_level=None)
         try:
             db.execute("BEGIN")
-            upto_row = db.execute(
-                "SELECT max(seq) FROM events WHERE ts < ? AND kind <> 'tally'", (clock - settle,)
-            ).fetchone()
-            upto = int(upto_row[0]) if upto_row and upto_row[0] is not None else None
-            base_seq, base = self._prune_base(db)
-            prev = db.execute(
-                "SELECT attempt_seq, bytes FROM events WHERE kind = 'tally' AND seq > ? ORDER BY seq DESC LIMIT 1",
-                (base_seq,),
-            ).fetchone()
-            if prev is not None and prev[0] is not None and int(prev[0]) >= base_seq:
-                base_seq, base = int(prev[0]), int(prev[1] or 0)
-            if upto is None or upto <= base_seq:
-                return None
-            count = base + int(db.execute(COUNT_COMPLETED, (base_seq, upto)).fetchone()[0])
+            found = count_tally(lambda q, p: db.execute(q, p).fetchone(), TALLY_SQL, self._hmac_key, cutoff)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise AuditError(f"cannot read the audit log {self.path} ({exc})") from None
         finally:
             db.close()
+        if found is None:
+            return None
+        upto, count = found
         row = self._row(AuditEvent(kind="tally", attempt_seq=upto, bytes=count))
-        row["seal"] = mac(self._seal_key, tally_message(upto, count))
+        row["seal"] = tally_seal(self._hmac_key, upto, count)
         with self._lock:
             return self._append_locked([], [row])[0]
 

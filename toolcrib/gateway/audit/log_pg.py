@@ -28,6 +28,13 @@ The anchor is the keyed head row, committed in the same transaction as the rows 
 * a head row deleted or forged and later re-made by a writer: the writer records an ``anchor`` row
   (``rule = "reset"``) in the chain before signing a head again, reported by verify for ever.
 
+Rows inserted by hand past the head (with the next ``seq``) are reported by verify ("come after the
+head row"), and they block every append: appends number their rows from the head row only, so the
+next one collides with them (a unique violation) and fails, fail-closed, with a one-line
+:class:`AuditError` naming the rows and what to do (logged at ERROR each time): the gateway then
+refuses every audited call until the database owner removes them. The writer deliberately does not
+chain past rows it did not write and cannot vouch for.
+
 What it cannot detect (also in every report's ``limits``, :func:`~toolcrib.gateway.audit.verify.pg_limits`):
 the head row lives in the same database as the rows, so a database administrator who cuts rows from
 the tail *and* puts back an older head row (its seq, hash and mac copied earlier or from a backup)
@@ -48,7 +55,7 @@ from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 
 from toolcrib.errors import AuditBusy, AuditError, StorageError
-from toolcrib.gateway.audit.events import AuditEvent, Completion
+from toolcrib.gateway.audit.events import AuditEvent, AuditRowError, Completion
 from toolcrib.gateway.audit.keys import CHECKPOINT_LABEL, HEAD_LABEL, SEAL_LABEL, derive, mac
 from toolcrib.gateway.audit.schema import (
     COLUMNS,
@@ -58,7 +65,6 @@ from toolcrib.gateway.audit.schema import (
     canonical_json,
     checkpoint_message,
     row_hash,
-    tally_message,
 )
 from toolcrib.gateway.audit.shared import (
     args_hmac,
@@ -69,6 +75,7 @@ from toolcrib.gateway.audit.shared import (
     glob_to_regex,
     is_literal,
 )
+from toolcrib.gateway.audit.tally import checkpoint_base, count_tally, tally_seal, tally_sql
 from toolcrib.gateway.audit.verify import VerifyReport, check_chain, finish, pg_limits
 
 if TYPE_CHECKING:
@@ -86,10 +93,7 @@ _UPDATE = (
     f"UPDATE audit_events SET {', '.join(f'{c} = %s' for c in (*COMPLETION, 'seal'))} "  # noqa: S608
     "WHERE seq = %s AND kind = 'call' AND completed IS NULL"
 )
-_COUNT_COMPLETED = (
-    "SELECT count(*) FROM audit_events WHERE seq > %s AND seq <= %s AND kind = 'call' AND completed IS NOT NULL"
-)
-_PRUNE_BASE = "SELECT seq, completed FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"
+TALLY_SQL = tally_sql("audit_events", "audit_checkpoints", "%s")
 PENDING_CACHE = 65536
 """Hashes of this replica's pending ``call`` rows kept in memory (older ones are read back)."""
 _LOCK_HEAD = "SELECT seq, hash, mac FROM audit_head WHERE id = 1 FOR UPDATE"
@@ -212,6 +216,10 @@ class PostgresAuditLog:
             if not wait:
                 raise AuditBusy(f"the audit log {self.where} is locked by another writer") from None
             raise AuditError(f"cannot write the audit log {self.where}: {_first_line(exc)}") from None
+        except pg_errors.UniqueViolation as exc:
+            raise self._past_head(exc) from None
+        except psycopg.DataError as exc:  # a value the database refuses: only this batch's content
+            raise AuditRowError(f"cannot store a row in the audit log {self.where} ({_first_line(exc)})") from None
         except psycopg.Error as exc:
             raise AuditError(f"cannot write the audit log {self.where} ({_first_line(exc)})") from None
         except StorageError as exc:
@@ -225,6 +233,30 @@ class PostgresAuditLog:
             del self._pending[next(iter(self._pending))]
         seqs = [int(row["seq"]) for row in rows]
         return seqs[1:] if note is not None else seqs
+
+    def _past_head(self, exc: psycopg.Error) -> AuditError:
+        """The error for an insert that collided with a row already stored past the keyed head:
+        rows written outside the gateway (by hand, or by a replica with another key). Appends
+        continue from the head row only, so every append fails until those rows are dealt with;
+        this says so, once per failed append, in the log and in the error."""
+        try:
+            with self._db.connection() as conn:
+                found = conn.execute(
+                    "SELECT (SELECT seq FROM audit_head WHERE id = 1), (SELECT max(seq) FROM audit_events)"
+                ).fetchone()
+        except (psycopg.Error, StorageError):
+            found = None
+        if found is None or found[1] is None or int(found[1]) <= int(found[0]):
+            return AuditError(f"cannot write the audit log {self.where} ({_first_line(exc)})")
+        head, last = int(found[0]), int(found[1])
+        message = (
+            f"cannot write the audit log {self.where}: rows {head + 1}..{last} were inserted past its keyed head "
+            f"row (seq {head}) outside the gateway, and every append is refused until they are removed; run "
+            "`toolcrib audit verify`, keep a copy of those rows, then delete them as the database owner (the "
+            "append-only trigger audit_events_append_only must be disabled for that)"
+        )
+        log.error("audit: %s", message)
+        return AuditError(message)
 
     def _complete(self, conn: psycopg.Connection[Any], completions: Sequence[Completion]) -> None:
         """Inside the write transaction: one ``UPDATE`` per pending ``call`` row completed (the
@@ -392,8 +424,11 @@ class PostgresAuditLog:
                 if last is None:
                     return 0
                 seq, digest = int(last[0]), str(last[1])
-                base_seq, base = _prune_base(conn)
-                found = conn.execute(_COUNT_COMPLETED, (base_seq, seq)).fetchone()
+                assert self._hmac_key is not None  # with the checkpoint key
+                base_seq, base = checkpoint_base(
+                    lambda q, p: conn.execute(q.encode(), p).fetchone(), TALLY_SQL, self._hmac_key
+                )
+                found = conn.execute(TALLY_SQL.completed.encode(), (base_seq, seq)).fetchone()
                 completed = base + int(found[0] if found else 0)
                 conn.execute(
                     "INSERT INTO audit_checkpoints (seq, hash, ts, mac, completed) VALUES (%s, %s, %s, %s, %s)",
@@ -410,36 +445,27 @@ class PostgresAuditLog:
             raise AuditError(f"cannot prune the audit log {self.where} ({_first_line(exc)})") from None
 
     def tally(self, settle: float = 600.0, now: float | None = None) -> int | None:
-        """Append a ``tally`` row: how many ``call`` rows up to the newest row older than ``settle``
-        seconds are completed (the latest tally's or prune checkpoint's count plus the rows after
-        it); see :meth:`toolcrib.gateway.audit.log.SqliteAuditLog.tally`. Returns its seq, or None
-        when no row settled since the last tally. Raises :class:`AuditError`."""
-        if self._seal_key is None:
+        """Append a ``tally`` row: how many ``call`` rows up to the newest row (not a tally) older
+        than ``settle`` seconds are completed now, cumulative (:mod:`~toolcrib.gateway.audit.tally`,
+        the same counting code as :meth:`toolcrib.gateway.audit.log.SqliteAuditLog.tally`), read in
+        one ``REPEATABLE READ`` snapshot. Returns its seq, or None when there is nothing new to
+        state. Raises :class:`AuditError` (also when the latest checkpoint's HMAC is wrong)."""
+        if self._seal_key is None or self._hmac_key is None:
             raise AuditError("a tally needs the audit key (secret:toolcrib/audit-hmac)")
-        clock = time.time() if now is None else now
+        cutoff = (time.time() if now is None else now) - settle
         try:
             with self._db.transaction() as conn:
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                found = conn.execute(
-                    "SELECT max(seq) FROM audit_events WHERE ts < %s AND kind <> 'tally'", (clock - settle,)
-                ).fetchone()
-                upto = int(found[0]) if found and found[0] is not None else None
-                base_seq, base = _prune_base(conn)
-                prev = conn.execute(
-                    "SELECT attempt_seq, bytes FROM audit_events WHERE kind = 'tally' AND seq > %s "
-                    "ORDER BY seq DESC LIMIT 1",
-                    (base_seq,),
-                ).fetchone()
-                if prev is not None and prev[0] is not None and int(prev[0]) >= base_seq:
-                    base_seq, base = int(prev[0]), int(prev[1] or 0)
-                if upto is None or upto <= base_seq:
-                    return None
-                counted = conn.execute(_COUNT_COMPLETED, (base_seq, upto)).fetchone()
-                count = base + int(counted[0] if counted else 0)
+                found = count_tally(
+                    lambda q, p: conn.execute(q.encode(), p).fetchone(), TALLY_SQL, self._hmac_key, cutoff
+                )
         except psycopg.Error as exc:
             raise AuditError(f"cannot read the audit log {self.where} ({_first_line(exc)})") from None
+        if found is None:
+            return None
+        upto, count = found
         row = build_row(AuditEvent(kind="tally", attempt_seq=upto, bytes=count), None, None)
-        row["seal"] = mac(self._seal_key, tally_message(upto, count))
+        row["seal"] = tally_seal(self._hmac_key, upto, count)
         seqs = self._write([row], (), True)
         return seqs[0]
 
@@ -477,12 +503,6 @@ class PostgresAuditLog:
             report.checked.append(f"the last row matches the keyed head row at row {head[0]} ({how})")
         finish(report, pg_limits(key is not None))
         return report
-
-
-def _prune_base(conn: psycopg.Connection[Any]) -> tuple[int, int]:
-    """``(seq, completed)`` of the latest prune checkpoint (``(0, 0)`` without one)."""
-    found = conn.execute(_PRUNE_BASE).fetchone()
-    return (int(found[0]), int(found[1] or 0)) if found else (0, 0)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -17,6 +17,14 @@ Version 3 adds ``events.completed`` (when a ``call`` row was completed, epoch se
 (:data:`COMPLETION` columns from their pending values to the outcome, ``completed`` and ``seal``
 set), every other column unchanged. A ``call`` row's ``hash`` is computed over the row as inserted,
 so the chain never changes when a row is completed (:func:`row_hash`).
+
+Version 4 adds no column: ``BEFORE INSERT`` triggers on ``events`` and ``checkpoints`` refuse a row
+whose ``seq`` is already stored. SQLite's ``REPLACE`` conflict resolution (``INSERT OR REPLACE``,
+``REPLACE INTO``) deletes the stored row without firing ``DELETE`` triggers (unless the writing
+connection sets ``recursive_triggers``, which an attacker's does not) and is no ``UPDATE``, so it
+could set a completed ``call`` row back to pending, or swap a checkpoint, past every other trigger;
+an UPSERT (``ON CONFLICT DO UPDATE``) is refused by the same trigger before it becomes an ``UPDATE``.
+(``UPDATE OR REPLACE`` cannot collide: no ``UPDATE`` may change ``seq``.)
 """
 
 from __future__ import annotations
@@ -27,10 +35,14 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
+from toolcrib.gateway.audit.text import escape_surrogates
+
 GENESIS = "0" * 64
-VERSION = 3
+VERSION = 4
 KEYED = 2
 """The first version with keyed checkpoints and anchor (prune and verify need at least this)."""
+CALLS = 3
+"""The first version with ``call`` rows, seals, tallies and completion counts in checkpoints."""
 V1_COLUMNS = (
     "seq", "ts", "kind", "request_id", "principal", "client_name", "session", "transport", "method",
     "server", "tool", "tool_hash", "arguments", "args_hmac", "query", "results", "decision", "rule",
@@ -81,6 +93,13 @@ _V3_TRIGGERS = [
         AND {" AND ".join(f"NEW.{c} IS OLD.{c}" for c in ATTEMPT_COLUMNS)})
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only (a pending call row may only be completed once)'); END""",
 ]
+_REFUSED = "INSERT OR REPLACE, REPLACE and UPSERT are refused"
+_V4_TRIGGERS = [
+    f"""CREATE TRIGGER IF NOT EXISTS {table}_insert_only BEFORE INSERT ON {table}
+    WHEN EXISTS (SELECT 1 FROM {table} WHERE seq = NEW.seq)
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only ({table} holds a row with this seq: {_REFUSED})'); END"""  # noqa: S608 (table names are constants)
+    for table in ("events", "checkpoints")
+]
 INSERT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"  # noqa: S608
 HEAD = "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
 CHECKPOINT = "SELECT seq, hash, ts, mac FROM checkpoints ORDER BY seq DESC LIMIT 1"
@@ -124,7 +143,7 @@ def migrate(db: sqlite3.Connection) -> bool:
                     db.execute(f"ALTER TABLE events ADD COLUMN {column} {sql_type}")
             if "completed" not in {r[1] for r in db.execute("PRAGMA table_info(checkpoints)")}:
                 db.execute("ALTER TABLE checkpoints ADD COLUMN completed INTEGER")
-            for statement in _V3_TRIGGERS:
+            for statement in _V3_TRIGGERS + _V4_TRIGGERS:
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {VERSION}")
         db.execute("COMMIT")
@@ -135,8 +154,12 @@ def migrate(db: sqlite3.Connection) -> bool:
 
 
 def canonical_json(value: Any) -> str:
-    """Sorted keys, no whitespace, UTF-8 kept: the form every hash in the log is computed over."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    """Sorted keys, no whitespace, UTF-8 kept: the form every hash in the log is computed over.
+
+    Lone surrogates (which UTF-8 cannot encode) are written as their JSON escape ``\\udxxx``
+    (:func:`~toolcrib.gateway.audit.text.escape_surrogates`), so the result always encodes and parses
+    back to the same value; text without them is unchanged from earlier releases."""
+    return escape_surrogates(json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str))
 
 
 def row_hash(row: Mapping[str, Any]) -> str:

@@ -21,9 +21,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from toolcrib.errors import AuditError
-from toolcrib.gateway.audit.events import AuditEvent, Completion
+from toolcrib.gateway.audit.events import AuditEvent, AuditRowError, Completion
 from toolcrib.gateway.audit.keys import mac
 from toolcrib.gateway.audit.schema import COLUMNS, COMPLETION, canonical_json, seal_message
+from toolcrib.gateway.audit.text import storable
 
 if TYPE_CHECKING:
     from toolcrib.gateway.trust.secrets import Redactor
@@ -50,22 +51,44 @@ def scrub(redactor: Redactor | None, value: Any) -> Any:
 def build_row(event: AuditEvent, key: bytes | None, redactor: Redactor | None) -> dict[str, Any]:
     """The stored columns of ``event`` (``seq``, ``prev_hash`` and ``hash`` still None).
 
-    ``ts`` defaults to now (seconds since the epoch, float). Raises :class:`AuditError` when the
-    event carries arguments and ``key`` is None (they cannot be recorded without their HMAC)."""
+    ``ts`` defaults to now (seconds since the epoch, float). Every text column is made
+    :func:`~toolcrib.gateway.audit.text.storable` (lone surrogates and U+0000 as ``\\uXXXX``)
+    before it is redacted; the arguments' HMAC covers their canonical JSON
+    (:func:`~toolcrib.gateway.audit.schema.canonical_json`). Raises :class:`AuditError` when the
+    event carries arguments and ``key`` is None (they cannot be recorded without their HMAC), and
+    :class:`~toolcrib.gateway.audit.events.AuditRowError` when its content cannot be recorded
+    (e.g. arguments that do not serialise)."""
+    try:
+        return _build_row(event, key, redactor)
+    except AuditError:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError, UnicodeError) as exc:
+        what = event.tool or event.target or event.method or "-"
+        raise AuditRowError(f"cannot record the {event.kind} row for {storable(what)!r}: {exc}") from None
+
+
+def _build_row(event: AuditEvent, key: bytes | None, redactor: Redactor | None) -> dict[str, Any]:
     row: dict[str, Any] = {k: getattr(event, k, None) for k in COLUMNS}
     row["ts"] = float(event.ts if event.ts is not None else time.time())
     if event.request_id is not None:
         row["request_id"] = str(event.request_id)
     if event.latency_ms is not None:
         row["latency_ms"] = float(event.latency_ms)
+    for name, value in row.items():
+        if isinstance(value, str):
+            row[name] = storable(value)
     if event.arguments is not None:
         if key is None:
             raise AuditError(NO_KEY)
         arguments = dict(event.arguments)
         original = canonical_json(arguments)
         row["args_hmac"] = mac(key, original)
-        scrubbed = scrub(redactor, arguments)
-        text = original if scrubbed is arguments else canonical_json(scrubbed)
+        try:
+            given, scrubbed = arguments, scrub(redactor, arguments)
+        except UnicodeError:  # a lone surrogate the redactor cannot read: scrub the escaped form
+            given = _storable_copy(arguments)
+            scrubbed = scrub(redactor, given)
+        text = original if scrubbed is given else canonical_json(scrubbed)
         row["args_stored"] = "full" if text == original else "redacted"
         if len(text) > MAX_ARGUMENT_CHARS:
             text, row["args_stored"] = text[:MAX_ARGUMENT_CHARS] + "…", "truncated"
@@ -78,21 +101,40 @@ def build_row(event: AuditEvent, key: bytes | None, redactor: Redactor | None) -
     return row
 
 
+def _storable_copy(value: Any) -> Any:
+    """A JSON-like ``value`` with every string (keys included) made :func:`storable`."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, Mapping):
+        return {storable(str(k)): _storable_copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable_copy(v) for v in value]
+    return value
+
+
 def build_completion(
     done: Completion, digest: str, seal_key: bytes | None, redactor: Redactor | None
 ) -> dict[str, Any]:
     """The columns ``done`` sets in the ``call`` row whose hash is ``digest``: every
-    :data:`~toolcrib.gateway.audit.schema.COMPLETION` column (``error`` redacted, ``completed``
-    defaulting to now) and ``seal``. Raises :class:`AuditError` when ``seal_key`` is None."""
+    :data:`~toolcrib.gateway.audit.schema.COMPLETION` column (text made
+    :func:`~toolcrib.gateway.audit.text.storable`, ``error`` then redacted, ``completed``
+    defaulting to now) and ``seal``. Raises :class:`AuditError` when ``seal_key`` is None and
+    :class:`~toolcrib.gateway.audit.events.AuditRowError` when a value cannot be recorded."""
     if seal_key is None:
         raise AuditError(NO_KEY)
-    fields: dict[str, Any] = {c: getattr(done, c) for c in COMPLETION}
-    fields["completed"] = float(done.completed if done.completed is not None else time.time()) + 0.0
-    if done.latency_ms is not None:
-        fields["latency_ms"] = float(done.latency_ms) + 0.0  # + 0.0: no -0.0, which a database may not keep
-    if done.error is not None:
-        fields["error"] = scrub(redactor, done.error)
-    fields["seal"] = mac(seal_key, seal_message(digest, fields))
+    try:
+        fields: dict[str, Any] = {c: getattr(done, c) for c in COMPLETION}
+        fields["completed"] = float(done.completed if done.completed is not None else time.time()) + 0.0
+        if done.latency_ms is not None:
+            fields["latency_ms"] = float(done.latency_ms) + 0.0  # + 0.0: no -0.0, which a database may not keep
+        for name, value in fields.items():
+            if isinstance(value, str):
+                fields[name] = storable(value)
+        if fields["error"] is not None:
+            fields["error"] = scrub(redactor, fields["error"])
+        fields["seal"] = mac(seal_key, seal_message(digest, fields))
+    except (ValueError, TypeError, OverflowError, UnicodeError) as exc:
+        raise AuditRowError(f"cannot record the completion of row {done.seq}: {exc}") from None
     return fields
 
 
@@ -125,7 +167,11 @@ def filters(
         ("decision", "=", decision),
         ("seq", "<", before),
     )
-    return [(column, op, value) for column, op, value in given if value is not None]
+    return [
+        (column, op, storable(value) if isinstance(value, str) else value)
+        for column, op, value in given
+        if value is not None
+    ]
 
 
 def decode(row: Mapping[str, Any]) -> dict[str, Any]:

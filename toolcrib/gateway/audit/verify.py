@@ -17,7 +17,8 @@ Detected (with the audit key):
   (a wrong or missing seal on a completed row is tampering);
 * a completion removed (a completed ``call`` row set back to pending) behind a ``tally`` row or a
   prune checkpoint: each records, under its HMAC, how many ``call`` rows up to its seq were
-  completed, and completions only grow, so verify must find at least that many.
+  completed (cumulative, :mod:`~toolcrib.gateway.audit.tally`), and completions only grow, so
+  verify must find at least that many (counted by the same definition the tally was written by).
 
 ``call`` rows still pending long after their ``ts`` (:data:`UNFINISHED_AFTER`) are reported as
 unfinished in :attr:`VerifyReport.unfinished` (the gateway stopped before the call ended), not as
@@ -36,8 +37,6 @@ import hmac
 import sqlite3
 import threading
 import time
-from array import array
-from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +53,7 @@ from toolcrib.gateway.audit.schema import (
     seal_message,
     tally_message,
 )
+from toolcrib.gateway.audit.tally import Completions
 
 UNFINISHED_AFTER = 3600.0
 """Seconds after its ``ts`` beyond which a pending ``call`` row is reported as unfinished."""
@@ -340,9 +340,7 @@ class _Calls:
     """The ``call`` and ``tally`` part of the scan: seals, pending rows, completion counts."""
 
     def __init__(self, base_seq: int, base: int, key: bytes | None, report: VerifyReport) -> None:
-        self.base_seq, self.base = base_seq, base
-        self.done = array("q")
-        """Seqs of the completed ``call`` rows after the checkpoint, ascending."""
+        self.done = Completions(base_seq, base)
         self.key = derive(key, SEAL_LABEL) if key is not None else None
         self.report = report
         self.cutoff = time.time() - UNFINISHED_AFTER
@@ -355,7 +353,7 @@ class _Calls:
             elif float(row["ts"]) < self.cutoff:
                 report.unfinished.append(seq)
             return
-        self.done.append(seq)
+        self.done.add(seq)
         report.completed += 1
         if self.key is None:
             report.seals_unchecked += 1
@@ -377,7 +375,7 @@ class _Calls:
             if not isinstance(tag, str) or not hmac.compare_digest(tag, mac(self.key, tally_message(upto, claimed))):
                 report.problems.append(f"row {seq}: the tally's seal is wrong or missing (forged)")
                 return
-        found = self.base + (bisect_right(self.done, upto) if upto > self.base_seq else 0)
+        found = self.done.upto(upto)  # what tally() counted when it wrote the row, counted now
         report.tallies_checked += 1
         if found < claimed:
             report.problems.append(

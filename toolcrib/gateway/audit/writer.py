@@ -22,6 +22,12 @@ behind it so the chain keeps its order; the loop serves everything else meanwhil
 the loop's thread (or with no loop running), :meth:`submit` hands the row to the loop, or writes it
 at once when there is none. :meth:`close` flushes what is left.
 
+One entry that cannot be recorded because of what it holds (the log raises
+:class:`~toolcrib.gateway.audit.events.AuditRowError`, e.g. a value the database refuses) fails
+only its own call: the batch, rolled back, is written again entry by entry, that entry's waiter
+gets the error (a queued one is logged at ERROR) and every other entry is committed. Text is never
+such a case: lone surrogates and NUL are stored escaped (:mod:`~toolcrib.gateway.audit.text`).
+
 A log whose appends block on the network (``blocking_io``: the PostgreSQL log, where a commit is a
 round trip) is never written on the loop: every batch goes to the worker thread, one at a time, and
 rows that arrive meanwhile (awaited or queued) gather into the next batch, written as soon as the
@@ -39,13 +45,16 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from toolcrib.errors import AuditBusy, AuditError
-from toolcrib.gateway.audit.events import AuditEvent, Completion
+from toolcrib.gateway.audit.events import AuditEvent, AuditRowError, Completion
+from toolcrib.gateway.audit.text import storable
 
 log = logging.getLogger("toolcrib.audit")
 
 Entry = AuditEvent | Completion
 """What the writer batches: a row to insert, or the completion of a ``call`` row."""
 _Item = tuple[Entry, "asyncio.Future[int] | None"]
+_Result = int | Exception | None
+"""What writing one item gave: its seq (a completion's: its row's), or the error that failed it alone."""
 MAX_BATCH = 512
 """Rows written in one transaction at most; a bigger backlog is written in several."""
 LINGER = 0.005
@@ -72,7 +81,7 @@ class AuditWriter:
     def __init__(self, sink: BatchLog) -> None:
         self.sink = sink
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._inflight: concurrent.futures.Future[list[int | None]] | None = None
+        self._inflight: concurrent.futures.Future[list[_Result]] | None = None
         self._idle: list[asyncio.Future[None]] = []
         """:meth:`flush` callers waiting for the batches in flight and queued to be written."""
         self._batch: list[_Item] = []
@@ -187,7 +196,7 @@ class AuditWriter:
                 if not waiter.done():
                     waiter.set_result(None)
 
-    def _offload(self, batch: list[_Item], write: functools.partial[list[int | None]]) -> None:
+    def _offload(self, batch: list[_Item], write: functools.partial[list[_Result]]) -> None:
         """Write ``batch`` (with ``write``) in a worker thread that may wait for the lock; flush the rest after it."""
         loop = self._loop
         assert loop is not None
@@ -197,7 +206,7 @@ class AuditWriter:
         self._inflight = self._executor.submit(write, True)
         done = asyncio.wrap_future(self._inflight, loop=loop)
 
-        def finished(fut: asyncio.Future[list[int | None]]) -> None:
+        def finished(fut: asyncio.Future[list[_Result]]) -> None:
             self._offloop, self._inflight = False, None
             error = fut.exception()
             self._settle(batch, None if error else list(fut.result()), error)
@@ -206,20 +215,24 @@ class AuditWriter:
 
         done.add_done_callback(finished)
 
-    def _settle(self, batch: list[_Item], seqs: list[int | None] | None, error: BaseException | None) -> None:
+    def _settle(self, batch: list[_Item], seqs: list[_Result] | None, error: BaseException | None) -> None:
         if error is not None:
             log.error("audit write failed for %d events: %s", len(batch), error)
-        for i, (_, fut) in enumerate(batch):
+        for i, (entry, fut) in enumerate(batch):
+            seq = seqs[i] if seqs is not None and error is None else None
+            if isinstance(seq, Exception):
+                log.error("audit write failed for %s (the rest of its batch was written): %s", _what(entry), seq)
             if fut is None or fut.done():
                 continue
-            if error is not None or seqs is None:
+            if isinstance(seq, Exception):
+                fut.set_exception(seq)
+            elif error is not None or seqs is None:
                 fut.set_exception(error or AuditError("the audit write failed"))
             else:
-                seq = seqs[i]
                 fut.set_result(seq if seq is not None else 0)
 
 
-def _writer(sink: BatchLog, batch: list[_Item]) -> functools.partial[list[int | None]]:
+def _writer(sink: BatchLog, batch: list[_Item]) -> functools.partial[list[_Result]]:
     """``write(wait) -> seqs``: the batch's rows and completions in one ``append_many``; the result
     has one entry per item (a completion's is its row's seq)."""
     events = [e for e, _ in batch if isinstance(e, AuditEvent)]
@@ -229,7 +242,41 @@ def _writer(sink: BatchLog, batch: list[_Item]) -> functools.partial[list[int | 
 
 def _write(
     sink: BatchLog, batch: list[_Item], events: list[AuditEvent], completions: list[Completion], wait: bool
-) -> list[int | None]:
+) -> list[_Result]:
+    """The batch in one transaction; when one of its entries cannot be recorded
+    (:class:`AuditRowError`, which rolls the whole transaction back), each entry alone, in order,
+    so that entry fails only its own call and every other one is written. The entry-by-entry
+    writes wait for the lock (after the failed attempt had it, a wait is unlikely); an error that
+    is not about one entry (disk, connection) fails that entry and every later one without
+    trying them."""
+    try:
+        return _write_all(sink, batch, events, completions, wait)
+    except AuditRowError:
+        if len(batch) == 1:
+            raise
+    out: list[_Result] = []
+    for i, item in enumerate(batch):
+        entry = item[0]
+        alone = ([entry], []) if isinstance(entry, AuditEvent) else ([], [entry])
+        try:
+            out.extend(_write_all(sink, [item], *alone, True))
+        except AuditRowError as exc:
+            out.append(exc)
+        except Exception as exc:  # the log itself failed: nothing later is tried
+            out.extend([exc] * (len(batch) - i))
+            break
+    return out
+
+
+def _write_all(
+    sink: BatchLog, batch: list[_Item], events: list[AuditEvent], completions: list[Completion], wait: bool
+) -> list[_Result]:
     more = {"completions": completions} if completions else {}
     seqs = iter(sink.append_many(events, wait=wait, **more))
     return [e.seq if isinstance(e, Completion) else next(seqs) for e, _ in batch]
+
+
+def _what(entry: Entry) -> str:
+    if isinstance(entry, Completion):
+        return f"the completion of row {entry.seq} ({storable(str(entry.outcome))})"
+    return storable(f"a {entry.kind} row ({entry.method} {entry.tool or entry.target or ''})")
