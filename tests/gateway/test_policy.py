@@ -253,8 +253,16 @@ def test_loads_json_rejects_non_finite(text: str) -> None:
 
 
 def test_loads_json_agrees_with_json_loads_otherwise() -> None:
-    for text in ['{"a": [1, 2.5, -0.0, 1e308, "NaN", null, true]}', "  3 ", '"\\ud800"', b'\xef\xbb\xbf{"a": 1}']:
+    for text in [
+        '{"a": [1, 2.5, -0.0, 1e308, "NaN", null, true]}',
+        "  3 ",
+        '"\\ud83d\\ude00"',
+        b'\xef\xbb\xbf{"a": 1}',
+    ]:
         assert loads_json(text) == json.loads(text)
+    for lone in ['"\\ud800"', '{"k\\udfff": 1}', '["a\\udc80b", 12345678901234567890]', '"\ud800"', b'["\\ud83d"]']:
+        with pytest.raises(ValueError, match="lone surrogate"):  # JSON syntax, but not Unicode text
+            loads_json(lone)
     for bad in ["", "{", "nan", "[1,]", b"\xff"]:
         with pytest.raises(ValueError):
             loads_json(bad)

@@ -75,3 +75,39 @@ def test_a_secret_in_any_case_split_by_invisibles_never_survives(
     visible = INVISIBLE.sub("", out).lower()
     assert secret.lower() not in visible
     assert r.scrub_json({"k": [before + leaked + after]}) == {"k": [out]}
+
+
+# Any code point, lone surrogates included: a client's JSON may carry "\ud800" (json.loads accepts
+# it), and os.environ holds undecodable bytes as surrogates; the matcher itself takes UTF-8 only.
+_ANY = st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=())
+
+
+@settings(max_examples=1000)
+@given(
+    st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=6, max_size=24),
+    st.text(_ANY, max_size=12),
+    st.text(_ANY, max_size=12),
+)
+def test_text_with_lone_surrogates_is_scrubbed_not_raised(secret: str, before: str, after: str) -> None:
+    assume(secret.lower() not in REDACTED.lower())
+    r = Redactor([secret])
+    text = before + secret + after
+    out = r.scrub(text)
+    assert secret.lower() not in INVISIBLE.sub("", out).lower()
+    assert r.scrub_json({before: [text, after]}) == {r.scrub(before): [out, r.scrub(after)]}
+    assert r.scrub(before) == before or REDACTED in r.scrub(before)  # nothing else is changed
+
+
+@settings(max_examples=300)
+@given(
+    st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=4, max_size=12),
+    st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, exclude_categories=()),
+    st.integers(0, 12),
+)
+def test_a_secret_holding_a_lone_surrogate_is_registered_and_scrubbed(base: str, surrogate: str, at: int) -> None:
+    secret = base[:at] + surrogate + base[at:]  # e.g. a variable read from os.environ with surrogateescape
+    r = Redactor([secret])
+    assume(len(r))  # long enough once invisible characters are dropped
+    out = r.scrub(f"<{secret}>")
+    assert REDACTED in out
+    assert secret not in out

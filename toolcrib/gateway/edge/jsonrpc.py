@@ -1,14 +1,17 @@
 """Parsing one JSON-RPC 2.0 message from an HTTP body, the way ``/mcp`` accepts it.
 
 The body is strict JSON (RFC 8259, :func:`~toolcrib.gateway.trust.matchers.loads_json`): ``NaN``,
-``Infinity``, ``-Infinity`` and overflowing literals (which Python's ``json`` accepts) are
-refused, so a non-finite number can never reach a policy condition or an upstream. Exactly one
+``Infinity``, ``-Infinity``, overflowing literals and strings holding a lone surrogate (which
+Python's ``json`` accepts) are refused, so a non-finite number can never reach a policy condition or
+an upstream, nor a string without a UTF-8 form any layer behind the edge (each refusal's message
+says which, in one line). Exactly one
 message object is accepted (JSON-RPC batches were removed from MCP in 2025-06-18). Failures map
 to the JSON-RPC codes of the spec: -32700 parse error, -32600 invalid request.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +34,10 @@ def parse_message(body: bytes) -> tuple[dict[str, Any], types.JSONRPCMessage] | 
     """``(raw object, typed message)`` for a body holding one JSON-RPC 2.0 message, else a :class:`BadMessage`."""
     try:
         raw = loads_json(body)
-    except (ValueError, RecursionError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return BadMessage(types.PARSE_ERROR, "Parse error: the body is not valid JSON (RFC 8259; no NaN or Infinity)")
+    except ValueError as exc:  # loads_json's own refusals: one line each, saying what to send instead
+        return BadMessage(types.PARSE_ERROR, f"Parse error: {exc}")
     if not isinstance(raw, dict):
         return BadMessage(types.INVALID_REQUEST, "Invalid Request: send one JSON-RPC 2.0 message object, not a batch")
     try:

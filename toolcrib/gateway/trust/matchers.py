@@ -135,19 +135,50 @@ def loads_json(data: bytes | str) -> Any:
     """Parse JSON like :func:`json.loads`, but refuse what RFC 8259 does not allow as a number.
 
     ``NaN``, ``Infinity``, ``-Infinity`` (which :mod:`json` accepts) and number literals that
-    overflow to infinity (``1e400``) raise :class:`ValueError` with a one-line message, as does
-    nesting too deep for the parser (instead of :class:`RecursionError`). Everything else, including
-    errors (:class:`json.JSONDecodeError`, :class:`UnicodeDecodeError`), is as :func:`json.loads`.
+    overflow to infinity (``1e400``) raise :class:`ValueError` with a one-line message, as do a
+    string holding a lone surrogate (``"\\ud800"``: valid JSON syntax but not Unicode text; refused
+    as orjson and pydantic, the SDK's parser, refuse it, so no later layer meets a string that has no
+    UTF-8 form) and nesting too deep for the parser (instead of :class:`RecursionError`). Everything
+    else, including errors (:class:`json.JSONDecodeError`, :class:`UnicodeDecodeError`), is as
+    :func:`json.loads`.
     """
     if not _long_digits(data):  # orjson reads an integer beyond 64 bits as a float: json keeps it exact
         try:
             return orjson.loads(data)  # the fast path: strict RFC 8259 already (no NaN, Infinity, 1e400)
         except orjson.JSONDecodeError:
-            pass  # json decides, with its own acceptance (UTF-16 bytes, lone surrogates) and messages
+            pass  # json decides, with its own acceptance (UTF-16 bytes) and messages
     try:
-        return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+        value = json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         raise ValueError("JSON nested too deeply; flatten the document") from None
+    if _holds_lone_surrogate(value):
+        raise ValueError(
+            "JSON string holds a lone surrogate (a \\ud800-\\udfff escape without its pair), which is not "
+            "Unicode text (RFC 8259 section 8.2, RFC 7493 section 2.1); send valid UTF-8"
+        )
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    """Whether any string of a parsed document (keys included) holds a lone surrogate; iterative, so
+    a deeply nested document costs no recursion."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                if _SURROGATE.search(key):
+                    return True
+                stack.append(inner)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _split_pointer(pointer: str) -> list[str]:

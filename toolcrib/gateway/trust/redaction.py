@@ -36,6 +36,11 @@ INVISIBLE = re.compile(
 """Every Unicode ``Default_Ignorable_Code_Point`` (DerivedCoreProperties.txt): characters that render
 as nothing, so a secret split by them still reads as the secret; they are skipped when matching."""
 _URLSAFE = str.maketrans("+/", "-_")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A lone surrogate: valid in a Python ``str`` (``json.loads`` of ``"\\ud800"``, ``os.environ`` under
+``surrogateescape``) but not encodable as UTF-8, which the matcher needs."""
+_ENCODE_ERRORS = "surrogatepass"
+"""How a secret's lone surrogates are encoded into its byte forms (a secret is ours to encode)."""
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -43,15 +48,15 @@ def secret_forms(secret: str) -> set[str]:
     """The encodings of ``secret`` a leak is likely to take: raw, JSON-escaped, URL-encoded, hex,
     and base64 (standard and URL-safe, padded and not, and at each of the three byte alignments it
     can have inside a longer encoded string such as ``Basic base64(user:secret)``)."""
-    raw = secret.encode()
+    raw = secret.encode("utf-8", _ENCODE_ERRORS)
     forms = {
         secret,
         json.dumps(secret)[1:-1],
         json.dumps(secret, ensure_ascii=False)[1:-1],
-        urllib.parse.quote(secret, safe=""),
-        urllib.parse.quote(secret),  # the common default, which leaves "/" as is
-        urllib.parse.quote_plus(secret, safe=""),
-        urllib.parse.quote_plus(secret),
+        urllib.parse.quote(secret, safe="", errors=_ENCODE_ERRORS),
+        urllib.parse.quote(secret, errors=_ENCODE_ERRORS),  # the common default, which leaves "/" as is
+        urllib.parse.quote_plus(secret, safe="", errors=_ENCODE_ERRORS),
+        urllib.parse.quote_plus(secret, errors=_ENCODE_ERRORS),
         "".join(f"%{b:02X}" for b in raw),  # every byte percent-encoded, as some encoders do
         binascii.hexlify(raw).decode(),
     }
@@ -69,7 +74,10 @@ def secret_forms(secret: str) -> set[str]:
 
 
 def _fold(text: str) -> str:
-    """Lower-case ``text`` keeping its length (characters whose lower case is longer stay as they are)."""
+    """Lower-case ``text`` keeping its length (characters whose lower case is longer stay as they are),
+    each lone surrogate as U+FFFD (one code point for one, so match offsets stay those of ``text``)."""
+    if _SURROGATE.search(text):
+        text = _SURROGATE.sub("\ufffd", text)
     low = text.lower()
     if len(low) == len(text):
         return low
