@@ -165,7 +165,13 @@ def test_upstream_states_become_server_documents() -> None:
     from toolcrib.router.upstream_state import UpstreamState
 
     states = {
-        "cal": UpstreamState(server_title="Calendar", server_description="Meetings", instructions="Use ISO dates."),
-        "bare": UpstreamState(server_name="bare-server"),
+        "cal": UpstreamState(
+            connects=1, server_title="Calendar", server_description="Meetings", instructions="Use ISO dates."
+        ),
+        "bare": UpstreamState(connects=2, server_name="bare-server"),  # connected, says nothing: known empty
+        "later": UpstreamState(),  # never connected: unknown, the index keeps what it stored
     }
-    assert server_docs_of(states) == {"cal": ServerDoc("cal", "Calendar", "Meetings", "Use ISO dates.")}
+    assert server_docs_of(states) == {
+        "cal": ServerDoc("cal", "Calendar", "Meetings", "Use ISO dates."),
+        "bare": ServerDoc("bare"),
+    }
