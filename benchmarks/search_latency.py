@@ -134,12 +134,14 @@ def time_searches(index: ToolIndex, queries: Sequence[Any], mode: str, *, cached
     return percentiles(samples)
 
 
-def catalog_table(cache: CachedEmbedder, live: FastEmbedEmbedder, n_queries: int) -> tuple[list[str], dict[str, Any]]:
+def catalog_table(
+    cache: CachedEmbedder, live: FastEmbedEmbedder, n_queries: int, sizes: Sequence[int] = SIZES
+) -> tuple[list[str], dict[str, Any]]:
     base = real_tools()
     base_vectors = cache.embed([document_text(d) for d in base])
     queries = query_texts(n_queries * 4)
     rows, figures = [], {}
-    for size in SIZES:
+    for size in sizes:
         docs, vectors = synthesize(base, base_vectors, size)
         table = {document_text(d): v for d, v in zip(docs, vectors, strict=True)}
         index = ToolIndex.open(None, LookupEmbedder(live, table))
@@ -274,6 +276,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--build-texts", type=int, default=300, help="tool texts embedded for the build rate")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
+    parser.add_argument(
+        "--sizes",
+        type=lambda v: tuple(int(x) for x in v.split(",")),
+        default=SIZES,
+        help="comma-separated catalog sizes of the latency/sync table (default 100,1000,10000)",
+    )
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="only the latency/sync table (no build rate, restart or memory); prints, writes no results file",
+    )
     args = parser.parse_args(argv)
     if args.child:
         child(args.child[0], Path(args.child[1]))
@@ -282,7 +295,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     load_before = load_average()
     cache = cached_default_embedder()
     live = FastEmbedEmbedder()
-    table_rows, figures = catalog_table(cache, live, args.queries)
+    table_rows, figures = catalog_table(cache, live, args.queries, args.sizes)
+    if args.table_only:
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=1))
+        return
     build = build_throughput(live, args.build_texts)
     print(build, flush=True)
     with tempfile.TemporaryDirectory() as td:
