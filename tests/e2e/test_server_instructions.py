@@ -7,12 +7,13 @@ the echo fixture (the distractor): one with the instructions, one with the same 
 none (``FIXTURE_NO_INSTRUCTIONS``). Queries naming only the domain go through ``search_tools`` with
 the SDK client. Echo's scores are the same in both runs, the entries tools score higher with the
 instructions for every query, and for the queries below they move above every echo tool only then.
+Both gateways keep their state in one place (one directory, or one PostgreSQL database): the
+second opens the index the first stored, as a restarted or second replica does.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,7 @@ from tests.e2e.conftest import make_config, stdio_server
 from tests.servers.entries import INSTRUCTIONS
 from toolcrib.app import running_gateway
 
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        os.environ.get("TOOLCRIB_TEST_STORAGE") == "postgresql",
-        reason="known, open: with PostgreSQL storage the second gateway (same database) scored the tools as "
-        "the first did: a server's changed instructions may not re-embed its stored server document there",
-    ),
-]
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 #: Queries that name only the fixture's domain; with the instructions every entries tool ranks above
 #: every echo tool, without them at least one echo tool is among them.
@@ -72,8 +65,11 @@ def _ranks(ranking: Ranking, echo: bool) -> list[int]:
 
 
 async def test_live_instructions_reach_the_index(tmp_path: Path) -> None:
-    with_ = await _rankings(tmp_path / "with", instructions=True)
-    without = await _rankings(tmp_path / "without", instructions=False)
+    # One state directory (or, under PostgreSQL storage, one database) for both gateways: the second
+    # opens the index the first stored, so the server's dropped instructions must replace its stored
+    # server document there (they did not when a server saying nothing counted as "unknown").
+    with_ = await _rankings(tmp_path, instructions=True)
+    without = await _rankings(tmp_path, instructions=False)
     for query in ABOVE + RISES:
         on, off = dict(with_[query]), dict(without[query])
         assert set(on) == set(off) == ENTRIES | {n for n in on if n.startswith("echo__")}, (on, off)

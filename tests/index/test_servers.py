@@ -7,9 +7,12 @@ property tests (never raise, bounded, deterministic).
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,7 +28,7 @@ from toolcrib.index.documents import (
 )
 from toolcrib.index.embedder import FastEmbedEmbedder
 from toolcrib.index.fusion import DEFAULT_FUSION, Fusion
-from toolcrib.index.search import ToolIndex, compose, describe_parts
+from toolcrib.index.search import SYNC_CHUNK, ToolIndex, compose, describe_parts
 
 #: Two servers with the same generic tools: only the server documents say which is the calendar.
 GENERIC = [
@@ -165,7 +168,50 @@ def test_upstream_states_become_server_documents() -> None:
     from toolcrib.router.upstream_state import UpstreamState
 
     states = {
-        "cal": UpstreamState(server_title="Calendar", server_description="Meetings", instructions="Use ISO dates."),
-        "bare": UpstreamState(server_name="bare-server"),
+        "cal": UpstreamState(
+            connects=1, server_title="Calendar", server_description="Meetings", instructions="Use ISO dates."
+        ),
+        "bare": UpstreamState(connects=2, server_name="bare-server"),  # connected, says nothing: known empty
+        "later": UpstreamState(),  # never connected: unknown, the index keeps what it stored
     }
-    assert server_docs_of(states) == {"cal": ServerDoc("cal", "Calendar", "Meetings", "Use ISO dates.")}
+    assert server_docs_of(states) == {
+        "cal": ServerDoc("cal", "Calendar", "Meetings", "Use ISO dates."),
+        "bare": ServerDoc("bare"),
+    }
+
+
+class BatchCounter(CountingEmbedder):
+    """A CountingEmbedder that also records each ``embed`` call's batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.batches.append(list(texts))
+        return super().embed(texts)
+
+
+def test_each_server_document_is_embedded_once_per_sync_and_batched() -> None:
+    """The benchmark's 10,000-tool sync question: 200 servers x 10 tools embed 2,000 tool texts and
+    200 server texts, each once, in ``ceil(2200 / SYNC_CHUNK)`` batches; later syncs embed only the
+    server documents that changed (one tool added: that tool and its server's document)."""
+    docs = [tool(f"srv{s}", f"op_{t}", f"Operation {t} of server {s}.", x="X") for s in range(200) for t in range(10)]
+    embedder = BatchCounter()
+    index = ToolIndex(None, embedder, fusion=WITH_SERVERS)
+    report = index.sync(docs)
+    assert (report.embedded, report.embedded_side) == (2000, 200)
+    assert len(embedder.texts) == len(set(embedder.texts)) == 2200
+    assert len(embedder.batches) == math.ceil(2200 / SYNC_CHUNK)
+    assert all(len(b) == SYNC_CHUNK for b in embedder.batches[:-1])
+    embedder.texts.clear()
+    extra = tool("srv7", "op_new", "A new operation.")
+    report = index.sync([*docs, extra])
+    assert (report.added, report.embedded, report.embedded_side) == (1, 1, 1)
+    assert any(t.startswith("srv7: Tools: ") and t.endswith("A new operation.") for t in embedder.texts)
+    embedder.texts.clear()
+    report = index.sync([*docs, extra], server_docs={"srv3": ServerDoc("srv3", instructions="Now with words.")})
+    assert (report.embedded, report.embedded_side) == (0, 1) and "Now with words." in embedder.texts[0]
+    embedder.texts.clear()
+    report = index.sync([*docs, extra], servers={"srv9"})  # one server's sync step: nothing changed
+    assert (report.embedded, report.embedded_side) == (0, 0) and embedder.texts == []

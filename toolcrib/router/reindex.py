@@ -95,14 +95,17 @@ def _stored_model(config: Config, db: Database | None) -> str | None:
 
 
 def server_docs_of(states: Mapping[str, UpstreamState]) -> dict[str, ServerDoc]:
-    """The index's server documents from upstream states (title, description and instructions of
-    each server's ``initialize`` result; servers not connected yet are left out, so the index keeps
-    what it stored for them)."""
-    out = {}
-    for name, state in states.items():
-        if state.server_title or state.server_description or state.instructions:
-            out[name] = ServerDoc(name, state.server_title, state.server_description, state.instructions)
-    return out
+    """The index's server documents from upstream states: title, description and instructions of
+    the last ``initialize`` result of every server that has connected at least once
+    (``state.connects > 0``), *including* one that said nothing about itself (all three None: its
+    document is its name and tools, replacing whatever an earlier run stored). Servers that have
+    never connected are left out, so the index keeps what it stored for them (a ``ServerDoc``'s
+    absence means "unknown", never "says nothing")."""
+    return {
+        name: ServerDoc(name, state.server_title, state.server_description, state.instructions)
+        for name, state in states.items()
+        if state.connects > 0
+    }
 
 
 class Reindexer:
