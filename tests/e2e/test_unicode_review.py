@@ -20,7 +20,7 @@ from tests.e2e.test_replicas_attack import INIT, open_session, pair, rpc, shared
 
 __all__ = ["shared_audit_key"]  # the autouse fixture (shared audit key) applies here too
 
-pytestmark = [pytest.mark.anyio, pytest.mark.replicas]
+pytestmark = [pytest.mark.anyio]  # in-process replicas on PostgreSQL: no nginx, so in make test
 
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 HELD = {
@@ -86,7 +86,7 @@ async def test_an_approval_note_holding_nul_is_not_a_500(tmp_path: Path, pg_url:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="admin.py:173 looks the approval id (a URL path segment, %00 -> U+0000) up in PostgreSQL as text: "
+    reason="admin.py:172 looks the approval id (a URL path segment, %00 -> U+0000) up in PostgreSQL as text: "
     "psycopg.DataError -> 500 instead of 409/404 'no such approval'",
 )
 async def test_an_approval_id_holding_nul_is_not_a_500(tmp_path: Path, pg_url: str) -> None:
