@@ -3,7 +3,8 @@ column without passing through the audit log's escaping (:mod:`toolcrib.gateway.
 
 The HTTP edge refuses lone surrogates (-32700) but accepts U+0000 (``"\\u0000"`` is valid JSON,
 RFC 8259 section 7), and PostgreSQL stores neither U+0000 in ``text`` nor ``\\u0000`` in ``jsonb``.
-Strict xfails are confirmed problems; plain tests are regressions that hold today. Two in-process
+Each was a confirmed problem (a 503 or 500), fixed in storage/postgres.py (U+0000 stored as U+FFFD
+by every pooled connection); kept as regression tests. Two in-process
 replicas on one real PostgreSQL database (the same set-up as ``test_replicas_attack.py``).
 """
 
@@ -50,12 +51,6 @@ async def test_a_lone_surrogate_in_initialize_is_a_parse_error_not_a_500(tmp_pat
         assert reply["error"]["code"] == -32700 and "surrogate" in reply["error"]["message"], reply
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shared_sessions.py:142 stores the raw initialize (clientInfo.name holding U+0000) as PostgreSQL jsonb "
-    "via json.dumps -> '\\u0000', which jsonb refuses; http.py:359 answers 503 'Session store unavailable; retry "
-    "shortly' (the client's own input, not an outage: every retry fails the same way)",
-)
 async def test_a_nul_in_client_info_on_shared_sessions_gives_a_working_session(tmp_path: Path, pg_url: str) -> None:
     body = json.dumps(INIT).replace('"attack"', '"a\\u0000b"').encode()
     async with pair(tmp_path, pg_url) as ((a, _b), tok), aiohttp.ClientSession() as s:
@@ -68,11 +63,6 @@ async def test_a_nul_in_client_info_on_shared_sessions_gives_a_working_session(t
         assert status == 200 and "result" in listed, (status, listed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="admin.py:172 passes the note (U+0000 accepted by loads_json) to the PostgreSQL approvals store, whose "
-    "text column refuses NUL: psycopg.DataError is no ToolcribError -> 500 instead of a 400 or a stored note",
-)
 async def test_an_approval_note_holding_nul_is_not_a_500(tmp_path: Path, pg_url: str) -> None:
     async with pair(tmp_path, pg_url) as ((a, _b), tok), aiohttp.ClientSession() as s:
         approval_id = await _held_approval(s, a.url, tok["alice"])
@@ -81,21 +71,16 @@ async def test_an_approval_note_holding_nul_is_not_a_500(tmp_path: Path, pg_url:
         headers = {"Authorization": f"Bearer {tok['alice']}", "Content-Type": "application/json"}
         async with s.post(url, data=payload, headers=headers) as r:
             text = await r.text()
-        assert r.status in (200, 400), (r.status, text)
+        assert r.status == 200, (r.status, text)  # stored, U+0000 as U+FFFD (storage/postgres.py)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="admin.py:172 looks the approval id (a URL path segment, %00 -> U+0000) up in PostgreSQL as text: "
-    "psycopg.DataError -> 500 instead of 409/404 'no such approval'",
-)
 async def test_an_approval_id_holding_nul_is_not_a_500(tmp_path: Path, pg_url: str) -> None:
     async with pair(tmp_path, pg_url) as ((a, _b), tok), aiohttp.ClientSession() as s:
         url = a.url.replace("/mcp", "/admin/approvals/x%00y")
         headers = {"Authorization": f"Bearer {tok['alice']}", "Content-Type": "application/json"}
         async with s.post(url, data=b'{"decision": "deny"}', headers=headers) as r:
             text = await r.text()
-        assert r.status in (400, 404, 409), (r.status, text)
+        assert r.status in (404, 409), (r.status, text)
 
 
 async def test_a_nul_in_call_arguments_is_held_recorded_and_verifiable(tmp_path: Path, pg_url: str) -> None:

@@ -8,11 +8,18 @@ lost connection is re-established with back-off, and every handler's ``on_reconn
 because notifications sent while it was away are lost (PostgreSQL does not queue them).
 
 Channels (``NOTIFY`` payloads are at most 8000 bytes): see :data:`CHANNELS`.
+
+U+0000: PostgreSQL's ``text`` cannot hold it and ``jsonb`` refuses its ``\\u0000`` escape, while JSON
+(and so any client, upstream or identity provider) may send it. Every connection of the pool writes
+it as U+FFFD REPLACEMENT CHARACTER instead, in ``str`` parameters and in ``Json``/``Jsonb`` values
+(:func:`without_nul`), so no store fails on it; lookups go through the same replacement and stay
+consistent. The audit log escapes it itself (``audit/text.py``) so that its hashes keep it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +27,8 @@ from typing import Any
 
 import anyio
 import psycopg
+from psycopg.types.json import set_json_dumps
+from psycopg.types.string import StrBinaryDumper, StrDumperUnknown
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from toolcrib.errors import StorageError
@@ -36,6 +45,44 @@ CHANNELS = {
 """Every channel toolcrib uses, with what its payload is."""
 
 Handler = Callable[[str], Awaitable[None] | None]
+
+NUL_REPLACEMENT = "\ufffd"
+"""What U+0000 is stored as (see the module docstring)."""
+
+
+def without_nul(value: Any) -> Any:
+    """``value`` (a str or a JSON-like value) with U+0000 replaced by :data:`NUL_REPLACEMENT` in
+    every string, keys included; ``value`` itself when it holds none."""
+    if isinstance(value, str):
+        return value.replace("\x00", NUL_REPLACEMENT) if "\x00" in value else value
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_nul(v) for v in value]
+    return value
+
+
+def dumps_jsonb(value: Any) -> str:
+    """JSON text of ``value`` that ``jsonb`` accepts: U+0000 written as :data:`NUL_REPLACEMENT`."""
+    text = json.dumps(value)
+    return json.dumps(without_nul(value)) if "\\u0000" in text else text
+
+
+class _NulFreeStr(StrDumperUnknown):
+    def dump(self, obj: str) -> Any:
+        return super().dump(obj.replace("\x00", NUL_REPLACEMENT) if "\x00" in obj else obj)
+
+
+class _NulFreeStrBinary(StrBinaryDumper):
+    def dump(self, obj: str) -> Any:
+        return super().dump(obj.replace("\x00", NUL_REPLACEMENT) if "\x00" in obj else obj)
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    """Every pooled connection: U+0000 stored as U+FFFD (module docstring)."""
+    conn.adapters.register_dumper(str, _NulFreeStrBinary)
+    conn.adapters.register_dumper(str, _NulFreeStr)
+    set_json_dumps(dumps_jsonb, conn)
 
 
 def describe(url: str) -> str:
@@ -68,6 +115,7 @@ class Database:
             min_size=1,
             max_size=pool_size,
             kwargs=self._kwargs,
+            configure=_configure,
             open=False,
             timeout=connect_timeout,
             name="toolcrib",

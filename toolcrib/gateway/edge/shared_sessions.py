@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
+from psycopg.types.json import Jsonb
 
 from toolcrib.gateway.trust.identity import Principal
 from toolcrib.storage.postgres import Database, Listener
@@ -139,7 +140,7 @@ class SessionDirectory:
             conn.execute(
                 "INSERT INTO sessions (id, principal_kind, principal_subject, principal_groups, state, created, "
                 "last_seen) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-                (sid, principal.kind, principal.subject, sorted(principal.groups), json.dumps(state), now, now),
+                (sid, principal.kind, principal.subject, sorted(principal.groups), Jsonb(state), now, now),
             )
 
     async def load(self, sid: str) -> StoredSession | None:
@@ -170,7 +171,7 @@ class SessionDirectory:
 
     def _update(self, sid: str, state: dict[str, Any], now: float, changed: bool) -> None:
         with self.db.transaction() as conn:
-            conn.execute("UPDATE sessions SET state = %s, last_seen = %s WHERE id = %s", (json.dumps(state), now, sid))
+            conn.execute("UPDATE sessions SET state = %s, last_seen = %s WHERE id = %s", (Jsonb(state), now, sid))
             if changed:
                 self.db.notify(CHANNEL, json.dumps({"session": sid, "changed": self.replica}), conn)
 
