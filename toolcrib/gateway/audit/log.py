@@ -98,7 +98,7 @@ from toolcrib.gateway.audit.shared import (
     decode,
     filters,
 )
-from toolcrib.gateway.audit.tally import checkpoint_base, count_tally, tally_seal, tally_sql
+from toolcrib.gateway.audit.tally import checkpoint_base, count_tally, prune_check, tally_seal, tally_sql
 from toolcrib.gateway.audit.verify import VerifyReport, verify
 
 if TYPE_CHECKING:
@@ -421,7 +421,9 @@ class SqliteAuditLog:
 
     def prune(self, before_ts: float) -> int:
         """Delete rows older than ``before_ts`` behind a keyed checkpoint; return how many were
-        deleted. Raises :class:`AuditError` without the audit key."""
+        deleted. Raises :class:`AuditError` without the audit key, and when a row it would delete
+        is a call row pending now that a tally saw completed
+        (:func:`~toolcrib.gateway.audit.tally.prune_check`)."""
         if self.schema < KEYED:
             raise AuditError("this audit log predates keyed checkpoints; start `toolcrib serve` once to upgrade it")
         if self._hmac_key is None:
@@ -445,6 +447,7 @@ class SqliteAuditLog:
                 else:
                     fetch = lambda q, p: self._db.execute(q, p).fetchone()  # noqa: E731
                     base_seq, base = checkpoint_base(fetch, TALLY_SQL, key)
+                    prune_check(lambda q, p: self._db.execute(q, p).fetchall(), TALLY_SQL, key, base_seq, seq)
                     completed = base + int(self._db.execute(TALLY_SQL.completed, (base_seq, seq)).fetchone()[0])
                     self._db.execute(
                         "INSERT INTO checkpoints (seq, hash, ts, mac, completed) VALUES (?, ?, ?, ?, ?)",

@@ -75,7 +75,7 @@ from toolcrib.gateway.audit.shared import (
     glob_to_regex,
     is_literal,
 )
-from toolcrib.gateway.audit.tally import checkpoint_base, count_tally, tally_seal, tally_sql
+from toolcrib.gateway.audit.tally import checkpoint_base, count_tally, prune_check, tally_seal, tally_sql
 from toolcrib.gateway.audit.verify import VerifyReport, check_chain, finish, pg_limits
 
 if TYPE_CHECKING:
@@ -411,7 +411,8 @@ class PostgresAuditLog:
     def prune(self, before_ts: float) -> int:
         """Delete rows older than ``before_ts`` behind a keyed checkpoint (under the head lock, so no
         replica appends meanwhile); return how many were deleted. Raises :class:`AuditError`
-        without the audit key."""
+        without the audit key, and when a row it would delete is a call row pending now that a
+        tally saw completed (:func:`~toolcrib.gateway.audit.tally.prune_check`)."""
         if self._checkpoint_key is None:
             raise AuditError("prune needs the audit key (secret:toolcrib/audit-hmac)")
         try:
@@ -427,6 +428,9 @@ class PostgresAuditLog:
                 assert self._hmac_key is not None  # with the checkpoint key
                 base_seq, base = checkpoint_base(
                     lambda q, p: conn.execute(q.encode(), p).fetchone(), TALLY_SQL, self._hmac_key
+                )
+                prune_check(
+                    lambda q, p: conn.execute(q.encode(), p).fetchall(), TALLY_SQL, self._hmac_key, base_seq, seq
                 )
                 found = conn.execute(TALLY_SQL.completed.encode(), (base_seq, seq)).fetchone()
                 completed = base + int(found[0] if found else 0)

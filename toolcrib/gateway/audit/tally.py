@@ -16,7 +16,9 @@ set existed have ``results`` NULL and a seal over ``"tally:U:C"``: count only to
 Why the set: a count can be compensated. Row ``held`` pending and ``quick`` completed when a tally
 counts C = 1; ``held`` completes later and someone with write access (no key) sets ``quick`` back
 to pending: the count is 1 again and nothing looks wrong. With the set, ``quick`` is pending now
-but was not pending when the tally was written: :func:`removed` names it.
+but was not pending when the tally was written: :func:`removed` names it. A prune would delete
+that evidence and leave only the checkpoint's count (compensable the same way), so
+:func:`prune_check` refuses to prune such a row.
 
 Completions only grow: a ``call`` row is completed once, in place, never set back (the database
 refuses it), and rows leave only by prune behind a checkpoint that keeps their count. So at any
@@ -85,6 +87,9 @@ class TallySql:
     """``(lo, hi)`` -> how many ``call`` rows with ``lo < seq <= hi`` are completed."""
     pending: str
     """``(lo, hi, limit)`` -> the first ``limit`` seqs, ascending, of pending ``call`` rows with ``lo < seq <= hi``."""
+    listing: str
+    """``(after, lowest)`` -> ``seq, attempt_seq, bytes, seal, results`` of the tally rows with seq > ``after``,
+    ``attempt_seq >= lowest`` and a pending set (``results`` not NULL), by seq."""
 
 
 def tally_sql(events: str, checkpoints: str, mark: str) -> TallySql:
@@ -104,6 +109,10 @@ def tally_sql(events: str, checkpoints: str, mark: str) -> TallySql:
         pending=(
             f"SELECT seq FROM {events} WHERE seq > {mark} AND seq <= {mark} "  # noqa: S608
             f"AND kind = 'call' AND completed IS NULL ORDER BY seq LIMIT {mark}"
+        ),
+        listing=(
+            f"SELECT seq, attempt_seq, bytes, seal, results FROM {events} WHERE kind = 'tally' "  # noqa: S608
+            f"AND seq > {mark} AND attempt_seq >= {mark} AND results IS NOT NULL ORDER BY seq"
         ),
     )
 
@@ -154,6 +163,35 @@ def count_tally(
     if same and isinstance(tag, str) and hmac.compare_digest(tag, tally_seal(key, upto, count, pending)):
         return None  # already stated (and genuinely sealed): nothing new
     return Tally(upto, count, pending)
+
+
+def prune_check(fetch_all: FetchAll, sql: TallySql, key: bytes, base_seq: int, upto: int) -> None:
+    """Before a prune deletes the rows after the latest checkpoint (at ``base_seq``) up to ``upto``:
+    raise :class:`AuditError` when one of them is a ``call`` row pending now that a tally (after
+    that checkpoint, its seal checked under ``key``, the audit key) saw completed. Pruning it would
+    leave only the checkpoint's count, which a call completed since can make up (see
+    :func:`removed`). Cheap when no row up to ``upto`` is pending (one indexed range read)."""
+    pending = [int(r[0]) for r in fetch_all(sql.pending, (base_seq, upto, 2**62))]
+    if not pending:
+        return
+    gone: dict[int, int] = {}
+    for seq, tally_upto, count, tag, text in fetch_all(sql.listing, (base_seq, pending[0])):
+        if not isinstance(tag, str) or not hmac.compare_digest(tag, tally_seal(key, tally_upto, count, text)):
+            continue  # forged or edited: verify reports it; it proves nothing here
+        try:
+            stated = pending_set(text)
+        except ValueError:
+            continue
+        if isinstance(stated, list):
+            for row in removed(pending, int(tally_upto), stated):
+                gone.setdefault(row, int(seq))
+    if gone:
+        shown = ", ".join(f"{r} (tally row {t})" for r, t in sorted(gone.items())[:10])
+        raise AuditError(
+            f"call rows {shown}{', ...' if len(gone) > 10 else ''} were completed when a tally was written and are "
+            "pending now (a completion was removed): prune would delete that evidence; nothing was pruned, run "
+            "`toolcrib audit verify`"
+        )
 
 
 def tally_seal(key: bytes, upto: int, count: int, pending: str | None = None) -> str:
