@@ -198,8 +198,8 @@ def test_a_completion_removed_behind_a_tally_is_detected(backend: AuditLog) -> N
     assert backend.verify().ok
     uncomplete(backend, seqs[2])
     assert backend.verify().problems == [
-        f"row {tally}: 5 call rows up to row {seqs[-1]} were completed when it was written, the log now has 4: "
-        "a completion was removed (a row set back to pending)"
+        f"row {tally}: call rows {seqs[2]} (up to row {seqs[-1]}) were completed when it was written and are "
+        "pending now: a completion was removed (a row set back to pending)"
     ]
 
 

@@ -25,15 +25,9 @@ from toolcrib.gateway.trust.identity import LOCAL_OPERATOR
 __all__ = ["backend"]  # the two-backend fixture, shared with test_audit_calls_attack.py
 
 
-# ---- confirmed problems --------------------------------------------------------------------------------------------
+# ---- fixed problems (formerly strict xfails) ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tally.py:144 (completed_upto) and verify.py:380 compare a COUNT: a held call completed after a tally "
-    "covered its row adds one completion behind that tally, and one completion removed in the same interval (before "
-    "the next tally, which then states the same count and is not even written, tally.py:112) leaves the count equal",
-)
 def test_a_completion_removed_behind_a_tally_is_detected_even_when_a_held_call_completed_since(
     backend: AuditLog,
 ) -> None:
@@ -44,12 +38,18 @@ def test_a_completion_removed_behind_a_tally_is_detected_even_when_a_held_call_c
     held = backend.append(call(1))  # held for approval: pending when the tally counts
     quick = backend.append(call(2))
     backend.append_many([], completions=[done(quick)])
-    assert backend.tally(settle=0) is not None  # states: 1 completed call row up to `quick`
+    first = backend.tally(settle=0)  # states: 1 completed call row up to `quick`, row `held` pending
+    assert first is not None
+    assert [r["results"] for r in backend.query(kind="tally")] == [[held]]
     backend.append_many([], completions=[done(held, decision="approve", approver="human:bob")])
     uncomplete(backend, quick)  # someone with write access to the database, no key, before the next tally
-    assert backend.tally(settle=0) is None  # the count is unchanged: nothing new to state
+    assert backend.tally(settle=0) is not None  # same count, another pending set: a new tally all the same
+    assert [(r["bytes"], r["results"]) for r in backend.query(kind="tally")] == [(1, [held]), (1, [quick])]
     report = backend.verify()
-    assert not report.ok, report.checked
+    assert report.problems == [
+        f"row {first}: call rows {quick} (up to row {quick}) were completed when it was written and are pending "
+        "now: a completion was removed (a row set back to pending)"
+    ], report.problems
 
 
 # ---- regressions (hold today) ---------------------------------------------------------------------------------------

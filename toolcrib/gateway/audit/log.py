@@ -21,8 +21,10 @@ Rows (``kind``):
   outcome's ``attempt_seq`` pointing at its attempt. ``outcome`` rows are still written for calls
   refused before forwarding (``denied``: unknown or hidden targets);
 * ``tally``: how many ``call`` rows up to row ``attempt_seq`` were completed (``bytes``) when it was
-  written, cumulative from the first row (pruned rows by their checkpoint's count), with ``seal`` =
-  HMAC of ``"tally:{attempt_seq}:{bytes}"``; written by :meth:`SqliteAuditLog.tally` (every minute
+  written, cumulative from the first row (pruned rows by their checkpoint's count), and which of
+  them after the latest checkpoint were still pending (``results``: a JSON list of seqs, or
+  ``{"more_than":10000}`` past the cap), with ``seal`` = HMAC of
+  ``"tally:{attempt_seq}:{bytes}:{results}"``; written by :meth:`SqliteAuditLog.tally` (every minute
   by the server) so verify can tell a completion removed (a row set back to pending) behind it
   (:mod:`~toolcrib.gateway.audit.tally`);
 * ``search``: a ``search_tools`` query (``query``) and the tool keys it returned (``results``);
@@ -96,7 +98,7 @@ from toolcrib.gateway.audit.shared import (
     decode,
     filters,
 )
-from toolcrib.gateway.audit.tally import checkpoint_base, count_tally, tally_seal, tally_sql
+from toolcrib.gateway.audit.tally import checkpoint_base, count_tally, prune_check, tally_seal, tally_sql
 from toolcrib.gateway.audit.verify import VerifyReport, verify
 
 if TYPE_CHECKING:
@@ -419,7 +421,9 @@ class SqliteAuditLog:
 
     def prune(self, before_ts: float) -> int:
         """Delete rows older than ``before_ts`` behind a keyed checkpoint; return how many were
-        deleted. Raises :class:`AuditError` without the audit key."""
+        deleted. Raises :class:`AuditError` without the audit key, and when a row it would delete
+        is a call row pending now that a tally saw completed
+        (:func:`~toolcrib.gateway.audit.tally.prune_check`)."""
         if self.schema < KEYED:
             raise AuditError("this audit log predates keyed checkpoints; start `toolcrib serve` once to upgrade it")
         if self._hmac_key is None:
@@ -443,6 +447,7 @@ class SqliteAuditLog:
                 else:
                     fetch = lambda q, p: self._db.execute(q, p).fetchone()  # noqa: E731
                     base_seq, base = checkpoint_base(fetch, TALLY_SQL, key)
+                    prune_check(lambda q, p: self._db.execute(q, p).fetchall(), TALLY_SQL, key, base_seq, seq)
                     completed = base + int(self._db.execute(TALLY_SQL.completed, (base_seq, seq)).fetchone()[0])
                     self._db.execute(
                         "INSERT INTO checkpoints (seq, hash, ts, mac, completed) VALUES (?, ?, ?, ?, ?)",
@@ -458,7 +463,7 @@ class SqliteAuditLog:
     def tally(self, settle: float = SETTLE, now: float | None = None) -> int | None:
         """Append a ``tally`` row: how many ``call`` rows up to the newest row (not a tally) older
         than ``settle`` seconds are completed now, cumulative from the first row (pruned rows by
-        the latest checkpoint's count): what it states and how verify checks it,
+        the latest checkpoint's count), and which are still pending: what it states and how verify checks it,
         :mod:`~toolcrib.gateway.audit.tally`. Returns its seq, or None when there is nothing new to
         state (no settled row past the latest checkpoint, or the latest tally says the same). Reads
         on its own connection in one snapshot, so appends are not held up meanwhile. Raises
@@ -471,7 +476,13 @@ class SqliteAuditLog:
         db = sqlite3.connect(self.path, isolation_level=None)
         try:
             db.execute("BEGIN")
-            found = count_tally(lambda q, p: db.execute(q, p).fetchone(), TALLY_SQL, self._hmac_key, cutoff)
+            found = count_tally(
+                lambda q, p: db.execute(q, p).fetchone(),
+                lambda q, p: db.execute(q, p).fetchall(),
+                TALLY_SQL,
+                self._hmac_key,
+                cutoff,
+            )
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise AuditError(f"cannot read the audit log {self.path} ({exc})") from None
@@ -479,9 +490,9 @@ class SqliteAuditLog:
             db.close()
         if found is None:
             return None
-        upto, count = found
-        row = self._row(AuditEvent(kind="tally", attempt_seq=upto, bytes=count))
-        row["seal"] = tally_seal(self._hmac_key, upto, count)
+        row = self._row(AuditEvent(kind="tally", attempt_seq=found.upto, bytes=found.count))
+        row["results"] = found.pending
+        row["seal"] = tally_seal(self._hmac_key, found.upto, found.count, found.pending)
         with self._lock:
             return self._append_locked([], [row])[0]
 

@@ -75,7 +75,7 @@ from toolcrib.gateway.audit.shared import (
     glob_to_regex,
     is_literal,
 )
-from toolcrib.gateway.audit.tally import checkpoint_base, count_tally, tally_seal, tally_sql
+from toolcrib.gateway.audit.tally import checkpoint_base, count_tally, prune_check, tally_seal, tally_sql
 from toolcrib.gateway.audit.verify import VerifyReport, check_chain, finish, pg_limits
 
 if TYPE_CHECKING:
@@ -411,7 +411,8 @@ class PostgresAuditLog:
     def prune(self, before_ts: float) -> int:
         """Delete rows older than ``before_ts`` behind a keyed checkpoint (under the head lock, so no
         replica appends meanwhile); return how many were deleted. Raises :class:`AuditError`
-        without the audit key."""
+        without the audit key, and when a row it would delete is a call row pending now that a
+        tally saw completed (:func:`~toolcrib.gateway.audit.tally.prune_check`)."""
         if self._checkpoint_key is None:
             raise AuditError("prune needs the audit key (secret:toolcrib/audit-hmac)")
         try:
@@ -427,6 +428,9 @@ class PostgresAuditLog:
                 assert self._hmac_key is not None  # with the checkpoint key
                 base_seq, base = checkpoint_base(
                     lambda q, p: conn.execute(q.encode(), p).fetchone(), TALLY_SQL, self._hmac_key
+                )
+                prune_check(
+                    lambda q, p: conn.execute(q.encode(), p).fetchall(), TALLY_SQL, self._hmac_key, base_seq, seq
                 )
                 found = conn.execute(TALLY_SQL.completed.encode(), (base_seq, seq)).fetchone()
                 completed = base + int(found[0] if found else 0)
@@ -446,8 +450,9 @@ class PostgresAuditLog:
 
     def tally(self, settle: float = 600.0, now: float | None = None) -> int | None:
         """Append a ``tally`` row: how many ``call`` rows up to the newest row (not a tally) older
-        than ``settle`` seconds are completed now, cumulative (:mod:`~toolcrib.gateway.audit.tally`,
-        the same counting code as :meth:`toolcrib.gateway.audit.log.SqliteAuditLog.tally`), read in
+        than ``settle`` seconds are completed now, cumulative, and which are still pending
+        (:mod:`~toolcrib.gateway.audit.tally`, the same counting code as
+        :meth:`toolcrib.gateway.audit.log.SqliteAuditLog.tally`), read in
         one ``REPEATABLE READ`` snapshot. Returns its seq, or None when there is nothing new to
         state. Raises :class:`AuditError` (also when the latest checkpoint's HMAC is wrong)."""
         if self._seal_key is None or self._hmac_key is None:
@@ -457,15 +462,19 @@ class PostgresAuditLog:
             with self._db.transaction() as conn:
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 found = count_tally(
-                    lambda q, p: conn.execute(q.encode(), p).fetchone(), TALLY_SQL, self._hmac_key, cutoff
+                    lambda q, p: conn.execute(q.encode(), p).fetchone(),
+                    lambda q, p: conn.execute(q.encode(), p).fetchall(),
+                    TALLY_SQL,
+                    self._hmac_key,
+                    cutoff,
                 )
         except psycopg.Error as exc:
             raise AuditError(f"cannot read the audit log {self.where} ({_first_line(exc)})") from None
         if found is None:
             return None
-        upto, count = found
-        row = build_row(AuditEvent(kind="tally", attempt_seq=upto, bytes=count), None, None)
-        row["seal"] = tally_seal(self._hmac_key, upto, count)
+        row = build_row(AuditEvent(kind="tally", attempt_seq=found.upto, bytes=found.count), None, None)
+        row["results"] = found.pending
+        row["seal"] = tally_seal(self._hmac_key, found.upto, found.count, found.pending)
         seqs = self._write([row], (), True)
         return seqs[0]
 

@@ -191,6 +191,9 @@ def checkpoint_message(seq: int, digest: str, completed: int | None) -> str:
     return f"{seq}:{digest}" if completed is None else f"{seq}:{digest}:{completed}"
 
 
-def tally_message(upto: int, completed: int) -> str:
-    """What a ``tally`` row's ``seal`` is the HMAC of."""
-    return f"tally:{upto}:{completed}"
+def tally_message(upto: int, completed: int, pending: str | None = None) -> str:
+    """What a ``tally`` row's ``seal`` is the HMAC of: ``"tally:{upto}:{completed}:{pending}"``,
+    ``pending`` the row's ``results`` text (its pending set,
+    :mod:`~toolcrib.gateway.audit.tally`), or ``"tally:{upto}:{completed}"`` for a tally written
+    before the set existed (``results`` NULL)."""
+    return f"tally:{upto}:{completed}" if pending is None else f"tally:{upto}:{completed}:{pending}"

@@ -18,7 +18,12 @@ Detected (with the audit key):
 * a completion removed (a completed ``call`` row set back to pending) behind a ``tally`` row or a
   prune checkpoint: each records, under its HMAC, how many ``call`` rows up to its seq were
   completed (cumulative, :mod:`~toolcrib.gateway.audit.tally`), and completions only grow, so
-  verify must find at least that many (counted by the same definition the tally was written by).
+  verify must find at least that many (counted by the same definition the tally was written by);
+  a tally also records which ``call`` rows up to its seq were still pending, so a row pending now
+  that is not in that set is reported by seq, even when a call completed since makes up the count.
+  Tallies written before the set existed, or with more pending rows than
+  :data:`~toolcrib.gateway.audit.tally.PENDING_CAP` (the row says so), are checked by their count
+  only (listed in the limits).
 
 ``call`` rows still pending long after their ``ts`` (:data:`UNFINISHED_AFTER`) are reported as
 unfinished in :attr:`VerifyReport.unfinished` (the gateway stopped before the call ended), not as
@@ -53,7 +58,7 @@ from toolcrib.gateway.audit.schema import (
     seal_message,
     tally_message,
 )
-from toolcrib.gateway.audit.tally import Completions
+from toolcrib.gateway.audit.tally import Completions, pending_set
 
 UNFINISHED_AFTER = 3600.0
 """Seconds after its ``ts`` beyond which a pending ``call`` row is reported as unfinished."""
@@ -80,6 +85,11 @@ class VerifyReport:
     completed: int = 0
     """Completed ``call`` rows in the log (since the latest prune checkpoint)."""
     tallies_checked: int = 0
+    tallies_count_only: int = 0
+    """Tally rows checked by their count only because they were written before the pending set."""
+    tallies_over_cap: list[tuple[int, int]] = field(default_factory=list)
+    """``(seq, cap)`` of tally rows checked by their count only because more than ``cap`` call rows
+    were pending when they were written."""
     unfinished: list[int] = field(default_factory=list)
     """Seqs of ``call`` rows still pending :data:`UNFINISHED_AFTER` seconds after their ``ts``."""
     checked: list[str] = field(default_factory=list)
@@ -244,6 +254,19 @@ def finish(report: VerifyReport, backend_limits: list[str]) -> None:
         "A completion removed (a call row set back to pending) is detected only behind a tally row (written "
         "every minute for rows older than 10 minutes) or a prune checkpoint; a newer one looks like a call in flight."
     )
+    if report.tallies_count_only:
+        report.limits.append(
+            f"{report.tallies_count_only} tally rows were written before tallies listed their pending call rows: "
+            "they state a count only, and behind them a completion removed is missed when a call completed since "
+            "makes up the count."
+        )
+    if report.tallies_over_cap:
+        over = report.tallies_over_cap
+        shown = ", ".join(f"{s} (over {c})" for s, c in over[:10]) + (", ..." if len(over) > 10 else "")
+        report.limits.append(
+            f"{len(over)} tally rows had more pending call rows than they list (rows {shown}): they state a count "
+            "only, and behind them a completion removed is missed when a call completed since makes up the count."
+        )
     if report.args_unchecked:
         report.limits.append(
             f"args_hmac of {report.args_unchecked} rows cannot be checked: their stored arguments are redacted "
@@ -352,6 +375,7 @@ class _Calls:
                 report.problems.append(f"row {seq}: a pending call row carries completion fields (edited)")
             elif float(row["ts"]) < self.cutoff:
                 report.unfinished.append(seq)
+            self.done.add_pending(seq)
             return
         self.done.add(seq)
         report.completed += 1
@@ -366,17 +390,36 @@ class _Calls:
 
     def tally(self, row: Mapping[str, Any]) -> None:
         report, seq = self.report, int(row["seq"])
-        upto, claimed = row.get("attempt_seq"), row.get("bytes")
-        if not isinstance(upto, int) or not isinstance(claimed, int):
+        upto, claimed, text = row.get("attempt_seq"), row.get("bytes"), row.get("results")
+        if not isinstance(upto, int) or not isinstance(claimed, int) or not isinstance(text, str | None):
             report.problems.append(f"row {seq}: a tally row without its count (edited)")
             return
         if self.key is not None:
             tag = row.get("seal")
-            if not isinstance(tag, str) or not hmac.compare_digest(tag, mac(self.key, tally_message(upto, claimed))):
+            expected = mac(self.key, tally_message(upto, claimed, text))
+            if not isinstance(tag, str) or not hmac.compare_digest(tag, expected):
                 report.problems.append(f"row {seq}: the tally's seal is wrong or missing (forged)")
                 return
-        found = self.done.upto(upto)  # what tally() counted when it wrote the row, counted now
+        try:
+            stated = pending_set(text)
+        except ValueError:
+            report.problems.append(f"row {seq}: a tally row whose pending set is not a list of seqs (edited)")
+            return
         report.tallies_checked += 1
+        if stated is None:
+            report.tallies_count_only += 1
+        elif isinstance(stated, int):
+            report.tallies_over_cap.append((seq, stated))
+        else:
+            gone = self.done.removed(upto, stated)
+            if gone:
+                shown = ", ".join(str(s) for s in gone[:10]) + (", ..." if len(gone) > 10 else "")
+                report.problems.append(
+                    f"row {seq}: call rows {shown} (up to row {upto}) were completed when it was written and are "
+                    "pending now: a completion was removed (a row set back to pending)"
+                )
+                return
+        found = self.done.upto(upto)  # what tally() counted when it wrote the row, counted now
         if found < claimed:
             report.problems.append(
                 f"row {seq}: {claimed} call rows up to row {upto} were completed when it was written, the log now "
