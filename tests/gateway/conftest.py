@@ -1,14 +1,22 @@
-"""Gateway fixtures: an in-memory keyring backend (a real ``KeyringBackend``) and a headless one."""
+"""Gateway fixtures: an in-memory keyring backend (a real ``KeyringBackend``), a headless one, and the
+audit log on both storage backends."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import keyring
 import keyring.backend
 import keyring.backends.fail
 import keyring.errors
 import pytest
+
+from toolcrib.gateway.audit.backends import AuditLog
+from toolcrib.gateway.audit.log import SqliteAuditLog
+from toolcrib.gateway.audit.log_pg import PostgresAuditLog
+from toolcrib.storage import migrations
+from toolcrib.storage.postgres import Database
 
 
 class MemoryKeyring(keyring.backend.KeyringBackend):
@@ -50,3 +58,21 @@ def no_keyring() -> Iterator[None]:
         yield
     finally:
         keyring.set_keyring(previous)
+
+
+AUDIT_KEY = b"k" * 32
+"""The audit key of :func:`backend`."""
+
+
+@pytest.fixture(params=["sqlite", "pg"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AuditLog]:
+    """The audit log on both backends, keyed with :data:`AUDIT_KEY`: a SQLite file, a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        log: AuditLog = SqliteAuditLog(tmp_path / "audit.db", hmac_key=AUDIT_KEY)
+        yield log
+        log.close()
+        return
+    db = Database(request.getfixturevalue("pg_url")).open()
+    migrations.upgrade(db)
+    yield PostgresAuditLog(db, hmac_key=AUDIT_KEY)
+    db.close()

@@ -20,33 +20,33 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.gateway.conftest import AUDIT_KEY
 from toolcrib.gateway.audit.anchor import Anchor
 from toolcrib.gateway.audit.backends import AuditLog
 from toolcrib.gateway.audit.events import AuditEvent, Completion
 from toolcrib.gateway.audit.keys import CHECKPOINT_LABEL, SEAL_LABEL, derive, mac
 from toolcrib.gateway.audit.log import SqliteAuditLog
-from toolcrib.gateway.audit.log_pg import PostgresAuditLog
 from toolcrib.gateway.audit.schema import ATTEMPT_COLUMNS, COMPLETION, VERSION, canonical_json, row_hash
 from toolcrib.gateway.audit.verify import seal_ok
 from toolcrib.gateway.audit.writer import AuditWriter
-from toolcrib.storage import migrations
-from toolcrib.storage.postgres import Database
 
-KEY = b"k" * 32
+KEY = AUDIT_KEY  # the `backend` fixture (tests/gateway/conftest.py) keys both logs with it
 OUTCOMES = ["ok", "tool_error", "protocol_error", "timeout", "cancelled", "upstream_crash", "denied", "pending"]
 
 
-@pytest.fixture(params=["sqlite", "pg"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AuditLog]:
-    if request.param == "sqlite":
-        log: AuditLog = SqliteAuditLog(tmp_path / "audit.db", hmac_key=KEY)
-        yield log
-        log.close()
-        return
-    db = Database(request.getfixturevalue("pg_url")).open()
-    migrations.upgrade(db)
-    yield PostgresAuditLog(db, hmac_key=KEY)
-    db.close()
+def zero_checkpoint_counts(backend: AuditLog) -> None:
+    """Set every prune checkpoint's completion count to 0 by hand, lifting the guard first, as
+    someone with write access to the database (not the key) can."""
+    if isinstance(backend, SqliteAuditLog):
+        db = sqlite3.connect(backend.path, isolation_level=None)
+        db.execute("DROP TRIGGER checkpoints_sign_once")
+        db.execute("UPDATE checkpoints SET completed = 0")
+        db.close()
+    else:
+        with backend._db.transaction() as conn:  # type: ignore[attr-defined]
+            conn.execute("ALTER TABLE audit_checkpoints DISABLE TRIGGER audit_checkpoints_permanent")
+            conn.execute("UPDATE audit_checkpoints SET completed = 0")
+            conn.execute("ALTER TABLE audit_checkpoints ENABLE TRIGGER audit_checkpoints_permanent")
 
 
 def call(i: int, **extra: Any) -> AuditEvent:
@@ -223,15 +223,7 @@ def test_a_prune_checkpoint_count_is_under_its_hmac(backend: AuditLog) -> None:
     backend.append(call(9))
     backend.prune(2000.0)
     assert backend.verify().ok
-    if isinstance(backend, SqliteAuditLog):
-        db = sqlite3.connect(backend.path, isolation_level=None)
-        db.execute("DROP TRIGGER checkpoints_sign_once")
-        db.execute("UPDATE checkpoints SET completed = 0")
-        db.close()
-    else:
-        with backend._db.transaction() as conn:
-            conn.execute("ALTER TABLE audit_checkpoints DISABLE TRIGGER audit_checkpoints_permanent")
-            conn.execute("UPDATE audit_checkpoints SET completed = 0")
+    zero_checkpoint_counts(backend)
     assert any("checkpoint at row 3 has a wrong or missing HMAC" in p for p in backend.verify().problems)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from tests.gateway.test_audit_calls import (
     run_sql,
     tamper,
     uncomplete,
+    zero_checkpoint_counts,
 )
 from toolcrib.errors import AuditError
 from toolcrib.gateway.audit.backends import AuditLog
@@ -34,20 +34,6 @@ from toolcrib.gateway.audit.schema import COLUMNS, VERSION, row_hash
 from toolcrib.gateway.audit.writer import AuditWriter
 from toolcrib.storage import migrations
 from toolcrib.storage.postgres import Database
-
-
-@pytest.fixture(params=["sqlite", "pg"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AuditLog]:
-    """The same two logs as test_audit_calls.py's fixture: a SQLite file, a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        log: AuditLog = SqliteAuditLog(tmp_path / "audit.db", hmac_key=KEY)
-        yield log
-        log.close()
-        return
-    db = Database(request.getfixturevalue("pg_url")).open()
-    migrations.upgrade(db)
-    yield PostgresAuditLog(db, hmac_key=KEY)
-    db.close()
 
 
 def refused(log: AuditLog) -> type[Exception]:
@@ -208,16 +194,7 @@ def test_no_tally_or_prune_builds_on_a_checkpoint_that_fails_its_hmac(backend: A
     backend.append_many([], completions=[done(s) for s in old])
     backend.prune(1001.5)
     backend.append(call(9))
-    if isinstance(backend, SqliteAuditLog):
-        db = sqlite3.connect(backend.path, isolation_level=None)
-        db.execute("DROP TRIGGER checkpoints_sign_once")
-        db.execute("UPDATE checkpoints SET completed = 0")
-        db.close()
-    else:
-        with backend._db.transaction() as conn:
-            conn.execute("ALTER TABLE audit_checkpoints DISABLE TRIGGER audit_checkpoints_permanent")
-            conn.execute("UPDATE audit_checkpoints SET completed = 0")
-            conn.execute("ALTER TABLE audit_checkpoints ENABLE TRIGGER audit_checkpoints_permanent")
+    zero_checkpoint_counts(backend)
     with pytest.raises(AuditError, match=r"checkpoint \(row 2\) has a wrong or missing HMAC"):
         backend.tally(settle=0)
     with pytest.raises(AuditError, match=r"checkpoint \(row 2\) has a wrong or missing HMAC"):

@@ -14,16 +14,12 @@ from typing import Any
 import pytest
 
 from tests.gateway.test_audit_calls import KEY, call, done, uncomplete
-from tests.gateway.test_audit_calls_attack import backend
 from toolcrib.gateway.audit.backends import AuditLog
 from toolcrib.gateway.audit.events import AuditEvent, AuditRowError
 from toolcrib.gateway.audit.log import SqliteAuditLog
 from toolcrib.gateway.audit.shared import build_row
 from toolcrib.gateway.audit.writer import AuditWriter
 from toolcrib.gateway.trust.identity import LOCAL_OPERATOR
-
-__all__ = ["backend"]  # the two-backend fixture, shared with test_audit_calls_attack.py
-
 
 # ---- fixed problems (formerly strict xfails) ------------------------------------------------------------------------
 

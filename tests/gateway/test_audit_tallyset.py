@@ -13,14 +13,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.gateway.test_audit_calls import KEY, call, done, tamper, uncomplete
-from tests.gateway.test_audit_calls_attack import backend, write_tally
+from tests.gateway.test_audit_calls_attack import write_tally
 from toolcrib.errors import AuditError
 from toolcrib.gateway.audit import tally as tally_module
 from toolcrib.gateway.audit.backends import AuditLog
 from toolcrib.gateway.audit.log import SqliteAuditLog
 from toolcrib.gateway.audit.tally import pending_set, removed
-
-__all__ = ["backend"]
 
 
 def test_a_tally_lists_its_pending_rows_under_its_seal(backend: AuditLog) -> None:

@@ -15,7 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.gateway.test_audit_calls import KEY, call, done
+from tests.gateway.test_audit_calls import (
+    KEY,
+    call,
+    done,
+)
 from toolcrib.gateway.audit.backends import AuditLog
 from toolcrib.gateway.audit.events import AuditEvent, AuditRowError, Completion
 from toolcrib.gateway.audit.keys import mac
@@ -41,19 +45,6 @@ ARGS = st.dictionaries(TEXT, JSON, max_size=4)
 
 def has_surrogate(value: Any) -> bool:
     return any(0xD800 <= ord(c) <= 0xDFFF for c in json.dumps(value, ensure_ascii=False))
-
-
-@pytest.fixture(params=["sqlite", "pg"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AuditLog]:
-    if request.param == "sqlite":
-        log: AuditLog = SqliteAuditLog(tmp_path / "audit.db", hmac_key=KEY)
-        yield log
-        log.close()
-        return
-    db = Database(request.getfixturevalue("pg_url")).open()
-    migrations.upgrade(db)
-    yield PostgresAuditLog(db, hmac_key=KEY)
-    db.close()
 
 
 # ---- the encoding itself ------------------------------------------------------------------------
