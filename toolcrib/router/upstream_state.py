@@ -33,8 +33,10 @@ class UpstreamState:
         return (self.protocol_version or "") >= "2026"
 
 
-def describe(exc: BaseException, url: str | None = None) -> str:
-    """One line for the operator; an unreachable URL reads ``cannot connect to URL (reason)``."""
+def describe(exc: BaseException, url: str | None = None, command: str | None = None) -> str:
+    """One line for the operator; an unreachable URL reads ``cannot connect to URL (reason)``; a stdio
+    server whose program cannot be started names ``command`` (the configured one) when the error
+    itself does not name the file."""
     reason = connect_reason(exc) if url is not None else None
     if reason is not None and url is not None:
         return cannot_connect(url, reason)
@@ -43,10 +45,11 @@ def describe(exc: BaseException, url: str | None = None) -> str:
     if isinstance(exc, TimeoutError):
         return "did not finish connecting within connect_timeout"
     if isinstance(exc, FileNotFoundError):
-        return f"command not found: {exc.filename}"
+        name = exc.filename or command
+        return f"command not found: {name} (give its full path, or check PATH and the server's cwd)"
     if isinstance(exc, BaseExceptionGroup):
         inner = exc.exceptions[0] if exc.exceptions else exc
-        return describe(inner, url)
+        return describe(inner, url, command)
     if isinstance(exc, MCPError) and exc.error.code == types.CONNECTION_CLOSED:
         return exc.error.message
     if isinstance(exc, MCPError):

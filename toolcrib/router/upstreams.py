@@ -126,7 +126,7 @@ class Upstream:
                 with self._scope:
                     await self._connect_once()
             except Exception as exc:  # a failing upstream must never take the others down
-                error = describe(exc, self.cfg.url)
+                error = describe(exc, self.cfg.url, self.cfg.command)
                 # The same failure again is logged once; a setup problem (missing secret or
                 # command) will not fix itself in seconds, so it is retried at the slowest pace.
                 (log.warning if error != self.state.error else log.debug)("upstream %s: %s", self.name, error)
