@@ -98,7 +98,7 @@ from toolcrib.gateway.audit.shared import (
     decode,
     filters,
 )
-from toolcrib.gateway.audit.tally import checkpoint_base, count_tally, prune_check, tally_seal, tally_sql
+from toolcrib.gateway.audit.tally import checkpoint_count, count_tally, tally_seal, tally_sql
 from toolcrib.gateway.audit.verify import VerifyReport, verify
 
 if TYPE_CHECKING:
@@ -445,10 +445,13 @@ class SqliteAuditLog:
                         (seq, digest, time.time(), self._checkpoint_mac(seq, digest)),
                     )
                 else:
-                    fetch = lambda q, p: self._db.execute(q, p).fetchone()  # noqa: E731
-                    base_seq, base = checkpoint_base(fetch, TALLY_SQL, key)
-                    prune_check(lambda q, p: self._db.execute(q, p).fetchall(), TALLY_SQL, key, base_seq, seq)
-                    completed = base + int(self._db.execute(TALLY_SQL.completed, (base_seq, seq)).fetchone()[0])
+                    completed = checkpoint_count(
+                        lambda q, p: self._db.execute(q, p).fetchone(),
+                        lambda q, p: self._db.execute(q, p).fetchall(),
+                        TALLY_SQL,
+                        key,
+                        seq,
+                    )
                     self._db.execute(
                         "INSERT INTO checkpoints (seq, hash, ts, mac, completed) VALUES (?, ?, ?, ?, ?)",
                         (seq, digest, time.time(), self._checkpoint_mac(seq, digest, completed), completed),

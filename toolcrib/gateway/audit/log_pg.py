@@ -75,7 +75,7 @@ from toolcrib.gateway.audit.shared import (
     glob_to_regex,
     is_literal,
 )
-from toolcrib.gateway.audit.tally import checkpoint_base, count_tally, prune_check, tally_seal, tally_sql
+from toolcrib.gateway.audit.tally import checkpoint_count, count_tally, tally_seal, tally_sql
 from toolcrib.gateway.audit.verify import VerifyReport, check_chain, finish, pg_limits
 
 if TYPE_CHECKING:
@@ -426,14 +426,13 @@ class PostgresAuditLog:
                     return 0
                 seq, digest = int(last[0]), str(last[1])
                 assert self._hmac_key is not None  # with the checkpoint key
-                base_seq, base = checkpoint_base(
-                    lambda q, p: conn.execute(q.encode(), p).fetchone(), TALLY_SQL, self._hmac_key
+                completed = checkpoint_count(
+                    lambda q, p: conn.execute(q.encode(), p).fetchone(),
+                    lambda q, p: conn.execute(q.encode(), p).fetchall(),
+                    TALLY_SQL,
+                    self._hmac_key,
+                    seq,
                 )
-                prune_check(
-                    lambda q, p: conn.execute(q.encode(), p).fetchall(), TALLY_SQL, self._hmac_key, base_seq, seq
-                )
-                found = conn.execute(TALLY_SQL.completed.encode(), (base_seq, seq)).fetchone()
-                completed = base + int(found[0] if found else 0)
                 conn.execute(
                     "INSERT INTO audit_checkpoints (seq, hash, ts, mac, completed) VALUES (%s, %s, %s, %s, %s)",
                     (

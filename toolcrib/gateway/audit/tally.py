@@ -194,6 +194,17 @@ def prune_check(fetch_all: FetchAll, sql: TallySql, key: bytes, base_seq: int, u
         )
 
 
+def checkpoint_count(fetch: Fetch, fetch_all: FetchAll, sql: TallySql, key: bytes, upto: int) -> int:
+    """The ``completed`` count of a new prune checkpoint at row ``upto``: :func:`completed_upto`
+    ``upto`` (the latest checkpoint's HMAC-checked count plus the completed ``call`` rows after it),
+    after :func:`prune_check` of the rows it would delete. Call it inside the prune's transaction.
+    Raises :class:`AuditError` as those two do."""
+    base_seq, base = checkpoint_base(fetch, sql, key)
+    prune_check(fetch_all, sql, key, base_seq, upto)
+    found = fetch(sql.completed, (base_seq, upto))
+    return base + int(found[0] if found else 0)
+
+
 def tally_seal(key: bytes, upto: int, count: int, pending: str | None = None) -> str:
     """The ``seal`` of a tally row stating ``count`` completed ``call`` rows up to row ``upto``
     and the pending set ``pending`` (its ``results`` text; None for a count-only tally as written
