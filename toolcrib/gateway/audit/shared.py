@@ -74,21 +74,15 @@ def _build_row(event: AuditEvent, key: bytes | None, redactor: Redactor | None) 
         row["request_id"] = str(event.request_id)
     if event.latency_ms is not None:
         row["latency_ms"] = float(event.latency_ms)
-    for name, value in row.items():
-        if isinstance(value, str):
-            row[name] = storable(value)
+    _make_storable(row)
     if event.arguments is not None:
         if key is None:
             raise AuditError(NO_KEY)
         arguments = dict(event.arguments)
         original = canonical_json(arguments)
         row["args_hmac"] = mac(key, original)
-        try:
-            given, scrubbed = arguments, scrub(redactor, arguments)
-        except UnicodeError:  # a lone surrogate the redactor cannot read: scrub the escaped form
-            given = _storable_copy(arguments)
-            scrubbed = scrub(redactor, given)
-        text = original if scrubbed is given else canonical_json(scrubbed)
+        scrubbed = scrub(redactor, arguments)  # the redactor reads any str, lone surrogates included
+        text = original if scrubbed is arguments else canonical_json(scrubbed)
         row["args_stored"] = "full" if text == original else "redacted"
         if len(text) > MAX_ARGUMENT_CHARS:
             text, row["args_stored"] = text[:MAX_ARGUMENT_CHARS] + "…", "truncated"
@@ -101,15 +95,11 @@ def _build_row(event: AuditEvent, key: bytes | None, redactor: Redactor | None) 
     return row
 
 
-def _storable_copy(value: Any) -> Any:
-    """A JSON-like ``value`` with every string (keys included) made :func:`storable`."""
-    if isinstance(value, str):
-        return storable(value)
-    if isinstance(value, Mapping):
-        return {storable(str(k)): _storable_copy(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_storable_copy(v) for v in value]
-    return value
+def _make_storable(columns: dict[str, Any]) -> None:
+    """Every text value of ``columns`` made :func:`storable`, in place."""
+    for name, value in columns.items():
+        if isinstance(value, str):
+            columns[name] = storable(value)
 
 
 def build_completion(
@@ -127,9 +117,7 @@ def build_completion(
         fields["completed"] = float(done.completed if done.completed is not None else time.time()) + 0.0
         if done.latency_ms is not None:
             fields["latency_ms"] = float(done.latency_ms) + 0.0  # + 0.0: no -0.0, which a database may not keep
-        for name, value in fields.items():
-            if isinstance(value, str):
-                fields[name] = storable(value)
+        _make_storable(fields)
         if fields["error"] is not None:
             fields["error"] = scrub(redactor, fields["error"])
         fields["seal"] = mac(seal_key, seal_message(digest, fields))

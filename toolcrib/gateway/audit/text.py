@@ -1,8 +1,9 @@
 """How the audit log turns text into what it stores and hashes, whatever the text holds.
 
-Client input reaches the log as Python strings that need not be valid Unicode: the edge's JSON
-parser accepts ``"\\ud800"``, a lone surrogate (U+D800..U+DFFF), which UTF-8 cannot encode, and
-PostgreSQL cannot store U+0000 in a text column. So, the same way in every writer, in ``verify``
+What reaches the log are Python strings that need not be valid Unicode: a lone surrogate
+(U+D800..U+DFFF, e.g. from ``json.loads`` of ``"\\ud800"``), which UTF-8 cannot encode, is refused
+from clients by the HTTP edge's parser but may still come from other paths, and PostgreSQL cannot
+store U+0000 in a text column. So, the same way in every writer, in ``verify``
 and in every hash or HMAC:
 
 - :func:`escape_surrogates`: every surrogate code point becomes its JSON escape ``\\udxxx``
