@@ -70,12 +70,12 @@ def dumps_jsonb(value: Any) -> str:
 
 class _NulFreeStr(StrDumperUnknown):
     def dump(self, obj: str) -> Any:
-        return super().dump(obj.replace("\x00", NUL_REPLACEMENT) if "\x00" in obj else obj)
+        return super().dump(without_nul(obj))
 
 
 class _NulFreeStrBinary(StrBinaryDumper):
     def dump(self, obj: str) -> Any:
-        return super().dump(obj.replace("\x00", NUL_REPLACEMENT) if "\x00" in obj else obj)
+        return super().dump(without_nul(obj))
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
