@@ -218,7 +218,7 @@ def build_throughput(live: FastEmbedEmbedder, count: int) -> dict[str, float]:
     sample = texts[:96]
     started = time.perf_counter()
     for i in range(0, len(sample), 16):
-        list(live._model.embed(sample[i : i + 16], batch_size=16))
+        live._encode(sample[i : i + 16])
     unsorted_rate = len(sample) / (time.perf_counter() - started)
     chars = [len(t) for t in texts]
     return {
@@ -352,7 +352,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         machine.describe(),
         f"1-minute load average (the 2 cores are shared with other work): {loads}.",
         "",
-        "`python -m benchmarks.search_latency`: offline int8 all-MiniLM-L6-v2 (fastembed, 1 ONNX intra-op thread),",
+        "`python -m benchmarks.search_latency`: offline int8 all-MiniLM-L6-v2 (toolcrib's onnxruntime session, "
+        f"{live.threads} non-spinning intra-op threads, the gateway's setting),",
         "exact FAISS `IndexIDMap2(IndexFlatIP)` with `omp_set_num_threads(1)`, bm25s. Every timed call embeds",
         f"a distinct real query ({args.queries} per cell, limit 5) with the query cache emptied first, except in",
         "the 'query vector cached' column: the same queries searched again, each a hit in the index's",

@@ -26,7 +26,7 @@ import sys
 import threading
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from toolcrib.errors import IndexError_
+from toolcrib.index.onnx_encoder import INTRA_OP_THREADS, OnnxEncoder
 
 log = logging.getLogger(__name__)
 
@@ -222,12 +223,10 @@ class FastEmbedEmbedder:
     Texts are sorted by length and batched by a padded-token budget (see :meth:`_batches`) so one
     long description does not pad a whole batch; the tokenizer truncates to 256 word pieces.
 
-    ``threads`` is onnxruntime's intra-op thread count. The default 1 keeps a query embedding on
-    the calling worker thread. With 2 on a 2-core machine the second thread spin-waits: 12.8 vs
-    7.8 ms of CPU per query for 6.5 vs 7.6 ms of wall time, CPU the gateway's event loop needs.
-    In the load run with every query distinct (``python -m benchmarks.load --seconds 60
-    --sessions 200 --unique-queries``, 2026-11-30) 1 thread gave 146 vs 118 calls/s and 6.9 vs
-    10.0 ms of gateway CPU per call.
+    ``threads`` is onnxruntime's intra-op thread count. The offline default runs on toolcrib's own
+    session (:class:`~toolcrib.index.onnx_encoder.OnnxEncoder`: same tokenizer, pooling and vectors
+    as fastembed) with :data:`~toolcrib.index.onnx_encoder.INTRA_OP_THREADS` threads that sleep
+    rather than spin when idle; ``None`` means that default, and 1 for any other (fastembed) model.
     """
 
     def __init__(
@@ -235,7 +234,7 @@ class FastEmbedEmbedder:
         model: str = DEFAULT_MODEL,
         *,
         cache_dir: Path | None = None,
-        threads: int = 1,
+        threads: int | None = None,
         batch_size: int = 32,
         batch_tokens: int = 512,
     ) -> None:
@@ -252,12 +251,9 @@ class FastEmbedEmbedder:
             if model == DEFAULT_MODEL:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 model_dir, sha = prepare_offline_model_dir(cache / "model")
-                self._model = TextEmbedding(
-                    model,
-                    specific_model_path=str(model_dir),
-                    threads=threads,
-                    cache_dir=str(cache / "fastembed"),
-                )
+                encoder = OnnxEncoder(model_dir, threads=threads or INTRA_OP_THREADS)
+                self._encode: Callable[[list[str]], Vectors] = encoder.encode
+                self.threads = encoder.threads
                 self.fingerprint = f"{model}@sha256:{sha}"
             else:
                 supported = {str(m["model"]).lower() for m in TextEmbedding.list_supported_models()}
@@ -266,8 +262,10 @@ class FastEmbedEmbedder:
                         f"{model!r} is not a fastembed text model: set [index] model to {DEFAULT_MODEL!r} "
                         "(works offline) or a name from fastembed's TextEmbedding.list_supported_models()"
                     )
-                self._model = TextEmbedding(model, threads=threads, cache_dir=str(cache / "fastembed"))
-                self.fingerprint = f"{model}@{_online_model_digest(self._model)}"
+                online = TextEmbedding(model, threads=threads or 1, cache_dir=str(cache / "fastembed"))
+                self._encode = functools.partial(_fastembed_encode, online)
+                self.threads = threads or 1
+                self.fingerprint = f"{model}@{_online_model_digest(online)}"
         except IndexError_:
             raise
         except Exception as exc:
@@ -275,8 +273,7 @@ class FastEmbedEmbedder:
                 f"cannot load embedding model {model!r} ({type(exc).__name__}: {_first_line(exc)}); "
                 f"use the offline default {DEFAULT_MODEL!r} or connect to the internet once to download it"
             ) from exc
-        probe = next(iter(self._model.embed(["probe"], batch_size=1)))
-        self.dim = int(np.asarray(probe).shape[-1])
+        self.dim = int(self._encode(["probe"]).shape[-1])
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         """Embed ``texts`` (any count) into unit rows, in input order."""
@@ -285,7 +282,7 @@ class FastEmbedEmbedder:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         rows: list[Vectors] = []
         for batch in self._batches([texts[i] for i in order]):
-            rows.extend(np.asarray(v, dtype=np.float32) for v in self._model.embed(batch, batch_size=len(batch)))
+            rows.append(self._encode(batch))
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         out[np.asarray(order)] = np.vstack(rows)
         return normalize_rows(out)
@@ -307,6 +304,11 @@ class FastEmbedEmbedder:
         if current:
             batches.append(current)
         return batches
+
+
+def _fastembed_encode(model: Any, batch: list[str]) -> Vectors:
+    """One batch through a fastembed ``TextEmbedding`` as a ``(len(batch), dim)`` float32 array."""
+    return np.vstack([np.asarray(v, dtype=np.float32) for v in model.embed(batch, batch_size=len(batch))])
 
 
 def _online_model_digest(model: Any) -> str:
