@@ -94,6 +94,9 @@ def _operator() -> str:
 
 # keys
 
+KEY_AUTH_MODES = ("keys", "keys+oauth")
+"""``[gateway] auth`` values under which API keys authenticate callers (HTTP and the console login)."""
+
 
 def _keys(args: argparse.Namespace, config: Config) -> int:
     from toolcrib.cli.db import cli_database
@@ -108,6 +111,12 @@ def _keys(args: argparse.Namespace, config: Config) -> int:
         else:
             print(key)
             print(f"key for {args.name!r} (groups: {', '.join(groups) or '-'}); it is shown only once", file=sys.stderr)
+        if config.gateway.auth not in KEY_AUTH_MODES:
+            print(
+                f"warning: [gateway] auth = {json.dumps(config.gateway.auth)}: this key is stored but not checked; "
+                'it takes effect only with auth = "keys" or "keys+oauth" (then restart `toolcrib serve`)',
+                file=sys.stderr,
+            )
     elif args.action == "list":
         keys = store.list()
         if args.json:
