@@ -7,6 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from toolcrib.cli.check import advised_reference, cut_refs, unexpanded_vars
 
 TOOLCRIB = str(Path(sys.executable).with_name("toolcrib"))
 
@@ -53,3 +57,84 @@ def test_keys_add_is_quiet_when_keys_are_checked(tmp_path: Path, auth: str) -> N
     out = _run(cfg, "keys", "add", "ci", "--json")
     assert out.returncode == 0, out.stderr
     assert "warning" not in out.stderr
+
+
+# 4: check: ${VAR}, a reference cut at a space, the advised form of "Bearer sk-..."
+
+
+def test_check_reports_vars_cut_references_and_keeps_the_bearer_prefix(tmp_path: Path) -> None:
+    cfg = _write(
+        tmp_path / "t.toml",
+        f'[servers.c]\ncommand = "{sys.executable}"\n'
+        'env = { API = "secret:c/api key", GH = "${GH}" }\n'
+        'args = ["--token", "secret:c/tok verbose", "--ok", "secret:c/fine,x", "${UNSET_VAR:-x}"]\n'
+        '[servers.w]\nurl = "https://e.example/mcp?q=${Q}"\n'
+        'headers = { Authorization = "Bearer sk-abcdefghijklmnopqrstuvwxyz" }\n',
+    )
+    out = _run(cfg, "check", stdin="")
+    assert out.returncode == 1
+    err = out.stderr
+    assert "PROBLEM c: env.API: 'secret:c/api key' is not one reference but 'secret:c/api' and the text after it" in err
+    assert "store the secret as secret:c/api_key" in err
+    assert "PROBLEM c: args[1]: 'secret:c/tok verbose' is not one reference" in err
+    assert "secret:c/api: NOT SET" not in err and "secret:c/tok: NOT SET" not in err  # not what was meant
+    assert "PROBLEM c: secret:c/fine: NOT SET" in err  # a reference followed by "," is whole
+    assert "warning c: env.GH: ${GH} is not expanded (the server gets it as written)" in err
+    assert 'inherit_env = ["GH"]' in err
+    assert "warning c: args[4]: ${UNSET_VAR:-x} is not expanded" in err
+    assert "warning w: url: ${Q} is not expanded" in err
+    assert (
+        "warning w: headers.Authorization looks like a literal secret; store it (only what follows 'Bearer') "
+        'with `toolcrib creds set w authorization` and write Authorization = "Bearer secret:w/authorization"'
+    ) in err
+    assert "sk-abc" not in out.stdout + err
+    assert out.stdout.splitlines()[-1] == f"{cfg}: 3 problems, 4 warnings: fix the problems above (exit 1)"
+
+
+_PART = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,8}", fullmatch=True)
+_WORD = st.from_regex(r"[A-Za-z0-9_]{1,6}|[éßжλ][a-z]{0,3}", fullmatch=True)
+
+
+@settings(max_examples=1000)
+@given(
+    prefix=st.sampled_from(["", "Bearer ", "--key=", "https://u:", "x "]),
+    ns=_PART,
+    name=_PART,
+    suffix=st.sampled_from(["", " ", ",", "@host/db", "'", "/more", ":", "&a=b", " --flag", "  ", ")", "#x"]),
+)
+def test_a_whole_reference_is_never_cut(prefix: str, ns: str, name: str, suffix: str) -> None:
+    assert cut_refs(f"{prefix}secret:{ns}/{name}{suffix}") == []
+
+
+@settings(max_examples=1000)
+@given(
+    prefix=st.sampled_from(["", "Bearer ", "--key="]),
+    ns=_PART,
+    name=_PART,
+    space=st.sampled_from(["", " ", "  "]),
+    word=_WORD,
+)
+def test_a_name_that_goes_on_is_cut(prefix: str, ns: str, name: str, space: str, word: str) -> None:
+    if not space and word[0].isascii():
+        space = " "  # an ASCII name character would simply belong to the name
+    ref = f"secret:{ns}/{name}"
+    assert cut_refs(f"{prefix}{ref}{space}{word}") == [(ref, f"{ref}{space}{word}")]
+
+
+@settings(max_examples=1000)
+@given(before=st.text(max_size=15), var=st.text(max_size=10), after=st.text(max_size=15))
+def test_every_dollar_brace_is_found(before: str, var: str, after: str) -> None:
+    before, var, after = before.replace("${", ""), var.replace("}", ""), after.replace("${", "")
+    found = unexpanded_vars(f"{before}${{{var}}}{after}")
+    assert f"${{{var}}}" in found
+    assert unexpanded_vars((before + var + after).replace("$", "")) == []
+
+
+@settings(max_examples=1000)
+@given(
+    scheme=st.sampled_from(["Bearer", "bearer", "Basic", "Token"]), gap=st.sampled_from([" ", "  ", "\t"]), token=_PART
+)
+def test_the_advised_reference_keeps_the_scheme(scheme: str, gap: str, token: str) -> None:
+    stored, written, kept = advised_reference("w", "Authorization", f"{scheme}{gap}sk-{token}")
+    assert (stored, written, kept) == ("authorization", f"{scheme}{gap}secret:w/authorization", scheme)
+    assert advised_reference("w", "X-Api", f"sk-{token}") == ("x-api", "secret:w/x-api", "")
