@@ -138,3 +138,36 @@ def test_the_advised_reference_keeps_the_scheme(scheme: str, gap: str, token: st
     stored, written, kept = advised_reference("w", "Authorization", f"{scheme}{gap}sk-{token}")
     assert (stored, written, kept) == ("authorization", f"{scheme}{gap}secret:w/authorization", scheme)
     assert advised_reference("w", "X-Api", f"sk-{token}") == ("x-api", "secret:w/x-api", "")
+
+
+# 5: every usage error exits 2 with one line; counts agree with their nouns
+
+USAGE_ERRORS = [
+    (["audit", "query", "--since", "yesterday"], "argument --since: cannot read time 'yesterday'"),
+    (["audit", "query", "--limit", "0"], "argument --limit: must be at least 1, not 0"),
+    (["audit", "tail", "-n", "-3"], "argument -n: must be at least 1, not -3"),
+    (["audit", "prune", "--before", "nope"], "argument --before: cannot read time 'nope'"),
+    (["savings", "--days", "0"], "argument --days: must be at least 1, not 0"),
+    (["savings", "--days", "x"], "argument --days: 'x' is not a whole number"),
+    (["serve", "--port", "x"], "argument --port: invalid int value: 'x'"),
+    (["audit"], "the following arguments are required: ACTION"),
+    (["nosuchverb"], "argument VERB: invalid choice: 'nosuchverb'"),
+    (["creds", "delete", "gh", "token"], "rerun with --yes"),  # no terminal to ask on
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), USAGE_ERRORS, ids=[" ".join(a) for a, _ in USAGE_ERRORS])
+def test_usage_errors_exit_2_with_one_line(tmp_path: Path, argv: list[str], message: str) -> None:
+    cfg = _write(tmp_path / "t.toml", "[gateway]\n")  # no audit log, no savings yet: argv is checked first
+    out = _run(cfg, *argv)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("toolcrib: ") and out.stderr.count("\n") == 1, out.stderr
+    assert message in out.stderr and "usage:" not in out.stderr
+
+
+def test_check_summary_counts_in_the_singular(tmp_path: Path) -> None:
+    cfg = _write(tmp_path / "t.toml", '[gateway]\nport = "8765"\n[servers.m]\ncommand = "no-such-toolcrib-binary"\n')
+    out = _run(cfg, "check")
+    assert out.returncode == 1
+    assert out.stdout.splitlines()[0].startswith(f"{cfg}: 1 enabled server, ")
+    assert out.stdout.splitlines()[-1] == f"{cfg}: 1 problem, 1 warning: fix the problem above (exit 1)"

@@ -30,6 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from toolcrib.cli.words import counted
 from toolcrib.config import STATE_PATHS, Config, ServerConfig
 
 _SECRET_NAME = re.compile(r"(token|secret|passw|api[_-]?key|apikey|auth|credential|private|access[_-]?key)", re.I)
@@ -196,7 +197,8 @@ def run_check(args: argparse.Namespace, config: Config) -> int:
     servers = config.enabled_servers
     problems: list[str] = []
     warnings: list[str] = []
-    print(f"{path}: {len(servers)} enabled servers, {config.gateway.mode} mode, auth = {config.gateway.auth!r}")
+    enabled = counted(len(servers), "enabled server")
+    print(f"{path}: {enabled}, {config.gateway.mode} mode, auth = {config.gateway.auth!r}")
     print(f"  state files (relative paths resolve against {path.parent}):")
     for section, key in STATE_PATHS:
         value = getattr(getattr(config, section), key)
@@ -281,7 +283,8 @@ def run_check(args: argparse.Namespace, config: Config) -> int:
     for line in warnings:
         print(f"  warning {line}", file=sys.stderr)
     if problems:
-        print(f"{path}: {len(problems)} problems, {len(warnings)} warnings: fix the problems above (exit 1)")
+        tally = f"{counted(len(problems), 'problem')}, {counted(len(warnings), 'warning')}"
+        print(f"{path}: {tally}: fix the {'problem' if len(problems) == 1 else 'problems'} above (exit 1)")
         return 1
-    print(f"{path}: ok" + (f" with {len(warnings)} warnings (see above)" if warnings else ""))
+    print(f"{path}: ok" + (f" with {counted(len(warnings), 'warning')} (see above)" if warnings else ""))
     return 0
