@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= toolcrib/demo/toolcrib.toml
 NODE_DIR := .tools/node
+# the demo config's git repository, next to it (its servers run with cwd = the config's folder)
+DEMO_REPO := toolcrib/demo/.toolcrib/demo-repo
 
 .PHONY: install browser run test lint typecheck pytest test-postgres replicas conformance load bench profile fuzz clean
 
@@ -16,14 +18,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-.toolcrib/demo-repo/.git:
-	mkdir -p .toolcrib/demo-repo
-	git -C .toolcrib/demo-repo init -q
-	printf '# demo repository\n\nCreated by make run for the git MCP server.\n' > .toolcrib/demo-repo/README.md
-	git -C .toolcrib/demo-repo add README.md
-	git -C .toolcrib/demo-repo -c user.name=toolcrib -c user.email=demo@toolcrib.invalid commit -qm "demo: first commit"
+$(DEMO_REPO)/.git:
+	mkdir -p $(DEMO_REPO)
+	git -C $(DEMO_REPO) init -q
+	printf '# demo repository\n\nCreated by make run for the git MCP server.\n' > $(DEMO_REPO)/README.md
+	git -C $(DEMO_REPO) add README.md
+	git -C $(DEMO_REPO) -c user.name=toolcrib -c user.email=demo@toolcrib.invalid commit -qm "demo: first commit"
 
-run: $(STAMP) .toolcrib/demo-repo/.git
+run: $(STAMP) $(DEMO_REPO)/.git
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/toolcrib --config $(CONFIG) serve
 
 lint: $(STAMP)

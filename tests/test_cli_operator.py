@@ -87,7 +87,7 @@ def test_check_zero_servers_is_a_warning(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["--config", str(cfg), "check"]) == 0
     captured = capsys.readouterr()
     assert "no enabled servers" in captured.err
-    assert captured.out.splitlines()[-1] == f"{cfg}: ok with 1 warnings (see above)"
+    assert captured.out.splitlines()[-1] == f"{cfg}: ok with 1 warning (see above)"
     assert ": ok" not in captured.out.splitlines()[0]  # the header no longer claims ok
 
 
@@ -262,11 +262,11 @@ def test_prune_refuses_the_future_counts_dry_runs_and_asks(
     audit_config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = str(audit_config)
-    assert main(["--config", cfg, "audit", "prune", "--before", "2099-01-01", "--yes"]) == 1
+    assert main(["--config", cfg, "audit", "prune", "--before", "2099-01-01", "--yes"]) == 2  # a usage error
     assert "is in the future" in capsys.readouterr().err
     assert main(["--config", cfg, "audit", "prune", "--before", "7d", "--dry-run"]) == 0
     assert "would prune 3 rows" in capsys.readouterr().out
-    assert main(["--config", cfg, "audit", "prune", "--before", "7d"]) == 1  # stdin is no terminal
+    assert main(["--config", cfg, "audit", "prune", "--before", "7d"]) == 2  # stdin is no terminal: --yes needed
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "rerun with --yes" in err
     assert len(_rows(audit_config, capsys)) == 5
@@ -278,11 +278,11 @@ def test_prune_refuses_the_future_counts_dry_runs_and_asks(
 def test_keys_revoke_and_creds_delete_ask_too(audit_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = str(audit_config)
     assert main(["--config", cfg, "keys", "add", "ci"]) == 0
-    assert main(["--config", cfg, "keys", "revoke", "ci"]) == 1
+    assert main(["--config", cfg, "keys", "revoke", "ci"]) == 2
     assert "rerun with --yes" in capsys.readouterr().err
     assert main(["--config", cfg, "keys", "revoke", "nobody", "--yes"]) == 1
     assert "no API key named 'nobody'" in capsys.readouterr().err
-    assert main(["--config", cfg, "creds", "delete", "gh", "token"]) == 1
+    assert main(["--config", cfg, "creds", "delete", "gh", "token"]) == 2
     assert "rerun with --yes" in capsys.readouterr().err
 
 

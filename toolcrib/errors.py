@@ -6,6 +6,7 @@ that line (never a traceback) and exits with :attr:`ToolcribError.exit_code`.
 ::
 
     ToolcribError
+    ├── UsageError             a command-line argument is wrong (exit 2)
     ├── ConfigError            the TOML file is missing, unreadable or invalid
     ├── SecretError            a secret reference cannot be resolved
     ├── UpstreamError          a downstream MCP server failed us
@@ -36,6 +37,13 @@ class ToolcribError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class UsageError(ToolcribError):
+    """A command-line argument is wrong (a value out of range, a time that cannot be read, a missing
+    ``--yes``): exit code 2, as for argparse's own usage errors."""
+
+    exit_code = 2
 
 
 class ConfigError(ToolcribError):

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from toolcrib import __version__
 from toolcrib.cli.logs import setup_logging
@@ -66,8 +66,17 @@ def _cmd_client_config(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (``toolcrib: MESSAGE; see `toolcrib VERB --help```)
+    and exit code 2 instead of the usage block; every verb's parser is one (``add_subparsers`` and
+    ``add_parser`` make children of the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"toolcrib: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="toolcrib",
         description="One MCP endpoint in front of many MCP servers: proxy, semantic tool router, trust gateway.",
     )
@@ -138,8 +147,13 @@ def _register_optional(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code (2 for a usage error, printed as one line, 0 after
+    ``--help`` or ``--version``) instead of raising :class:`SystemExit`."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: a usage error (see _Parser.error), --help or --version
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     setup_logging(args.verbose, args.log_json)
     try:
         config: Config | None = None

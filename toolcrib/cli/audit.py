@@ -12,8 +12,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from toolcrib.cli.operator import _iso, _print_json, _table, confirm, parse_time
+from toolcrib.cli.words import counted
 from toolcrib.config import Config
-from toolcrib.errors import AuditError, ToolcribError
+from toolcrib.errors import AuditError, UsageError
 
 if TYPE_CHECKING:
     from toolcrib.gateway.audit.backends import AuditLog
@@ -50,14 +51,14 @@ def _audit(args: argparse.Namespace, config: Config) -> int:
             finally:
                 if out is not sys.stdout:
                     out.close()
-            print(f"exported {count} rows", file=sys.stderr)
+            print(f"exported {counted(count, 'row')}", file=sys.stderr)
             return 0
         if args.action == "tail":
             rows = log.tail(args.n)
         else:
             since = parse_time(args.since) if args.since else None
             if args.limit < 1:
-                raise ToolcribError(f"--limit must be at least 1, not {args.limit}")
+                raise UsageError(f"--limit must be at least 1, not {args.limit}")
             found: dict[int, dict[str, Any]] = {}
             for principal in principal_ids(args.principal) if args.principal else [None]:
                 for row in log.query(
@@ -103,20 +104,20 @@ def _audit_prune(log: AuditLog, args: argparse.Namespace) -> int:
     """Refuse a cut-off in the future; count with ``--dry-run``; otherwise confirm, then prune."""
     before = parse_time(args.before)
     if before > time.time():
-        raise ToolcribError(
+        raise UsageError(
             f"--before {args.before} is in the future ({_iso(before)}) and would delete every row; "
             "give a past time such as 90d or 2026-01-31"
         )
     count = log.prune_count(before)
     if args.dry_run:
-        print(f"would prune {count} rows older than {_iso(before)} (dry run: nothing deleted)")
+        print(f"would prune {counted(count, 'row')} older than {_iso(before)} (dry run: nothing deleted)")
         return 0
     if count == 0:
         print(f"no rows older than {_iso(before)}; nothing to prune", file=sys.stderr)
         return 0
     confirm(args, f"delete {count} audit rows older than {_iso(before)}")
     deleted = log.prune(before)
-    print(f"pruned {deleted} rows older than {_iso(before)}; checkpoint written", file=sys.stderr)
+    print(f"pruned {counted(deleted, 'row')} older than {_iso(before)}; checkpoint written", file=sys.stderr)
     return 0
 
 
@@ -139,7 +140,8 @@ def _audit_verify(log: AuditLog, as_json: bool) -> int:
         print(f"audit {log.where}: {span}, checkpoint {report.checkpoint_seq}, anchor {report.anchor_seq}")
     if not report.ok:
         raise AuditError(
-            f"audit log failed verification ({len(report.problems)} problems); keep a copy of it and investigate"
+            f"audit log failed verification ({counted(len(report.problems), 'problem')}); "
+            "keep a copy of it and investigate"
         )
     print(
         "ok: the chain, the checkpoints, the anchored head, args_hmac and the completion seals agree "

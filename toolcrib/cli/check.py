@@ -2,16 +2,21 @@
 
 Problems (exit 1): an enabled stdio server's command that cannot be found, with ``[storage] url`` its
 password reference or the shared audit key not stored anywhere, a malformed ``secret:``
-reference, a ``secret:`` reference that is not stored anywhere, a bind refused by :func:`check_bind`
-(raised as a one-line error). Warnings (exit 0): no enabled servers, a number or boolean written as a
-string (pydantic accepts ``port = "8765"``; the file should say ``port = 8765``), a literal that looks
-like an API key or password in a server's ``env``, ``headers``, ``args`` or URL query (masked when the
-command line is printed). The last line is the summary, and it agrees with the exit code.
+reference or one whose name is cut short (``secret:c/api key`` is ``secret:c/api`` then `` key``:
+see :func:`cut_refs`) in a server's ``env``, ``headers``, ``args`` or ``url``, a ``secret:``
+reference that is not stored anywhere, a bind refused by :func:`check_bind` (raised as a one-line
+error). Warnings (exit 0): no enabled servers, a number or boolean written as a string (pydantic
+accepts ``port = "8765"``; the file should say ``port = 8765``), a ``${VAR}`` in a server's ``env``,
+``headers``, ``args`` or ``url`` (toolcrib never expands them), a literal that looks like an API key
+or password in a server's ``env``, ``headers``, ``args`` or URL query (masked when the command line
+is printed; the advised reference keeps an auth scheme prefix: ``Bearer secret:NS/NAME``).
+The last line is the summary, and it agrees with the exit code.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
@@ -25,6 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from toolcrib.cli.words import counted
 from toolcrib.config import STATE_PATHS, Config, ServerConfig
 
 _SECRET_NAME = re.compile(r"(token|secret|passw|api[_-]?key|apikey|auth|credential|private|access[_-]?key)", re.I)
@@ -59,6 +65,51 @@ def malformed_refs(value: str) -> list[str]:
         if REF_RE.match(value, m.start()) is None:
             bad.append(value[m.start() : m.start() + 40].split()[0] if value[m.start() :].strip() else "secret:")
     return bad
+
+
+_CUT = re.compile(r"\s*\w|[+~!$%^*|\\]")
+"""What, right after a ``secret:NS/NAME`` match, says the name was meant to go on: a space and a word
+(``secret:c/api key``), a non-ASCII letter (``secret:c/clé``) or a symbol names do not hold."""
+
+
+def cut_refs(value: str) -> list[tuple[str, str]]:
+    """``(reference, as written)`` for each ``secret:NS/NAME`` in ``value`` whose name is cut short:
+    followed by text the name cannot hold (see :data:`_CUT`); ``as written`` runs to the end of that
+    word, e.g. ``("secret:c/api", "secret:c/api key")``. A name is ``[A-Za-z0-9_.-]`` only, so such a
+    value would send the secret followed by the rest."""
+    from toolcrib.gateway.trust.secrets import REF_RE
+
+    cut = []
+    for m in REF_RE.finditer(value):
+        if _CUT.match(value, m.end()):
+            word = re.match(r"\s*\S*", value[m.end() :])
+            cut.append((m.group(0), m.group(0) + (word.group(0) if word else "")))
+    return cut
+
+
+_VAR = re.compile(r"\$\{[^}]*\}")
+
+
+def unexpanded_vars(value: str) -> list[str]:
+    """Each ``${...}`` in ``value``: toolcrib never expands them (a server gets the text as written)."""
+    return _VAR.findall(value)
+
+
+_SCHEME = re.compile(r"^(Bearer|Basic|Token)\s+", re.I)
+
+
+def ref_name(key: str) -> str:
+    """A secret name for ``key`` (``Authorization`` -> ``authorization``, ``${GH TOKEN}`` -> ``gh_token``)."""
+    return re.sub(r"[^a-z0-9_.-]+", "_", key.lower()).strip("_.-") or "secret"
+
+
+def advised_reference(server: str, key: str, value: str) -> tuple[str, str, str]:
+    """``(name to store, value to write, scheme)`` for a literal secret ``value`` of ``key``: the
+    reference ``secret:SERVER/NAME``, after the auth scheme prefix the value had (``Bearer sk-...`` ->
+    ``("authorization", "Bearer secret:SERVER/authorization", "Bearer")``: store only what follows it)."""
+    name = ref_name(key)
+    scheme = _SCHEME.match(value)
+    return name, f"{scheme.group(0) if scheme else ''}secret:{server}/{name}", scheme.group(1) if scheme else ""
 
 
 _DSN_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]+:([^@\s]+)@")
@@ -146,7 +197,8 @@ def run_check(args: argparse.Namespace, config: Config) -> int:
     servers = config.enabled_servers
     problems: list[str] = []
     warnings: list[str] = []
-    print(f"{path}: {len(servers)} enabled servers, {config.gateway.mode} mode, auth = {config.gateway.auth!r}")
+    enabled = counted(len(servers), "enabled server")
+    print(f"{path}: {enabled}, {config.gateway.mode} mode, auth = {config.gateway.auth!r}")
     print(f"  state files (relative paths resolve against {path.parent}):")
     for section, key in STATE_PATHS:
         value = getattr(getattr(config, section), key)
@@ -185,16 +237,41 @@ def run_check(args: argparse.Namespace, config: Config) -> int:
             problems.append(problem)
         for field, values in (("env", s.env), ("headers", s.headers)):
             for key, value in values.items():
-                for bad in malformed_refs(value):
-                    problems.append(f"{name}: {field}.{key}: {bad!r} is not a reference; write secret:NAMESPACE/NAME")
                 if looks_like_literal_secret(key, value):
+                    stored, written, scheme = advised_reference(name, key, value)
+                    part = f" (only what follows {scheme!r})" if scheme else ""
                     warnings.append(
-                        f"{name}: {field}.{key} looks like a literal secret; store it with "
-                        f"`toolcrib creds set {name} {key.lower()}` and write secret:{name}/{key.lower()}"
+                        f"{name}: {field}.{key} looks like a literal secret; store it{part} with "
+                        f"`toolcrib creds set {name} {stored}` and write {key} = {json.dumps(written)}"
                     )
+        texts = [
+            *((f"env.{k}", v) for k, v in s.env.items()),
+            *((f"headers.{k}", v) for k, v in s.headers.items()),
+            *((f"args[{i}]", v) for i, v in enumerate(s.args)),
+            *([("url", s.url)] if s.url else []),
+        ]
+        cut_short = set()
+        for where, value in texts:
+            for bad in malformed_refs(value):
+                problems.append(f"{name}: {where}: {bad!r} is not a reference; write secret:NAMESPACE/NAME")
+            for ref, written in cut_refs(value):
+                cut_short.add(ref.removeprefix("secret:"))
+                meant = re.sub(r"[^A-Za-z0-9_.:/-]+", "_", written.strip())
+                problems.append(
+                    f"{name}: {where}: {written!r} is not one reference but {ref!r} and the text after it "
+                    f"(a name holds only letters, digits, _ . -); store the secret as {meant} and write that"
+                )
+            for var in unexpanded_vars(value):
+                stored = ref_name(var[2:-1].split(":")[0])
+                advice = f"store the value with `toolcrib creds set {name} {stored}` and write secret:{name}/{stored}"
+                if where == f"env.{var[2:-1]}" and s.command is not None:
+                    advice += f', or drop it and pass toolcrib\'s own with inherit_env = ["{var[2:-1]}"]'
+                warnings.append(f"{name}: {where}: {var} is not expanded (the server gets it as written); {advice}")
         for where in flagged:
             warnings.append(f"{name}: {where} looks like a literal secret; move it into a secret: reference")
         for ref in server_refs(s):
+            if ref in cut_short:
+                continue  # reported above: the reference is not what was meant
             source = store.source(ref)
             if source is None:
                 ns, _, key = ref.partition("/")
@@ -206,7 +283,8 @@ def run_check(args: argparse.Namespace, config: Config) -> int:
     for line in warnings:
         print(f"  warning {line}", file=sys.stderr)
     if problems:
-        print(f"{path}: {len(problems)} problems, {len(warnings)} warnings: fix the problems above (exit 1)")
+        tally = f"{counted(len(problems), 'problem')}, {counted(len(warnings), 'warning')}"
+        print(f"{path}: {tally}: fix the {'problem' if len(problems) == 1 else 'problems'} above (exit 1)")
         return 1
-    print(f"{path}: ok" + (f" with {len(warnings)} warnings (see above)" if warnings else ""))
+    print(f"{path}: ok" + (f" with {counted(len(warnings), 'warning')} (see above)" if warnings else ""))
     return 0

@@ -11,9 +11,12 @@ Clients and the file each snippet goes into:
   variable named by ``bearer_token_env_var``, which Codex prefers to an inline token).
 
 The launch command is the absolute path of the running ``toolcrib`` executable, so a client that
-does not share the virtualenv's ``PATH`` still finds it. With ``[gateway] auth = "keys"`` (or
-``keys+oauth``) HTTP snippets carry an ``Authorization: Bearer <KEY>`` placeholder; stdio snippets need
-no key (stdio mode runs as the local operator).
+does not share the virtualenv's ``PATH`` still finds it. A stdio launch also carries ``env.PATH``:
+the ``PATH`` of the shell that ran ``client-config``, with the launch command's directory first when
+it is not on it (see :func:`launch_path`), because clients start servers with their own minimal
+``PATH`` (Claude Desktop: ``/usr/bin:/bin``) and the gateway's stdio servers inherit it.
+With ``[gateway] auth = "keys"`` (or ``keys+oauth``) HTTP snippets carry an ``Authorization: Bearer
+<KEY>`` placeholder; stdio snippets need no key (stdio mode runs as the local operator).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import shlex
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +53,19 @@ def executable() -> list[str]:
     return [sys.executable, "-m", "toolcrib"]
 
 
+def launch_path(command: str, environ: Mapping[str, str] | None = None) -> str:
+    """The ``PATH`` a client-launched gateway gets: ``environ["PATH"]`` (default ``os.environ``) with
+    the directory of ``command`` (an absolute path) put first when it is not already an entry. In a
+    virtualenv that directory holds its ``python`` and the console scripts of servers installed
+    beside toolcrib, as when the virtualenv is activated; empty entries (the cwd) are dropped."""
+    environ = os.environ if environ is None else environ
+    here = os.path.dirname(command)
+    entries = [p for p in environ.get("PATH", "").split(os.pathsep) if p]
+    if here and here not in entries:
+        entries.insert(0, here)
+    return os.pathsep.join(entries)
+
+
 def gateway_url(config: Config) -> str:
     """``http://HOST:PORT/mcp`` as a client on this machine reaches it (a wildcard bind becomes loopback)."""
     host = config.gateway.host
@@ -71,12 +88,16 @@ def snippet(client: str, config: Config, config_path: Path | str, *, stdio: bool
         raise ValueError(f"unknown client {client!r}; choose one of {', '.join(CLIENTS)}")
     cmd = executable()
     launch_args = [*cmd[1:], "--config", str(Path(config_path).resolve()), "serve", "--stdio"]
-    launch: dict[str, Any] = {"command": cmd[0], "args": launch_args}
+    launch: dict[str, Any] = {"command": cmd[0], "args": launch_args, "env": {"PATH": launch_path(cmd[0])}}
     url = gateway_url(config)
     stdio = stdio or client in ("claude", "claude-desktop")
     notes: list[str] = []
     if stdio:
         notes.append("the client starts `toolcrib serve --stdio` itself; it runs as the local operator (no key needed)")
+        notes.append(
+            "env.PATH is this shell's PATH (toolcrib's directory first), so servers named by a bare command "
+            "(python, npx, uvx) are found as here; edit it if you move them"
+        )
     else:
         if config.gateway.port == 0:
             notes.append("[gateway] port is 0 (a random port each start): set a fixed port for clients to use")
@@ -95,7 +116,8 @@ def snippet(client: str, config: Config, config_path: Path | str, *, stdio: bool
         return _codex(launch if stdio else None, url, key), notes
     if client == "claude-code":
         if stdio:
-            return shlex.join(["claude", "mcp", "add", "toolcrib", "--", cmd[0], *launch_args]), notes
+            env_flag = ["-e", f"PATH={launch['env']['PATH']}"]
+            return shlex.join(["claude", "mcp", "add", "toolcrib", *env_flag, "--", cmd[0], *launch_args]), notes
         extra = ["--header", f"Authorization: Bearer {KEY_PLACEHOLDER}"] if key else []
         return shlex.join(["claude", "mcp", "add", "--transport", "http", "toolcrib", url, *extra]), notes
     if client == "vscode":
@@ -126,6 +148,7 @@ def _codex(launch: dict[str, Any] | None, url: str, key: bool) -> str:
     if launch is not None:
         lines.append(f"command = {json.dumps(launch['command'])}")
         lines.append(f"args = [{', '.join(json.dumps(a) for a in launch['args'])}]")
+        lines.append(f"env = {{ PATH = {json.dumps(launch['env']['PATH'])} }}")
     else:
         lines.append(f"url = {json.dumps(url)}")
         if key:

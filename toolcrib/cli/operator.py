@@ -20,8 +20,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from toolcrib.cli.words import counted
 from toolcrib.config import Config
-from toolcrib.errors import SecretError, ToolcribError
+from toolcrib.errors import SecretError, ToolcribError, UsageError
 
 Handler = Callable[[argparse.Namespace, Config], int]
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
@@ -31,8 +32,8 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 def parse_time(text: str, now: float | None = None) -> float:
     """``30m``/``12h``/``7d``/``2w`` ago, an ISO date or datetime, or epoch seconds -> epoch seconds.
 
-    Raises :class:`ToolcribError` for anything else, including non-finite numbers (``nan``, ``1e400``)
-    and times outside what a datetime can show (years 1-9999).
+    Raises :class:`UsageError` (a :class:`ToolcribError`, exit 2) for anything else, including
+    non-finite numbers (``nan``, ``1e400``) and times outside what a datetime can show (years 1-9999).
     """
     now = time.time() if now is None else now
     hint = f"cannot read time {text[:40]!r}; use 7d, 12h, 30m, 2026-01-31 or 2026-01-31T12:00"
@@ -49,7 +50,29 @@ def parse_time(text: str, now: float | None = None) -> float:
                 value = parsed.timestamp()
         dt.datetime.fromtimestamp(value, dt.UTC)  # finite and showable, or ValueError/OverflowError
     except (ValueError, OverflowError, OSError):
-        raise ToolcribError(hint) from None
+        raise UsageError(hint) from None
+    return value
+
+
+def time_arg(text: str) -> str:
+    """argparse ``type`` for a time option (``--since``, ``--before``): ``text`` unchanged when
+    :func:`parse_time` reads it, else a usage error at parse time (one line, exit 2), before any
+    state is opened."""
+    try:
+        parse_time(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return text
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` for a count that must be at least 1 (``--limit``, ``--days``, ``-n``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number; give one of at least 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
 
 
@@ -76,7 +99,7 @@ def confirm(args: argparse.Namespace, what: str) -> None:
     if getattr(args, "yes", False):
         return
     if not sys.stdin.isatty():
-        raise ToolcribError(f"refusing to {what} without confirmation; rerun with --yes (no terminal to ask on)")
+        raise UsageError(f"refusing to {what} without confirmation; rerun with --yes (no terminal to ask on)")
     try:
         answer = input(f"{what}? [y/N] ")
     except EOFError:
@@ -94,6 +117,9 @@ def _operator() -> str:
 
 # keys
 
+KEY_AUTH_MODES = ("keys", "keys+oauth")
+"""``[gateway] auth`` values under which API keys authenticate callers (HTTP and the console login)."""
+
 
 def _keys(args: argparse.Namespace, config: Config) -> int:
     from toolcrib.cli.db import cli_database
@@ -108,6 +134,12 @@ def _keys(args: argparse.Namespace, config: Config) -> int:
         else:
             print(key)
             print(f"key for {args.name!r} (groups: {', '.join(groups) or '-'}); it is shown only once", file=sys.stderr)
+        if config.gateway.auth not in KEY_AUTH_MODES:
+            print(
+                f"warning: [gateway] auth = {json.dumps(config.gateway.auth)}: this key is stored but not checked; "
+                'it takes effect only with auth = "keys" or "keys+oauth" (then restart `toolcrib serve`)',
+                file=sys.stderr,
+            )
     elif args.action == "list":
         keys = store.list()
         if args.json:
@@ -242,7 +274,7 @@ def _tools(args: argparse.Namespace, config: Config) -> int:
         return 1 if diff else 0  # like diff(1): 1 when they differ
     elif args.server:
         approved = pins.approve_server(args.key)
-        print(f"approved {len(approved)} tools of {args.key}: {', '.join(approved) or '-'}", file=sys.stderr)
+        print(f"approved {counted(len(approved), 'tool')} of {args.key}: {', '.join(approved) or '-'}", file=sys.stderr)
     else:
         digest = pins.approve(args.key)
         print(f"{args.key}: pinned {digest[:12]}; it is searchable and callable again", file=sys.stderr)
@@ -299,18 +331,18 @@ def register(sub: Any) -> None:
     from toolcrib.cli.audit import _audit
 
     acts = verb("audit", "the tamper-evident log of searches and calls", _audit)
-    action(acts, "tail", "the last N rows", json_flag=True).add_argument("-n", type=int, default=20)
+    action(acts, "tail", "the last N rows", json_flag=True).add_argument("-n", type=positive_int, default=20)
     p = action(acts, "query", "rows matching filters", json_flag=True)
     p.add_argument("--principal", help="KIND:SUBJECT (key:ci), or a bare SUBJECT to match it under any kind")
     p.add_argument("--tool", help="glob over namespaced tool names, e.g. 'git__*'")
-    p.add_argument("--since", help="7d, 12h, 30m, or an ISO date/time")
+    p.add_argument("--since", type=time_arg, help="7d, 12h, 30m, or an ISO date/time")
     p.add_argument(
         "--outcome",
         choices=["ok", "tool_error", "protocol_error", "timeout", "cancelled", "upstream_crash", "denied", "pending"],
     )
     p.add_argument("--kind", choices=["call", "search", "attempt", "outcome", "auth", "tally"])
     p.add_argument("--method", help="glob over MCP methods, e.g. 'resources/*'")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=positive_int, default=100)
     p = action(acts, "export", "every row as JSON lines, hashes included")
     p.add_argument("--jsonl", action="store_true", help="JSON lines (the only format; accepted for clarity)")
     p.add_argument("-o", "--output", help="file to write (default stdout)")
@@ -321,7 +353,7 @@ def register(sub: Any) -> None:
         json_flag=True,
     )
     p = action(acts, "prune", "delete rows older than --before, keeping verify working (asks first unless --yes)")
-    p.add_argument("--before", required=True, help="7d, 12h, or an ISO date/time; never in the future")
+    p.add_argument("--before", required=True, type=time_arg, help="7d, 12h, or an ISO date/time; never in the future")
     p.add_argument("--dry-run", action="store_true", help="only print how many rows would be deleted")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
 

@@ -10,8 +10,9 @@ import argparse
 import datetime as dt
 from typing import Any
 
+from toolcrib.cli.operator import positive_int
 from toolcrib.config import Config
-from toolcrib.errors import ToolcribError
+from toolcrib.errors import UsageError
 
 
 def _percent(saved: int, full: int) -> str:
@@ -24,7 +25,7 @@ def _savings(args: argparse.Namespace, config: Config) -> int:
     from toolcrib.observe.savings import SavingsLedger, open_savings_store, utc_day
 
     if args.days < 1:
-        raise ToolcribError(f"--days must be at least 1, not {args.days}")
+        raise UsageError(f"--days must be at least 1, not {args.days}")
     db = cli_database(config)
     try:
         ledger = SavingsLedger(open_savings_store(config, db, create=False), flush_every=None)
@@ -72,7 +73,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "savings", help="tokens of the full tool list vs what clients loaded (per UTC day, or per principal)"
     )
-    p.add_argument("--days", type=int, default=7, metavar="N", help="the last N UTC days, today included (default 7)")
+    p.add_argument(
+        "--days", type=positive_int, default=7, metavar="N", help="the last N UTC days, today included (default 7)"
+    )
     p.add_argument("--by-principal", action="store_true", help="one row per principal, summed over those days")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_savings)

@@ -289,16 +289,20 @@ def validation_layer(schema_of: Callable[[str], dict[str, Any] | None]) -> Layer
     return layer
 
 
+def quarantined_text(key: str) -> str:
+    """What a caller who may otherwise use tool ``key`` is told while it is quarantined."""
+    return (
+        f"{key} is quarantined: its definition changed since it was approved; "
+        f"an operator can review it with `toolcrib tools diff {key}`"
+    )
+
+
 def quarantine_layer(is_quarantined: Callable[[str], bool]) -> Layer:
     """A tool whose definition changed since it was pinned is not callable until re-approved."""
 
     async def layer(call: UpstreamCall, nxt: Next) -> Result:
         if call.kind == "tool" and is_quarantined(call.target):
-            text = (
-                f"{call.target} is quarantined: its definition changed since it was approved; "
-                f"an operator can review it with `toolcrib tools diff {call.target}`"
-            )
-            return refuse(call, text, "denied")
+            return refuse(call, quarantined_text(call.target), "denied")
         return await nxt(call)
 
     return layer

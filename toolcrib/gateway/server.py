@@ -41,7 +41,7 @@ from toolcrib.gateway.changes import notify, upstream_changed
 from toolcrib.gateway.forward import Forwarder
 from toolcrib.gateway.mrtr import Mrtr, arrive
 from toolcrib.gateway.parked import Parking
-from toolcrib.gateway.pipeline import Layer, Pipeline, TargetKind, UpstreamCall, tool_error
+from toolcrib.gateway.pipeline import Layer, Pipeline, TargetKind, UpstreamCall, quarantined_text, tool_error
 from toolcrib.gateway.relay import Relay
 from toolcrib.gateway.trust.identity import Principal
 from toolcrib.gateway.trust.quarantine import Trust
@@ -273,6 +273,11 @@ class Gateway:
         allowed = entry is not None and self.may_use(info.principal, name)
         if not allowed or (via != "invoke" and not self._callable_by_name(info.peer, name)):
             self._unknown(call, "unknown" if entry is None else "hidden" if not allowed else "not_loaded")
+            why = self._why_unavailable(info.principal, name, entry is not None)
+            if why is not None and via == "invoke":
+                return tool_error(why)
+            if why is not None:
+                raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}; {why}")
             if via == "invoke":
                 return tool_error(f"unknown tool {name!r}; call search_tools to find the exact name")
             if allowed and not info.peer.stateful:
@@ -283,6 +288,31 @@ class Gateway:
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}")
         result: types.CallToolResult | types.InputRequiredResult = await self._run(ctx, call)
         return result
+
+    def _down_servers(self, principal: Principal, tool: str | None = None) -> list[tuple[str, str]]:
+        """``[(server, why)]`` of the servers not connected (:meth:`Pool.not_connected`) that ``principal``
+        may hear about: those whose tools the policy would list to it, probed with ``tool`` (a name asked
+        for, which must then carry the server's prefix unless ``keep_names``) or ``SERVER<sep>*``."""
+        sep, keep = self.config.gateway.separator, self.config.gateway.keep_names
+        down = []
+        for server, why in self.pool.not_connected():
+            if tool is not None and not keep and not tool.startswith(server + sep):
+                continue
+            probe = tool if tool is not None else ("*" if keep else f"{server}{sep}*")
+            if self.trust.may_use(principal, probe):
+                down.append((server, why))
+        return down
+
+    def _why_unavailable(self, principal: Principal, name: str, listed: bool) -> str | None:
+        """Why tool ``name`` cannot be called, when it is not the caller's mistake: it is quarantined
+        (``listed``, and the policy would allow it), or no listed tool has this name and the server its
+        name points to (any server not connected, with ``keep_names``) is not connected. None: unknown."""
+        if listed:
+            return quarantined_text(name) if self.trust.only_quarantined(principal, name) else None
+        down = self._down_servers(principal, name)
+        if not down:
+            return None
+        return f"tool {name!r} is not available now, its server is {disp.not_connected_text(down)}"
 
     async def _search(self, ctx: Ctx, info: RequestInfo, arguments: dict[str, Any]) -> types.CallToolResult:
         args = disp.parse_search_args(arguments)
@@ -305,7 +335,12 @@ class Gateway:
             call = self._call(ctx, info, "tools/call", "tool", disp.SEARCH, "", disp.SEARCH, arguments=arguments)
             self._on_search(call, keys)
         await self._load(info.peer, keys)
-        rendered = disp.render_results(results)
+        if results:
+            rendered = disp.render_results(results)
+        else:
+            down = self._down_servers(principal)
+            visible = down and any(self.may_use(principal, k) for k in self.pool.catalog.tools)
+            rendered = disp.render_results([], disp.empty_search_text(args.server, down, bool(visible)))
         if self.savings is not None:
             self.savings.searched(principal, rendered)
         return rendered

@@ -182,11 +182,43 @@ def compact_schema(schema: Any) -> Any:
     return out
 
 
-def render_results(results: Sequence[tuple[Entry, float]]) -> types.CallToolResult:
+NOT_CONNECTED_ADVICE = (
+    "Tell the user: the operator must fix this (see the `toolcrib serve` output or run `toolcrib check`); "
+    "the tools appear once the server connects"
+)
+
+
+def not_connected_text(down: Sequence[tuple[str, str]]) -> str:
+    """``not connected: S: why; ...`` for ``[(server, why)]`` (see
+    :meth:`toolcrib.router.pool.Pool.not_connected`), then :data:`NOT_CONNECTED_ADVICE`: a model
+    cannot fix this by rephrasing a query or renaming a tool."""
+    listed = "; ".join(f"{server}: {why}" for server, why in down)
+    return f"not connected: {listed}. {NOT_CONNECTED_ADVICE}"
+
+
+def empty_search_text(server: str | None, down: Sequence[tuple[str, str]], any_tools: bool) -> str:
+    """Why a search found nothing: the query (when every server is connected), or the servers that are
+    not (``down``), so a model is not told to rephrase when nothing it could write would help.
+    ``any_tools``: whether the caller can see any tool at all."""
+    mine = [d for d in down if d[0] == server]
+    if mine:
+        return f"no tools of server {server!r}, rephrasing will not help; {not_connected_text(mine)}"
+    if not down:
+        return "no matching tools; rephrase the query or drop the server filter"
+    if not any_tools:
+        return f"no tools to search, rephrasing will not help; {not_connected_text(down)}"
+    return f"no matching tools; rephrase the query, or the tool may be on a server that is {not_connected_text(down)}"
+
+
+def render_results(
+    results: Sequence[tuple[Entry, float]],
+    empty: str = "no matching tools; rephrase the query or drop the server filter",
+) -> types.CallToolResult:
     """Compact JSON a model can read: ``[{"name", "description", "inputSchema"?, "outputSchema"?, "score"}]``.
 
     Schema keys are spelled as in MCP's ``Tool`` (2025-11-25 schema: ``inputSchema``, ``outputSchema``);
     ``inputSchema`` is left out when the tool takes no parameters, ``outputSchema`` when it declares none.
+    No results read ``[] (EMPTY)``, ``empty`` saying why (see :func:`empty_search_text`).
     """
     items = []
     for entry, score in results:
@@ -203,7 +235,7 @@ def render_results(results: Sequence[tuple[Entry, float]]) -> types.CallToolResu
         items.append(item)
     text = json.dumps(items, ensure_ascii=False, separators=(",", ":"))
     if not items:
-        text = "[] (no matching tools; rephrase the query or drop the server filter)"
+        text = f"[] ({empty})"
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=text)], structured_content={"tools": items}
     )

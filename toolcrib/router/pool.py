@@ -197,6 +197,21 @@ class Pool:
             raise ToolNotFound(f"unknown tool {key!r}; call search_tools to find the exact name")
         return entry
 
+    def not_connected(self) -> list[tuple[str, str]]:
+        """``[(server, why)]``, by name, for each upstream whose tools are missing from the catalog
+        because it is not connected (never connected, or down and its last listing empty). ``why`` is
+        what ``toolcrib serve`` prints: ``STATUS (error)``, e.g. ``reconnecting (command not found: python
+        ...)``, or ``starting (still connecting)``. A server that went down after listing its tools
+        keeps them in the catalog, and a call to one answers why it is unavailable."""
+        listed = {e.server for e in self.catalog.tools.values()}
+        out = []
+        for name, up in sorted(self.upstreams.items()):
+            st = up.state
+            if st.status == "connected" or name in listed:
+                continue
+            out.append((name, f"{st.status} ({st.error or 'still connecting'})"))
+        return out
+
     def upstream(self, server: str) -> Upstream:
         up = self.upstreams.get(server)
         if up is None:

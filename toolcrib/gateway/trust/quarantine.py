@@ -60,6 +60,11 @@ class Trust:
             return "quarantine"
         return self.decide(principal, target, arguments, kind).rule
 
+    def only_quarantined(self, principal: Principal, key: str) -> bool:
+        """Tool ``key`` is quarantined and policy would otherwise list it to ``principal`` (so telling
+        this caller it is quarantined reveals nothing the policy hides)."""
+        return self.is_quarantined(key) and policy.allowed(principal, key, self.rules, self.default)
+
     def is_quarantined(self, key: str) -> bool:
         self._maybe_reload()
         return key in self.quarantined
