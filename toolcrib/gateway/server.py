@@ -290,17 +290,17 @@ class Gateway:
         return result
 
     def _down_servers(self, principal: Principal, tool: str | None = None) -> list[tuple[str, str]]:
-        """``[(server, why)]`` of the servers not connected (:meth:`Pool.not_connected`) that ``principal``
+        """``[(server, status)]`` of the servers not connected (:meth:`Pool.not_connected`) that ``principal``
         may hear about: those whose tools the policy would list to it, probed with ``tool`` (a name asked
         for, which must then carry the server's prefix unless ``keep_names``) or ``SERVER<sep>*``."""
         sep, keep = self.config.gateway.separator, self.config.gateway.keep_names
         down = []
-        for server, why in self.pool.not_connected():
+        for server, status in self.pool.not_connected():
             if tool is not None and not keep and not tool.startswith(server + sep):
                 continue
             probe = tool if tool is not None else ("*" if keep else f"{server}{sep}*")
             if self.trust.may_use(principal, probe):
-                down.append((server, why))
+                down.append((server, status))
         return down
 
     def _why_unavailable(self, principal: Principal, name: str, listed: bool) -> str | None:

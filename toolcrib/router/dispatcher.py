@@ -183,16 +183,16 @@ def compact_schema(schema: Any) -> Any:
 
 
 NOT_CONNECTED_ADVICE = (
-    "Tell the user: the operator must fix this (see the `toolcrib serve` output or run `toolcrib check`); "
-    "the tools appear once the server connects"
+    "Tell the user: the operator must fix this (the reason is in the `toolcrib serve` output, the console "
+    "and `toolcrib check`); the tools appear once the server connects"
 )
 
 
 def not_connected_text(down: Sequence[tuple[str, str]]) -> str:
-    """``not connected: S: why; ...`` for ``[(server, why)]`` (see
+    """``not connected: S (status); ...`` for ``[(server, status)]`` (see
     :meth:`toolcrib.router.pool.Pool.not_connected`), then :data:`NOT_CONNECTED_ADVICE`: a model
     cannot fix this by rephrasing a query or renaming a tool."""
-    listed = "; ".join(f"{server}: {why}" for server, why in down)
+    listed = "; ".join(f"{server} ({status})" for server, status in down)
     return f"not connected: {listed}. {NOT_CONNECTED_ADVICE}"
 
 

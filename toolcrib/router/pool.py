@@ -198,19 +198,19 @@ class Pool:
         return entry
 
     def not_connected(self) -> list[tuple[str, str]]:
-        """``[(server, why)]``, by name, for each upstream whose tools are missing from the catalog
-        because it is not connected (never connected, or down and its last listing empty). ``why`` is
-        what ``toolcrib serve`` prints: ``STATUS (error)``, e.g. ``reconnecting (command not found: python
-        ...)``, or ``starting (still connecting)``. A server that went down after listing its tools
-        keeps them in the catalog, and a call to one answers why it is unavailable."""
+        """``[(server, status)]``, by name, for each upstream whose tools are missing from the catalog
+        because it is not connected (never connected, or down and its last listing empty); ``status``
+        is its supervisor state (``starting``, ``reconnecting``, ...). The error behind it (a command
+        line, an internal URL, an upstream's own message) is for the operator (``toolcrib serve``,
+        ``toolcrib status``, the console), not for clients, so it is not returned here. A server that
+        went down after listing its tools keeps them in the catalog, and a call to one answers why it
+        is unavailable."""
         listed = {e.server for e in self.catalog.tools.values()}
-        out = []
-        for name, up in sorted(self.upstreams.items()):
-            st = up.state
-            if st.status == "connected" or name in listed:
-                continue
-            out.append((name, f"{st.status} ({st.error or 'still connecting'})"))
-        return out
+        return [
+            (name, up.state.status)
+            for name, up in sorted(self.upstreams.items())
+            if up.state.status != "connected" and name not in listed
+        ]
 
     def upstream(self, server: str) -> Upstream:
         up = self.upstreams.get(server)
