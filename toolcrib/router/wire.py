@@ -200,6 +200,11 @@ class Wire:
             raise
         finally:
             self._bc.forget(rid)
+            if answer.done() and not answer.cancelled():
+                # A write that failed on a dead connection raised before `answer` was awaited, while the
+                # connection's end also failed `answer`: read its exception so asyncio does not report
+                # "Future exception was never retrieved" (an error log; an error in anyio's test runner).
+                answer.exception()
 
     async def _cancel(self, rid: str) -> None:
         note = types.JSONRPCNotification(
