@@ -225,7 +225,9 @@ async def test_audit_has_one_completed_row_for_every_call(tmp_path: Path) -> Non
     rows = log.query(limit=100)
     search = [r for r in rows if r["kind"] == "search"]
     assert search and search[0]["query"] == "echo text" and "echo__echo" in search[0]["results"]
+    assert search[0]["method"] == "tools/call:direct"  # the client called search_tools by its name
     calls = [r for r in rows if r["kind"] == "call"]
+    assert sorted(r["method"] for r in calls) == ["tools/call:invoke", "tools/call:invoke"]
     assert not [r for r in rows if r["kind"] in ("attempt", "outcome")]
     assert len(calls) == 2 and all(r["completed"] is not None and r["seal"] for r in calls)
     assert sorted(r["outcome"] for r in calls) == ["ok", "tool_error"]

@@ -189,7 +189,7 @@ class Gateway:
             server=server,
             name=name,
             arguments=kw.pop("arguments", {}),
-            via=kw.pop("via", method),
+            via=kw.pop("via", "direct" if kind == "tool" else method),  # see UpstreamCall.via
             transport=peer.transport,
             session_id=peer.id if peer.stateful else None,
             client_name=peer.client_name,
@@ -332,7 +332,9 @@ class Gateway:
             results = run()
         keys = [e.key for e, _ in results]
         if self._on_search is not None:
-            call = self._call(ctx, info, "tools/call", "tool", disp.SEARCH, "", disp.SEARCH, arguments=arguments)
+            call = self._call(
+                ctx, info, "tools/call", "tool", disp.SEARCH, "", disp.SEARCH, arguments=arguments, via="direct"
+            )
             self._on_search(call, keys)
         await self._load(info.peer, keys)
         if results:
