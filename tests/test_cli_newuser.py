@@ -171,3 +171,30 @@ def test_check_summary_counts_in_the_singular(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert out.stdout.splitlines()[0].startswith(f"{cfg}: 1 enabled server, ")
     assert out.stdout.splitlines()[-1] == f"{cfg}: 1 problem, 1 warning: fix the problem above (exit 1)"
+
+
+# 8: `index usage` says why it is empty, and a reset of a tool without anchors is a usage error
+
+
+def test_index_usage_show_explains_an_empty_store_and_reset_refuses_an_unknown_tool(tmp_path: Path) -> None:
+    import time
+
+    from toolcrib.index.usage import usage_store
+
+    cfg = _write(tmp_path / "t.toml", '[index]\npath = "idx"\nusage_interval = 120\n')
+    shown = _run(cfg, "index", "usage", "show")
+    assert shown.returncode == 0, shown.stderr
+    assert "no anchors yet: the gateway mines its audit log every 120 s" in shown.stdout
+    store = usage_store(tmp_path / "idx", None)
+    store.update(lambda state: state.add_use("time__now", "what time is it", time.time()))
+    typo = _run(cfg, "index", "usage", "reset", "time__nwo")
+    assert typo.returncode == 2 and typo.stdout == ""
+    assert typo.stderr.strip().splitlines() == [
+        "toolcrib: no usage anchors for tool 'time__nwo'; `toolcrib index usage show` lists the tools that have some"
+    ]
+    assert store.load().count() == 1  # nothing lost
+    shown = _run(cfg, "index", "usage", "show")
+    assert "time__now" in shown.stdout and "no anchors yet" not in shown.stdout
+    reset = _run(cfg, "index", "usage", "reset", "time__now")
+    assert reset.returncode == 0 and "1 dropped" in reset.stdout
+    assert store.load().count() == 0

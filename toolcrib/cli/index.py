@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from toolcrib.config import Config
-from toolcrib.errors import ConfigError, IndexError_
+from toolcrib.errors import ConfigError, IndexError_, UsageError
 
 
 def expander(config: Config) -> Callable[[str], str]:
@@ -145,6 +145,10 @@ def _cmd_usage(args: argparse.Namespace, config: Config) -> int:
     store = usage_store(config.index.path, cli_database(config))
     half_life = config.index.usage_half_life_days
     if args.usage_action == "reset":
+        if args.tool and args.tool not in store.load().anchors:
+            raise UsageError(
+                f"no usage anchors for tool {args.tool!r}; `toolcrib index usage show` lists the tools that have some"
+            )
         dropped = 0
 
         def change(state: Any) -> None:
@@ -167,6 +171,14 @@ def _cmd_usage(args: argparse.Namespace, config: Config) -> int:
         f"usage anchors at {store.where}: learning from use {status}; audit mined up to seq {state.last_seq}",
         soft_wrap=True,
     )
+    if not state.anchors:
+        console.print(
+            "no anchors yet: the gateway mines its audit log every "
+            f"{config.index.usage_interval:g} s ([index] usage_interval) for searches followed by a successful "
+            "invoke of a found tool by the same principal and session",
+            soft_wrap=True,
+        )
+        return 0
     if args.tool:
         if args.tool not in state.anchors:
             console.print(f"no anchors for {args.tool!r}")
