@@ -198,3 +198,24 @@ def test_index_usage_show_explains_an_empty_store_and_reset_refuses_an_unknown_t
     reset = _run(cfg, "index", "usage", "reset", "time__now")
     assert reset.returncode == 0 and "1 dropped" in reset.stdout
     assert store.load().count() == 0
+
+
+# 4: tables on a narrow terminal print one record per row instead of cutting names into pieces
+
+
+@pytest.mark.parametrize("columns", [60, 80, 120])
+def test_tables_never_cut_a_value_on_a_narrow_terminal(tmp_path: Path, columns: int) -> None:
+    import os
+
+    cfg = _write(tmp_path / "t.toml", '[gateway]\nauth = "keys"\n')
+    name = "ci-runner-for-the-nightly-integration-suite-of-project-x"
+    assert _run(cfg, "keys", "add", name).returncode == 0
+    env = {**os.environ, "COLUMNS": str(columns)}
+    out = subprocess.run(
+        [TOOLCRIB, "--config", str(cfg), "keys", "list"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert name in out.stdout  # whole, on one line, at any width
+    assert all(len(line) <= columns for line in out.stdout.splitlines() if name not in line)
+    if len(name) + 20 > columns:
+        assert "one record per row" in out.stdout

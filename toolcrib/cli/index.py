@@ -115,7 +115,10 @@ def _cmd_search(args: argparse.Namespace, config: Config) -> int:
 
     table = Table(title=f"search: {args.query}")
     for col in ("score", "name", "description", *(["parts"] if args.explain else [])):
-        table.add_column(col, overflow="fold")
+        # score and name stay whole (a name is what the user copies); description and parts wrap at words
+        table.add_column(
+            col, overflow="fold", no_wrap=col in ("score", "name"), min_width=12 if col == "description" else None
+        )
     for r in rows:
         extra = [describe_parts(r["parts"])] if "parts" in r else []
         table.add_row(f"{r['score']:.3f}", str(r["name"]), str(r["description"]), *extra)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
@@ -85,12 +86,28 @@ def _print_json(value: Any) -> None:
 
 
 def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    Console().print(table)
+    """Print ``rows`` as a table when every cell fits the terminal unbroken, else as one record per row
+    (``column  value`` lines, like ``psql``'s expanded mode), so names, ids and times are never cut
+    into pieces on a narrow terminal. Without a terminal (a pipe) rich assumes 80 columns."""
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    console = Console()
+    widths = [
+        max([cell_len(c), *(cell_len(x) for r in cells for x in r[i].splitlines())]) for i, c in enumerate(columns)
+    ]
+    if sum(widths) + 3 * len(widths) + 1 <= console.width:
+        table = Table(title=title, title_justify="left")
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for row in cells:
+            table.add_row(*row)
+        console.print(table)
+        return
+    label = max(len(c) for c in columns)
+    console.print(f"{title} ({counted(len(cells), 'row')}; one record per row: the table is wider than the terminal)")
+    for n, row in enumerate(cells, 1):
+        console.print(f"-[ {n} ]" + "-" * max(0, min(console.width, 40) - 6 - len(str(n))), highlight=False)
+        for column, value in zip(columns, row, strict=True):
+            console.print(f"{column:<{label}}  {value}", highlight=False, soft_wrap=True, markup=False)
 
 
 def confirm(args: argparse.Namespace, what: str) -> None:
