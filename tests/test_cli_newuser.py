@@ -219,3 +219,32 @@ def test_tables_never_cut_a_value_on_a_narrow_terminal(tmp_path: Path, columns: 
     assert all(len(line) <= columns for line in out.stdout.splitlines() if name not in line)
     if len(name) + 20 > columns:
         assert "one record per row" in out.stdout
+
+
+# 3: two configs in one folder share .toolcrib/ unless told otherwise: check (and serve) say so
+
+
+def test_check_warns_when_a_sibling_config_shares_the_state_folder(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.toml", '[gateway]\nauth = "none"\n')
+    b = _write(tmp_path / "b.toml", '[gateway]\nauth = "none"\n[audit]\npath = "b-state/audit.db"\n')
+    _write(tmp_path / "pyproject.toml", '[project]\nname = "x"\n')  # not a toolcrib config: skipped
+    _write(tmp_path / "broken.toml", "this is not toml = = =\n")  # unreadable: skipped
+    out = _run(a, "check")
+    (warning,) = [line for line in out.stderr.splitlines() if "same state" in line]
+    assert "b.toml in the same folder uses the same state ([index] path," in warning
+    assert "[audit] path" not in warning  # b moved its audit log away
+    assert "move one of them into a folder of its own" in warning
+    alone = _write(tmp_path / "own" / "c.toml", '[gateway]\nauth = "none"\n')
+    assert "same state" not in _run(alone, "check").stderr
+    separate = _write(
+        tmp_path / "d.toml",
+        "\n".join(
+            f'[{sec}]\n{key} = "d/{sec}-{key}"'
+            for sec, key in (("index", "path"), ("audit", "path"), ("auth", "keys_path"))
+        )
+        + '\n[policy]\napprovals_path = "d/ap.db"\npins_path = "d/pins.json"\n',
+    )
+    warned = [line for line in _run(separate, "check").stderr.splitlines() if "same state" in line]
+    assert all("d.toml" not in line for line in warned)
+    assert not any("[index] path" in line for line in warned)  # d's own state is its own
+    assert b.is_file()

@@ -16,6 +16,7 @@ import math
 import os
 import re
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -564,3 +565,47 @@ STATE_PATHS = (
     ("secrets", "file"),
 )
 """``(section, key)`` of every state path :func:`resolve_paths` anchors to the config's directory."""
+
+
+#: Sibling files :func:`shared_state` reads at most (a folder of many TOML files is not all configs).
+SIBLING_LIMIT = 50
+
+
+def shared_state(config: Config, config_path: Path) -> list[tuple[Path, list[str]]]:
+    """Other toolcrib configs in ``config_path``'s folder whose state files are this config's too.
+
+    Relative state paths resolve against the config's folder, so two configs there that keep the
+    defaults share ``.toolcrib/``: one's ``search`` shows the other's tools, their audit logs mix.
+    Returns ``[(other config, ["[index] path", ...])]``; siblings that are not valid toolcrib configs
+    (``pyproject.toml``, a broken file) are skipped, at most :data:`SIBLING_LIMIT` are read. A
+    shared database (``[storage] url``) is meant to be shared and is not compared.
+    """
+    own = config_path.resolve()
+    if not own.is_file():
+        return []
+    mine = {getattr(getattr(config, sec), key): f"[{sec}] {key}" for sec, key in STATE_PATHS}
+    mine.pop(None, None)
+    found: list[tuple[Path, list[str]]] = []
+    siblings = sorted(p for p in own.parent.glob("*.toml") if p.resolve() != own)[:SIBLING_LIMIT]
+    for other in siblings:
+        try:
+            theirs, _ = load_config(other)
+        except (ConfigError, OSError, ValueError):
+            continue
+        same = [
+            mine[value]
+            for sec, key in STATE_PATHS
+            if (value := getattr(getattr(theirs, sec), key)) is not None and value in mine
+        ]
+        if same:
+            found.append((other, same))
+    return found
+
+
+def shared_state_warning(other: Path, what: Sequence[str]) -> str:
+    """One line: which config shares which state, and what to do."""
+    return (
+        f"{other.name} in the same folder uses the same state ({', '.join(what)}): its index, audit log and "
+        "approvals mix with this config's; move one of them into a folder of its own (relative state paths "
+        "resolve against the config's folder) or give it its own paths"
+    )

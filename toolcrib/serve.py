@@ -13,7 +13,7 @@ from typing import TextIO
 import anyio
 
 from toolcrib.app import Running, build, check_bind, running_gateway
-from toolcrib.config import Config, load_config
+from toolcrib.config import Config, load_config, shared_state, shared_state_warning
 from toolcrib.errors import ConfigError, ToolcribError
 from toolcrib.gateway.edge.stdio import serve_stdio
 from toolcrib.gateway.trust import policy
@@ -139,6 +139,9 @@ async def serve(config: Config, *, out: TextIO = sys.stderr, config_path: Path |
                     print(f"  operator console: {rt.url.removesuffix('/mcp')}/console", file=out)
                 for line in describe_upstreams(rt.pool, rt.parts.trust):
                     print(line, file=out)
+                if config_path is not None:
+                    for other, what in await anyio.to_thread.run_sync(shared_state, config, config_path):
+                        print(f"  warning: {shared_state_warning(other, what)}", file=out)
                 live.append(rt)
                 if reload_wanted.is_set():
                     await reload()

@@ -64,6 +64,21 @@ async def test_serve_reports_and_stops_cleanly_on_sigterm(tmp_path: Path) -> Non
         assert not [pid for pid in children if alive(pid)]  # no orphan left behind
 
 
+def test_serve_warns_when_a_sibling_config_shares_its_state(tmp_path: Path) -> None:
+    (tmp_path / "staging.toml").write_text('[gateway]\nauth = "none"\n')  # the same default .toolcrib/ paths
+    with serve_process(_config(tmp_path), tmp_path) as proc:
+        assert proc.stderr is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any("warning:" in x for x in lines):
+            lines.append(proc.stderr.readline())
+        (warning,) = [x for x in lines if "warning:" in x]
+        assert "staging.toml in the same folder uses the same state ([index] path," in warning
+        assert "[audit] path" not in warning  # this config's audit log is elsewhere
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+
+
 async def test_stdio_mode(tmp_path: Path) -> None:
     params = StdioServerParameters(
         command=TOOLCRIB, args=["--config", str(_config(tmp_path)), "serve", "--stdio"], cwd=str(tmp_path)

@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from toolcrib.cli.words import counted
-from toolcrib.config import STATE_PATHS, Config, ServerConfig
+from toolcrib.config import STATE_PATHS, Config, ServerConfig, shared_state, shared_state_warning
 
 _SECRET_NAME = re.compile(r"(token|secret|passw|api[_-]?key|apikey|auth|credential|private|access[_-]?key)", re.I)
 _TOKEN_PREFIX = re.compile(
@@ -222,6 +222,7 @@ def run_check(args: argparse.Namespace, config: Config) -> int:
                 print(f"    {ref}: set ({store.source(ref)})")
     if not servers:
         warnings.append("no enabled servers: clients will see no tools; add a [servers.NAME] table")
+    warnings.extend(shared_state_warning(other, what) for other, what in shared_state(config, path))
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
