@@ -334,4 +334,7 @@ async def test_d_sigkill_under_load_fails_only_that_replicas_calls(pg_url: str, 
             f"{sum(c.text in attempts for c in failed)}"
         )
         assert lost == []  # a call row is committed before the call is forwarded
-        assert no_outcome == []  # and completed (committed) before the answer leaves the replica
+        # the answer does not wait for the completion's commit (it rides in the next batch, within
+        # 5 ms): only calls the victim answered just before it was killed may be left pending
+        late = [c for c in no_outcome if c.upstream != victim.addr or c.ended < killed_at - 1]
+        assert late == [], [(c.text, c.upstream, c.ended - killed_at) for c in late]

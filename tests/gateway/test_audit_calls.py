@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mcp_types as types
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,6 +30,8 @@ from toolcrib.gateway.audit.log import SqliteAuditLog
 from toolcrib.gateway.audit.schema import ATTEMPT_COLUMNS, COMPLETION, VERSION, canonical_json, row_hash
 from toolcrib.gateway.audit.verify import seal_ok
 from toolcrib.gateway.audit.writer import AuditWriter
+from toolcrib.gateway.pipeline import UpstreamCall, audit_layer
+from toolcrib.gateway.trust.identity import LOCAL_OPERATOR
 
 KEY = AUDIT_KEY  # the `backend` fixture (tests/gateway/conftest.py) keys both logs with it
 OUTCOMES = ["ok", "tool_error", "protocol_error", "timeout", "cancelled", "upstream_crash", "denied", "pending"]
@@ -251,6 +254,42 @@ async def test_the_writer_completes_in_its_next_batch(backend: AuditLog) -> None
     writer.close()
     rows = {r["seq"]: r for r in backend.query(kind="call")}
     assert (rows[seq]["outcome"], rows[second]["outcome"]) == ("ok", "cancelled")
+    assert backend.verify().ok
+
+
+@pytest.mark.anyio
+async def test_the_answer_does_not_wait_for_the_completion(backend: AuditLog) -> None:
+    """The audit layer commits the row before forwarding, then queues the completion and answers at
+    once: when the answer is back the row is still pending in the log (a gateway killed now leaves
+    it pending: verify's "unfinished"), the completion is committed by the next batch (here the
+    next call's row: one commit for both) or a flush, and the log verifies."""
+    writer = AuditWriter(backend)
+    layer = audit_layer(writer)
+    seen: list[str] = []
+
+    async def upstream(c: UpstreamCall) -> types.CallToolResult:
+        seen.append(backend.query(kind="call", limit=10)[-1]["outcome"])  # committed before forwarding
+        return types.CallToolResult(content=[types.TextContent(type="text", text="hi")])
+
+    def make(i: int) -> UpstreamCall:
+        return UpstreamCall(
+            principal=LOCAL_OPERATOR, method="tools/call", kind="tool", target="git__log", server="git",
+            name="log", arguments={"n": i}, request_id=i,
+        )  # fmt: skip
+
+    try:
+        result = await layer(make(1), upstream)
+        assert not result.is_error and seen == ["pending"]
+        assert writer.queued == 1  # the completion, not yet written
+        assert [r["outcome"] for r in backend.query(kind="call")] == ["pending"]
+        await layer(make(2), upstream)  # its row's batch carries the first call's completion
+        first, second = sorted(backend.query(kind="call"), key=lambda r: r["seq"])
+        assert (first["outcome"], first["bytes"], second["outcome"]) == ("ok", 2, "pending")
+        await writer.flush()
+        assert [r["outcome"] for r in backend.query(kind="call")] == ["ok", "ok"]
+    finally:
+        await writer.flush()
+        writer.close()
     assert backend.verify().ok
 
 

@@ -3,7 +3,7 @@
 Every forwarded call writes ONE row: a ``call`` row, awaited (:meth:`AuditWriter.append`) so the
 call is forwarded only once its row is committed (a crash cannot lose a call that was made), and
 later its :class:`~toolcrib.gateway.audit.events.Completion` (the outcome written into that row in
-place), awaited too or queued for a cancelled call (:meth:`AuditWriter.submit`). Rows and
+place), queued (:meth:`AuditWriter.submit`): the answer does not wait for it. Rows and
 completions are gathered and written in one transaction per batch (the inserts, then the updates;
 no extra commit per call):
 
