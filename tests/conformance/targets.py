@@ -55,6 +55,16 @@ class Started:
             return ""
 
 
+def die_with_parent() -> None:
+    """``preexec_fn``: the child gets SIGTERM when the runner dies, even by SIGKILL (Linux
+    ``prctl(PR_SET_PDEATHSIG)``), so a killed run leaves no fixture or gateway behind (children are
+    in their own session, out of reach of a signal to the runner's group). A no-op elsewhere."""
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def start(name: str, argv: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None) -> Started:
     with log.open("wb") as sink:
         proc = subprocess.Popen(
@@ -65,6 +75,7 @@ def start(name: str, argv: list[str], log: Path, cwd: Path, env: dict[str, str] 
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
     return Started(name, proc, log)
 
@@ -176,7 +187,13 @@ def run_logged(argv: list[str], log: Path, timeout: float, live: list[subprocess
     the caller can stop it on an interrupt."""
     with log.open("wb") as sink:
         proc = subprocess.Popen(
-            argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
     live.append(proc)
     try:
