@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -570,6 +571,20 @@ STATE_PATHS = (
 #: Sibling files :func:`shared_state` reads at most (a folder of many TOML files is not all configs).
 SIBLING_LIMIT = 50
 
+#: Bytes a sibling may have to be read by :func:`shared_state` (a config is a few kB).
+SIBLING_MAX_BYTES = 1 << 20
+
+
+def _small_regular_file(path: Path) -> bool:
+    """``path`` (symlinks followed) is a regular file of at most :data:`SIBLING_MAX_BYTES`: not a FIFO
+    (reading one blocks until a writer comes), a device (``/dev/zero`` never ends), a directory or a
+    symlink loop."""
+    try:
+        st = path.stat()
+    except (OSError, RuntimeError):
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size <= SIBLING_MAX_BYTES
+
 
 def shared_state(config: Config, config_path: Path) -> list[tuple[Path, list[str]]]:
     """Other toolcrib configs in ``config_path``'s folder whose state files are this config's too.
@@ -577,8 +592,10 @@ def shared_state(config: Config, config_path: Path) -> list[tuple[Path, list[str
     Relative state paths resolve against the config's folder, so two configs there that keep the
     defaults share ``.toolcrib/``: one's ``search`` shows the other's tools, their audit logs mix.
     Returns ``[(other config, ["[index] path", ...])]``; siblings that are not valid toolcrib configs
-    (``pyproject.toml``, a broken file) are skipped, at most :data:`SIBLING_LIMIT` are read. A
-    shared database (``[storage] url``) is meant to be shared and is not compared.
+    (``pyproject.toml``, a broken file) are skipped, at most :data:`SIBLING_LIMIT` are read, and only
+    regular files of at most :data:`SIBLING_MAX_BYTES` (a FIFO, a device, a symlink loop or a TOML
+    nested past the parser's recursion limit is skipped, never an error). A shared database
+    (``[storage] url``) is meant to be shared and is not compared.
     """
     own = config_path.resolve()
     if not own.is_file():
@@ -586,11 +603,12 @@ def shared_state(config: Config, config_path: Path) -> list[tuple[Path, list[str
     mine = {getattr(getattr(config, sec), key): f"[{sec}] {key}" for sec, key in STATE_PATHS}
     mine.pop(None, None)
     found: list[tuple[Path, list[str]]] = []
-    siblings = sorted(p for p in own.parent.glob("*.toml") if p.resolve() != own)[:SIBLING_LIMIT]
+    candidates = (p for p in sorted(own.parent.glob("*.toml")) if _small_regular_file(p))
+    siblings = [p for p in candidates if p.resolve() != own][:SIBLING_LIMIT]
     for other in siblings:
         try:
             theirs, _ = load_config(other)
-        except (ConfigError, OSError, ValueError):
+        except (ConfigError, OSError, ValueError, RecursionError):
             continue
         same = [
             mine[value]

@@ -57,13 +57,32 @@ def launch_path(command: str, environ: Mapping[str, str] | None = None) -> str:
     """The ``PATH`` a client-launched gateway gets: ``environ["PATH"]`` (default ``os.environ``) with
     the directory of ``command`` (an absolute path) put first when it is not already an entry. In a
     virtualenv that directory holds its ``python`` and the console scripts of servers installed
-    beside toolcrib, as when the virtualenv is activated; empty entries (the cwd) are dropped."""
+    beside toolcrib, as when the virtualenv is activated. Only absolute entries are kept: an empty or
+    relative one (``.``, ``bin``, ``~/bin``) would name a folder relative to wherever the client starts
+    the gateway (Claude Desktop: ``/``) or each server's ``cwd``; so are entries that are not valid
+    UTF-8 (a config snippet cannot carry them)."""
     environ = os.environ if environ is None else environ
     here = os.path.dirname(command)
-    entries = [p for p in environ.get("PATH", "").split(os.pathsep) if p]
+    entries = [p for p in environ.get("PATH", "").split(os.pathsep) if os.path.isabs(p) and _utf8(p)]
     if here and here not in entries:
         entries.insert(0, here)
     return os.pathsep.join(entries)
+
+
+def _utf8(text: str) -> bool:
+    """``text`` has no lone surrogate (``os.environ`` decodes bytes that are not UTF-8 into them)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def toml_string(text: str) -> str:
+    """``text`` as a TOML basic string (TOML 1.0: ``"`` ``\\`` and control characters other than
+    tab escaped, U+007F included); unlike a JSON string it never holds ``\\uD83D``-style surrogate
+    escapes, which TOML rejects."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def gateway_url(config: Config) -> str:
@@ -146,11 +165,11 @@ def snippet(client: str, config: Config, config_path: Path | str, *, stdio: bool
 def _codex(launch: dict[str, Any] | None, url: str, key: bool) -> str:
     lines = ["[mcp_servers.toolcrib]"]
     if launch is not None:
-        lines.append(f"command = {json.dumps(launch['command'])}")
-        lines.append(f"args = [{', '.join(json.dumps(a) for a in launch['args'])}]")
-        lines.append(f"env = {{ PATH = {json.dumps(launch['env']['PATH'])} }}")
+        lines.append(f"command = {toml_string(launch['command'])}")
+        lines.append(f"args = [{', '.join(toml_string(a) for a in launch['args'])}]")
+        lines.append(f"env = {{ PATH = {toml_string(launch['env']['PATH'])} }}")
     else:
-        lines.append(f"url = {json.dumps(url)}")
+        lines.append(f"url = {toml_string(url)}")
         if key:
             lines.append(f'bearer_token_env_var = "{CODEX_KEY_ENV}"')
     return "\n".join(lines)
