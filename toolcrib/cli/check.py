@@ -72,16 +72,22 @@ _CUT = re.compile(r"\s*\w|[+~!$%^*|\\]")
 (``secret:c/api key``), a non-ASCII letter (``secret:c/clé``) or a symbol names do not hold."""
 
 
+_SEPARATE = re.compile(r"\s+\S*[=:]")
+"""A word after a reference's whitespace that stands on its own: a ``key=value`` pair (a libpq
+connection string ``password=secret:pg/pw user=app``), another reference, a URL."""
+
+
 def cut_refs(value: str) -> list[tuple[str, str]]:
     """``(reference, as written)`` for each ``secret:NS/NAME`` in ``value`` whose name is cut short:
-    followed by text the name cannot hold (see :data:`_CUT`); ``as written`` runs to the end of that
+    followed by text the name cannot hold (see :data:`_CUT`), unless that is a separate word (see
+    :data:`_SEPARATE`); ``as written`` runs to the end of that
     word, e.g. ``("secret:c/api", "secret:c/api key")``. A name is ``[A-Za-z0-9_.-]`` only, so such a
     value would send the secret followed by the rest."""
     from toolcrib.gateway.trust.secrets import REF_RE
 
     cut = []
     for m in REF_RE.finditer(value):
-        if _CUT.match(value, m.end()):
+        if _CUT.match(value, m.end()) and not _SEPARATE.match(value, m.end()):
             word = re.match(r"\s*\S*", value[m.end() :])
             cut.append((m.group(0), m.group(0) + (word.group(0) if word else "")))
     return cut
