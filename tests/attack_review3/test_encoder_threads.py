@@ -5,7 +5,6 @@ each batch to its longest text) must give the vectors each batch gives alone."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
