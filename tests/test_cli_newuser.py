@@ -144,10 +144,12 @@ def test_the_advised_reference_keeps_the_scheme(scheme: str, gap: str, token: st
 
 USAGE_ERRORS = [
     (["audit", "query", "--since", "yesterday"], "argument --since: cannot read time 'yesterday'"),
-    (["audit", "query", "--limit", "0"], "argument --limit: must be at least 1, not 0"),
-    (["audit", "tail", "-n", "-3"], "argument -n: must be at least 1, not -3"),
+    (["audit", "query", "--limit", "0"], "argument --limit: must be from 1 to 1,000,000, not 0"),
+    (["audit", "tail", "-n", "-3"], "argument -n: must be from 1 to 1,000,000, not -3"),
+    (["audit", "tail", "-n", "9" * 23], "argument -n: must be from 1 to 1,000,000, not a 23-digit number"),
     (["audit", "prune", "--before", "nope"], "argument --before: cannot read time 'nope'"),
-    (["savings", "--days", "0"], "argument --days: must be at least 1, not 0"),
+    (["savings", "--days", "0"], "argument --days: must be from 1 to 36,500, not 0"),
+    (["savings", "--days", "1000000000"], "argument --days: must be from 1 to 36,500, not 1000000000"),
     (["savings", "--days", "x"], "argument --days: 'x' is not a whole number"),
     (["serve", "--port", "x"], "argument --port: invalid int value: 'x'"),
     (["audit"], "the following arguments are required: ACTION"),

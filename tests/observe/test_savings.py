@@ -250,7 +250,10 @@ def test_cli_prints_days_and_principals(tmp_path: Path, capsys: pytest.CaptureFi
     assert table.returncode == 0 and "6000" in table.stdout and "50.0%" in table.stdout
     bad = cli("--days", "0")
     assert bad.returncode == 2
-    assert bad.stderr.strip() == "toolcrib: argument --days: must be at least 1, not 0; see `toolcrib savings --help`"
+    assert (
+        bad.stderr.strip()
+        == "toolcrib: argument --days: must be from 1 to 36,500, not 0; see `toolcrib savings --help`"
+    )
     (tmp_path / ".toolcrib" / "savings.db").unlink()
     missing = cli()
     assert missing.returncode != 0 and "no token savings recorded yet" in missing.stderr

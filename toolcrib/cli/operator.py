@@ -66,15 +66,27 @@ def time_arg(text: str) -> str:
     return text
 
 
-def positive_int(text: str) -> int:
-    """argparse ``type`` for a count that must be at least 1 (``--limit``, ``--days``, ``-n``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number; give one of at least 1") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def count_type(most: int) -> Callable[[str], int]:
+    """argparse ``type`` for a count from 1 to ``most`` (a larger one would overflow SQLite's
+    integers or the calendar, and no operator means it)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text[:40]!r} is not a whole number; give one from 1 to {most:,}"
+            ) from None
+        if not 1 <= value <= most:
+            shown = str(value) if len(str(value)) <= 20 else f"a {len(str(value))}-digit number"
+            raise argparse.ArgumentTypeError(f"must be from 1 to {most:,}, not {shown}")
+        return value
+
+    return parse
+
+
+#: ``--limit``, ``-n``: rows shown (at most a million).
+positive_int = count_type(1_000_000)
 
 
 def _iso(ts: float | None) -> str:

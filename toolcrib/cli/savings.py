@@ -10,7 +10,7 @@ import argparse
 import datetime as dt
 from typing import Any
 
-from toolcrib.cli.operator import positive_int
+from toolcrib.cli.operator import count_type
 from toolcrib.config import Config
 from toolcrib.errors import UsageError
 
@@ -74,7 +74,11 @@ def register(sub: Any) -> None:
         "savings", help="tokens of the full tool list vs what clients loaded (per UTC day, or per principal)"
     )
     p.add_argument(
-        "--days", type=positive_int, default=7, metavar="N", help="the last N UTC days, today included (default 7)"
+        "--days",
+        type=count_type(36_500),
+        default=7,
+        metavar="N",
+        help="the last N UTC days, today included (default 7)",
     )
     p.add_argument("--by-principal", action="store_true", help="one row per principal, summed over those days")
     p.add_argument("--json", action="store_true", help="machine-readable output")
