@@ -19,7 +19,7 @@ import secrets
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +77,15 @@ class Peer:
     outbound: ServerSession | None = None
     subscriptions: set[str] = field(default_factory=set)
     log_level: str | None = None
+    persist: Callable[[], Awaitable[None]] | None = None
+    """Set by a transport whose sessions are shared by replicas: writes ``loaded``, ``subscriptions``
+    and ``log_level`` to the shared store. The handler that changes them awaits it before its answer
+    exists, so another replica never serves the session's next request from the state before it."""
+
+    async def changed(self) -> None:
+        """This peer's shared state changed: persist it now (no-op unless :attr:`persist` is set)."""
+        if self.persist is not None:
+            await self.persist()
 
 
 @dataclass(frozen=True)
@@ -359,6 +368,7 @@ class Gateway:
         while len(peer.loaded) > cap:
             peer.loaded.popitem(last=False)
         if list(peer.loaded) != before:
+            await peer.changed()
             await notify(peer, types.ToolListChangedNotification())
 
     # ---- resources, prompts, completion, logging ---------------------------------------------
@@ -407,14 +417,18 @@ class Gateway:
     async def _subscribe(self, ctx: Ctx, params: types.SubscribeRequestParams) -> types.EmptyResult:
         info = self._peer(ctx)
         await self._run(ctx, self._resource(ctx, info, "resources/subscribe", str(params.uri)))
-        info.peer.subscriptions.add(str(params.uri))
+        if str(params.uri) not in info.peer.subscriptions:
+            info.peer.subscriptions.add(str(params.uri))
+            await info.peer.changed()
         return types.EmptyResult()
 
     async def _unsubscribe(self, ctx: Ctx, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
         info = self._peer(ctx)
         uri = str(params.uri)
         call = self._resource(ctx, info, "resources/unsubscribe", uri)  # unknown unless reachable, first
-        info.peer.subscriptions.discard(uri)
+        if uri in info.peer.subscriptions:
+            info.peer.subscriptions.discard(uri)
+            await info.peer.changed()
         if not any(uri in p.subscriptions for p in self.peers) and not self.listeners.subscribed(uri):
             await self._run(ctx, call)
         return types.EmptyResult()
@@ -444,5 +458,8 @@ class Gateway:
     async def _set_level(self, ctx: Ctx, params: types.SetLevelRequestParams) -> types.EmptyResult:
         """Answered here, per client connection: upstreams are shared, so one client's level never
         changes what another receives; relayed log messages below it are dropped for this client."""
-        self._peer(ctx).peer.log_level = params.level
+        peer = self._peer(ctx).peer
+        if peer.log_level != params.level:
+            peer.log_level = params.level
+            await peer.changed()
         return types.EmptyResult()

@@ -20,6 +20,7 @@ session that is gone, or racing its ``DELETE``, gets 404; nothing a client sends
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -368,6 +369,8 @@ class HttpTransport:
         to_server, server_read = anyio.create_memory_object_stream[SessionMessage | Exception](64)
         server_write, from_server = anyio.create_memory_object_stream[SessionMessage](64)
         sess = HttpSession(peer=peer, to_server=to_server, init=init)
+        if self.directory is not None:  # shared by replicas: a handler's state change is saved before its answer
+            peer.persist = functools.partial(self._saved, sess)
         requested = init.get("protocolVersion")
         version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
         if isinstance(version, str) and version >= RESUMABLE_SINCE:
