@@ -7,8 +7,9 @@ A replica that receives a POST for a session it does not hold *adopts* it: it ch
 principal against the caller (``KIND:SUBJECT``; another principal gets 403 as on one replica),
 starts a local server loop primed with the stored ``initialize``, and applies the stored state. A
 request that changed the state writes it back before its answer exists (``Peer.persist``) and
-publishes ``{"session", "changed"}``; a replica holding a copy then re-reads the row (one indexed query, off the event loop) before that session's
-next request there, and otherwise serves it from memory with no query. Two requests of one session
+publishes ``{"session", "changed"}``; a replica holding a copy then re-reads the row (one indexed
+query, off the event loop) before that session's next request there, and otherwise serves it from
+memory with no query. Two requests of one session
 racing on two replicas: the last write wins. A lost LISTEN connection marks every copy stale.
 
 A session's GET stream is held by one replica. A message for that stream produced on another
