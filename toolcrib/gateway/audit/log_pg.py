@@ -427,8 +427,7 @@ class PostgresAuditLog:
                 seq, digest = int(last[0]), str(last[1])
                 assert self._hmac_key is not None  # with the checkpoint key
                 completed = checkpoint_count(
-                    lambda q, p: conn.execute(q.encode(), p).fetchone(),
-                    lambda q, p: conn.execute(q.encode(), p).fetchall(),
+                    *_readers(conn),
                     TALLY_SQL,
                     self._hmac_key,
                     seq,
@@ -461,8 +460,7 @@ class PostgresAuditLog:
             with self._db.transaction() as conn:
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 found = count_tally(
-                    lambda q, p: conn.execute(q.encode(), p).fetchone(),
-                    lambda q, p: conn.execute(q.encode(), p).fetchall(),
+                    *_readers(conn),
                     TALLY_SQL,
                     self._hmac_key,
                     cutoff,
@@ -511,6 +509,12 @@ class PostgresAuditLog:
             report.checked.append(f"the last row matches the keyed head row at row {head[0]} ({how})")
         finish(report, pg_limits(key is not None))
         return report
+
+
+def _readers(conn: Any) -> tuple[Any, Any]:
+    """``(one, all)``: run a query string on ``conn`` and fetch its first row / every row, as
+    :mod:`~toolcrib.gateway.audit.tally`'s counting functions read."""
+    return (lambda q, p: conn.execute(q.encode(), p).fetchone(), lambda q, p: conn.execute(q.encode(), p).fetchall())
 
 
 def _first_line(exc: BaseException) -> str:
