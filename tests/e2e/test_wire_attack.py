@@ -205,14 +205,24 @@ async def test_answers_with_a_concurrent_calls_id_and_an_integer_id(gateway: Gat
         await _still_works(c)
 
 
-@pytest.mark.parametrize("tool", ["not_dict", "deep"])
-async def test_unparsable_answers_end_at_the_deadline_as_tool_errors(gateway: GatewayFactory, tool: str) -> None:
-    """An answer the stdio transport cannot parse at all (``result`` not an object, 5,000-deep
-    nesting) is dropped as a non-JSON line: the call ends at its deadline (``timeout``) as a tool
-    error, and the upstream keeps working."""
+async def test_an_unparsable_answer_ends_at_the_deadline_as_a_tool_error(gateway: GatewayFactory) -> None:
+    """An answer the stdio transport cannot parse at all (5,000-deep nesting) is dropped as a
+    non-JSON line: the call ends at its deadline (``timeout``) as a tool error, and the upstream
+    keeps working."""
     async with attack_gateway(gateway, timeout=3) as rt, Client(rt.url, mode="legacy") as c:
-        outcome = await _outcome(c, tool)
+        outcome = await _outcome(c, "deep")
         assert outcome.startswith("tool-error:"), outcome
+        await _still_works(c)
+
+
+async def test_an_answer_whose_result_is_not_an_object_fails_the_call_at_once(gateway: GatewayFactory) -> None:
+    """A well-formed line answering the call with ``result`` not an object fails it at once with
+    -32603 naming the upstream (as over Streamable HTTP), instead of waiting for the deadline;
+    the upstream keeps working."""
+    async with attack_gateway(gateway, timeout=30) as rt, Client(rt.url, mode="legacy") as c:
+        with anyio.fail_after(10):  # well inside the 30 s deadline: answered, not timed out
+            outcome = await _outcome(c, "not_dict")
+        assert outcome == "rpc-error:-32603:upstream atk sent a malformed answer", outcome
         await _still_works(c)
 
 

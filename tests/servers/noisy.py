@@ -1,5 +1,7 @@
 """A raw stdio server that works but also writes non-JSON lines to stdout (a banner at start and
-a chatty line before every answer), as servers that log with print() do.
+a chatty line before every answer), as servers that log with print() do; before each tool answer
+also a blank line, a line that is not UTF-8, and the answer itself in two writes (a line split
+across reads of the pipe).
 
     python -m tests.servers.noisy
 
@@ -7,6 +9,9 @@ Tool: ``echo(text)``.
 """
 
 from __future__ import annotations
+
+import json
+import time
 
 from tests.servers import _raw
 
@@ -26,7 +31,13 @@ def main() -> None:
             _raw.result(message["id"], {"tools": [TOOL]})
         elif message.get("method") == "tools/call":
             text = str((message.get("params", {}).get("arguments") or {}).get("text", ""))
-            _raw.result(message["id"], {"content": [{"type": "text", "text": text}], "isError": False})
+            _raw.write_bytes(b"\r\n\xff\xfe not UTF-8\n")
+            answer = json.dumps(
+                {"jsonrpc": "2.0", "id": message["id"], "result": {"content": [{"type": "text", "text": text}]}}
+            ).encode()
+            _raw.write_bytes(answer[:10])
+            time.sleep(0.005)  # the rest arrives in another read of the pipe
+            _raw.write_bytes(answer[10:] + b"\n")
         else:
             _raw.error(message["id"], -32601, "Method not found")
 

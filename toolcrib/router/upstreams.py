@@ -29,7 +29,6 @@ import anyio.lowlevel
 import mcp_types as types
 from mcp import Client, StdioServerParameters
 from mcp.client.sse import sse_client
-from mcp.client.stdio import stdio_client
 from mcp.client.subscriptions import (
     ListenNotSupportedError,
     PromptsListChanged,
@@ -48,13 +47,13 @@ from toolcrib.router.http_transport import SESSION_GONE, _Conn, aiohttp_transpor
 from toolcrib.router.listing import MIN_TTL_REFRESH, Listing, changed_kinds, due, fetch_listing
 from toolcrib.router.optional_caps import OptionalCaps
 from toolcrib.router.stdio_env import child_environment
-from toolcrib.router.stdio_noise import current_upstream, install
+from toolcrib.router.stdio_noise import current_upstream
+from toolcrib.router.stdio_transport import StdioConn, stdio_transport
 from toolcrib.router.task_claim import TASKS_CLIENT
 from toolcrib.router.upstream_state import UpstreamState, describe
 from toolcrib.router.wire import Wire
 
 log = logging.getLogger("toolcrib.upstream")
-install()
 T = TypeVar("T")
 
 MAX_BACKOFF = 30.0
@@ -92,7 +91,7 @@ class Upstream:
         self._expand = expand_secret
         self._on_change = on_change
         self._client: Client | None = None
-        self._conn: _Conn | None = None
+        self._conn: _Conn | StdioConn | None = None
         """toolcrib's Streamable HTTP connection of the current attempt (HTTP upstreams only)."""
         self._limiter = anyio.CapacityLimiter(cfg.max_concurrency)
         self._backchannel = Backchannel(name)
@@ -362,7 +361,7 @@ class Upstream:
             env = child_environment(cfg.inherit_env) | {k: self._expand(v) for k, v in cfg.env.items()}
             args = [self._expand(a) for a in cfg.args]  # `secret:` references in args, e.g. from `toolcrib import`
             params = StdioServerParameters(command=cfg.command, args=args, env=env, cwd=cfg.cwd)
-            return self._watched(stdio_client(params))
+            return self._watched(stdio_transport(params, on_conn=self._on_conn))
         assert cfg.url is not None
         headers = {k: self._expand(v) for k, v in cfg.headers.items()}
         url = self._expand(cfg.url)  # a `secret:` reference may stand for a URL password or query token
@@ -370,7 +369,7 @@ class Upstream:
             return self._watched(sse_client(url, headers=headers, timeout=cfg.connect_timeout))
         return self._watched(aiohttp_transport(url, headers, timeout=cfg.connect_timeout, on_conn=self._on_conn))
 
-    def _on_conn(self, conn: _Conn) -> None:
+    def _on_conn(self, conn: _Conn | StdioConn) -> None:
         self._conn = conn
 
     @asynccontextmanager

@@ -11,8 +11,11 @@ For the one request that is most of the traffic, :class:`Wire` does the same job
   parsed once and handed back without crossing a stream. An SSE answer (progress, log lines,
   server requests before the result), an HTTP error or a lost session goes the general way:
   every message is delivered on the connection's read stream, marked as related to this request;
-- on stdio and legacy SSE the request is written to the transport's write stream and its answer
-  is picked off the read stream by :class:`~toolcrib.router.backchannel.Backchannel`.
+- on stdio it is written to the child's stdin from the calling task, and the transport's reader
+  settles its answer from the parsed line with no model and no stream hop
+  (:mod:`toolcrib.router.stdio_transport`); everything else the server sends goes the general way;
+- on legacy SSE the request is written to the transport's write stream and its answer is picked
+  off the read stream by :class:`~toolcrib.router.backchannel.Backchannel`.
 
 What stays the same as the SDK path, because it is the same connection and the same back channel:
 the request is registered as the current call's (:meth:`Backchannel.expect`), so server requests
@@ -37,8 +40,8 @@ import contextlib
 import itertools
 import json
 import weakref
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import anyio
 import mcp_types as types
@@ -55,12 +58,23 @@ from toolcrib.router.tolerate import honest_capabilities, request_version
 
 if TYPE_CHECKING:
     from toolcrib.router.backchannel import Backchannel
-    from toolcrib.router.http_transport import _Conn
 
 Progress = Callable[[float, float | None, str | None], Coroutine[Any, Any, None]]
 """``(progress, total, message)``, the SDK's ``ProgressFnT`` shape."""
 CANCEL_SEND_TIMEOUT = 1.0
 """Seconds spent at most telling the upstream that an abandoned request is cancelled."""
+
+
+class Exchange(Protocol):
+    """A transport that sends a request framed by :class:`Wire` itself (Streamable HTTP, stdio)."""
+
+    async def exchange(
+        self, rid: str, body: bytes, answer: Callable[[dict[str, Any]], bool], extra: Mapping[str, str] | None = None
+    ) -> None:
+        """Send request ``rid`` (``body``: one JSON object, UTF-8); its wire-form answer goes to
+        ``answer`` (here or later, from the transport's reader); ``extra``: HTTP headers, if any.
+        Raises ``MCPError`` ``CONNECTION_CLOSED`` when it cannot be sent."""
+
 
 _WIRES: dict[int, tuple[weakref.ref[Client], Wire]] = {}
 """By ``id(client)`` (an SDK ``Client`` is not hashable); an entry leaves with its client."""
@@ -79,7 +93,7 @@ class Wire:
         self,
         backchannel: Backchannel,
         write: Any,
-        conn: _Conn | None = None,
+        conn: Exchange | None = None,
         stamp: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
     ) -> None:
         self._bc = backchannel
