@@ -313,3 +313,39 @@ async def test_output_schema_violation_is_a_tool_error_naming_it(gateway: Gatewa
         result = await c.call_tool("wp__shaped", {"mode": "mismatch"})
         assert result.is_error
         assert "Invalid structured content returned by tool shaped" in _text(result)
+
+
+# ---- progress and a log line in the same read as the answer (stdio) ----------------------------
+
+
+@pytest.mark.parametrize("client_era", CLIENT_ERAS)
+async def test_progress_and_log_in_one_read_with_the_answer_come_before_it(
+    gateway: GatewayFactory, client_era: str
+) -> None:
+    """The stdio reader settles the answer from its line; the three progress notifications and the
+    log line written in the same chunk before it still reach the client, progress before the
+    result (the call waits for their delivery), the log line routed to this (legacy) client's call."""
+    events: list[str] = []
+    logs: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        events.append(f"progress {progress:g}/{total:g}")
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logs.append(str(params.data))
+
+    async with (
+        gateway({"b": stdio_server("tests.servers.burst")}) as rt,
+        Client(rt.url, mode=client_era, logging_callback=on_log) as c,
+    ):
+        for _ in range(5):
+            events.clear()
+            with anyio.fail_after(30):
+                result = await c.call_tool("b__burst", {}, progress_callback=on_progress)
+            events.append("result " + _text(result))
+            assert events == ["progress 1/3", "progress 2/3", "progress 3/3", "result done"]
+        if client_era == "legacy":  # a 2026-07-28 request gets log lines only when its _meta asks for a level
+            with anyio.move_on_after(10):  # the client handles notifications in its own task: let it catch up
+                while len(logs) < 5:
+                    await anyio.sleep(0.05)
+            assert logs == ["burst log"] * 5

@@ -97,12 +97,32 @@ class Call:
         self.ids: set[RequestId] = set()
         self._logs: MemoryObjectSendStream[types.LoggingMessageNotificationParams] | None = None
         self._flushed = anyio.Event()
+        self._progressing = 0
+        """Progress notifications of this call's requests being delivered to the caller now."""
+        self._idle: anyio.Event | None = None
 
     async def flushed(self, timeout: float = LOG_FLUSH_TIMEOUT) -> None:
-        """Wait (at most ``timeout`` seconds) until the log lines queued for the caller were delivered."""
-        if self._logs is not None:
-            with anyio.move_on_after(timeout):
+        """Wait (at most ``timeout`` seconds) until the log lines queued for the caller and the
+        progress notifications received before the answer were delivered: the answer goes to the
+        client after them (basic/utilities/progress: no progress after the final response)."""
+        if self._logs is None and not self._progressing:
+            return
+        with anyio.move_on_after(timeout):
+            if self._logs is not None:
                 await self._flushed.wait()
+            while self._progressing:
+                if self._idle is None:
+                    self._idle = anyio.Event()
+                await self._idle.wait()
+
+    def _progress_started(self) -> None:
+        self._progressing += 1
+
+    def _progress_done(self) -> None:
+        self._progressing -= 1
+        if not self._progressing and self._idle is not None:
+            self._idle.set()
+            self._idle = None
 
 
 current_call: contextvars.ContextVar[Call | None] = contextvars.ContextVar("toolcrib_upstream_call", default=None)
@@ -252,14 +272,19 @@ class Backchannel:
         """Deliver a ``notifications/progress`` for one of toolcrib's own requests; True when it was
         one (consumed, delivered or, when malformed, dropped)."""
         token = params.get("progressToken") if isinstance(params, dict) else None
-        callback = self._progress.get(token) if isinstance(token, str | int) else None
+        if not isinstance(token, str | int):
+            return False
+        callback = self._progress.get(token)
         if callback is None or self._tg is None:
             return False
         progress, total, message = _number(params.get("progress")), params.get("total"), params.get("message")
         if progress is None or (total is not None and _number(total) is None):
             log.debug("upstream %s: dropped a progress notification with a malformed number", self.upstream)
             return True
-        self._tg.start_soon(callback, progress, _number(total), message if isinstance(message, str) else None)
+        call = self._outbound.get(token)
+        if call is not None:
+            call._progress_started()
+        self._tg.start_soon(_progressed, call, callback, progress, _number(total), message)
         return True
 
     # ---- read side ---------------------------------------------------------------------------
@@ -414,6 +439,22 @@ def _number(value: Any) -> float | None:
     except OverflowError:
         return None
     return number if math.isfinite(number) else None
+
+
+async def _progressed(
+    call: Call | None,
+    callback: Callable[[float, float | None, str | None], Coroutine[Any, Any, None]],
+    progress: float,
+    total: float | None,
+    message: Any,
+) -> None:
+    """Deliver one progress notification of a request of toolcrib's own; ``call`` (the call that
+    sent it) waits for this in :meth:`Call.flushed` before its answer goes to the client."""
+    try:
+        await callback(progress, total, message if isinstance(message, str) else None)
+    finally:
+        if call is not None:
+            call._progress_done()
 
 
 async def _pump(

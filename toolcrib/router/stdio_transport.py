@@ -13,8 +13,10 @@ wait, SIGTERM then SIGKILL to the group, drain stdout meanwhile), and replaces t
   64 bits: :func:`~toolcrib.gateway.trust.matchers.loads_json`); an answer to one of
   toolcrib's own requests (:class:`StdioConn` ``answer`` returns True) is settled right there, with
   no model and no stream hop; any other message is parsed by the SDK's own JSON-RPC adapter (as the
-  SDK transport does) and delivered on the read stream in order, so what a server sends before an
-  answer (a log line, progress, a server request) is seen before the answer settles;
+  SDK transport does) and delivered on the read stream in order; after each such hand-off the
+  reader gives the session's reader one loop turn to note it, so what a server sends before an
+  answer (a log line, progress, a server request) is routed before the answer settles and the
+  call ends (as when the answer went the same way);
 - a line that is not a JSON-RPC message is skipped and counted
   (:func:`~toolcrib.router.stdio_noise.non_json_line`), blank lines silently; bytes that are not
   UTF-8 are such a line (the SDK transport's strict decoding ended the connection);
@@ -170,11 +172,16 @@ async def stdio_transport(
                             return
                         for line in lines.feed(chunk):
                             message = parse_line(line, conn.answer)
-                            if message is not None:
-                                try:
-                                    await read_writer.send(message)
-                                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                                    return  # the session is gone; only the drain below remains
+                            if message is None:
+                                continue
+                            try:
+                                await read_writer.send(message)
+                            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                                return  # the session is gone; only the drain below remains
+                            # One loop turn: the session's reader, woken by the hand-off, notes the
+                            # message (a progress callback started, a log line queued to its call)
+                            # before a later line's answer can settle and end the call.
+                            await anyio.lowlevel.checkpoint()
                 finally:
                     await _drain_stdout(process)
         except anyio.ClosedResourceError:

@@ -1,0 +1,54 @@
+"""A raw stdio server that answers ``tools/call burst`` at once: three ``notifications/progress``
+for the request's token and a ``notifications/message`` log line in one write, then the result
+in the next, so the gateway's reader meets the answer right after them (same read or the next).
+
+    python -m tests.servers.burst
+
+Tool: ``burst()``, result text ``done``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tests.servers import _raw
+
+CAPABILITIES: dict[str, dict[str, object]] = {"tools": {}, "logging": {}}
+TOOL = {
+    "name": "burst",
+    "description": "Progress, a log line and the result at once",
+    "inputSchema": {"type": "object"},
+}
+
+
+def frame(message: dict[str, object]) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", **message}, separators=(",", ":")).encode() + b"\n"
+
+
+def main() -> None:
+    for _raw_line, message in _raw.messages():
+        if _raw.handshake(message, "toolcrib-burst", CAPABILITIES) or not isinstance(message, dict):
+            continue
+        if "id" not in message:
+            continue
+        method, rid = message.get("method"), message["id"]
+        if method == "tools/list":
+            _raw.result(rid, {"tools": [TOOL]})
+        elif method == "logging/setLevel":
+            _raw.result(rid, {})
+        elif method == "tools/call":
+            token = ((message.get("params") or {}).get("_meta") or {}).get("progressToken")
+            out = b""
+            if token is not None:
+                for i in (1, 2, 3):
+                    params = {"progressToken": token, "progress": i, "total": 3, "message": f"step {i}"}
+                    out += frame({"method": "notifications/progress", "params": params})
+            out += frame({"method": "notifications/message", "params": {"level": "info", "data": "burst log"}})
+            _raw.write_bytes(out)  # flushed: the answer below may come in the same read or the next one
+            _raw.write_bytes(frame({"id": rid, "result": {"content": [{"type": "text", "text": "done"}]}}))
+        else:
+            _raw.error(rid, -32601, "Method not found")
+
+
+if __name__ == "__main__":
+    main()
