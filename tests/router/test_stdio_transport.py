@@ -29,7 +29,7 @@ LINE = st.binary(max_size=40).map(lambda b: b.replace(b"\n", b""))
 def test_lines_come_out_whole_however_the_stream_is_cut(lines: list[bytes], tail: bytes, cuts: list[int]) -> None:
     stream = b"".join(line + b"\n" for line in lines) + tail
     bounds = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
-    splitter, out = Lines(), []
+    splitter, out = Lines(10_000), []
     for lo, hi in itertools.pairwise(bounds):
         out.extend(splitter.feed(stream[lo:hi]))
     assert out == lines  # the tail, without its newline, is not a line yet
@@ -141,3 +141,29 @@ async def test_writing_to_a_child_that_is_gone_is_a_closed_connection() -> None:
                 await conn.exchange("tc-2", b"{}", Answers())
                 await anyio.sleep(0.01)
         assert caught.value.error.code == types.CONNECTION_CLOSED
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")), max_size=10),
+    limit=st.integers(1, 25),
+    cuts=st.lists(st.integers(0, 400), max_size=10),
+)
+def test_a_line_over_the_limit_is_dropped_whole_and_counted(lines: list[bytes], limit: int, cuts: list[int]) -> None:
+    stream = b"".join(line + b"\n" for line in lines)
+    bounds = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    splitter, out = Lines(limit), []
+    for lo, hi in itertools.pairwise(bounds):
+        out.extend(splitter.feed(stream[lo:hi]))
+    kept = [line for line in lines if len(line) <= limit]
+    # a dropped line leaves an empty line in its place only when its last bytes came in one chunk
+    # with its newline after earlier chunks were dropped; either way it is no longer there
+    assert [line for line in out if line] == [line for line in kept if line]
+    assert splitter.oversized == len(lines) - len(kept)
+
+
+def test_a_line_that_is_not_an_object_is_skipped_without_a_parser() -> None:
+    answers = Answers()
+    for line in (b"[1,2]", b"  x", b'"tc-1"', b"\xef\xbb\xbf{}", b"12"):
+        assert parse_line(line, answers) is None
+    assert answers.got == []

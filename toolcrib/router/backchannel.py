@@ -414,6 +414,12 @@ class Backchannel:
             return result.model_validate(await ask(caller))
         except MCPError as exc:
             return exc.error
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            # The call it belongs to ended first (the server sent it, then the answer, at once).
+            return types.ErrorData(
+                code=types.INVALID_REQUEST,
+                message=f"toolcrib could not relay this {what}: the client call it belongs to has ended",
+            )
 
     async def sampling(self, context: Any, params: types.CreateMessageRequestParams) -> Any:
         """SDK ``sampling_callback``: ask the call's client; an ``ErrorData`` if there is none."""

@@ -9,20 +9,27 @@ hops per call for nothing. :func:`stdio_transport` keeps the SDK's parts that ar
 process, reused as they are (spawn in a new process group, the spec's shutdown order: close stdin,
 wait, SIGTERM then SIGKILL to the group, drain stdout meanwhile), and replaces the pipe tasks:
 
-- the reader splits stdout into lines and parses each once (``orjson``, exact for integers beyond
-  64 bits: :func:`~toolcrib.gateway.trust.matchers.loads_json`); an answer to one of
-  toolcrib's own requests (:class:`StdioConn` ``answer`` returns True) is settled right there, with
-  no model and no stream hop; any other message is parsed by the SDK's own JSON-RPC adapter (as the
-  SDK transport does) and delivered on the read stream in order; after each such hand-off the
-  reader gives the session's reader one loop turn to note it, so what a server sends before an
-  answer (a log line, progress, a server request) is routed before the answer settles and the
-  call ends (as when the answer went the same way);
+- the reader splits stdout into lines (at most :data:`MAX_LINE` bytes each, 64 MiB as an SSE
+  line over HTTP; a longer one is dropped up to its newline) and parses each once (``orjson``,
+  exact for integers beyond 64 bits: :func:`~toolcrib.gateway.trust.matchers.loads_json`); an
+  answer to one of toolcrib's own requests (:class:`StdioConn` ``answer`` returns True) is settled
+  right there, with no model and no stream hop; any other message is parsed by the SDK's own
+  JSON-RPC adapter (as the SDK transport does) and delivered on the read stream in order. Once a
+  message went that way, the next answer follows it the same way (the SDK transport's order
+  exactly), so what a server sends before an answer (a server request, a log line, progress) is
+  handled before the answer ends the call; the reader also gives the session's reader a loop
+  turn after each hand-off;
 - a line that is not a JSON-RPC message is skipped and counted
-  (:func:`~toolcrib.router.stdio_noise.non_json_line`), blank lines silently; bytes that are not
-  UTF-8 are such a line (the SDK transport's strict decoding ended the connection);
-- :meth:`StdioConn.exchange` writes a request framed by toolcrib straight to the child's stdin from
-  the calling task; the SDK session's messages go through the write stream and a writer task as
-  before. Each message is one ``write`` of a whole line, so the two never interleave.
+  (:func:`~toolcrib.router.stdio_noise.non_json_line`), blank lines silently: a line that does not
+  start with ``{`` without any parser, bytes that are not UTF-8 too (the SDK transport's strict
+  decoding ended the connection); a line the strict parser refuses (``NaN``, ``1e400``) still goes
+  to the SDK's parser, which decides as before. The reader takes a loop turn at least every
+  :data:`YIELD_EVERY` lines, so a child flooding stdout cannot hold the event loop;
+- writes (toolcrib's requests from the calling task, :meth:`StdioConn.exchange`, and the SDK
+  session's messages from a writer task) go through :meth:`StdioConn.write`: one whole line at a
+  time, each writer waiting for the child to take what is buffered *before* it writes, so a child
+  that stops reading holds at most one line in the gateway's memory beyond the pipe's buffer, and
+  a call abandoned at its deadline while waiting was never sent.
 
 The process helpers are the SDK's private functions of ``mcp.client.stdio`` (mcp 2.x, pinned
 ``<3`` in pyproject.toml): writing them again would copy the SDK's tree kill and its Windows job
@@ -31,6 +38,7 @@ handling for no gain.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -48,67 +56,114 @@ from mcp.client.stdio import (
 )
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
-from mcp_types import CONNECTION_CLOSED, jsonrpc_message_adapter
+from mcp_types import CONNECTION_CLOSED, JSONRPCError, JSONRPCResponse, jsonrpc_message_adapter
 from pydantic import ValidationError
 
 from toolcrib.gateway.trust.matchers import loads_json
+from toolcrib.router.http_transport import MAX_EVENT_BYTES
 from toolcrib.router.stdio_noise import non_json_line
 
 log = logging.getLogger("toolcrib.upstream")
 
 WRITER_FLUSH_TIMEOUT = 0.5
 """Seconds the writer task gets at shutdown to write what the session already handed it (the SDK's value)."""
-_BLANK = frozenset(b" \t\r")
+MAX_LINE = MAX_EVENT_BYTES
+"""The longest stdout line kept (bytes, 64 MiB: the Streamable HTTP transport's cap on an SSE line)."""
+YIELD_EVERY = 64
+"""Lines the reader parses at most between two loop turns (a child flooding stdout cannot starve the gateway)."""
 
 
 class StdioConn:
-    """The write side of one stdio connection for toolcrib's own requests (:mod:`toolcrib.router.wire`),
-    and the hook its reader uses to settle their answers."""
+    """The write side of one stdio connection, shared by toolcrib's own requests
+    (:mod:`toolcrib.router.wire`) and the SDK session's writer task, and the hook the reader uses
+    to settle the answers to toolcrib's requests."""
 
-    def __init__(self, stdin: Any) -> None:
-        self._stdin = stdin
+    def __init__(self, stdin: asyncio.StreamWriter) -> None:
+        self._writer = stdin
+        self._lock = asyncio.Lock()
         self.answer: Callable[[dict[str, Any]], bool] | None = None
         """Settles a wire-form answer to a request of toolcrib's own; False when not one (set by :meth:`exchange`)."""
+
+    async def write(self, line: bytes) -> None:
+        """Write ``line`` (one message and its newline) whole, one writer at a time.
+
+        A writer first waits until the child has taken what is buffered (below the transport's
+        high-water mark, 64 KiB), then writes without a pause: at most one line waits in memory
+        beyond that mark, however many callers a child that stopped reading keeps waiting, and a
+        caller cancelled while it waits (its deadline) has written nothing. Costs no loop turn when
+        the pipe is keeping up. Raises :class:`MCPError` ``CONNECTION_CLOSED`` when the child's
+        stdin is closed or broken (the SDK's contract for a closed connection)."""
+        async with self._lock:
+            try:
+                await self._writer.drain()
+                if self._writer.transport.is_closing():
+                    raise ConnectionResetError
+                self._writer.write(line)
+            except (ConnectionError, OSError, RuntimeError):
+                raise MCPError(code=CONNECTION_CLOSED, message="Connection closed") from None
 
     async def exchange(
         self, rid: str, body: bytes, answer: Callable[[dict[str, Any]], bool], extra: Mapping[str, str] | None = None
     ) -> None:
-        """Write request ``rid`` (one JSON object, UTF-8, no newline) as one line; its answer will be
-        given to ``answer`` by the reader. ``extra`` (HTTP headers) has no meaning on stdio.
-
-        Raises :class:`MCPError` ``CONNECTION_CLOSED`` when the child's stdin is closed or broken
-        (the SDK's contract for a closed connection)."""
+        """Write request ``rid`` (one JSON object, UTF-8, no newline) as one line (:meth:`write`);
+        its answer will be given to ``answer`` by the reader. ``extra`` (HTTP headers) has no
+        meaning on stdio. Raises :class:`MCPError` ``CONNECTION_CLOSED`` as :meth:`write`."""
         self.answer = answer
-        try:
-            await self._stdin.send(body + b"\n")
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError, RuntimeError):
-            raise MCPError(code=CONNECTION_CLOSED, message="Connection closed") from None
+        await self.write(body + b"\n")
 
 
 class Lines:
     """Splits a byte stream into lines at ``\\n`` (the newline is not part of a line; a ``\\r``
     before it is, and :func:`parse_line` reads it as JSON whitespace). A line split across chunks is
-    joined once, when its end arrives; bytes after the last newline wait for the next chunk."""
+    joined once, when its end arrives; bytes after the last newline wait for the next chunk. A line
+    longer than ``limit`` bytes is not kept: its bytes are dropped up to its newline and
+    :attr:`oversized` counts it (memory stays bounded whatever a child writes)."""
 
-    __slots__ = ("_partial",)
+    __slots__ = ("_partial", "_size", "_skipping", "limit", "oversized")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
         self._partial: list[bytes] = []
+        self._size = 0
+        self._skipping = False
+        self.limit = limit
+        self.oversized = 0
+        """Lines dropped for their length since this counter was last reset by its reader."""
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The lines ``chunk`` completes, in order (none when it holds no newline)."""
         if b"\n" not in chunk:
-            if chunk:
+            if chunk and not self._skipping:
                 self._partial.append(chunk)
+                self._size += len(chunk)
+                if self._size > self.limit:
+                    self._partial.clear()
+                    self._size, self._skipping = 0, True
             return []
         lines = chunk.split(b"\n")
-        if self._partial:
-            self._partial.append(lines[0])
-            lines[0] = b"".join(self._partial)
+        if self._skipping:
+            lines[0] = b""
+            self._skipping = False
+            self.oversized += 1
+        elif self._partial:
+            if self._size + len(lines[0]) > self.limit:
+                lines[0] = b""
+                self.oversized += 1
+            else:
+                self._partial.append(lines[0])
+                lines[0] = b"".join(self._partial)
             self._partial.clear()
+            self._size = 0
         last = lines.pop()
+        if len(chunk) > self.limit:  # only then can a line within this chunk be too long
+            for i, line in enumerate(lines):
+                if len(line) > self.limit:
+                    lines[i] = b""
+                    self.oversized += 1
+            if len(last) > self.limit:
+                last, self._skipping = b"", True
         if last:
             self._partial.append(last)
+            self._size = len(last)
         return lines
 
 
@@ -116,7 +171,11 @@ def parse_line(line: bytes, answer: Callable[[dict[str, Any]], bool] | None) -> 
     """One stdout line (no newline) as the message to deliver, or None when there is nothing to
     deliver: an answer ``answer`` settled, a blank line, or a line that is not a JSON-RPC message
     (counted by :func:`~toolcrib.router.stdio_noise.non_json_line`)."""
-    if not line or _BLANK.issuperset(line):
+    first = line.lstrip(b" \t\r")[:1]
+    if not first:
+        return None
+    if first != b"{":  # every JSON-RPC message is an object: no parser needed to skip this
+        non_json_line(line)
         return None
     try:
         data = loads_json(line)  # orjson, or json where orjson would turn a long integer into a float
@@ -138,6 +197,16 @@ def parse_line(line: bytes, answer: Callable[[dict[str, Any]], bool] | None) -> 
         return None
 
 
+def _asyncio_writer(stdin: Any) -> asyncio.StreamWriter:
+    """The asyncio ``StreamWriter`` under anyio's process stdin (toolcrib runs on asyncio only):
+    :meth:`StdioConn.write` needs its drain-before-write, which anyio's ``send`` (write, then
+    drain) does not offer. Raises RuntimeError when anyio's wrapper no longer holds one."""
+    writer = getattr(stdin, "_stream", None)
+    if not isinstance(writer, asyncio.StreamWriter):
+        raise RuntimeError(f"toolcrib's stdio transport needs anyio's asyncio process streams, got {type(stdin)!r}")
+    return writer
+
+
 @asynccontextmanager
 async def stdio_transport(
     server: StdioServerParameters, on_conn: Callable[[StdioConn], None] | None = None
@@ -154,7 +223,12 @@ async def stdio_transport(
     read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
     assert process.stdin is not None and process.stdout is not None
-    conn = StdioConn(process.stdin)
+    try:
+        conn = StdioConn(_asyncio_writer(process.stdin))
+    except RuntimeError:
+        with anyio.CancelScope(shield=True):
+            await _stop_server_process(process)
+        raise
     stopping = False
     writer_done = anyio.Event()
 
@@ -164,24 +238,38 @@ async def stdio_transport(
         try:
             async with read_writer:
                 try:
-                    lines = Lines()
+                    lines = Lines(MAX_LINE)
+                    parsed = 0
+                    routed = False  # a message went to the session since the last answer
                     while True:
                         try:
                             chunk = await stdout.receive()
                         except anyio.EndOfStream:
                             return
                         for line in lines.feed(chunk):
-                            message = parse_line(line, conn.answer)
-                            if message is None:
-                                continue
-                            try:
-                                await read_writer.send(message)
-                            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                                return  # the session is gone; only the drain below remains
-                            # One loop turn: the session's reader, woken by the hand-off, notes the
-                            # message (a progress callback started, a log line queued to its call)
-                            # before a later line's answer can settle and end the call.
-                            await anyio.lowlevel.checkpoint()
+                            # After a message for the session (a server request, a log line,
+                            # progress), the next answer goes the same way, behind it.
+                            message = parse_line(line, None if routed else conn.answer)
+                            parsed += 1
+                            if message is not None:
+                                routed = not isinstance(message.message, JSONRPCResponse | JSONRPCError)
+                                try:
+                                    await read_writer.send(message)
+                                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                                    return  # the session is gone; only the drain below remains
+                            if message is not None or parsed >= YIELD_EVERY:
+                                # One loop turn: after a hand-off, the session's reader (woken by it)
+                                # notes the message (a progress callback started, a log line queued
+                                # to its call) before a later line's answer can settle and end the
+                                # call; and every YIELD_EVERY lines, so a child flooding stdout with
+                                # lines that are skipped cannot hold the event loop (a read returns
+                                # without a pause while the pipe has data).
+                                parsed = 0
+                                await anyio.lowlevel.checkpoint()
+                        if lines.oversized:
+                            for _ in range(lines.oversized):
+                                non_json_line(f"(a line of over {MAX_LINE} bytes, dropped)".encode())
+                            lines.oversized = 0
                 finally:
                     await _drain_stdout(process)
         except anyio.ClosedResourceError:
@@ -191,14 +279,12 @@ async def stdio_transport(
                 log.warning("reading the stdout of upstream process %s failed", process.pid, exc_info=True)
 
     async def writer() -> None:
-        stdin = process.stdin
-        assert stdin is not None
         try:
             async with write_reader:
                 async for item in write_reader:
                     text = item.message.model_dump_json(by_alias=True, exclude_unset=True)
-                    await stdin.send(text.encode() + b"\n")
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError, RuntimeError):
+                    await conn.write(text.encode() + b"\n")
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, MCPError):
             # The child may still be alive: end the read stream so the session sees the connection
             # end instead of a request waiting forever.
             await read_writer.aclose()
