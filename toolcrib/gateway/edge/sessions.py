@@ -24,6 +24,7 @@ from mcp.shared.dispatcher import CallOptions
 from mcp.shared.exceptions import MCPError, NoBackChannelError
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from mcp.shared.transport_context import TransportContext
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 
 from toolcrib.config import GatewayConfig
 from toolcrib.gateway.edge.resume import Replay
@@ -54,6 +55,32 @@ class HttpSession:
     next_id: int = 0
     replay: Replay | None = None
     """Resumable SSE streams (negotiated version 2025-11-25 or later; see :mod:`~toolcrib.gateway.edge.resume`)."""
+    _envelope: Connection | None = field(default=None, repr=False)
+    """What ``init`` describes (version, typed client info and capabilities), validated once: see :meth:`connection`."""
+    _outbound: Standalone | None = field(default=None, repr=False)
+
+    def connection(self, relay: Callable[[HttpSession, types.JSONRPCMessage], bool] | None) -> Connection:
+        """A born-ready connection for one directly served call, as ``Connection.from_envelope`` builds
+        it from ``init``, whose client info and capabilities are validated the first time only (``init``
+        never changes; the typed params are shared by the session's calls, as the SDK loop's one
+        connection shares them). Each call still gets a connection of its own (its ``state``, exit stack)."""
+        envelope = self._envelope
+        if envelope is None:
+            init = self.init or {}
+            requested = init.get("protocolVersion")
+            version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+            envelope = self._envelope = Connection.from_envelope(
+                version, init.get("clientInfo"), init.get("capabilities")
+            )
+        outbound = self._outbound
+        if outbound is None:
+            outbound = self._outbound = Standalone(self, relay)
+        connection = Connection(
+            outbound, protocol_version=envelope.protocol_version, client_params=envelope.client_params
+        )
+        connection.client_capabilities = envelope.client_capabilities
+        connection.initialized.set()
+        return connection
 
     @property
     def idle(self) -> bool:
