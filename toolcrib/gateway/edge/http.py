@@ -321,15 +321,17 @@ class HttpTransport:
         self.inflight += 1
 
         async def run() -> None:
-            out: types.JSONRPCMessage = types.JSONRPCError(
-                jsonrpc="2.0", id=rid, error=types.ErrorData(code=-32800, message="Request cancelled")
-            )
+            out: types.JSONRPCMessage | None = None
             try:
                 with scope:
                     out = await answer(self.gateway.server, dctx, message, connection)
             finally:
                 sess.direct.pop(rid, None)
                 sess.last_seen = time.monotonic()
+                if out is None:  # cancelled (notifications/cancelled, shutdown): built only then
+                    out = types.JSONRPCError(
+                        jsonrpc="2.0", id=rid, error=types.ErrorData(code=-32800, message="Request cancelled")
+                    )
                 with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                     send.send_nowait(out)
                 send.close()

@@ -166,13 +166,15 @@ class SessionTable:
 class Exchange:
     """Dispatch context for one stateless (2026-07-28) request: no back-channel, SSE sink for notifications."""
 
-    def __init__(self, rid: Any, headers: Any, info: RequestInfo, progress_token: Any) -> None:
-        self.transport = TransportContext(kind="streamable-http", can_send_request=False, headers=headers)
+    def __init__(
+        self, rid: Any, headers: Any, info: RequestInfo, progress_token: Any, *, can_send_request: bool = False
+    ) -> None:
+        self.transport = TransportContext(kind="streamable-http", can_send_request=can_send_request, headers=headers)
         self.request_id = rid
         self.message_metadata = ServerMessageMetadata(request_context=info)
         self.progress_token = progress_token
         self.cancel_requested = anyio.Event()
-        self.can_send_request = False
+        self.can_send_request = can_send_request
         self.sink: MemoryObjectSendStream[types.JSONRPCMessage] | None = None
 
     async def send_raw_request(self, method: str, params: Any, opts: CallOptions | None = None) -> dict[str, Any]:
@@ -203,9 +205,7 @@ class SessionExchange(Exchange):
     """
 
     def __init__(self, sess: HttpSession, rid: Any, headers: Any, info: RequestInfo, token: Any) -> None:
-        super().__init__(rid, headers, info, token)
-        self.transport = TransportContext(kind="streamable-http", can_send_request=True, headers=headers)
-        self.can_send_request = True
+        super().__init__(rid, headers, info, token, can_send_request=True)
         self._sess = sess
 
     async def send_raw_request(self, method: str, params: Any, opts: CallOptions | None = None) -> dict[str, Any]:
