@@ -10,6 +10,8 @@ from typing import Any
 import mcp_types as types
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mcp_types.jsonrpc import jsonrpc_message_adapter
+from pydantic import ValidationError
 
 from toolcrib.gateway.edge.jsonrpc import BadMessage, parse_message
 
@@ -70,3 +72,36 @@ def test_batches_and_scalars_are_invalid_requests(items: list[Any]) -> None:
 def test_finite_floats_still_parse() -> None:
     out = parse_message(b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":1.5e300}}')
     assert not isinstance(out, BadMessage) and math.isfinite(out[0]["params"]["x"])
+
+
+MESSAGES = st.fixed_dictionaries(
+    {},
+    optional={
+        "jsonrpc": st.sampled_from(["2.0", "2.0", "2.0", "1.0"]),
+        "id": st.one_of(IDS, st.sampled_from([None, True, 1.5, [1]])),
+        "method": st.one_of(METHODS, st.sampled_from([3, None])),
+        "params": st.one_of(st.dictionaries(st.text(max_size=4), JSON, max_size=3), st.sampled_from([None, [1], "p"])),
+        "result": st.one_of(st.dictionaries(st.text(max_size=4), JSON, max_size=3), st.sampled_from([None, "r"])),
+        "error": st.one_of(
+            st.fixed_dictionaries({"code": st.integers(-33000, 0), "message": st.text(max_size=8)}),
+            st.sampled_from([None, "e", {"code": "x"}]),
+        ),
+        "extra": JSON,
+    },
+)
+
+
+@settings(max_examples=3000)
+@given(MESSAGES)
+def test_the_typed_message_is_the_sdk_unions(doc: dict[str, Any]) -> None:
+    """Whatever path parse_message takes (a plain request is validated as a request), its message is
+    the one the SDK's JSON-RPC union makes of the same object, or both refuse it."""
+    out = parse_message(json.dumps(doc).encode())
+    try:
+        expected = jsonrpc_message_adapter.validate_python(json.loads(json.dumps(doc)))
+    except ValidationError:
+        assert isinstance(out, BadMessage) and out.code == types.INVALID_REQUEST
+        return
+    assert not isinstance(out, BadMessage), out
+    message = out[1]
+    assert type(message) is type(expected) and message.model_dump() == expected.model_dump()

@@ -19,6 +19,7 @@ skipped, never an error.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 JSON = "application/json"
@@ -70,8 +71,12 @@ def accepted(header: str | None) -> tuple[bool, bool]:
     return best.get(JSON, (0, 0.0))[1] > 0, best.get(SSE, (0, 0.0))[1] > 0
 
 
+@functools.lru_cache(maxsize=256)
 def response_mode(header: str | None) -> Mode:
-    """How to answer a request whose ``Accept`` is ``header``: see the module docstring."""
+    """How to answer a request whose ``Accept`` is ``header``: see the module docstring.
+
+    Asked twice per POST, with the few ``Accept`` values clients send: the answers are cached (256 values at most).
+    """
     json_ok, sse_ok = accepted(header)
     if json_ok and sse_ok:
         return "either"

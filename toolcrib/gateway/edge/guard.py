@@ -200,12 +200,13 @@ class Guard:
             refused = self._operator_only(request, principal)
             if refused is not None:
                 return refused
-        request[BODY] = b""
+        body = b""
         if request.method in _UNSAFE:
-            body = await self._read_body(request)
-            if isinstance(body, web.Response):
-                return body
-            request[BODY] = body
+            read = await self._read_body(request)
+            if isinstance(read, web.Response):
+                return read
+            body = read
+        request[BODY] = body
         return await handler(request)
 
     # ---- 1. Host / Origin ----------------------------------------------------------------------
@@ -234,10 +235,14 @@ class Guard:
         return web.Response(status=413, text=f"Payload Too Large: the limit is {self.max_body} bytes\n")
 
     async def _read_body(self, request: web.Request) -> bytes | web.Response:
+        content = request.content
         chunks: list[bytes] = []
         size = 0
         try:
-            async for chunk in request.content.iter_any():
+            if content.is_eof():  # the whole body is already here (a small POST, usually): no waiting, no iterator
+                body = content.read_nowait()
+                return self._too_large() if len(body) > self.max_body else body
+            async for chunk in content.iter_any():
                 size += len(chunk)
                 if size > self.max_body:
                     return self._too_large()

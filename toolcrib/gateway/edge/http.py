@@ -31,7 +31,6 @@ import anyio.abc
 import mcp_types as types
 from aiohttp import web
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from mcp.server.connection import Connection
 from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
@@ -42,7 +41,7 @@ from toolcrib.gateway.edge.guard import BODY, PRINCIPAL, access
 from toolcrib.gateway.edge.jsonrpc import BadMessage, parse_message
 from toolcrib.gateway.edge.replies import SSE_HEADERS, dump, note_request, respond, rpc_error, sse
 from toolcrib.gateway.edge.resume import LAST_EVENT_ID, RETRY_MS, Refused, Replay, StreamLog, serve
-from toolcrib.gateway.edge.sessions import HttpSession, SessionExchange, SessionTable, Standalone, answer
+from toolcrib.gateway.edge.sessions import HttpSession, SessionExchange, SessionTable, answer
 from toolcrib.gateway.edge.shared_sessions import SessionDirectory, StoredSession, apply, snapshot
 from toolcrib.gateway.edge.stateless import Stateless, is_modern
 from toolcrib.gateway.server import Gateway, Peer, RequestInfo
@@ -312,12 +311,7 @@ class HttpTransport:
         rid = message.id
         if rid in sess.direct or rid in sess.waiters:
             return rpc_error(types.INVALID_REQUEST, f"Invalid Request: id {rid!r} is already in flight", rid)
-        init = sess.init or {}
-        requested = init.get("protocolVersion")
-        version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
-        connection = Connection.from_envelope(
-            version, init.get("clientInfo"), init.get("capabilities"), outbound=Standalone(sess, self.relay)
-        )
+        connection = sess.connection(self.relay)
         token = progress_token_from_params(message.params)
         dctx = SessionExchange(sess, rid, request.headers, info, token)
         send, recv = anyio.create_memory_object_stream[types.JSONRPCMessage](256)
@@ -327,15 +321,17 @@ class HttpTransport:
         self.inflight += 1
 
         async def run() -> None:
-            out: types.JSONRPCMessage = types.JSONRPCError(
-                jsonrpc="2.0", id=rid, error=types.ErrorData(code=-32800, message="Request cancelled")
-            )
+            out: types.JSONRPCMessage | None = None
             try:
                 with scope:
                     out = await answer(self.gateway.server, dctx, message, connection)
             finally:
                 sess.direct.pop(rid, None)
                 sess.last_seen = time.monotonic()
+                if out is None:  # cancelled (notifications/cancelled, shutdown): built only then
+                    out = types.JSONRPCError(
+                        jsonrpc="2.0", id=rid, error=types.ErrorData(code=-32800, message="Request cancelled")
+                    )
                 with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                     send.send_nowait(out)
                 send.close()

@@ -24,6 +24,7 @@ from mcp.shared.dispatcher import CallOptions
 from mcp.shared.exceptions import MCPError, NoBackChannelError
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from mcp.shared.transport_context import TransportContext
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 
 from toolcrib.config import GatewayConfig
 from toolcrib.gateway.edge.resume import Replay
@@ -54,6 +55,32 @@ class HttpSession:
     next_id: int = 0
     replay: Replay | None = None
     """Resumable SSE streams (negotiated version 2025-11-25 or later; see :mod:`~toolcrib.gateway.edge.resume`)."""
+    _envelope: Connection | None = field(default=None, repr=False)
+    """What ``init`` describes (version, typed client info and capabilities), validated once: see :meth:`connection`."""
+    _outbound: Standalone | None = field(default=None, repr=False)
+
+    def connection(self, relay: Callable[[HttpSession, types.JSONRPCMessage], bool] | None) -> Connection:
+        """A born-ready connection for one directly served call, as ``Connection.from_envelope`` builds
+        it from ``init``, whose client info and capabilities are validated the first time only (``init``
+        never changes; the typed params are shared by the session's calls, as the SDK loop's one
+        connection shares them). Each call still gets a connection of its own (its ``state``, exit stack)."""
+        envelope = self._envelope
+        if envelope is None:
+            init = self.init or {}
+            requested = init.get("protocolVersion")
+            version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+            envelope = self._envelope = Connection.from_envelope(
+                version, init.get("clientInfo"), init.get("capabilities")
+            )
+        outbound = self._outbound
+        if outbound is None:
+            outbound = self._outbound = Standalone(self, relay)
+        connection = Connection(
+            outbound, protocol_version=envelope.protocol_version, client_params=envelope.client_params
+        )
+        connection.client_capabilities = envelope.client_capabilities
+        connection.initialized.set()
+        return connection
 
     @property
     def idle(self) -> bool:
@@ -139,13 +166,15 @@ class SessionTable:
 class Exchange:
     """Dispatch context for one stateless (2026-07-28) request: no back-channel, SSE sink for notifications."""
 
-    def __init__(self, rid: Any, headers: Any, info: RequestInfo, progress_token: Any) -> None:
-        self.transport = TransportContext(kind="streamable-http", can_send_request=False, headers=headers)
+    def __init__(
+        self, rid: Any, headers: Any, info: RequestInfo, progress_token: Any, *, can_send_request: bool = False
+    ) -> None:
+        self.transport = TransportContext(kind="streamable-http", can_send_request=can_send_request, headers=headers)
         self.request_id = rid
         self.message_metadata = ServerMessageMetadata(request_context=info)
         self.progress_token = progress_token
         self.cancel_requested = anyio.Event()
-        self.can_send_request = False
+        self.can_send_request = can_send_request
         self.sink: MemoryObjectSendStream[types.JSONRPCMessage] | None = None
 
     async def send_raw_request(self, method: str, params: Any, opts: CallOptions | None = None) -> dict[str, Any]:
@@ -176,9 +205,7 @@ class SessionExchange(Exchange):
     """
 
     def __init__(self, sess: HttpSession, rid: Any, headers: Any, info: RequestInfo, token: Any) -> None:
-        super().__init__(rid, headers, info, token)
-        self.transport = TransportContext(kind="streamable-http", can_send_request=True, headers=headers)
-        self.can_send_request = True
+        super().__init__(rid, headers, info, token, can_send_request=True)
         self._sess = sess
 
     async def send_raw_request(self, method: str, params: Any, opts: CallOptions | None = None) -> dict[str, Any]:
