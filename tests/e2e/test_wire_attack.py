@@ -73,18 +73,7 @@ def _serve() -> None:  # pragma: no cover - runs as the upstream child
 
     held: list[Any] = []
     tools = [{"name": n, "description": f"attack {n}", "inputSchema": {"type": "object"}} for n in TOOLS]
-    for _line, message in _raw.messages():
-        if _raw.handshake(message, "toolcrib-wire-attack", {"tools": {}}) or not isinstance(message, dict):
-            continue
-        if "id" not in message:
-            continue
-        rid, method, params = message["id"], message.get("method"), message.get("params") or {}
-        if method == "tools/list":
-            _raw.result(rid, {"tools": tools})
-            continue
-        if method != "tools/call":
-            _raw.error(rid, -32601, f"Method not found: {method}")
-            continue
+    for rid, params in _raw.tool_calls("toolcrib-wire-attack", tools, {"tools": {}}):
         name = params.get("name")
         token = json.dumps((params.get("_meta") or {}).get("progressToken"))
         if name == "progress_overflow" or name == "total_overflow":

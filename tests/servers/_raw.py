@@ -101,3 +101,22 @@ def handshake(
         result(msg_id, {})
         return True
     return False
+
+
+def tool_calls(
+    name: str, tools: list[dict[str, Any]], capabilities: dict[str, Any]
+) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """Serve the handshake, ``tools/list`` (``tools``), ``logging/setLevel`` and -32601 for any other
+    request; yield ``(id, params)`` of each ``tools/call`` for the caller to answer."""
+    for _raw_line, message in messages():
+        if handshake(message, name, capabilities) or not isinstance(message, dict) or "id" not in message:
+            continue
+        rid, method = message["id"], message.get("method")
+        if method == "tools/list":
+            result(rid, {"tools": tools})
+        elif method == "logging/setLevel":
+            result(rid, {})
+        elif method == "tools/call":
+            yield rid, message.get("params") or {}
+        else:
+            error(rid, -32601, f"Method not found: {method}")

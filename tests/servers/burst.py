@@ -26,28 +26,16 @@ def frame(message: dict[str, object]) -> bytes:
 
 
 def main() -> None:
-    for _raw_line, message in _raw.messages():
-        if _raw.handshake(message, "toolcrib-burst", CAPABILITIES) or not isinstance(message, dict):
-            continue
-        if "id" not in message:
-            continue
-        method, rid = message.get("method"), message["id"]
-        if method == "tools/list":
-            _raw.result(rid, {"tools": [TOOL]})
-        elif method == "logging/setLevel":
-            _raw.result(rid, {})
-        elif method == "tools/call":
-            token = ((message.get("params") or {}).get("_meta") or {}).get("progressToken")
-            out = b""
-            if token is not None:
-                for i in (1, 2, 3):
-                    params = {"progressToken": token, "progress": i, "total": 3, "message": f"step {i}"}
-                    out += frame({"method": "notifications/progress", "params": params})
-            out += frame({"method": "notifications/message", "params": {"level": "info", "data": "burst log"}})
-            _raw.write_bytes(out)  # flushed: the answer below may come in the same read or the next one
-            _raw.write_bytes(frame({"id": rid, "result": {"content": [{"type": "text", "text": "done"}]}}))
-        else:
-            _raw.error(rid, -32601, "Method not found")
+    for rid, params in _raw.tool_calls("toolcrib-burst", [TOOL], CAPABILITIES):
+        token = (params.get("_meta") or {}).get("progressToken")
+        out = b""
+        if token is not None:
+            for i in (1, 2, 3):
+                progress = {"progressToken": token, "progress": i, "total": 3, "message": f"step {i}"}
+                out += frame({"method": "notifications/progress", "params": progress})
+        out += frame({"method": "notifications/message", "params": {"level": "info", "data": "burst log"}})
+        _raw.write_bytes(out)  # flushed: the answer below may come in the same read or the next one
+        _raw.write_bytes(frame({"id": rid, "result": {"content": [{"type": "text", "text": "done"}]}}))
 
 
 if __name__ == "__main__":

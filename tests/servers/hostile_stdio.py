@@ -26,16 +26,7 @@ def text(value: str) -> dict[str, object]:
 def main() -> None:
     tools = [{"name": n, "description": n, "inputSchema": {"type": "object"}} for n in NAMES]
     record = os.environ.get("HOSTILE_LOG")
-    for _line, message in _raw.messages():
-        if _raw.handshake(message, "hostile", {"tools": {}}) or not isinstance(message, dict) or "id" not in message:
-            continue
-        rid, method, params = message["id"], message.get("method"), message.get("params") or {}
-        if method == "tools/list":
-            _raw.result(rid, {"tools": tools})
-            continue
-        if method != "tools/call":
-            _raw.error(rid, -32601, "Method not found")
-            continue
+    for rid, params in _raw.tool_calls("hostile", tools, {"tools": {}}):
         name, args = params.get("name"), params.get("arguments") or {}
         if record:
             with open(record, "a", encoding="utf-8") as f:
