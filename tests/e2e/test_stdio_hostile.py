@@ -115,3 +115,26 @@ async def test_a_server_request_just_before_the_answer_reaches_the_client_quietl
                 await anyio.sleep(0.05)
     assert asked == ["sure?"] * 5
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize(
+    "message", ["generic server error", "the server ended the session (HTTP 404): spoofed"], ids=["plain", "spoofed"]
+)
+async def test_an_upstream_error_coded_32000_is_its_answer_not_a_lost_connection(
+    gateway: GatewayFactory, tmp_path: Path, message: str
+) -> None:
+    """-32000 is the first of JSON-RPC's server-defined codes (many servers answer it for any failure)
+    and also the SDK's CONNECTION_CLOSED: as the server's own answer it reaches the client as such;
+    the connection is not restarted (which would fail every call in flight on it), the call is not
+    sent again (a spoofed "session ended" text resent it)."""
+    received = tmp_path / "received"
+    async with (
+        gateway({"h": hostile(timeout=20, env={"HOSTILE_LOG": str(received)})}) as rt,
+        Client(rt.url, mode="legacy") as c,
+    ):
+        state = rt.pool.upstream("h").state
+        connects = state.connects
+        assert await outcome(c, "h__error", {"code": -32000, "message": message}) == "rpc-error:-32000"
+        assert await outcome(c, "h__ok") == "result:ok"
+        assert state.connects == connects and state.status == "connected"  # not restarted
+    assert received.read_text(encoding="utf-8").split().count("error") == 1

@@ -5,7 +5,8 @@
 Tools: ``ok``; ``echo(text)`` (answers the first 20 characters); ``pause(secs)`` (stops reading
 stdin that long, then answers); ``flood(secs, line)`` (writes ``line`` lines to stdout as fast as
 it can, then answers); ``elicit_then_answer`` (an ``elicitation/create`` and the answer in one
-write). With ``HOSTILE_LOG`` set, the name of every ``tools/call`` received is appended to that file.
+write); ``error(code, message)`` (a JSON-RPC error answer). With ``HOSTILE_LOG`` set, the name of
+every ``tools/call`` received is appended to that file.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 
 from tests.servers import _raw
 
-NAMES = ["ok", "echo", "pause", "flood", "elicit_then_answer"]
+NAMES = ["ok", "echo", "pause", "flood", "elicit_then_answer", "error"]
 
 
 def text(value: str) -> dict[str, object]:
@@ -48,6 +49,8 @@ def main() -> None:
             out = json.dumps({"jsonrpc": "2.0", "id": f"ask-{rid}", "method": "elicitation/create", "params": ask})
             out += "\n" + json.dumps({"jsonrpc": "2.0", "id": rid, "result": text("answered")}) + "\n"
             _raw.write_bytes(out.encode())
+        elif name == "error":
+            _raw.error(rid, int(args.get("code", -32000)), str(args.get("message", "generic server error")))
         else:
             _raw.result(rid, text("ok"))
 

@@ -84,6 +84,20 @@ class Caller(Protocol):
     async def log_message(self, params: types.LoggingMessageNotificationParams) -> None: ...
 
 
+class UpstreamError(MCPError):
+    """The JSON-RPC error an upstream itself answered to a request of toolcrib's own
+    (:mod:`toolcrib.router.wire`): never a transport failure, whatever its code. JSON-RPC leaves
+    -32000..-32099 to servers, and many answer -32000 for any failure, the code the SDK also uses
+    for its own ``CONNECTION_CLOSED``; only a transport's own failure means the connection is lost."""
+
+
+class TransportFailure(SessionMessage):
+    """A JSON-RPC error a transport made up for a request it could not carry (unreachable server,
+    session gone, stream cut), delivered on the read stream like the server's own answers; the
+    back channel fails a request of toolcrib's own with a plain :class:`MCPError` for it, not an
+    :class:`UpstreamError`."""
+
+
 current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("toolcrib_caller", default=None)
 """Set by the gateway around a client's call; read once when the call reaches an upstream."""
 
@@ -232,8 +246,10 @@ class Backchannel:
         if call is not None:
             call.ids.discard(rid)
 
-    def answer(self, message: dict[str, Any]) -> bool:
-        """Settle the request a wire-form JSON-RPC answer is for; False when it is not one of ours."""
+    def answer(self, message: dict[str, Any], *, transport: bool = False) -> bool:
+        """Settle the request a wire-form JSON-RPC answer is for; False when it is not one of ours.
+        An error answer fails it with :class:`UpstreamError`, or with a plain :class:`MCPError`
+        when ``transport`` (the transport's own failure, :class:`TransportFailure`)."""
         rid = message.get("id")
         if not isinstance(rid, str | int) or isinstance(rid, bool):
             return False
@@ -248,7 +264,8 @@ class Backchannel:
         if isinstance(result, dict) and error is None:
             fut.set_result(tolerate(method, version, result, upstream=self.upstream))
         elif isinstance(error, dict) and isinstance(error.get("code"), int) and isinstance(error.get("message"), str):
-            fut.set_exception(MCPError(code=error["code"], message=error["message"], data=error.get("data")))
+            kind = MCPError if transport else UpstreamError
+            fut.set_exception(kind(code=error["code"], message=error["message"], data=error.get("data")))
         else:
             fut.set_exception(
                 MCPError(code=types.INTERNAL_ERROR, message=f"upstream {self.upstream} sent a malformed answer")
@@ -298,7 +315,8 @@ class Backchannel:
             if isinstance(message, types.JSONRPCResponse):  # already parsed: only the error needs its wire form
                 return not self.answer({"id": message.id, "result": message.result})
             return not self.answer(
-                {"id": message.id, "error": message.error.model_dump(by_alias=True, exclude_none=True)}
+                {"id": message.id, "error": message.error.model_dump(by_alias=True, exclude_none=True)},
+                transport=isinstance(item, TransportFailure),
             )
         if (
             self._progress

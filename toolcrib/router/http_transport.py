@@ -48,6 +48,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 from toolcrib.gateway.trust.matchers import loads_json
+from toolcrib.router.backchannel import TransportFailure
 
 log = logging.getLogger("toolcrib.upstream.http")
 
@@ -110,9 +111,10 @@ class _Conn:
             await self.read.send(SessionMessage(message, metadata=meta))
 
     async def fail(self, rid: Any, code: int, message: str) -> None:
+        """Fail request ``rid`` with this transport's own error (a :class:`TransportFailure`)."""
         err = types.JSONRPCError(jsonrpc="2.0", id=rid, error=types.ErrorData(code=code, message=message))
         with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-            await self.read.send(SessionMessage(err))
+            await self.read.send(TransportFailure(err))
 
     async def post(self, msg: SessionMessage) -> None:
         message = msg.message

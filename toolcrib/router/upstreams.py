@@ -42,7 +42,7 @@ from mcp.shared.subscriptions import SUBSCRIPTION_ID_META_KEY
 
 from toolcrib.config import ServerConfig
 from toolcrib.errors import SecretError, UpstreamCrashed, UpstreamTimeout, UpstreamUnavailable
-from toolcrib.router.backchannel import Backchannel, Caller, current_caller
+from toolcrib.router.backchannel import Backchannel, Caller, UpstreamError, current_caller
 from toolcrib.router.http_transport import SESSION_GONE, _Conn, aiohttp_transport
 from toolcrib.router.listing import MIN_TTL_REFRESH, Listing, changed_kinds, due, fetch_listing
 from toolcrib.router.optional_caps import OptionalCaps
@@ -420,7 +420,11 @@ class Upstream:
                     try:
                         result = await op(client)
                     except MCPError as exc:
-                        if exc.error.code != types.CONNECTION_CLOSED or not exc.error.message.startswith(SESSION_GONE):
+                        if (
+                            isinstance(exc, UpstreamError)  # the server's own answer, whatever its code
+                            or exc.error.code != types.CONNECTION_CLOSED
+                            or not exc.error.message.startswith(SESSION_GONE)
+                        ):
                             raise
                         # The server refused the session before processing the request (basic/transports,
                         # "Session Management"): nothing ran, so it is sent again once re-initialized.
@@ -437,7 +441,7 @@ class Upstream:
             if self._optional.refuse(what, exc):
                 degraded: T = self._optional.answer(what)
                 return degraded
-            if exc.error.code == types.CONNECTION_CLOSED:
+            if exc.error.code == types.CONNECTION_CLOSED and not isinstance(exc, UpstreamError):
                 self._closed.set()
                 raise UpstreamCrashed(
                     f"{self.name}: the server exited or dropped the connection during {what}; "
