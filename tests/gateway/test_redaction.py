@@ -111,3 +111,46 @@ def test_a_secret_holding_a_lone_surrogate_is_registered_and_scrubbed(base: str,
     out = r.scrub(f"<{secret}>")
     assert REDACTED in out
     assert secret not in out
+
+
+def _spans_by_definition(r: Redactor, text: str) -> list[tuple[int, int]]:
+    """The matching rule written out plainly (every text the slow way: invisible characters dropped
+    with an index back, lone surrogates as U+FFFD, case folded one character at a time), the oracle
+    for the fast paths of ``Redactor._spans`` (ASCII text, text with neither kind of character)."""
+    kept = [i for i, c in enumerate(text) if not INVISIBLE.fullmatch(c)]
+    folded = []
+    for i in kept:
+        c = "\ufffd" if "\ud800" <= text[i] <= "\udfff" else text[i]
+        low = c.lower()
+        folded.append(low if len(low) == 1 else c)
+    assert r._automaton is not None
+    spans: list[tuple[int, int]] = []
+    for _form, start, end in sorted(
+        r._automaton.find_matches_as_indexes("".join(folded), overlapping=True), key=lambda m: m[1]
+    ):
+        start, end = kept[start], kept[end - 1] + 1
+        if spans and start <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], end))
+        else:
+            spans.append((start, end))
+    return spans
+
+
+_SECRETS = ["sk-Test-0123456789", "İstanbul-ẞecret", 'p@ss/W0rd+"Q"~9z']
+_PIECES = st.one_of(
+    st.sampled_from(_SECRETS),
+    st.sampled_from([s.upper() for s in _SECRETS] + [s.lower() for s in _SECRETS]),
+    st.text(st.characters(max_codepoint=127), max_size=8),
+    st.text(_ANY, max_size=4),
+    st.sampled_from(IGNORABLE),
+)
+
+
+@settings(max_examples=1000)
+@given(st.lists(_PIECES, max_size=8))
+def test_spans_are_the_rule_whatever_path_the_text_takes(pieces: list[str]) -> None:
+    """ASCII text, text without invisible characters or surrogates, and the rest take different
+    paths through ``_spans``; each finds exactly what the rule written out plainly finds."""
+    r = Redactor(_SECRETS)
+    text = "".join(pieces)
+    assert r._spans(text) == _spans_by_definition(r, text)
