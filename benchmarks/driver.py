@@ -274,3 +274,18 @@ async def wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 PY = sys.executable
+
+UPSTREAM_SECRET = "bench-upstream-token-7c1f9e2a"
+"""The credential of the benchmarks' upstream ``up``: the gateway resolves ``secret:up/token`` from the
+environment (``TOOLCRIB_SECRET_UP_TOKEN``, set on every gateway started with :class:`Proc`), injects it
+at the upstream edge and registers it with its redactor, so every result is scanned for a secret as in
+any deployment with credentials (with no secret registered, redaction is skipped)."""
+os.environ.setdefault("TOOLCRIB_SECRET_UP_TOKEN", UPSTREAM_SECRET)
+
+
+def upstream_credential(transport: str) -> str:
+    """The TOML line of server ``up`` that carries its credential: a header over HTTP, an
+    environment variable of the child over stdio."""
+    if transport == "http":
+        return 'headers = { Authorization = "Bearer secret:up/token" }\n'
+    return 'env = { UP_TOKEN = "secret:up/token" }\n'

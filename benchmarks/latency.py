@@ -4,8 +4,8 @@ For each upstream (an SDK fixture and a fast hand-written fixture, each over Str
 over stdio, see :mod:`benchmarks.fixtures`) one trivial ``echo`` call is made:
 
 - ``direct``: the raw client talks to the fixture itself (HTTP, or its stdio pipe);
-- ``passthrough``: through ``toolcrib`` in passthrough mode, trust layers on (audit, redaction,
-  policy; auth = none on loopback);
+- ``passthrough``: through ``toolcrib`` in passthrough mode, trust layers on (audit, redaction
+  with the upstream's credential registered, policy; auth = none on loopback);
 - ``passthrough-notrust``: the same with the trust layers removed (their share);
 - ``invoke``: through ``toolcrib`` in dispatcher mode, calling ``invoke``;
 - ``baseline``: ``passthrough`` as an earlier commit built it (``--baseline REF``, unpacked with
@@ -40,7 +40,7 @@ from typing import Any
 import aiohttp
 
 from benchmarks import machine
-from benchmarks.driver import PY, ROOT, HttpClient, Proc, StdioClient, free_port, wait_http
+from benchmarks.driver import PY, ROOT, HttpClient, Proc, StdioClient, free_port, upstream_credential, wait_http
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MCP_PROXY_VERSION = "0.13.0"
@@ -156,7 +156,7 @@ def gateway_config(tmp: Path, name: str, mode: str, kind: str, transport: str, u
     text = (
         f'[gateway]\nmode = "{mode}"\nmax_sessions_per_principal = 1000\n\n'
         f'[index]\npath = "{tmp / name}-index"\nranking = "bm25"\n\n'
-        f'[audit]\npath = "{tmp / name}-audit.db"\n\n[servers.up]\n{server}'
+        f'[audit]\npath = "{tmp / name}-audit.db"\n\n[servers.up]\n{server}{upstream_credential(transport)}'
     )
     path = tmp / f"{name}.toml"
     path.write_text(text, encoding="utf-8")
@@ -405,7 +405,8 @@ def write(all_rows: dict[str, list[dict[str, Any]]], args: argparse.Namespace, s
         "Client: raw aiohttp Streamable HTTP JSON-RPC driver (one session per concurrent worker), loopback. "
         "Everything (driver, gateway, upstream) shares the same 2 cores, so calls/s at high concurrency are "
         "bounded by total CPU, and the ratio to direct reflects the gateway's CPU cost.",
-        "toolcrib: `passthrough` = trust layers on (audit to SQLite, redaction, policy; auth = none on loopback); "
+        "toolcrib: `passthrough` = trust layers on (audit to SQLite, redaction with the upstream's credential "
+        "registered, policy; auth = none on loopback); "
         "`passthrough-notrust` = the same pipeline without them; `invoke` = dispatcher mode calling `invoke`; "
         "`baseline` = `passthrough` as the commit given with `--baseline` built it (same run, same machine).",
         f"mcp-proxy {MCP_PROXY_VERSION} (PyPI, own venv with mcp 1.x) serves HTTP only in front of a stdio "

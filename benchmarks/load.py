@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 
 from benchmarks import machine
-from benchmarks.driver import PY, HttpClient, Proc, free_port
+from benchmarks.driver import PY, HttpClient, Proc, free_port, upstream_credential
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Issue 11's targets for this run: twice the calls/s measured on 2026-11-26, search_tools p50 <= 30 ms.
@@ -41,7 +41,7 @@ def config_text(tmp: Path, upstream_url: str) -> str:
         f'[gateway]\nmode = "dispatcher"\nmax_sessions = 1000\nmax_sessions_per_principal = 1000\n\n'
         f'[index]\npath = "{tmp}/index"\n\n'
         f'[audit]\npath = "{tmp}/audit.db"\n\n'
-        f'[servers.up]\nurl = "{upstream_url}"\n\n'
+        f'[servers.up]\nurl = "{upstream_url}"\n{upstream_credential("http")}\n'
         f'[servers.time]\ncommand = "{PY}"\nargs = ["-m", "mcp_server_time", "--local-timezone", "UTC"]\n'
     )
 
@@ -154,7 +154,8 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         f"Reproduce: `python -m benchmarks.load --seconds {args.seconds:g} --sessions {args.sessions}"
         f"{' --unique-queries' if args.unique_queries else ''}` (`make load`).",
         "",
-        f"toolcrib dispatcher mode (index model from the default config, trust layers on, audit to SQLite) in front "
+        f"toolcrib dispatcher mode (index model from the default config, trust layers on, audit to SQLite, "
+        f"the upstream's credential registered for redaction) in front "
         f"of the fast fixture (HTTP) and mcp-server-time (stdio). {args.sessions} concurrent sessions, closed loop, "
         f"{args.search_share:.0%} search_tools / {1 - args.search_share:.0%} invoke, for {r['elapsed']:.0f} s; "
         f"{'every query distinct' if args.unique_queries else f'queries drawn from {len(QUERIES)}'}; "
