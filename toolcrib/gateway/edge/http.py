@@ -303,7 +303,7 @@ class HttpTransport:
     async def _direct(
         self, request: web.Request, sess: HttpSession, message: types.JSONRPCRequest, info: RequestInfo
     ) -> web.StreamResponse:
-        """Serve a session's ``tools/call`` with ``serve_one`` instead of the SDK's per-session loop.
+        """Serve a session's ``tools/call`` with the SDK's kernel (:func:`answer`) instead of its per-session loop.
 
         The hot path: one task, no memory-stream hops through the loop. A client disconnect does
         not cancel the call (2025-11-25); ``notifications/cancelled`` does.

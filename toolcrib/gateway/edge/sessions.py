@@ -1,6 +1,6 @@
 """What one exchange on ``/mcp`` needs below the HTTP layer: session state and dispatch contexts.
 
-A dispatch context is what the SDK's server kernel (``serve_one``) talks back through while it
+A dispatch context is what the SDK's server kernel (``ServerRunner``) talks back through while it
 serves one request: request-scoped notifications (progress, logs) and, for 2025-11-25 sessions,
 server-to-client requests (sampling, elicitation, roots) whose answers arrive as later POSTs.
 """
@@ -19,7 +19,7 @@ import anyio
 import mcp_types as types
 from anyio.streams.memory import MemoryObjectSendStream
 from mcp.server.connection import Connection
-from mcp.server.runner import modern_error_data, serve_one
+from mcp.server.runner import ServerRunner, aclose_shielded, modern_error_data
 from mcp.shared.dispatcher import CallOptions
 from mcp.shared.exceptions import MCPError, NoBackChannelError
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
@@ -254,10 +254,25 @@ class Standalone:
 
 
 async def answer(server: Any, dctx: Any, message: types.JSONRPCRequest, connection: Connection) -> types.JSONRPCMessage:
-    """Run one request through the SDK's server kernel and return its JSON-RPC answer."""
+    """Run one request through the SDK's server kernel and return its JSON-RPC answer.
+
+    What the SDK's ``serve_one`` does (one ``ServerRunner.on_request``, then the connection's exit
+    stack unwound under a shielded, bounded scope), except that an exit stack nothing was pushed on
+    is not unwound: toolcrib's handlers push nothing, and the shielded scope and its checkpoint were
+    two of a call's five cancel scopes."""
     try:
-        result = await serve_one(server, dctx, message.method, message.params, connection=connection, lifespan_state={})
+        try:
+            result = await ServerRunner(server, connection, {}).on_request(dctx, message.method, message.params)
+        finally:
+            if _has_exits(connection):
+                await aclose_shielded(connection)
     except Exception as exc:
         return types.JSONRPCError(jsonrpc="2.0", id=message.id, error=modern_error_data(exc))
     # The kernel's result is already its wire form (validated by the SDK): not validated again.
     return types.JSONRPCResponse.model_construct(jsonrpc="2.0", id=message.id, result=result)
+
+
+def _has_exits(connection: Connection) -> bool:
+    """Whether anything was pushed on ``connection.exit_stack`` (True when that cannot be told)."""
+    callbacks = getattr(connection.exit_stack, "_exit_callbacks", None)
+    return callbacks is None or bool(callbacks)
