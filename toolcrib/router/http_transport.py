@@ -35,7 +35,7 @@ import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import anyio
@@ -49,6 +49,7 @@ from pydantic import ValidationError
 
 from toolcrib.gateway.trust.matchers import loads_json
 from toolcrib.router.backchannel import TransportFailure
+from toolcrib.router.h1 import ConnectFailed, Origin, sendable
 
 log = logging.getLogger("toolcrib.upstream.http")
 
@@ -74,9 +75,28 @@ class _Stream:
         self.retry = DEFAULT_RETRY
 
 
+class Answer(Protocol):
+    """What this transport reads of an HTTP answer: an aiohttp ``ClientResponse`` or an
+    :class:`~toolcrib.router.h1.Response`."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def content(self) -> Any:
+        """``iter_any()``: the body's pieces as they arrive."""
+
+    async def read(self) -> bytes: ...
+
+
 class _Conn:
-    def __init__(self, http: aiohttp.ClientSession, url: str, read: MemoryObjectSendStream[Any]) -> None:
+    def __init__(
+        self, http: aiohttp.ClientSession, url: str, read: MemoryObjectSendStream[Any], h1: Origin | None = None
+    ) -> None:
         self.http = http
+        self.h1 = h1
+        """The lean client for :meth:`exchange` (plain ``http://`` URLs), else None: all on aiohttp."""
         self.url = url
         self.read = read
         self.session_id: str | None = None
@@ -150,25 +170,33 @@ class _Conn:
         exactly as :meth:`post` delivers it, marked as related to ``rid``. ``extra``: the request's
         own headers (a 2026-07-28 request's ``MCP-Protocol-Version``, ``Mcp-Method``, ``Mcp-Name``...).
         """
+        headers = self.headers(extra)
         try:
-            async with self.http.post(self.url, data=body, headers=self.headers(extra)) as resp:
-                if resp.status != 200 or not resp.headers.get("Content-Type", "").lower().startswith(
-                    "application/json"
-                ):
-                    await self._answer(resp, rid)
-                    return
-                raw = await resp.read()
-                try:
-                    data = loads_json(raw)
-                except (ValueError, RecursionError):
-                    await self.deliver(raw, rid)  # the general parser says what is wrong with it
-                    return
-                if isinstance(data, dict) and data.get("id") == rid:
-                    answer(data)
-                else:
-                    await self.fail(rid, types.INVALID_REQUEST, "the server answered with another request's id")
+            if self.h1 is not None and sendable(headers):
+                async with self.h1.post(body, headers) as resp:
+                    if not 300 <= resp.status < 400:
+                        await self._exchanged(resp, rid, answer)
+                        return
+                # A redirect (the server ran nothing): made again on aiohttp, which follows it.
+            async with self.http.post(self.url, data=body, headers=headers) as resp:
+                await self._exchanged(resp, rid, answer)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             await self._unreachable(rid, exc)
+
+    async def _exchanged(self, resp: Answer, rid: str, answer: Callable[[dict[str, Any]], bool]) -> None:
+        if resp.status != 200 or not resp.headers.get("Content-Type", "").lower().startswith("application/json"):
+            await self._answer(resp, rid)
+            return
+        raw = await resp.read()
+        try:
+            data = loads_json(raw)
+        except (ValueError, RecursionError):
+            await self.deliver(raw, rid)  # the general parser says what is wrong with it
+            return
+        if isinstance(data, dict) and data.get("id") == rid:
+            answer(data)
+        else:
+            await self.fail(rid, types.INVALID_REQUEST, "the server answered with another request's id")
 
     async def _unreachable(self, rid: Any, exc: BaseException) -> None:
         """Fail request ``rid`` whose POST could not be made or read (``CONNECTION_CLOSED``, one line why)."""
@@ -176,7 +204,7 @@ class _Conn:
         text = f"HTTP request to the server failed: {exc}" if reason is None else cannot_connect(self.url, reason)
         await self.fail(rid, types.CONNECTION_CLOSED, text)
 
-    async def _answer(self, resp: aiohttp.ClientResponse, rid: Any) -> None:
+    async def _answer(self, resp: Answer, rid: Any) -> None:
         ctype = resp.headers.get("Content-Type", "").lower()
         if resp.status == 202:
             await self.fail(rid, types.INVALID_REQUEST, "server answered a request with 202 Accepted")
@@ -207,7 +235,7 @@ class _Conn:
             await self.fail(rid, types.INVALID_REQUEST, f"unexpected content type {ctype!r} from the server")
 
     async def events(
-        self, resp: aiohttp.ClientResponse, rid: Any = None, stream: _Stream | None = None, *, resume: bool = False
+        self, resp: Answer, rid: Any = None, stream: _Stream | None = None, *, resume: bool = False
     ) -> None:
         """Read an SSE body; return once the answer to ``rid`` arrived (or the stream ended for good).
 
@@ -242,7 +270,7 @@ class _Conn:
                 return False
             return await self._read(resp, rid, stream)
 
-    async def _read(self, resp: aiohttp.ClientResponse, rid: Any, stream: _Stream) -> bool:
+    async def _read(self, resp: Answer, rid: Any, stream: _Stream) -> bool:
         """Deliver the messages of one SSE body (noting event ids and ``retry``); True once ``rid`` was answered."""
         data: list[str] = []
         event = "message"
@@ -325,7 +353,7 @@ def connect_reason(exc: BaseException) -> str | None:
     Knows aiohttp's connector errors and httpx's ``ConnectError`` / ``ConnectTimeout`` (by name, as the
     SDK's SSE client may use either httpx package), and looks through their causes for the OS error.
     """
-    is_connect = isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError) or type(
+    is_connect = isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError | ConnectFailed) or type(
         exc
     ).__name__ in ("ConnectError", "ConnectTimeout")
     if not is_connect:
@@ -353,7 +381,7 @@ def connect_reason(exc: BaseException) -> str | None:
     return "connection failed"
 
 
-async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
+async def _lines(resp: Answer) -> AsyncIterator[str]:
     """Lines of a body, however long (aiohttp's line reader stops at 64 KiB); linear in the size."""
     pending: list[bytes] = []
     size = 0
@@ -395,7 +423,7 @@ async def aiohttp_transport(
     client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout)
     try:
         async with aiohttp.ClientSession(headers=dict(headers), connector=connector, timeout=client_timeout) as http:
-            conn = _Conn(http, url, read_send)
+            conn = _Conn(http, url, read_send, Origin(url, headers, timeout, http) if Origin.serves(url) else None)
             if on_conn is not None:
                 on_conn(conn)
             async with anyio.create_task_group() as tg:
@@ -404,6 +432,8 @@ async def aiohttp_transport(
                     yield read_recv, write_send
                 finally:
                     tg.cancel_scope.cancel()
+            if conn.h1 is not None:
+                conn.h1.close()
             if conn.session_id:
                 with anyio.move_on_after(2), contextlib.suppress(aiohttp.ClientError, OSError):
                     async with http.delete(url, headers=conn.headers()):
