@@ -49,10 +49,18 @@ MAX_IDLE = 32
 """Idle kept-alive connections per origin at most; more are closed when released."""
 HIGH_WATER = 256 * 1024
 """Bytes of a streamed body waiting for its reader before the socket is paused."""
+MAX_HEAD = 256 * 1024
+"""Bytes received before an answer's head is complete (interim answers included) at most: llhttp
+keeps every header byte, so an endless head would grow without bound (aiohttp stops at 8190 bytes
+a line and 128 headers)."""
 USER_AGENT = aiohttp.http.SERVER_SOFTWARE
 """The same ``User-Agent`` as the transport's aiohttp requests: one gateway, one name."""
 _BAD_HEADER = re.compile(r"[\r\n\0]")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+class _Unasked(Exception):
+    """A message the server began while no request waits for one (idle, or after the answer)."""
 
 
 class ConnectFailed(OSError):
@@ -82,6 +90,9 @@ class _Connection(asyncio.Protocol):
         """True when the body's end is told by its framing (length or chunked), not by EOF."""
         self._wake: asyncio.Future[None] | None = None
         self._paused = False
+        self._heading = True
+        """The final answer's head is not complete yet: received bytes count against MAX_HEAD."""
+        self._head_bytes = 0
 
     # ---- asyncio.Protocol -----------------------------------------------------------------------
 
@@ -92,7 +103,20 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(ConnectionError(f"the server's answer is not valid HTTP/1.1 ({exc})"))
+            if self.complete and self.transport is not None:
+                # more after the answer (another answer, garbage): the answer stands, the connection
+                # that carried the rest is not reused
+                self.keep_alive = False
+                self.transport.close()
+            elif isinstance(exc.__context__, _Unasked):
+                self._fail(ConnectionError("the server sent an answer while no request was waiting"))
+            else:
+                self._fail(ConnectionError(f"the server's answer is not valid HTTP/1.1 ({exc})"))
+            return
+        if self._heading:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD:
+                self._fail(ConnectionError(f"the server's answer head exceeded {MAX_HEAD} bytes"))
 
     def eof_received(self) -> bool | None:
         if self.head is not None and self.head.done() and not self.framed and not self.complete:
@@ -117,6 +141,10 @@ class _Connection(asyncio.Protocol):
 
     # ---- httptools callbacks --------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.head is None or self.complete:
+            raise _Unasked  # stops the parser: see data_received
+
     def on_header(self, name: bytes, value: bytes) -> None:  # whole: httptools joins a header split across reads
         self.headers.add(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
 
@@ -125,6 +153,7 @@ class _Connection(asyncio.Protocol):
         if 100 <= self.status < 200:
             self.headers = CIMultiDict()  # an interim answer (100 Continue): the real one follows
             return
+        self._heading = False
         encoding = self.headers.get("Transfer-Encoding", "").lower()
         self.framed = "Content-Length" in self.headers or "chunked" in encoding
         if self.head is not None and not self.head.done():
@@ -196,7 +225,8 @@ class Response:
         self.status = conn.status
         self.headers = conn.headers
         self.content = self
-        coding = self.headers.get("Content-Encoding", "identity").strip().lower()
+        self._decoded = 0
+        coding = self._coding = self.headers.get("Content-Encoding", "identity").strip().lower()
         if coding in ("gzip", "x-gzip"):
             self._decoder: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif coding == "deflate":
@@ -210,8 +240,13 @@ class Response:
         """The body's pieces as they arrive."""
         while (chunk := await self._conn.next_chunk()) is not None:
             if self._decoder is not None:
-                chunk = self._decoder.decompress(chunk, MAX_BODY)
-                if self._decoder.unconsumed_tail:
+                room = MAX_BODY - self._decoded  # the cap is on the whole body (a gzip bomb)
+                try:
+                    chunk = self._decoder.decompress(chunk, room + 1)
+                except zlib.error as exc:  # an OSError, as the transport expects (aiohttp: ClientPayloadError)
+                    raise ConnectionError(f"the server's answer is not valid {self._coding} ({exc})") from None
+                self._decoded += len(chunk)
+                if self._decoded > MAX_BODY or self._decoder.unconsumed_tail:
                     raise ConnectionError(f"the server's answer exceeded {MAX_BODY} bytes once decoded")
             if chunk:
                 yield chunk
@@ -275,7 +310,8 @@ class Origin:
             merged.update(extra)
             head = "".join(f"{k}: {v}\r\n" for k, v in merged.items())
         head += f"Content-Length: {len(body)}\r\n"
-        message = f"POST {self._target} HTTP/1.1\r\n{head}\r\n".encode() + body  # as aiohttp encodes
+        # as aiohttp encodes: UTF-8, a lone surrogate (a client's tool name may hold one) dropped
+        message = f"POST {self._target} HTTP/1.1\r\n{head}\r\n".encode("utf-8", "ignore") + body
         conn = await self._connection()
         reusable = False
         try:

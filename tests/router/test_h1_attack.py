@@ -1,0 +1,186 @@
+"""toolcrib.router.h1 against a hostile or broken upstream on 127.0.0.1 (raw asyncio servers):
+decompression past the cap, endless heads, corrupt gzip, answers the client did not ask for, and
+request headers a client can steer (a tool name with a lone surrogate); on asyncio and uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from toolcrib.router import h1
+from toolcrib.router.h1 import Origin
+
+pytestmark = pytest.mark.anyio
+
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(params=[pytest.param(False, id="asyncio"), pytest.param(True, id="uvloop")])
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    return "asyncio", {"use_uvloop": request.param}
+
+
+def _answer(body: bytes, status: int = 200, extra: str = "") -> bytes:
+    return (
+        f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+@contextlib.asynccontextmanager
+async def _server(
+    script: Callable[[int, int, asyncio.StreamWriter], Any],
+) -> AsyncIterator[tuple[str, list[int]]]:
+    """A raw server: ``script(connection_no, request_no, writer)`` answers each request (awaited if
+    a coroutine). Yields the URL and the list of connections made (their numbers)."""
+    conns: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        n = len(conns)
+        conns.append(n)
+        try:
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                for i in range(1000):
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    await reader.readexactly(length)
+                    done = script(n, i, writer)
+                    if asyncio.iscoroutine(done):
+                        await done
+                    await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/mcp", conns
+    finally:
+        server.close()
+
+
+@contextlib.asynccontextmanager
+async def _origin(url: str) -> AsyncIterator[Origin]:
+    async with aiohttp.ClientSession() as http:
+        origin = Origin(url, {}, 5.0, http)
+        try:
+            yield origin
+        finally:
+            origin.close()
+
+
+async def _post(origin: Origin, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    async with asyncio.timeout(5), origin.post(b"{}", headers or JSON) as resp:
+        return resp.status, await resp.read()
+
+
+async def test_a_gzip_body_decoding_past_the_cap_fails_however_it_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each 40-byte piece decodes to less than the cap (7,740 bytes at most), all of them to far
+    # more: the cap is on the whole body (a gzip bomb: 64 MiB on the wire is ~64 GiB decoded).
+    monkeypatch.setattr(h1, "MAX_BODY", 20000)
+    plain = b"".join(b"%04d," % (i % 300) for i in range(20000))  # 100 KB; 1,130 bytes gzipped
+    zipped = gzip.compress(plain)
+    pieces = [zipped[i : i + 40] for i in range(0, len(zipped), 40)]
+    chunked = b"".join(b"%x\r\n" % len(p) + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
+    wire = b"HTTP/1.1 200 X\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked
+
+    async def script(n: int, i: int, w: asyncio.StreamWriter) -> None:
+        for j in range(0, len(wire), 40):
+            w.write(wire[j : j + 40])
+            await w.drain()
+            await asyncio.sleep(0.001)
+
+    async with _server(script) as (url, _), _origin(url) as origin:
+        with pytest.raises(ConnectionError, match="exceeded 20000 bytes once decoded"):
+            await _post(origin)
+
+
+async def test_a_corrupt_gzip_body_is_a_broken_connection_not_a_zlib_error() -> None:
+    # An OSError, as the transport catches (aiohttp: ClientPayloadError): else it escapes exchange().
+    async def script(n: int, i: int, w: asyncio.StreamWriter) -> None:
+        w.write(_answer(b"this is not gzip", extra="Content-Encoding: gzip\r\n"))
+
+    async with _server(script) as (url, _), _origin(url) as origin:
+        with pytest.raises(ConnectionError, match="gzip"):
+            await _post(origin)
+
+
+@pytest.mark.parametrize("shape", ["many headers", "one endless value", "endless interim answers"])
+async def test_an_endless_head_fails_the_request_with_bounded_memory(shape: str) -> None:
+    # aiohttp refuses past 8190 bytes a line, 128 headers; llhttp alone keeps every byte.
+    async def script(n: int, i: int, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\n" if shape != "endless interim answers" else b"")
+        if shape == "one endless value":
+            w.write(b"X-A: ")
+        for k in range(2000):  # 2000 x 1 KiB: far past any sane head
+            if shape == "many headers":
+                w.write(b"X-%d: %s\r\n" % (k, b"a" * 1000))
+            elif shape == "one endless value":
+                w.write(b"a" * 1024)
+            else:
+                w.write(b"HTTP/1.1 100 Continue\r\nX-A: " + b"a" * 990 + b"\r\n\r\n")
+            await w.drain()
+        await asyncio.sleep(10)
+
+    async with _server(script) as (url, _), _origin(url) as origin:
+        with pytest.raises(ConnectionError, match="head exceeded"):
+            await _post(origin)
+
+
+async def test_a_second_answer_in_the_same_packet_is_not_read_as_part_of_the_first() -> None:
+    # Response splitting / pipelined garbage: the answer is the first message only, and the
+    # connection that carried more than was asked is not reused.
+    async def script(n: int, i: int, w: asyncio.StreamWriter) -> None:
+        if n == 0:
+            w.write(_answer(b'{"id": "a"}') + _answer(b'{"id": "b"}'))
+        else:
+            w.write(_answer(b'{"id": "fresh"}'))
+
+    async with _server(script) as (url, conns), _origin(url) as origin:
+        assert await _post(origin) == (200, b'{"id": "a"}')
+        assert await _post(origin) == (200, b'{"id": "fresh"}')
+        assert conns == [0, 1]
+
+
+async def test_an_unasked_partial_answer_on_an_idle_connection_is_not_prefixed_to_the_next_one() -> None:
+    # While the connection idles the server starts a message (status 500, one header open); the
+    # next request's answer must not be parsed as its continuation.
+    async def script(n: int, i: int, w: asyncio.StreamWriter) -> None:
+        w.write(_answer(json.dumps({"n": n, "i": i}).encode()))
+        if n == 0:
+            w.write(b"HTTP/1.1 500 Evil\r\nX-Evil: ")
+
+    async with _server(script) as (url, _), _origin(url) as origin:
+        assert await _post(origin) == (200, b'{"n": 0, "i": 0}')
+        await asyncio.sleep(0.1)
+        assert await _post(origin) == (200, b'{"n": 1, "i": 0}')
+
+
+async def test_a_header_with_a_lone_surrogate_is_sent_as_aiohttp_sends_it() -> None:
+    # A client's tool name "to\ud800ol" (valid JSON) stamped as Mcp-Name: aiohttp drops the
+    # surrogate; a UnicodeEncodeError here would escape the transport's exchange().
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            seen.append(await reader.readuntil(b"\r\n\r\n"))
+            await reader.readexactly(2)
+            writer.write(_answer(b"{}"))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/mcp"
+    try:
+        async with _origin(url) as origin:
+            assert await _post(origin, {**JSON, "Mcp-Name": "to\ud800ol"}) == (200, b"{}")
+        assert b"\r\nMcp-Name: tool\r\n" in seen[0]
+    finally:
+        server.close()
