@@ -184,3 +184,49 @@ async def test_a_header_with_a_lone_surrogate_is_sent_as_aiohttp_sends_it() -> N
         assert b"\r\nMcp-Name: tool\r\n" in seen[0]
     finally:
         server.close()
+
+
+async def test_the_request_line_and_host_are_formed_as_aiohttp_forms_them() -> None:
+    # A space or non-ASCII character in the configured URL's path went raw into the request line
+    # ("POST /m cp HTTP/1.1": a malformed request); aiohttp percent-encodes it (yarl).
+    lines: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines.append(head.split(b"\r\n")[0])
+            await reader.readexactly(2)
+            writer.write(_answer(b"{}"))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/m cp/ツール?a=b c#frag"
+    try:
+        async with _origin(url) as origin:
+            assert await _post(origin) == (200, b"{}")
+        async with aiohttp.ClientSession() as http, http.post(url, data=b"{}") as resp:
+            await resp.read()
+        assert lines[0] == lines[1] == b"POST /m%20cp/%E3%83%84%E3%83%BC%E3%83%AB?a=b+c HTTP/1.1"
+    finally:
+        server.close()
+    async with aiohttp.ClientSession() as http:  # Host, without connecting
+        for given, host in [
+            ("http://[::1]:8080/mcp", "[::1]:8080"),
+            ("http://[::1]/mcp", "[::1]"),
+            ("http://Example.COM:80/mcp", "example.com"),
+            ("http://bücher.example/mcp", "xn--bcher-kva.example"),
+        ]:
+            assert Origin(given, {}, 5.0, http)._defaults["Host"] == host
+
+
+async def test_a_switching_protocols_answer_fails_the_request_cleanly(caplog: pytest.LogCaptureFixture) -> None:
+    # llhttp stops at a 101 with HttpParserUpgrade (no HttpParserError): it escaped data_received
+    # (the loop logged a fatal error) and the request failed as "closed before answering".
+    async def script(n: int, i: int, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nxx")
+
+    async with _server(script) as (url, _), _origin(url) as origin:
+        with pytest.raises(ConnectionError, match="switch"):
+            await _post(origin)
+    assert "Fatal error" not in caplog.text

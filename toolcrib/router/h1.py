@@ -102,6 +102,9 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # a 101 (no HttpParserError): nothing toolcrib can read
+            self._fail(ConnectionError("the server switched protocols (HTTP 101) instead of answering"))
+            return
         except httptools.HttpParserError as exc:
             if self.complete and self.transport is not None:
                 # more after the answer (another answer, garbage): the answer stands, the connection
@@ -269,14 +272,13 @@ class Origin:
     def __init__(
         self, url: str, headers: Mapping[str, str], connect_timeout: float, http: aiohttp.ClientSession
     ) -> None:
-        parts = urlsplit(url)
         self.url = URL(url)
-        self._host = parts.hostname or ""
-        self._port = parts.port or 80
-        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._host = self.url.raw_host or ""
+        self._port = self.url.port or 80
+        self._target = self.url.raw_path_qs  # percent-encoded, as aiohttp sends it
         self._defaults = CIMultiDict(headers)
         check_headers(self._defaults)
-        self._defaults.setdefault("Host", parts.netloc)
+        self._defaults.setdefault("Host", self.url.host_port_subcomponent or self._host)  # as aiohttp: IDNA
         self._defaults.setdefault("User-Agent", USER_AGENT)
         self._names = {name.lower() for name in self._defaults}
         self._block = "".join(f"{k}: {v}\r\n" for k, v in self._defaults.items())
