@@ -230,3 +230,27 @@ async def test_a_switching_protocols_answer_fails_the_request_cleanly(caplog: py
         with pytest.raises(ConnectionError, match="switch"):
             await _post(origin)
     assert "Fatal error" not in caplog.text
+
+
+@pytest.mark.parametrize("coding", ["identity", "gzip"])
+async def test_a_streamed_body_is_not_capped_as_a_whole(monkeypatch: pytest.MonkeyPatch, coding: str) -> None:
+    # An SSE answer (a long tool call's progress) read piece by piece is bounded by back-pressure
+    # and by the transport's per-line cap; aiohttp never capped it as a whole, h1 failed it at
+    # MAX_BODY bytes in all. read() still is capped (test_a_body_over_the_cap_fails_the_request).
+    monkeypatch.setattr(h1, "MAX_BODY", 1000)
+    events = b"".join(b"data: %04d\n\n" % i for i in range(500))  # 6,000 bytes
+    body = (
+        gzip.compress(events) + b"trailing bytes after the gzip member: ignored" * 100 if coding == "gzip" else events
+    )
+    pieces = [body[i : i + 50] for i in range(0, len(body), 50)]  # each decodes to < 1000
+    wire = b"HTTP/1.1 200 X\r\nContent-Type: text/event-stream\r\nContent-Encoding: %s\r\n" % coding.encode()
+    wire += b"Transfer-Encoding: chunked\r\n\r\n" + b"".join(b"%x\r\n" % len(p) + p + b"\r\n" for p in pieces)
+    wire += b"0\r\n\r\n"
+
+    async def script(n: int, i: int, w: asyncio.StreamWriter) -> None:
+        w.write(wire)
+
+    async with _server(script) as (url, _), _origin(url) as origin:
+        async with asyncio.timeout(5), origin.post(b"{}", JSON) as resp:
+            assert b"".join([chunk async for chunk in resp.content.iter_any()]) == events
+        assert len(origin._idle) == 1

@@ -15,7 +15,8 @@ same exchange over a kept-alive socket with ``httptools`` (the llhttp parser uvi
 - cookies shared with the transport's aiohttp session (a load balancer's affinity cookie set on
   one path is sent on the other);
 - bodies framed by ``Content-Length``, ``chunked`` or the end of the connection; ``gzip`` and
-  ``deflate`` content decoded; a body over :data:`MAX_BODY` fails the request;
+  ``deflate`` content decoded; a body read whole (:meth:`Response.read`) over :data:`MAX_BODY`
+  fails the request (one streamed by ``iter_any`` is not capped as a whole, as over aiohttp);
 - a streamed body (SSE) read with back-pressure: reading is paused while :data:`HIGH_WATER`
   bytes wait for the reader.
 
@@ -44,7 +45,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 MAX_BODY = 64 * 1024 * 1024
-"""Bytes of one response body at most (the same cap as one SSE line over aiohttp)."""
+"""Bytes of a body read whole at most, on the wire and decoded; of one decoded piece of a streamed
+body (the same cap as one SSE line over aiohttp)."""
 MAX_IDLE = 32
 """Idle kept-alive connections per origin at most; more are closed when released."""
 HIGH_WATER = 256 * 1024
@@ -83,7 +85,6 @@ class _Connection(asyncio.Protocol):
         self.head: asyncio.Future[None] | None = None
         self.chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
-        self.received = 0
         self.complete = False
         self.keep_alive = False
         self.framed = False
@@ -163,10 +164,6 @@ class _Connection(asyncio.Protocol):
             self.head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
-        self.received += len(body)
-        if self.received > MAX_BODY:
-            self._fail(ConnectionError(f"the server's answer exceeded {MAX_BODY} bytes"))
-            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > HIGH_WATER and not self._paused and self.transport is not None:
@@ -228,6 +225,9 @@ class Response:
         self.status = conn.status
         self.headers = conn.headers
         self.content = self
+        self._whole = False
+        """Read by :meth:`read`: capped at MAX_BODY as a whole."""
+        self._raw = 0
         self._decoded = 0
         coding = self._coding = self.headers.get("Content-Encoding", "identity").strip().lower()
         if coding in ("gzip", "x-gzip"):
@@ -242,20 +242,28 @@ class Response:
     async def iter_any(self) -> AsyncIterator[bytes]:
         """The body's pieces as they arrive."""
         while (chunk := await self._conn.next_chunk()) is not None:
+            if self._whole:
+                self._raw += len(chunk)
+                if self._raw > MAX_BODY:
+                    raise ConnectionError(f"the server's answer exceeded {MAX_BODY} bytes")
             if self._decoder is not None:
-                room = MAX_BODY - self._decoded  # the cap is on the whole body (a gzip bomb)
+                if self._decoder.eof:
+                    continue  # bytes after the compressed stream: ignored, not kept (unused_data)
+                room = MAX_BODY - self._decoded if self._whole else MAX_BODY  # whole: a gzip bomb
                 try:
                     chunk = self._decoder.decompress(chunk, room + 1)
                 except zlib.error as exc:  # an OSError, as the transport expects (aiohttp: ClientPayloadError)
                     raise ConnectionError(f"the server's answer is not valid {self._coding} ({exc})") from None
-                self._decoded += len(chunk)
-                if self._decoded > MAX_BODY or self._decoder.unconsumed_tail:
+                if self._whole:
+                    self._decoded += len(chunk)
+                if len(chunk) > room or self._decoder.unconsumed_tail:
                     raise ConnectionError(f"the server's answer exceeded {MAX_BODY} bytes once decoded")
             if chunk:
                 yield chunk
 
     async def read(self) -> bytes:
-        """The whole body."""
+        """The whole body (at most :data:`MAX_BODY` bytes, on the wire and decoded)."""
+        self._whole = True
         parts = [chunk async for chunk in self.iter_any()]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
