@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -254,3 +255,18 @@ async def test_a_streamed_body_is_not_capped_as_a_whole(monkeypatch: pytest.Monk
         async with asyncio.timeout(5), origin.post(b"{}", JSON) as resp:
             assert b"".join([chunk async for chunk in resp.content.iter_any()]) == events
         assert len(origin._idle) == 1
+
+
+async def test_a_raw_deflate_body_is_read_as_aiohttp_reads_it() -> None:
+    # "Content-Encoding: deflate" without the zlib header (what many servers send): aiohttp reads
+    # it as raw deflate; h1 failed the request.
+    squeeze = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    raw = squeeze.compress(b'{"raw": "deflate"}') + squeeze.flush()
+
+    async def script(n: int, i: int, w: asyncio.StreamWriter) -> None:
+        w.write(_answer(raw, extra="Content-Encoding: deflate\r\n"))
+
+    async with _server(script) as (url, _), _origin(url) as origin:
+        assert await _post(origin) == (200, b'{"raw": "deflate"}')
+        async with aiohttp.ClientSession() as http, http.post(url, data=b"{}") as resp:
+            assert await resp.read() == b'{"raw": "deflate"}'

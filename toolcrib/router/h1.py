@@ -229,6 +229,7 @@ class Response:
         """Read by :meth:`read`: capped at MAX_BODY as a whole."""
         self._raw = 0
         self._decoded = 0
+        self._started = False
         coding = self._coding = self.headers.get("Content-Encoding", "identity").strip().lower()
         if coding in ("gzip", "x-gzip"):
             self._decoder: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -249,6 +250,10 @@ class Response:
             if self._decoder is not None:
                 if self._decoder.eof:
                     continue  # bytes after the compressed stream: ignored, not kept (unused_data)
+                if not self._started and chunk:
+                    self._started = True
+                    if self._coding == "deflate" and chunk[0] & 0xF != 8:  # no zlib header: raw deflate, as aiohttp
+                        self._decoder = zlib.decompressobj(-zlib.MAX_WBITS)
                 room = MAX_BODY - self._decoded if self._whole else MAX_BODY  # whole: a gzip bomb
                 try:
                     chunk = self._decoder.decompress(chunk, room + 1)
