@@ -270,3 +270,24 @@ async def test_a_raw_deflate_body_is_read_as_aiohttp_reads_it() -> None:
         assert await _post(origin) == (200, b'{"raw": "deflate"}')
         async with aiohttp.ClientSession() as http, http.post(url, data=b"{}") as resp:
             assert await resp.read() == b'{"raw": "deflate"}'
+
+
+async def test_set_cookie_fields_are_parsed_as_aiohttp_parses_them() -> None:
+    # An affinity cookie with an unparsable Expires: aiohttp keeps it (its lenient parser),
+    # SimpleCookie.load dropped it, so the h1 path lost the load balancer's affinity.
+    async def script(n: int, i: int, w: asyncio.StreamWriter) -> None:
+        w.write(_answer(b"{}", extra="Set-Cookie: affinity=node-7; Expires=Wed, 99 Foo 99999 00:00:00 GMT\r\n"))
+
+    async with _server(script) as (url, _):
+        jars = []
+        for lean in (True, False):
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+                if lean:
+                    origin = Origin(url, {}, 5.0, http)
+                    await _post(origin)
+                    origin.close()
+                else:
+                    async with http.post(url, data=b"{}") as resp:
+                        await resp.read()
+                jars.append([(c.key, c.value) for c in http.cookie_jar])
+        assert jars[0] == jars[1] == [("affinity", "node-7")]

@@ -35,7 +35,6 @@ import re
 import zlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -347,15 +346,8 @@ class Origin:
 
     def _cookies(self, headers: CIMultiDict[str]) -> None:
         values = headers.getall("Set-Cookie", [])
-        if not values:
-            return
-        jar: SimpleCookie = SimpleCookie()
-        for value in values:
-            try:
-                jar.load(value)
-            except CookieError:
-                continue
-        self._jar.update_cookies(jar, self.url)
+        if values:  # as aiohttp's client takes them (its lenient parser, its limits)
+            self._jar.update_cookies_from_headers(values, self.url)
 
     async def _connection(self) -> _Connection:
         while self._idle:
