@@ -291,3 +291,40 @@ async def test_set_cookie_fields_are_parsed_as_aiohttp_parses_them() -> None:
                         await resp.read()
                 jars.append([(c.key, c.value) for c in http.cookie_jar])
         assert jars[0] == jars[1] == [("affinity", "node-7")]
+
+
+async def test_a_configured_cookie_is_kept_beside_the_jars_cookies() -> None:
+    # The upstream's configured headers carry a credential cookie; a load balancer sets an
+    # affinity cookie. aiohttp sends both (it merges the jar into the Cookie header); h1 replaced
+    # the configured Cookie with the jar's, dropping the credential.
+    seen: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                cookie = [ln for ln in head.decode().split("\r\n") if ln.lower().startswith("cookie:")]
+                seen.append(cookie[0].split(":", 1)[1].strip() if cookie else "")
+                await reader.readexactly(2)
+                writer.write(_answer(b"{}", extra="Set-Cookie: affinity=node-7\r\n"))
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/mcp"
+    try:
+        for lean in (True, False):
+            configured = {"Cookie": "auth=secret"}
+            async with aiohttp.ClientSession(headers=configured, cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+                origin = Origin(url, configured, 5.0, http)
+                for _ in range(2):
+                    if lean:
+                        await _post(origin)
+                    else:
+                        async with http.post(url, data=b"{}", headers=JSON) as resp:
+                            await resp.read()
+                origin.close()
+    finally:
+        server.close()
+    assert seen[2:] == ["auth=secret", "affinity=node-7; auth=secret"]  # aiohttp
+    assert seen[:2] == seen[2:]  # h1

@@ -35,11 +35,13 @@ import re
 import zlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from http.cookies import BaseCookie, SimpleCookie
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import httptools
+from aiohttp._cookie_helpers import parse_cookie_header, preserve_morsel_with_coded_value
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -316,7 +318,8 @@ class Origin:
         if len(self._jar):
             cookies = self._jar.filter_cookies(self.url)
             if cookies:
-                extra = {**headers, "Cookie": "; ".join(f"{m.key}={m.coded_value}" for m in cookies.values())}
+                extra = {k: v for k, v in headers.items() if k.lower() != "cookie"}
+                extra["Cookie"] = self._cookie_header(headers, cookies)
         if self._names.isdisjoint(name.lower() for name in extra):
             head = self._block + "".join(f"{k}: {v}\r\n" for k, v in extra.items())
         else:  # a request header replaces a configured one of the same name, as aiohttp merges them
@@ -343,6 +346,17 @@ class Origin:
                 self._idle.append(conn)
             elif conn.transport is not None:
                 conn.transport.close()
+
+    def _cookie_header(self, headers: Mapping[str, str], cookies: BaseCookie[str]) -> str:
+        """The jar's ``cookies`` merged into the request's or configured ``Cookie`` header (a
+        credential), the jar's winning by name: aiohttp's ``ClientRequest.update_cookies``."""
+        given = next((v for k, v in headers.items() if k.lower() == "cookie"), None) or self._defaults.get("Cookie")
+        merged: SimpleCookie = SimpleCookie()
+        if given:
+            merged.update(parse_cookie_header(given))
+        for name, morsel in cookies.items():
+            merged[name] = preserve_morsel_with_coded_value(morsel)
+        return merged.output(header="", sep=";").strip()
 
     def _cookies(self, headers: CIMultiDict[str]) -> None:
         values = headers.getall("Set-Cookie", [])
