@@ -328,3 +328,14 @@ async def test_a_configured_cookie_is_kept_beside_the_jars_cookies() -> None:
         server.close()
     assert seen[2:] == ["auth=secret", "affinity=node-7; auth=secret"]  # aiohttp
     assert seen[:2] == seen[2:]  # h1
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/mcp", "http://127.0.0.1:port/mcp", "http://[::1/mcp"])
+async def test_a_url_h1_cannot_use_is_left_to_aiohttp(url: str) -> None:
+    # Constructing Origin raised ValueError (a port out of range) as the transport opened; before
+    # h1 the transport opened and each request failed with aiohttp's own error, as it still does.
+    from toolcrib.router.http_transport import aiohttp_transport
+
+    assert not Origin.serves(url)
+    async with aiohttp_transport(url, {}, timeout=1.0):
+        pass

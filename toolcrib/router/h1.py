@@ -303,8 +303,13 @@ class Origin:
 
     @staticmethod
     def serves(url: str) -> bool:
-        """True for a plain ``http://`` URL with no user info (https and the rest stay on aiohttp)."""
-        parts = urlsplit(url)
+        """True for a plain ``http://`` URL with no user info (https and the rest stay on aiohttp,
+        as does a URL that does not parse: aiohttp fails each request on it, as before)."""
+        try:
+            parts = urlsplit(url)
+            URL(url).port  # noqa: B018  # raises for a port out of range, as Origin would
+        except ValueError:
+            return False
         return parts.scheme == "http" and parts.username is None and parts.password is None and bool(parts.hostname)
 
     @asynccontextmanager
