@@ -339,3 +339,31 @@ async def test_a_url_h1_cannot_use_is_left_to_aiohttp(url: str) -> None:
     assert not Origin.serves(url)
     async with aiohttp_transport(url, {}, timeout=1.0):
         pass
+
+
+async def test_configured_framing_headers_do_not_frame_the_request() -> None:
+    # Content-Length / Transfer-Encoding among an upstream's configured headers were written
+    # beside h1's own Content-Length: two lengths and a chunked claim on an unchunked body
+    # (a request-smuggling shape). h1 frames the request itself.
+    heads: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            heads.append(await reader.readuntil(b"\r\n\r\n"))
+            await reader.readexactly(2)
+            writer.write(_answer(b"{}"))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/mcp"
+    try:
+        async with aiohttp.ClientSession() as http:
+            origin = Origin(url, {"Content-Length": "0", "transfer-encoding": "chunked", "X-Up": "1"}, 5.0, http)
+            assert await _post(origin) == (200, b"{}")
+            origin.close()
+    finally:
+        server.close()
+    lines = heads[0].lower().split(b"\r\n")
+    assert [ln for ln in lines if ln.startswith((b"content-length", b"transfer-encoding"))] == [b"content-length: 2"]
+    assert b"x-up: 1" in lines

@@ -292,6 +292,8 @@ class Origin:
         self._target = self.url.raw_path_qs  # percent-encoded, as aiohttp sends it
         self._defaults = CIMultiDict(headers)
         check_headers(self._defaults)
+        for framing in ("Content-Length", "Transfer-Encoding"):  # the request is framed here, once
+            self._defaults.popall(framing, None)
         self._defaults.setdefault("Host", self.url.host_port_subcomponent or self._host)  # as aiohttp: IDNA
         self._defaults.setdefault("User-Agent", USER_AGENT)
         self._names = {name.lower() for name in self._defaults}
