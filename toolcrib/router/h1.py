@@ -35,13 +35,12 @@ import re
 import zlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from http.cookies import BaseCookie, SimpleCookie
+from http.cookies import BaseCookie
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import httptools
-from aiohttp._cookie_helpers import parse_cookie_header, preserve_morsel_with_coded_value
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -356,14 +355,18 @@ class Origin:
 
     def _cookie_header(self, headers: Mapping[str, str], cookies: BaseCookie[str]) -> str:
         """The jar's ``cookies`` merged into the request's or configured ``Cookie`` header (a
-        credential), the jar's winning by name: aiohttp's ``ClientRequest.update_cookies``."""
+        credential), the jar's winning by name, as aiohttp's ``ClientRequest.update_cookies`` merges
+        them; the given pairs are kept as written (``name=value``, split at ``;``)."""
         given = next((v for k, v in headers.items() if k.lower() == "cookie"), None) or self._defaults.get("Cookie")
-        merged: SimpleCookie = SimpleCookie()
-        if given:
-            merged.update(parse_cookie_header(given))
+        pairs: dict[str, str] = {}
+        for part in (given or "").split(";"):
+            pair = part.strip()
+            name = pair.partition("=")[0].strip()
+            if name:
+                pairs[name] = pair
         for name, morsel in cookies.items():
-            merged[name] = preserve_morsel_with_coded_value(morsel)
-        return merged.output(header="", sep=";").strip()
+            pairs[name] = f"{name}={morsel.coded_value}"
+        return "; ".join(pairs[name] for name in sorted(pairs))  # sorted by name, as aiohttp writes them
 
     def _cookies(self, headers: CIMultiDict[str]) -> None:
         values = headers.getall("Set-Cookie", [])
