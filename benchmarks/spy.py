@@ -38,7 +38,7 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("audit rows (hash chain, SQLite group commit)", ("toolcrib/gateway/audit/",)),
     ("models (pydantic validation and dumps)", ("pydantic/", "pydantic_core/")),
     (
-        "upstream edge (wire, back channel, aiohttp client)",
+        "upstream edge (wire, back channel, h1 and aiohttp clients)",
         ("toolcrib/router/", "toolcrib/gateway/forward.py", "aiohttp/client", "aiohttp/connector.py", "mcp/client/"),
     ),
     (
@@ -47,7 +47,7 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("client edge (aiohttp server, guard, /mcp)", ("toolcrib/gateway/edge/", "aiohttp/web", "aiohttp/http")),
     ("MCP handlers (gateway/server.py, mrtr, tasks, relay)", ("toolcrib/gateway/",)),
-    ("SDK server kernel (serve_one)", ("mcp/server/", "mcp/shared/", "mcp_types/")),
+    ("SDK server kernel (ServerRunner)", ("mcp/server/", "mcp/shared/", "mcp_types/")),
     ("anyio (tasks, cancel scopes, streams)", ("anyio/",)),
 ]
 """Each sample goes to the part of its deepest frame that names one (so a pydantic call made by the
