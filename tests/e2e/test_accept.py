@@ -119,3 +119,31 @@ async def test_get_stream_accepts_wildcards(gateway: GatewayFactory) -> None:
             assert r.status == 406
         async with s.get(rt.url, headers={"Accept": "*/*"}) as r:
             assert r.status == 405  # acceptable; refused only because there is no session
+
+
+def _search(rid: int, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    params: dict[str, Any] = {"name": "search_tools", "arguments": {"query": "progress"}}
+    if meta is not None:
+        params["_meta"] = meta
+    return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}
+
+
+async def test_search_tools_answered_in_place_honours_accept_in_both_eras(gateway: GatewayFactory) -> None:
+    """search_tools runs in the request's own task (toolcrib answers it: no upstream), and its answer
+    takes the shape Accept asks for, as every other call's does."""
+    modern = {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "search_tools"}
+    async with gateway(EVERYTHING, mode="dispatcher") as rt, aiohttp.ClientSession() as s:
+        sid = await _session(s, rt.url)
+        for rid, accept, headers, body in (
+            (2, "application/json", sid, _search(2)),
+            (3, "text/event-stream", sid, _search(3)),
+            (4, BOTH, sid, _search(4)),
+            (5, "application/json", modern, _search(5, MODERN_META)),
+            (6, "text/event-stream", modern, _search(6, MODERN_META)),
+        ):
+            status, ctype, text = await _post(s, rt.url, body, accept, **headers)
+            assert status == 200, text
+            answer = _events(text)[-1] if accept == "text/event-stream" else json.loads(text)
+            assert ctype.startswith("text/event-stream" if accept == "text/event-stream" else "application/json")
+            assert answer["id"] == rid and PROGRESS_TOOL in json.dumps(answer["result"]), (rid, answer)
+        assert rt.http.inflight == 0

@@ -164,6 +164,11 @@ class Gateway:
             return "Use search_tools to find the tool for a task, then invoke it."
         return "toolcrib: tools of several MCP servers, named <server>" + self.config.gateway.separator + "<tool>."
 
+    def answers_locally(self, params: Any) -> bool:
+        """Whether a ``tools/call`` with these params is answered by toolcrib itself, never reaching
+        an upstream: ``search_tools`` in dispatcher mode (an index lookup of milliseconds)."""
+        return self.mode == "dispatcher" and isinstance(params, dict) and params.get("name") == disp.SEARCH
+
     # ---- who is asking -----------------------------------------------------------------------
 
     @staticmethod

@@ -102,7 +102,10 @@ async def respond(
     """
     mode = response_mode(request.headers.get("Accept"))
     try:
-        first = await recv.receive()
+        try:
+            first = recv.receive_nowait()  # answered already (a local call): no loop turn
+        except anyio.WouldBlock:
+            first = await recv.receive()
         while mode == "json" and not is_final(first, rid):
             divert(sess, first)
             first = await recv.receive()

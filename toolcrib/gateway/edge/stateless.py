@@ -193,6 +193,9 @@ class Stateless:
 
         with self.busy():
             try:
+                if self.gateway.answers_locally(message.params):  # search_tools: no task, answered in place
+                    await run()
+                    return await respond(request, recv, message.id, {}, error_status=ERROR_CODE_HTTP_STATUS)
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(run)
                     resp = await respond(request, recv, message.id, {}, error_status=ERROR_CODE_HTTP_STATUS)
