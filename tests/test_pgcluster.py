@@ -34,9 +34,10 @@ def test_cluster_answers_over_tcp_on_loopback(postgres_cluster: Cluster) -> None
     assert postgres_cluster.url == f"postgresql://postgres@127.0.0.1:{postgres_cluster.port}/postgres"
     with psycopg.connect(postgres_cluster.url) as conn:
         row = conn.execute("SELECT 1 + 1, host(inet_server_addr()), inet_server_port()").fetchone()
-        backend = conn.info.backend_pid
+        # read while connected: the backend process exits with its connection
+        parent = _parent_pid(conn.info.backend_pid)
     assert row == (2, "127.0.0.1", postgres_cluster.port)
-    assert _parent_pid(backend) == postgres_cluster.pid  # .pid is the postmaster serving this connection
+    assert parent == postgres_cluster.pid  # .pid is the postmaster serving this connection
 
 
 def test_pg_urls_are_isolated_databases(pg_url: str, other_pg_url: str) -> None:
