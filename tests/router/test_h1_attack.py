@@ -35,12 +35,20 @@ def _answer(body: bytes, status: int = 200, extra: str = "") -> bytes:
     )
 
 
+def _empty(conn: int, request: int, writer: asyncio.StreamWriter) -> None:
+    """A :func:`_server` script: every request answered ``{}``."""
+    writer.write(_answer(b"{}"))
+
+
 @contextlib.asynccontextmanager
 async def _server(
     script: Callable[[int, int, asyncio.StreamWriter], Any],
+    heads: list[bytes] | None = None,
+    path: str = "/mcp",
 ) -> AsyncIterator[tuple[str, list[int]]]:
     """A raw server: ``script(connection_no, request_no, writer)`` answers each request (awaited if
-    a coroutine). Yields the URL and the list of connections made (their numbers)."""
+    a coroutine); each request's head is appended to ``heads`` when given. Yields the URL (with
+    ``path``) and the list of connections made (their numbers)."""
     conns: list[int] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -50,6 +58,8 @@ async def _server(
             with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
                 for i in range(1000):
                     head = await reader.readuntil(b"\r\n\r\n")
+                    if heads is not None:
+                        heads.append(head)
                     length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
                     await reader.readexactly(length)
                     done = script(n, i, writer)
@@ -62,7 +72,7 @@ async def _server(
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}/mcp", conns
+        yield f"http://127.0.0.1:{port}{path}", conns
     finally:
         server.close()
 
@@ -168,49 +178,22 @@ async def test_a_header_with_a_lone_surrogate_is_sent_as_aiohttp_sends_it() -> N
     # A client's tool name "to\ud800ol" (valid JSON) stamped as Mcp-Name: aiohttp drops the
     # surrogate; a UnicodeEncodeError here would escape the transport's exchange().
     seen: list[bytes] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            seen.append(await reader.readuntil(b"\r\n\r\n"))
-            await reader.readexactly(2)
-            writer.write(_answer(b"{}"))
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/mcp"
-    try:
-        async with _origin(url) as origin:
-            assert await _post(origin, {**JSON, "Mcp-Name": "to\ud800ol"}) == (200, b"{}")
-        assert b"\r\nMcp-Name: tool\r\n" in seen[0]
-    finally:
-        server.close()
+    async with _server(_empty, heads=seen) as (url, _), _origin(url) as origin:
+        assert await _post(origin, {**JSON, "Mcp-Name": "to\ud800ol"}) == (200, b"{}")
+    assert b"\r\nMcp-Name: tool\r\n" in seen[0]
 
 
 async def test_the_request_line_and_host_are_formed_as_aiohttp_forms_them() -> None:
     # A space or non-ASCII character in the configured URL's path went raw into the request line
     # ("POST /m cp HTTP/1.1": a malformed request); aiohttp percent-encodes it (yarl).
-    lines: list[bytes] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines.append(head.split(b"\r\n")[0])
-            await reader.readexactly(2)
-            writer.write(_answer(b"{}"))
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/m cp/ツール?a=b c#frag"
-    try:
+    heads: list[bytes] = []
+    async with _server(_empty, heads=heads, path="/m cp/ツール?a=b c#frag") as (url, _):
         async with _origin(url) as origin:
             assert await _post(origin) == (200, b"{}")
         async with aiohttp.ClientSession() as http, http.post(url, data=b"{}") as resp:
             await resp.read()
-        assert lines[0] == lines[1] == b"POST /m%20cp/%E3%83%84%E3%83%BC%E3%83%AB?a=b+c HTTP/1.1"
-    finally:
-        server.close()
+    lines = [head.split(b"\r\n")[0] for head in heads]
+    assert lines[0] == lines[1] == b"POST /m%20cp/%E3%83%84%E3%83%BC%E3%83%AB?a=b+c HTTP/1.1"
     async with aiohttp.ClientSession() as http:  # Host, without connecting
         for given, host in [
             ("http://[::1]:8080/mcp", "[::1]:8080"),
@@ -297,22 +280,12 @@ async def test_a_configured_cookie_is_kept_beside_the_jars_cookies() -> None:
     # The upstream's configured headers carry a credential cookie; a load balancer sets an
     # affinity cookie. aiohttp sends both (it merges the jar into the Cookie header); h1 replaced
     # the configured Cookie with the jar's, dropping the credential.
-    seen: list[str] = []
+    heads: list[bytes] = []
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                cookie = [ln for ln in head.decode().split("\r\n") if ln.lower().startswith("cookie:")]
-                seen.append(cookie[0].split(":", 1)[1].strip() if cookie else "")
-                await reader.readexactly(2)
-                writer.write(_answer(b"{}", extra="Set-Cookie: affinity=node-7\r\n"))
-                await writer.drain()
-        writer.close()
+    def affinity(conn: int, request: int, writer: asyncio.StreamWriter) -> None:
+        writer.write(_answer(b"{}", extra="Set-Cookie: affinity=node-7\r\n"))
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/mcp"
-    try:
+    async with _server(affinity, heads=heads) as (url, _):
         for lean in (True, False):
             configured = {"Cookie": "auth=secret"}
             async with aiohttp.ClientSession(headers=configured, cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
@@ -324,8 +297,10 @@ async def test_a_configured_cookie_is_kept_beside_the_jars_cookies() -> None:
                         async with http.post(url, data=b"{}", headers=JSON) as resp:
                             await resp.read()
                 origin.close()
-    finally:
-        server.close()
+    seen = []
+    for head in heads:
+        cookie = [ln for ln in head.decode().split("\r\n") if ln.lower().startswith("cookie:")]
+        seen.append(cookie[0].split(":", 1)[1].strip() if cookie else "")
     assert seen[2:] == ["auth=secret", "affinity=node-7; auth=secret"]  # aiohttp
     assert seen[:2] == seen[2:]  # h1
 
@@ -346,24 +321,10 @@ async def test_configured_framing_headers_do_not_frame_the_request() -> None:
     # beside h1's own Content-Length: two lengths and a chunked claim on an unchunked body
     # (a request-smuggling shape). h1 frames the request itself.
     heads: list[bytes] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            heads.append(await reader.readuntil(b"\r\n\r\n"))
-            await reader.readexactly(2)
-            writer.write(_answer(b"{}"))
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/mcp"
-    try:
-        async with aiohttp.ClientSession() as http:
-            origin = Origin(url, {"Content-Length": "0", "transfer-encoding": "chunked", "X-Up": "1"}, 5.0, http)
-            assert await _post(origin) == (200, b"{}")
-            origin.close()
-    finally:
-        server.close()
+    async with _server(_empty, heads=heads) as (url, _), aiohttp.ClientSession() as http:
+        origin = Origin(url, {"Content-Length": "0", "transfer-encoding": "chunked", "X-Up": "1"}, 5.0, http)
+        assert await _post(origin) == (200, b"{}")
+        origin.close()
     lines = heads[0].lower().split(b"\r\n")
     assert [ln for ln in lines if ln.startswith((b"content-length", b"transfer-encoding"))] == [b"content-length: 2"]
     assert b"x-up: 1" in lines
