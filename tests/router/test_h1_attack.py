@@ -316,6 +316,15 @@ async def test_a_url_h1_cannot_use_is_left_to_aiohttp(url: str) -> None:
         pass
 
 
+async def test_a_configured_header_h1_refuses_leaves_the_upstream_on_aiohttp() -> None:
+    # A secret pasted with its newline into a configured header: Origin refuses it as it is built;
+    # the transport opens all the same and aiohttp fails each request with its own error, as before h1.
+    from toolcrib.router.http_transport import aiohttp_transport
+
+    async with aiohttp_transport("http://127.0.0.1:9/mcp", {"Authorization": "Bearer tok\n"}, timeout=1.0):
+        pass
+
+
 async def test_configured_framing_headers_do_not_frame_the_request() -> None:
     # Content-Length / Transfer-Encoding among an upstream's configured headers were written
     # beside h1's own Content-Length: two lengths and a chunked claim on an unchunked body

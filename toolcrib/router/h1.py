@@ -65,6 +65,11 @@ class _Unasked(Exception):
     """A message the server began while no request waits for one (idle, or after the answer)."""
 
 
+class UnsendableHeader(ValueError):
+    """A header h1 will not write (:func:`check_headers`), raised before anything is sent: the
+    transport leaves such a request, or an upstream configured with such a header, to aiohttp."""
+
+
 class ConnectFailed(OSError):
     """No connection could be made (refused, timed out, host not found); ``__cause__`` says why."""
 
@@ -136,12 +141,6 @@ class _Connection(asyncio.Protocol):
                 self._notify()
             else:
                 self._fail(ConnectionResetError("the server closed the connection before answering in full"))
-
-    def pause_writing(self) -> None:
-        pass
-
-    def resume_writing(self) -> None:
-        pass
 
     # ---- httptools callbacks --------------------------------------------------------------------
 
@@ -317,7 +316,7 @@ class Origin:
     async def post(self, body: bytes, headers: Mapping[str, str]) -> AsyncIterator[Response]:
         """POST ``body`` with ``headers`` (over the configured ones); the answer, its head read.
 
-        Raises :class:`ValueError` for a header that cannot be sent, :class:`ConnectFailed` when no
+        Raises :class:`UnsendableHeader` for a header that cannot be sent, :class:`ConnectFailed` when no
         connection could be made, :class:`ConnectionError` when the exchange broke."""
         check_headers(headers)
         extra: Mapping[str, str] = headers
@@ -401,20 +400,10 @@ class Origin:
 
 
 def check_headers(headers: Mapping[str, str]) -> None:
-    """Raise :class:`ValueError` for a header name that is not an RFC 9110 token, or a name or
+    """Raise :class:`UnsendableHeader` for a header name that is not an RFC 9110 token, or a name or
     value holding CR, LF or NUL (it would split or end the request: header injection)."""
     for name, value in headers.items():
         if not _TOKEN.fullmatch(name):
-            raise ValueError(f"invalid HTTP header name {name!r}")
+            raise UnsendableHeader(f"invalid HTTP header name {name!r}")
         if _BAD_HEADER.search(value):
-            raise ValueError(f"invalid character in the value of HTTP header {name!r}")
-
-
-def sendable(headers: Mapping[str, str]) -> bool:
-    """Whether :func:`check_headers` accepts ``headers`` (else the request is left to aiohttp, which
-    refuses it with its own error, as before)."""
-    try:
-        check_headers(headers)
-    except ValueError:
-        return False
-    return True
+            raise UnsendableHeader(f"invalid character in the value of HTTP header {name!r}")

@@ -49,7 +49,7 @@ from pydantic import ValidationError
 
 from toolcrib.gateway.trust.matchers import loads_json
 from toolcrib.router.backchannel import TransportFailure
-from toolcrib.router.h1 import ConnectFailed, Origin, sendable
+from toolcrib.router.h1 import ConnectFailed, Origin, UnsendableHeader
 
 log = logging.getLogger("toolcrib.upstream.http")
 
@@ -172,12 +172,14 @@ class _Conn:
         """
         headers = self.headers(extra)
         try:
-            if self.h1 is not None and sendable(headers):
-                async with self.h1.post(body, headers) as resp:
-                    if not 300 <= resp.status < 400:
-                        await self._exchanged(resp, rid, answer)
-                        return
-                # A redirect (the server ran nothing): made again on aiohttp, which follows it.
+            if self.h1 is not None:
+                # A header h1 refuses is refused before anything is sent: left to aiohttp, as before.
+                with contextlib.suppress(UnsendableHeader):
+                    async with self.h1.post(body, headers) as resp:
+                        if not 300 <= resp.status < 400:
+                            await self._exchanged(resp, rid, answer)
+                            return
+                    # A redirect (the server ran nothing): made again on aiohttp, which follows it.
             async with self.http.post(self.url, data=body, headers=headers) as resp:
                 await self._exchanged(resp, rid, answer)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -423,7 +425,11 @@ async def aiohttp_transport(
     client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout)
     try:
         async with aiohttp.ClientSession(headers=dict(headers), connector=connector, timeout=client_timeout) as http:
-            conn = _Conn(http, url, read_send, Origin(url, headers, timeout, http) if Origin.serves(url) else None)
+            h1 = None
+            if Origin.serves(url):
+                with contextlib.suppress(UnsendableHeader):  # a configured header h1 refuses: all on aiohttp
+                    h1 = Origin(url, headers, timeout, http)
+            conn = _Conn(http, url, read_send, h1)
             if on_conn is not None:
                 on_conn(conn)
             async with anyio.create_task_group() as tg:
