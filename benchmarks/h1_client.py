@@ -18,7 +18,7 @@ import aiohttp
 import uvloop
 
 from benchmarks import machine
-from benchmarks.driver import Proc
+from benchmarks.driver import HttpClient, Proc
 from benchmarks.latency import fixture_argv
 from toolcrib.router.h1 import Origin
 
@@ -27,30 +27,11 @@ BODY = json.dumps(
 ).encode()
 
 
-async def _session(http: aiohttp.ClientSession, url: str) -> dict[str, str]:
-    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-    init = {
-        "jsonrpc": "2.0",
-        "id": 0,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "b", "version": "1"}},
-    }
-    async with http.post(url, data=json.dumps(init), headers=headers) as resp:
-        sid = resp.headers.get("Mcp-Session-Id")
-        await resp.read()
-    if sid:
-        headers["Mcp-Session-Id"] = sid
-    headers["MCP-Protocol-Version"] = "2025-11-25"
-    async with http.post(url, data=b'{"jsonrpc":"2.0","method":"notifications/initialized"}', headers=headers) as r:
-        await r.read()
-    return headers
-
-
 async def run(url: str, requests: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
     out: dict[str, list[tuple[float, float]]] = {"aiohttp": [], "h1": []}
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as http:
-        headers = await _session(http, url)
+        headers = (await HttpClient(http, url).open()).headers  # a session: initialize + initialized
         origin = Origin(url, {}, 10.0, http)
 
         async def via_aiohttp() -> None:
